@@ -1,0 +1,83 @@
+import { diag, metrics } from '@opentelemetry/api';
+import type { Attributes, Counter, MeterProvider } from '@opentelemetry/api';
+
+/** The package name every diagnostic and configuration error starts with. */
+export const PACKAGE = '@meshtrace/core';
+
+/**
+ * Logs at most one line per key and interval through `diag`, then says how many were suppressed,
+ * so an attacker or a broken proxy cannot flood the logs.
+ */
+export class RateLimitedWarner {
+  private readonly last = new Map<string, { at: number; suppressed: number }>();
+
+  constructor(private readonly intervalMs: number = 10_000) {}
+
+  /** Warns for `key` unless it warned within the interval; `message` is built only when it logs. */
+  warn(key: string, message: () => string): void {
+    const now = Date.now();
+    const seen = this.last.get(key);
+    if (seen !== undefined && now - seen.at < this.intervalMs) {
+      seen.suppressed++;
+      return;
+    }
+    const suppressed = seen?.suppressed ?? 0;
+    this.last.set(key, { at: now, suppressed: 0 });
+    diag.warn(suppressed > 0 ? `${message()} (${suppressed} similar suppressed)` : message());
+  }
+
+  /** Forgets what was logged, so the next warning for every key logs at once. */
+  reset(): void {
+    this.last.clear();
+  }
+}
+
+/** The warner shared by meshtrace packages; one line per reason every 10 s. */
+export const warner = new RateLimitedWarner();
+
+/** Counters resolved from the global MeterProvider each time it changes, so setup order does not matter. */
+class LazyCounter {
+  private provider: MeterProvider | undefined;
+  private counter: Counter | undefined;
+
+  constructor(
+    private readonly name: string,
+    private readonly description: string,
+  ) {}
+
+  add(value: number, attributes: Attributes): void {
+    const provider = metrics.getMeterProvider();
+    if (provider !== this.provider || this.counter === undefined) {
+      this.provider = provider;
+      this.counter = provider.getMeter(PACKAGE).createCounter(this.name, { description: this.description });
+    }
+    this.counter.add(value, attributes);
+  }
+}
+
+/** `meshtrace.propagation.extract`: every inbound extraction, by `outcome` (and `reason`). */
+export const extractCounter = new LazyCounter('meshtrace.propagation.extract', 'Inbound trace context extractions by outcome');
+/** `meshtrace.propagation.dropped`: header members dropped on the way in or out, by `header` and `reason`. */
+export const droppedCounter = new LazyCounter('meshtrace.propagation.dropped', 'Trace context members dropped, by header and reason');
+
+/** Shows at most 64 characters of an untrusted value, escaped, so a log line cannot be forged. */
+export function preview(value: unknown): string {
+  if (value === undefined) return 'absent';
+  let text: string;
+  try {
+    text = typeof value === 'string' ? value : Array.isArray(value) ? `[${value.length} values]` : typeof value;
+  } catch {
+    text = 'unreadable';
+  }
+  return JSON.stringify(text.length > 64 ? `${text.slice(0, 64)}…(${text.length} chars)` : text);
+}
+
+/** Calls a user hook; a throw is reported (once per hook every 10 s) and never reaches the request. */
+export function callHook<S, T>(name: string, hook: ((span: S, target: T) => void) | undefined, span: S, target: T): void {
+  if (hook === undefined) return;
+  try {
+    hook(span, target);
+  } catch (err) {
+    warner.warn(`hook:${name}`, () => `${PACKAGE}: ${name} threw and was ignored: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}

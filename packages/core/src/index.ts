@@ -1,0 +1,15 @@
+export { BAGGAGE_LIMITS, parseBaggage, serializeBaggage } from './baggage';
+export type { BaggageDropReason, ParsedBaggage, SerializedBaggage } from './baggage';
+export { PACKAGE, RateLimitedWarner, callHook, preview, warner } from './diagnostics';
+export { RANDOM_TRACE_ID_KEY, extractContext, extractRequestContext, outcomeOf, recordDropped, recordOutcome } from './extract';
+export type { ExtractOutcome, ExtractResult } from './extract';
+export { MeshPropagator, optionError } from './propagator';
+export type { MeshPropagatorOptions } from './propagator';
+export { RequestTrace, ServerTracing, createServerTracing } from './server';
+export type { MeshTraceOptions, ServerAdapter } from './server';
+export { hasContextManager, setupMeshTracing } from './setup';
+export type { MeshTracing, SetupOptions } from './setup';
+export { FLAG_RANDOM, FLAG_SAMPLED, KNOWN_FLAGS, formatTraceparent, isValidId, parseTraceparent } from './traceparent';
+export type { Traceparent, TraceparentReason } from './traceparent';
+export { MAX_TRACESTATE_LENGTH, MAX_TRACESTATE_MEMBERS, MeshTraceState, parseTracestate, serializeTracestate } from './tracestate';
+export type { TracestateReason } from './tracestate';

@@ -1,0 +1,104 @@
+import { context, diag, propagation, trace } from '@opentelemetry/api';
+import type { Context } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
+import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
+import type { Resource } from '@opentelemetry/resources';
+import { BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import type { BufferConfig, Sampler, SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
+import { PACKAGE } from './diagnostics';
+import { MeshPropagator, optionError } from './propagator';
+import type { MeshPropagatorOptions } from './propagator';
+
+/** Options of {@link setupMeshTracing}; all optional. */
+export interface SetupOptions {
+  /** `service.name`. Default: `OTEL_SERVICE_NAME`, else `unknown_service:node`. */
+  serviceName?: string;
+  /** Where spans go when `OTEL_EXPORTER_OTLP_ENDPOINT` is not set (with it, spans go over OTLP). */
+  exporter?: SpanExporter;
+  /** Extra span processors, after the batch processor. */
+  spanProcessors?: SpanProcessor[];
+  /** The sampler. Default: the SDK's (`OTEL_TRACES_SAMPLER`, else parent-based always-on). */
+  sampler?: Sampler;
+  /** Batch processor queue and timing (`maxQueueSize` bounds memory while the collector is away). */
+  batch?: BufferConfig;
+  /** More resource attributes, merged over the detected ones. */
+  resource?: Resource;
+  /** Options of the global {@link MeshPropagator}. */
+  propagator?: MeshPropagatorOptions;
+  /** Where the one start-up line goes; `false` for nowhere. Default: standard error. */
+  log?: ((line: string) => void) | false;
+  /** Environment to read `OTEL_*` from. Default: `process.env`. */
+  env?: Readonly<Record<string, string | undefined>>;
+}
+
+/** What {@link setupMeshTracing} registered. */
+export interface MeshTracing {
+  /** The SDK provider, or undefined when `OTEL_SDK_DISABLED=true`. */
+  readonly tracerProvider: NodeTracerProvider | undefined;
+  readonly propagator: MeshPropagator;
+  /** Flushes and stops span export. */
+  shutdown(): Promise<void>;
+}
+
+const KEY = Symbol('meshtrace.probe');
+
+/** True when a real context manager is registered (the no-op one never makes a context active). */
+export function hasContextManager(): boolean {
+  const probe: Context = context.active().setValue(KEY as unknown as symbol, true);
+  return context.with(probe, () => context.active().getValue(KEY as unknown as symbol) === true);
+}
+
+function check<T>(value: T | undefined, option: string, ok: (v: T) => boolean, expected: string): void {
+  if (value !== undefined && !ok(value)) throw optionError(PACKAGE, option, expected, value);
+}
+
+/**
+ * One call at process start: AsyncLocalStorage context (if none is set), the {@link MeshPropagator}
+ * globally, and a NodeTracerProvider with a batch processor to OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`)
+ * or to `exporter`. With `OTEL_SDK_DISABLED=true` no spans are made, yet context still flows.
+ * @example
+ * setupMeshTracing({ serviceName: 'checkout' });
+ */
+export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
+  if (options === null || typeof options !== 'object') throw optionError(PACKAGE, 'options', 'an object', options);
+  const env = options.env ?? process.env;
+  check(options.serviceName, 'serviceName', (v) => typeof v === 'string' && v.length > 0, 'a non-empty string');
+  check(options.exporter, 'exporter', (v) => typeof v?.export === 'function' && typeof v?.shutdown === 'function', 'a SpanExporter');
+  check(options.spanProcessors, 'spanProcessors', (v) => Array.isArray(v) && v.every((p) => typeof p?.onEnd === 'function'), 'an array of SpanProcessors');
+  check(options.sampler, 'sampler', (v) => typeof v?.shouldSample === 'function', 'a Sampler');
+  check(options.batch, 'batch', (v) => typeof v === 'object' && v !== null, 'an object');
+  check(options.log, 'log', (v) => v === false || typeof v === 'function', 'a function or false');
+  const propagator = new MeshPropagator(options.propagator);
+  const log = options.log === false ? () => undefined : (options.log ?? ((line: string) => void process.stderr.write(line + '\n')));
+
+  let contextManager = 'already registered';
+  if (!hasContextManager()) {
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    contextManager = 'AsyncLocalStorage';
+  }
+  propagation.setGlobalPropagator(propagator);
+
+  const fields = propagator.fields().join(', ');
+  if (String(env.OTEL_SDK_DISABLED).trim().toLowerCase() === 'true') {
+    log(`${PACKAGE}: propagating ${fields}; context manager ${contextManager}; OTEL_SDK_DISABLED=true, so no spans are recorded`);
+    return { tracerProvider: undefined, propagator, shutdown: async () => undefined };
+  }
+
+  const endpoint = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || env.OTEL_EXPORTER_OTLP_ENDPOINT;
+  const exporter = endpoint ? new OTLPTraceExporter() : options.exporter;
+  const serviceName = options.serviceName ?? env.OTEL_SERVICE_NAME;
+  let resource = detectResources({ detectors: [envDetector] });
+  if (serviceName) resource = resource.merge(resourceFromAttributes({ 'service.name': serviceName }));
+  if (options.resource) resource = resource.merge(options.resource);
+  const processors: SpanProcessor[] = exporter ? [new BatchSpanProcessor(exporter, options.batch)] : [];
+  if (options.spanProcessors) processors.push(...options.spanProcessors);
+  const tracerProvider = new NodeTracerProvider({ resource, sampler: options.sampler, spanProcessors: processors });
+  trace.setGlobalTracerProvider(tracerProvider);
+
+  const where = endpoint ? `OTLP ${endpoint}` : exporter ? exporter.constructor.name : 'no exporter (spans are not exported)';
+  log(`${PACKAGE}: propagating ${fields}; context manager ${contextManager}; service ${String(resource.attributes['service.name'] ?? 'unknown_service:node')}; spans to ${where}`);
+  if (!exporter && !options.spanProcessors?.length) diag.warn(`${PACKAGE}: no exporter and no span processor: spans are recorded but go nowhere`);
+  return { tracerProvider, propagator, shutdown: () => tracerProvider.shutdown() };
+}

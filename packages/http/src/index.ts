@@ -1,0 +1,2 @@
+export { meshHttp, requestTrace } from './server';
+export type { HttpMeshTraceOptions, Listener } from './server';

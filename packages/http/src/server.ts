@@ -1,0 +1,33 @@
+import { context } from '@opentelemetry/api';
+import { createServerTracing } from '@meshtrace/core';
+import type { MeshTraceOptions, RequestTrace } from '@meshtrace/core';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+
+/** Options of {@link meshHttp}: the core options with Node's own request and response. */
+export type HttpMeshTraceOptions = MeshTraceOptions<IncomingMessage, ServerResponse>;
+
+/** A `node:http` request listener. */
+export type Listener<Req extends IncomingMessage = IncomingMessage, Res extends ServerResponse = ServerResponse> = (req: Req, res: Res) => void;
+
+const TRACE = Symbol.for('meshtrace.http.trace');
+
+/** The request's trace, for listeners that want its span or outcome. */
+export function requestTrace(req: IncomingMessage): RequestTrace<IncomingMessage, ServerResponse> | undefined {
+  return (req as IncomingMessage & { [TRACE]?: RequestTrace<IncomingMessage, ServerResponse> })[TRACE];
+}
+
+/**
+ * Wraps a `node:http` / `node:https` request listener so each request runs in its caller's trace,
+ * inside one SERVER span.
+ * @example
+ * http.createServer(meshHttp((req, res) => res.end('ok'))).listen(8080);
+ */
+export function meshHttp<Req extends IncomingMessage, Res extends ServerResponse>(listener: Listener<Req, Res>, options?: MeshTraceOptions<Req, Res>): Listener<Req, Res> {
+  if (typeof listener !== 'function') throw new TypeError(`@meshtrace/http: listener must be a function, got ${typeof listener}`);
+  const tracing = createServerTracing<Req, Res>(options, { name: '@meshtrace/http' });
+  return function meshHttpListener(this: unknown, req: Req, res: Res): void {
+    const t = tracing.start(req, res, req, res);
+    (req as Req & { [TRACE]?: unknown })[TRACE] = t;
+    context.with(t.context, listener, this, req, res);
+  };
+}

@@ -1,0 +1,73 @@
+import { context, metrics, propagation, trace } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
+import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import type { ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import { MeshPropagator, hasContextManager } from '@meshtrace/core';
+
+class CollectingReader extends MetricReader {
+  constructor() {
+    super({ aggregationTemporalitySelector: () => AggregationTemporality.CUMULATIVE });
+  }
+  protected override async onForceFlush(): Promise<void> {}
+  protected override async onShutdown(): Promise<void> {}
+}
+
+/** The in-memory OpenTelemetry a test runs against. */
+export interface TestTracing {
+  readonly exporter: InMemorySpanExporter;
+  readonly provider: BasicTracerProvider;
+  /** Finished spans so far. */
+  spans(): ReadableSpan[];
+  /** Cumulative `meshtrace.propagation.extract` counts by `continued`, `missing`, `malformed:<reason>`. */
+  outcomeCounts(): Promise<Record<string, number>>;
+  /** Cumulative `meshtrace.propagation.dropped` counts by `<header>:<reason>`. */
+  droppedCounts(): Promise<Record<string, number>>;
+  /** Forgets finished spans. */
+  reset(): void;
+  shutdown(): Promise<void>;
+}
+
+async function sums(reader: MetricReader, name: string, label: (a: Record<string, unknown>) => string): Promise<Record<string, number>> {
+  const { resourceMetrics } = await reader.collect();
+  const out: Record<string, number> = {};
+  for (const scope of resourceMetrics.scopeMetrics) {
+    for (const metric of scope.metrics) {
+      if (metric.descriptor.name !== name) continue;
+      for (const point of metric.dataPoints) {
+        const key = label(point.attributes as Record<string, unknown>);
+        out[key] = (out[key] ?? 0) + (point.value as number);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Registers AsyncLocalStorage context, the MeshPropagator, an in-memory span exporter and a metric
+ * reader as the process globals, the way `setupMeshTracing` would with a real exporter.
+ */
+export function setupTestTracing(): TestTracing {
+  if (!hasContextManager()) context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  propagation.setGlobalPropagator(new MeshPropagator());
+  const exporter = new InMemorySpanExporter();
+  const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+  trace.setGlobalTracerProvider(provider);
+  const reader = new CollectingReader();
+  metrics.setGlobalMeterProvider(new MeterProvider({ readers: [reader] }));
+  return {
+    exporter,
+    provider,
+    spans: () => exporter.getFinishedSpans(),
+    outcomeCounts: () => sums(reader, 'meshtrace.propagation.extract', (a) => (a.reason ? `${String(a.outcome)}:${String(a.reason)}` : String(a.outcome))),
+    droppedCounts: () => sums(reader, 'meshtrace.propagation.dropped', (a) => `${String(a.header)}:${String(a.reason)}`),
+    reset: () => exporter.reset(),
+    shutdown: async () => {
+      await provider.shutdown();
+      trace.disable();
+      metrics.disable();
+      propagation.disable();
+      context.disable();
+    },
+  };
+}
