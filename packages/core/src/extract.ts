@@ -110,5 +110,17 @@ export function extractRequestContext(headers: Readonly<Record<string, unknown>>
  * validation, outcome and counting as {@link extractRequestContext}.
  */
 export function extractContext<C>(carrier: C, getter: TextMapGetter<C> = defaultTextMapGetter, base: Context = ROOT_CONTEXT): ExtractResult {
-  return extractFrom(getter.get(carrier, 'traceparent'), getter.get(carrier, 'tracestate'), getter.get(carrier, 'baggage'), base);
+  let traceparent: unknown;
+  let tracestate: unknown;
+  let baggage: unknown;
+  try {
+    traceparent = getter.get(carrier, 'traceparent');
+    tracestate = getter.get(carrier, 'tracestate');
+    baggage = getter.get(carrier, 'baggage');
+  } catch {
+    // A carrier that cannot be read is a malformed one, not a reason to fail the message.
+    traceparent = NaN;
+    tracestate = baggage = undefined;
+  }
+  return extractFrom(traceparent, tracestate, baggage, base);
 }

@@ -1,5 +1,7 @@
 export { BAGGAGE_LIMITS, parseBaggage, serializeBaggage } from './baggage';
 export type { BaggageDropReason, ParsedBaggage, SerializedBaggage } from './baggage';
+export { bufferHeaderSetter, headerGetter, headerSetter } from './carrier';
+export type { HeaderCarrier } from './carrier';
 export { PACKAGE, RateLimitedWarner, callHook, preview, warner } from './diagnostics';
 export { RANDOM_TRACE_ID_KEY, extractContext, extractRequestContext, outcomeOf, recordDropped, recordOutcome } from './extract';
 export type { ExtractOutcome, ExtractResult } from './extract';

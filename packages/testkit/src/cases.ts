@@ -98,7 +98,8 @@ function label(c: HeaderCase): string {
 /**
  * Checks one case end to end and returns what is wrong, each line naming the case:
  * the handler's span context, the server span and its parent, what inject writes, the outcome counted.
- * `spans` are the finished spans; `counts` the outcome (and drop) counts added by this one request.
+ * `spans` are the finished spans; `counts` the outcome (and drop) counts added by this one request;
+ * `kind` the receiving span's kind (SERVER for HTTP and gRPC, CONSUMER for messages).
  */
 export function checkCase(
   c: HeaderCase,
@@ -106,6 +107,7 @@ export function checkCase(
   spans: readonly ReadableSpan[],
   counts: Record<string, number>,
   dropped: Record<string, number> = {},
+  kind: number = 1 /* SERVER */,
 ): string[] {
   const problems: string[] = [];
   const fail = (what: string, got: unknown, want: unknown) => {
@@ -117,8 +119,8 @@ export function checkCase(
   const flags = c.flags ?? (continued ? '01' : '03');
   // An unsampled trace records nothing: there is no span to look at, only what goes out.
   const sampled = (parseInt(flags, 16) & 1) === 1;
-  const server = spans.filter((s) => s.spanContext().traceId === seen.traceId && s.kind === 1 /* SERVER */);
-  fail('server spans in the trace', server.length, sampled ? 1 : 0);
+  const server = spans.filter((s) => s.spanContext().traceId === seen.traceId && s.kind === kind);
+  fail('receiving spans in the trace', server.length, sampled ? 1 : 0);
   const span = server[0];
   if (span) {
     fail('handler span is the server span', seen.spanId, span.spanContext().spanId);
