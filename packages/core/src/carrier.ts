@@ -32,7 +32,6 @@ export const headerGetter: TextMapGetter<HeaderCarrier> = {
   },
   get(carrier, key) {
     if (carrier === null || typeof carrier !== 'object') return undefined;
-    if (Object.prototype.hasOwnProperty.call(carrier, key)) return asText(carrier[key]);
     const lower = key.toLowerCase();
     let found: string | string[] | undefined;
     for (const k of Object.keys(carrier)) {

@@ -86,8 +86,9 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
     return { tracerProvider: undefined, propagator, shutdown: async () => undefined };
   }
 
-  const endpoint = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || env.OTEL_EXPORTER_OTLP_ENDPOINT;
-  const exporter = endpoint ? new OTLPTraceExporter() : options.exporter;
+  // OTLP/HTTP §endpoint: the signal-specific variable is used as is; the generic one gets /v1/traces.
+  const endpoint = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || (env.OTEL_EXPORTER_OTLP_ENDPOINT ? `${env.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/+$/, '')}/v1/traces` : undefined);
+  const exporter = endpoint ? new OTLPTraceExporter({ url: endpoint }) : options.exporter;
   const serviceName = options.serviceName ?? env.OTEL_SERVICE_NAME;
   let resource = detectResources({ detectors: [envDetector] });
   if (serviceName) resource = resource.merge(resourceFromAttributes({ 'service.name': serviceName }));
