@@ -1,21 +1,32 @@
 import { ROOT_CONTEXT, createContextKey, defaultTextMapGetter, propagation, trace } from '@opentelemetry/api';
-import type { Attributes, Context, SpanContext, TextMapGetter } from '@opentelemetry/api';
+import type { Attributes, Context, Link, SpanContext, TextMapGetter } from '@opentelemetry/api';
+import { B3_DENY, parseB3Multi, parseB3Single } from './b3';
+import type { B3Context } from './b3';
 import { parseBaggage } from './baggage';
 import { PACKAGE, droppedCounter, extractCounter, preview, warner } from './diagnostics';
-import { FLAG_RANDOM, KNOWN_FLAGS, parseTraceparent } from './traceparent';
-import type { TraceparentReason } from './traceparent';
+import { FLAG_RANDOM, FLAG_SAMPLED, KNOWN_FLAGS, parseTraceparent } from './traceparent';
+import type { Traceparent, TraceparentReason } from './traceparent';
 import { MeshTraceState, parseTracestate } from './tracestate';
+
+/** A trace header format meshtrace reads. */
+export type TraceFormat = 'w3c' | 'b3';
+
+/** Why an inbound context was not continued. `bad-b3`: B3 headers present but invalid. */
+export type MalformedReason = TraceparentReason | 'bad-b3';
 
 /** What happened to the inbound trace context. */
 export type ExtractOutcome =
-  | { readonly outcome: 'continued'; readonly format: 'w3c'; readonly reason: undefined; readonly attributes: Attributes }
+  | { readonly outcome: 'continued'; readonly format: TraceFormat; readonly reason: undefined; readonly attributes: Attributes }
   | { readonly outcome: 'missing'; readonly format: undefined; readonly reason: undefined; readonly attributes: Attributes }
-  | { readonly outcome: 'malformed'; readonly format: undefined; readonly reason: TraceparentReason; readonly attributes: Attributes };
+  | { readonly outcome: 'malformed'; readonly format: undefined; readonly reason: Exclude<MalformedReason, 'missing'>; readonly attributes: Attributes }
+  | { readonly outcome: 'restarted' | 'ignored'; readonly format: undefined; readonly reason: undefined; readonly attributes: Attributes };
 
-/** The context to run the request in, and why it is what it is. */
+/** The context to run the request in, why it is what it is, and contexts to link to. */
 export interface ExtractResult {
   readonly context: Context;
   readonly outcome: ExtractOutcome;
+  /** Inbound contexts not continued but worth a span link (a disagreeing B3 context). */
+  readonly links: readonly Link[] | undefined;
 }
 
 function outcome<O extends ExtractOutcome>(o: Omit<O, 'attributes'>): O {
@@ -26,36 +37,57 @@ function outcome<O extends ExtractOutcome>(o: Omit<O, 'attributes'>): O {
 }
 
 // Outcomes are constants: extracting allocates no outcome objects.
-const CONTINUED_W3C = outcome({ outcome: 'continued', format: 'w3c', reason: undefined });
+const CONTINUED = { w3c: outcome({ outcome: 'continued', format: 'w3c', reason: undefined }), b3: outcome({ outcome: 'continued', format: 'b3', reason: undefined }) };
 const MISSING = outcome({ outcome: 'missing', format: undefined, reason: undefined });
+/** The outcome of a server that restarts every trace at the edge, linking to the inbound one. */
+export const RESTARTED = outcome({ outcome: 'restarted', format: undefined, reason: undefined });
+/** The outcome of a server that does not read inbound trace headers at all. */
+export const IGNORED = outcome({ outcome: 'ignored', format: undefined, reason: undefined });
 const MALFORMED: Record<string, ExtractOutcome> = {};
-for (const r of ['bad-version', 'bad-trace-id', 'zero-trace-id', 'bad-parent-id', 'zero-parent-id', 'bad-flags', 'bad-format', 'multiple'] as const) {
+for (const r of ['bad-version', 'bad-trace-id', 'zero-trace-id', 'bad-parent-id', 'zero-parent-id', 'bad-flags', 'bad-format', 'multiple', 'bad-b3'] as const) {
   MALFORMED[r] = outcome({ outcome: 'malformed', format: undefined, reason: r });
 }
 
-/** The outcome constant for a parse result; useful to classify a header without extracting it. */
+/** The outcome constant for a `traceparent` parse result; classifies a header without extracting it. */
 export function outcomeOf(parsed: ReturnType<typeof parseTraceparent>): ExtractOutcome {
-  if (typeof parsed !== 'string') return CONTINUED_W3C;
+  if (typeof parsed !== 'string') return CONTINUED.w3c;
   return parsed === 'missing' ? MISSING : MALFORMED[parsed];
 }
 
 /** Marks a context whose trace id is known to be random (W3C trace-context-2 flag 0x02). */
 export const RANDOM_TRACE_ID_KEY = createContextKey('meshtrace.random-trace-id');
+/** What the extraction that made a context found; read with {@link extractionOf}. */
+const EXTRACTION_KEY = createContextKey('meshtrace.extraction');
 
-function traceparentWarning(reason: TraceparentReason, raw: unknown): string {
-  return reason === 'missing'
-    ? `${PACKAGE}: request without traceparent; started a fresh root trace. If a sidecar should forward one, check that nothing strips it.`
-    : `${PACKAGE}: malformed traceparent (${reason}) ${preview(raw)}; started a fresh root trace and will not forward it.`;
+/** What an extraction found, kept in the context it made. */
+export interface Extraction {
+  readonly outcome: ExtractOutcome;
+  readonly links: readonly Link[] | undefined;
+  /** `deny`: the caller asked not to sample (`b3: 0`); `defer`: it left the decision to us. */
+  readonly samplingHint: 'deny' | 'defer' | undefined;
+  /** B3 debug flag received; kept for B3 injection. */
+  readonly b3Debug: boolean;
+}
+
+/** What the extraction that made `context` found, if meshtrace made it. */
+export function extractionOf(context: Context): Extraction | undefined {
+  return context.getValue(EXTRACTION_KEY) as Extraction | undefined;
+}
+
+function traceparentWarning(reason: MalformedReason, raw: unknown): string {
+  if (reason === 'missing') return `${PACKAGE}: request without traceparent; started a fresh root trace. If a sidecar should forward one, check that nothing strips it.`;
+  if (reason === 'bad-b3') return `${PACKAGE}: malformed B3 headers; started a fresh root trace and will not forward them.`;
+  return `${PACKAGE}: malformed traceparent (${reason}) ${preview(raw)}; started a fresh root trace and will not forward it.`;
 }
 
 /**
  * Counts an outcome through `meshtrace.propagation.extract` and warns (rate-limited) when the
- * trace was not continued. Adapters that only classify a header call this once per request.
+ * trace was lost (missing or malformed).
  */
 export function recordOutcome(result: ExtractOutcome, raw?: unknown): void {
   extractCounter.add(1, result.attributes);
-  if (result.reason !== undefined) {
-    const reason = result.reason;
+  if (result.outcome === 'missing' || result.outcome === 'malformed') {
+    const reason = result.reason ?? 'missing';
     warner.warn(`traceparent:${reason}`, () => traceparentWarning(reason, raw));
   }
 }
@@ -66,43 +98,136 @@ export function recordDropped(header: 'tracestate' | 'baggage', reason: string, 
   warner.warn(`${header}:${reason}`, () => `${PACKAGE}: dropped ${count} ${header} member(s) (${reason})${raw === undefined ? '' : ` from ${preview(raw)}`}.`);
 }
 
-/** The extraction itself, from the three raw header values. */
-function extractFrom(traceparent: unknown, tracestate: unknown, baggage: unknown, base: Context): ExtractResult {
-  const tp = parseTraceparent(traceparent);
-  let ctx = base;
-  let result: ExtractOutcome;
-  if (typeof tp === 'string') {
-    result = tp === 'missing' ? MISSING : MALFORMED[tp];
-    // The SDK generates the fresh root's trace id randomly, so Level 2 lets us say so downstream.
-    ctx = ctx.setValue(RANDOM_TRACE_ID_KEY, true);
-  } else {
-    result = CONTINUED_W3C;
-    const spanContext: SpanContext = { traceId: tp.traceId, spanId: tp.spanId, traceFlags: tp.traceFlags & KNOWN_FLAGS, isRemote: true };
-    // §3.3: tracestate only means something beside a valid traceparent.
-    const ts = parseTracestate(tracestate);
-    if (ts instanceof MeshTraceState) spanContext.traceState = ts;
-    else if (ts !== undefined) recordDropped('tracestate', ts, 1, tracestate);
-    ctx = trace.setSpanContext(ctx, spanContext);
-    if (tp.traceFlags & FLAG_RANDOM) ctx = ctx.setValue(RANDOM_TRACE_ID_KEY, true);
-  }
-  if (baggage !== undefined) {
-    const parsed = parseBaggage(baggage);
-    if (parsed.baggage !== undefined) ctx = propagation.setBaggage(ctx, parsed.baggage);
-    if (parsed.reason !== undefined) recordDropped('baggage', parsed.reason, parsed.dropped, baggage);
-  }
-  recordOutcome(result, traceparent);
-  return { context: ctx, outcome: result };
+/** How to extract; fixed when a propagator is built. */
+export interface ExtractConfig {
+  readonly formats: readonly TraceFormat[];
+  readonly baggage: boolean;
+}
+
+function fromW3c(tp: Traceparent): SpanContext {
+  return { traceId: tp.traceId, spanId: tp.spanId, traceFlags: tp.traceFlags & KNOWN_FLAGS, isRemote: true };
+}
+
+function fromB3(b3: B3Context): SpanContext {
+  return { traceId: b3.traceId, spanId: b3.spanId, traceFlags: b3.sampled ? FLAG_SAMPLED : 0, isRemote: true };
 }
 
 /**
- * Extracts the W3C trace context from HTTP request headers (Node's lower-cased header object).
- * A missing or malformed `traceparent` gives a fresh root; every outcome is counted. Never throws.
+ * Extracts with `config` from a carrier: formats are tried in order and the first valid one is
+ * continued; a valid one that disagrees becomes a link. Never throws. Counts the outcome.
+ * @internal the propagator's engine; use `propagation.extract` or {@link extractContext}.
+ */
+export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMapGetter<C>, base: Context, count = true): ExtractResult {
+  let tp: Traceparent | TraceparentReason = 'missing';
+  let b3: B3Context | typeof B3_DENY | 'missing' | 'bad-b3' = 'missing';
+  let rawTraceparent: unknown;
+  let rawTracestate: unknown;
+  let rawBaggage: unknown;
+  try {
+    for (const format of config.formats) {
+      if (format === 'w3c') {
+        tp = parseTraceparent((rawTraceparent = getter.get(carrier, 'traceparent')));
+        if (typeof tp !== 'string') rawTracestate = getter.get(carrier, 'tracestate');
+      } else {
+        const single = getter.get(carrier, 'b3');
+        b3 = single !== undefined ? parseB3Single(single) : parseB3Multi(getter.get(carrier, 'x-b3-traceid'), getter.get(carrier, 'x-b3-spanid'), getter.get(carrier, 'x-b3-sampled'), getter.get(carrier, 'x-b3-flags'));
+      }
+    }
+    if (config.baggage) rawBaggage = getter.get(carrier, 'baggage');
+  } catch {
+    // A carrier that cannot be read is a malformed one, not a reason to fail the message.
+    tp = 'bad-format';
+    b3 = 'missing';
+    rawTracestate = rawBaggage = undefined;
+  }
+
+  let ctx = base;
+  let result: ExtractOutcome | undefined;
+  let links: Link[] | undefined;
+  for (const format of config.formats) {
+    const sc = format === 'w3c' ? (typeof tp === 'string' ? undefined : fromW3c(tp)) : typeof b3 === 'string' ? undefined : fromB3(b3);
+    if (sc === undefined) continue;
+    if (result === undefined) {
+      result = CONTINUED[format];
+      if (format === 'w3c') {
+        // §3.3: tracestate only means something beside a valid traceparent.
+        const ts = parseTracestate(rawTracestate);
+        if (ts instanceof MeshTraceState) sc.traceState = ts;
+        else if (ts !== undefined) recordDropped('tracestate', ts, 1, rawTracestate);
+      }
+      ctx = trace.setSpanContext(ctx, sc);
+    } else {
+      const chosen = trace.getSpanContext(ctx)!;
+      if (chosen.traceId !== sc.traceId || chosen.spanId !== sc.spanId) (links ??= []).push({ context: sc, attributes: { 'meshtrace.link.format': format } });
+    }
+  }
+  let samplingHint: Extraction['samplingHint'];
+  if (result === undefined) {
+    // Not continued: a malformed format in the list explains it better than a missing one.
+    const w3cBad = typeof tp === 'string' && tp !== 'missing' ? tp : undefined;
+    const b3Bad = b3 === 'bad-b3' ? b3 : undefined;
+    const first = config.formats[0] === 'b3' ? (b3Bad ?? w3cBad) : (w3cBad ?? b3Bad);
+    result = first === undefined ? MISSING : MALFORMED[first];
+    if (b3 === B3_DENY) samplingHint = 'deny';
+    // The SDK generates the fresh root's trace id randomly, so Level 2 lets us say so downstream.
+    ctx = ctx.setValue(RANDOM_TRACE_ID_KEY, true);
+  } else if (result === CONTINUED.w3c) {
+    if ((tp as Traceparent).traceFlags & FLAG_RANDOM) ctx = ctx.setValue(RANDOM_TRACE_ID_KEY, true);
+  } else if ((b3 as B3Context).sampled === undefined) {
+    samplingHint = 'defer';
+  }
+  if (rawBaggage !== undefined) {
+    const parsed = parseBaggage(rawBaggage);
+    if (parsed.baggage !== undefined) ctx = propagation.setBaggage(ctx, parsed.baggage);
+    if (parsed.reason !== undefined) recordDropped('baggage', parsed.reason, parsed.dropped, rawBaggage);
+  }
+  const b3Debug = typeof b3 === 'object' && b3.debug;
+  ctx = ctx.setValue(EXTRACTION_KEY, { outcome: result, links, samplingHint, b3Debug } satisfies Extraction);
+  if (count) recordOutcome(result, rawTraceparent);
+  return { context: ctx, outcome: result, links };
+}
+
+/** What the global propagator did with a carrier, whichever propagator it is. */
+function extractGlobal<C>(carrier: C, getter: TextMapGetter<C>, base: Context): ExtractResult {
+  const before = base.getValue(EXTRACTION_KEY);
+  let ctx: Context;
+  try {
+    ctx = propagation.extract(base, carrier, getter);
+  } catch {
+    // Someone else's propagator threw: extract as the default MeshPropagator would.
+    return extractWith(DEFAULT_CONFIG, carrier, getter, base);
+  }
+  const found = ctx.getValue(EXTRACTION_KEY) as Extraction | undefined;
+  if (found !== undefined && found !== before) return { context: ctx, outcome: found.outcome, links: found.links };
+  if (ctx === base && propagation.fields().length === 0) {
+    // No propagator registered: extract as the default MeshPropagator would.
+    return extractWith(DEFAULT_CONFIG, carrier, getter, base);
+  }
+  // Someone else's propagator: classify what came in so the outcome is still counted.
+  let raw: unknown;
+  try {
+    raw = getter.get(carrier, 'traceparent');
+  } catch {
+    raw = NaN;
+  }
+  const result = outcomeOf(parseTraceparent(raw));
+  recordOutcome(result, raw);
+  return { context: ctx, outcome: result, links: undefined };
+}
+
+/** The default extraction: W3C first, then B3, with baggage. */
+export const DEFAULT_CONFIG: ExtractConfig = Object.freeze({ formats: Object.freeze(['w3c', 'b3'] as TraceFormat[]), baggage: true });
+
+/**
+ * Extracts the trace context from HTTP request headers (Node's lower-cased header object) through
+ * the global propagator. A missing or malformed context gives a fresh root; every outcome is
+ * counted. Never throws.
  * @example
  * const { context: ctx, outcome } = extractRequestContext(req.headers);
  * context.with(ctx, () => handle(req, res));
  */
 export function extractRequestContext(headers: Readonly<Record<string, unknown>>, base: Context = ROOT_CONTEXT): ExtractResult {
-  return extractFrom(headers.traceparent, headers.tracestate, headers.baggage, base);
+  return extractGlobal(headers, defaultTextMapGetter as TextMapGetter<Readonly<Record<string, unknown>>>, base);
 }
 
 /**
@@ -110,17 +235,5 @@ export function extractRequestContext(headers: Readonly<Record<string, unknown>>
  * validation, outcome and counting as {@link extractRequestContext}.
  */
 export function extractContext<C>(carrier: C, getter: TextMapGetter<C> = defaultTextMapGetter, base: Context = ROOT_CONTEXT): ExtractResult {
-  let traceparent: unknown;
-  let tracestate: unknown;
-  let baggage: unknown;
-  try {
-    traceparent = getter.get(carrier, 'traceparent');
-    tracestate = getter.get(carrier, 'tracestate');
-    baggage = getter.get(carrier, 'baggage');
-  } catch {
-    // A carrier that cannot be read is a malformed one, not a reason to fail the message.
-    traceparent = NaN;
-    tracestate = baggage = undefined;
-  }
-  return extractFrom(traceparent, tracestate, baggage, base);
+  return extractGlobal(carrier, getter, base);
 }

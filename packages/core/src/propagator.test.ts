@@ -15,8 +15,10 @@ function roundTrip(from: { extract: typeof mesh.extract }, to: { inject: typeof 
 
 describe('MeshPropagator', () => {
   test('fields', () => {
-    expect(mesh.fields()).toEqual(['traceparent', 'tracestate', 'baggage']);
-    expect(new MeshPropagator({ baggage: false }).fields()).toEqual(['traceparent', 'tracestate']);
+    const b3 = ['b3', 'x-b3-traceid', 'x-b3-spanid', 'x-b3-sampled', 'x-b3-flags'];
+    expect(mesh.fields()).toEqual(['traceparent', 'tracestate', 'baggage', ...b3]);
+    expect(new MeshPropagator({ baggage: false, extract: ['w3c'] }).fields()).toEqual(['traceparent', 'tracestate']);
+    expect(new MeshPropagator({ extract: ['w3c'], b3: 'single' }).fields()).toEqual(['traceparent', 'tracestate', 'baggage', ...b3]);
   });
 
   test('extract then inject gives the same context back', () => {

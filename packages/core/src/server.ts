@@ -1,11 +1,15 @@
-import { SpanKind, SpanStatusCode, context as api, trace } from '@opentelemetry/api';
-import type { Attributes, Context, Span, Tracer, TracerProvider } from '@opentelemetry/api';
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context as api, defaultTextMapGetter, propagation, trace } from '@opentelemetry/api';
+import type { Attributes, Baggage, Context, Link, Span, TextMapGetter, Tracer, TracerProvider } from '@opentelemetry/api';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { PACKAGE, callHook } from './diagnostics';
-import { extractRequestContext, outcomeOf } from './extract';
-import type { ExtractOutcome } from './extract';
+import { DEFAULT_CONFIG, IGNORED, RANDOM_TRACE_ID_KEY, RESTARTED, extractRequestContext, extractWith, outcomeOf, recordOutcome } from './extract';
+import type { ExtractOutcome, ExtractResult } from './extract';
 import { optionError } from './propagator';
-import { parseTraceparent } from './traceparent';
+import { checkPropagation } from './setup';
+import { FLAG_RANDOM, formatTraceparent, parseTraceparent } from './traceparent';
+
+/** What a server does with the trace context its callers send. */
+export type InboundTrust = 'continue' | 'restart' | 'ignore';
 
 /** Options every adapter takes; all optional. `Req`/`Res` are the framework's request and response. */
 export interface MeshTraceOptions<Req = IncomingMessage, Res = ServerResponse> {
@@ -20,6 +24,20 @@ export interface MeshTraceOptions<Req = IncomingMessage, Res = ServerResponse> {
   requestHook?: (span: Span, request: Req) => void;
   /** Called just before the server span ends; a throw is reported, never breaks the request. */
   responseHook?: (span: Span, response: Res) => void;
+  /**
+   * `'continue'` (default) the caller's trace; `'restart'` a new trace linked to the caller's, for a
+   * service facing untrusted clients (nobody outside can force sampling or join another trace);
+   * `'ignore'` inbound trace headers entirely.
+   */
+  inbound?: InboundTrust;
+  /** With `inbound: 'restart'` or `'ignore'`, the inbound baggage keys kept (all others are dropped). Default none. */
+  baggageAllowList?: readonly string[];
+  /** Baggage keys copied onto the server span as `baggage.<key>`. Never all keys: values can be high-cardinality. Default none. */
+  baggageAttributes?: readonly string[];
+  /** Send the W3C Level 2 `traceresponse` header so callers and proxies can correlate. Default `false`. */
+  traceResponse?: boolean;
+  /** Record `x-request-id` and the proxy that forwarded the request (`meshtrace.proxy`: envoy, istio, linkerd). Default `true`. */
+  proxyAttributes?: boolean;
 }
 
 /** What an adapter tells core about its framework. */
@@ -116,6 +134,12 @@ export class ServerTracing<Req, Res> {
   private readonly ignoreExact: Set<string> | undefined;
   private readonly ignorePatterns: RegExp[] | undefined;
   private readonly ignoreFn: ((path: string, request: Req) => boolean) | undefined;
+  private readonly inbound: InboundTrust;
+  private readonly allowList: readonly string[] | undefined;
+  private readonly baggageAttributes: ReadonlyArray<readonly [string, string]> | undefined;
+  private readonly traceResponse: boolean;
+  private readonly proxyAttributes: boolean;
+  private checked = false;
 
   constructor(
     options: MeshTraceOptions<Req, Res> | undefined,
@@ -125,7 +149,21 @@ export class ServerTracing<Req, Res> {
     const pkg = adapter.name;
     if (options === undefined || options === null) options = {};
     if (typeof options !== 'object') throw optionError(pkg, 'options', 'an object', options);
-    const { tracerProvider, ignore, requestHook, responseHook } = options;
+    const { tracerProvider, ignore, requestHook, responseHook, inbound = 'continue', baggageAllowList, baggageAttributes, traceResponse = false, proxyAttributes = true } = options;
+    if (inbound !== 'continue' && inbound !== 'restart' && inbound !== 'ignore') throw optionError(pkg, 'inbound', "'continue', 'restart' or 'ignore'", inbound);
+    const keys = (name: string, v: unknown): readonly string[] | undefined => {
+      if (v === undefined) return undefined;
+      if (!Array.isArray(v) || v.some((k) => typeof k !== 'string' || k.length === 0)) throw optionError(pkg, name, 'an array of baggage keys', v);
+      return v.length > 0 ? v : undefined;
+    };
+    this.allowList = keys('baggageAllowList', baggageAllowList);
+    const attrKeys = keys('baggageAttributes', baggageAttributes);
+    this.baggageAttributes = attrKeys?.map((k) => [k, `baggage.${k}`] as const);
+    if (typeof traceResponse !== 'boolean') throw optionError(pkg, 'traceResponse', 'a boolean', traceResponse);
+    if (typeof proxyAttributes !== 'boolean') throw optionError(pkg, 'proxyAttributes', 'a boolean', proxyAttributes);
+    this.inbound = inbound;
+    this.traceResponse = traceResponse;
+    this.proxyAttributes = proxyAttributes;
     if (tracerProvider !== undefined && typeof tracerProvider?.getTracer !== 'function') {
       throw optionError(pkg, 'tracerProvider', 'a TracerProvider', tracerProvider);
     }
@@ -181,7 +219,11 @@ export class ServerTracing<Req, Res> {
       return this.track(new RequestTrace(active, existing, outcome, method, false, this, request, response, false), req, res);
     }
 
-    const extracted = extractRequestContext(headers, active);
+    if (!this.checked) {
+      this.checked = true;
+      checkPropagation();
+    }
+    const extracted = this.inbound === 'continue' ? extractRequestContext(headers, active) : this.untrusted(headers, active);
     if (this.ignored(path, request)) {
       return new RequestTrace(extracted.context, trace.wrapSpanContext(trace.getSpanContext(extracted.context) ?? INVALID), extracted.outcome, method, false, this, request, response, true);
     }
@@ -206,13 +248,60 @@ export class ServerTracing<Req, Res> {
     const ua = headers['user-agent'];
     if (ua !== undefined) attributes['user_agent.original'] = ua;
     if (extracted.outcome.reason !== undefined) attributes['meshtrace.propagation.reason'] = extracted.outcome.reason;
+    if (extracted.outcome.format !== undefined) attributes['meshtrace.propagation.format'] = extracted.outcome.format;
+    if (this.proxyAttributes) proxyAttributes(headers, attributes);
+    if (this.baggageAttributes !== undefined) {
+      const bag = propagation.getBaggage(extracted.context);
+      if (bag !== undefined) {
+        for (const [key, name] of this.baggageAttributes) {
+          const entry = bag.getEntry(key);
+          if (entry !== undefined) attributes[name] = entry.value;
+        }
+      }
+    }
 
     const tracer = this.tracer ?? trace.getTracer(PACKAGE);
-    const span = tracer.startSpan(method === '_OTHER' ? 'HTTP' : method, { kind: SpanKind.SERVER, attributes }, extracted.context);
+    const span = tracer.startSpan(method === '_OTHER' ? 'HTTP' : method, { kind: SpanKind.SERVER, attributes, links: extracted.links as Link[] | undefined }, extracted.context);
     const ctx = trace.setSpan(extracted.context, span);
+    if (this.traceResponse && !res.headersSent) {
+      const sc = span.spanContext();
+      res.setHeader('traceresponse', formatTraceparent(sc.traceId, sc.spanId, ctx.getValue(RANDOM_TRACE_ID_KEY) === true ? sc.traceFlags | FLAG_RANDOM : sc.traceFlags));
+    }
     const rt = new RequestTrace(ctx, span, extracted.outcome, method, true, this, request, response, false);
     callHook('requestHook', this.options.requestHook, span, request);
     return this.track(rt, req, res);
+  }
+
+  /** `restart` and `ignore`: a fresh root, linked (restart) to what came in, keeping only allowed baggage. */
+  private untrusted(headers: IncomingMessage['headers'], active: Context): ExtractResult {
+    let ctx = trace.deleteSpan(active).setValue(RANDOM_TRACE_ID_KEY, true);
+    let links: Link[] | undefined;
+    let inbound: Baggage | undefined;
+    if (this.inbound === 'restart') {
+      const seen = extractWith(DEFAULT_CONFIG, headers, defaultTextMapGetter as TextMapGetter<typeof headers>, ROOT_CONTEXT, false);
+      const sc = trace.getSpanContext(seen.context);
+      if (sc !== undefined) links = [{ context: sc, attributes: { 'meshtrace.link.reason': 'restarted' } }];
+      inbound = propagation.getBaggage(seen.context);
+    } else if (this.allowList !== undefined && headers.baggage !== undefined) {
+      const seen = extractWith({ formats: [], baggage: true }, headers, defaultTextMapGetter as TextMapGetter<typeof headers>, ROOT_CONTEXT, false);
+      inbound = propagation.getBaggage(seen.context);
+    }
+    ctx = propagation.deleteBaggage(ctx);
+    if (inbound !== undefined && this.allowList !== undefined) {
+      const kept: Record<string, ReturnType<Baggage['getAllEntries']>[number][1]> = {};
+      let any = false;
+      for (const key of this.allowList) {
+        const entry = inbound.getEntry(key);
+        if (entry !== undefined) {
+          kept[key] = entry;
+          any = true;
+        }
+      }
+      if (any) ctx = propagation.setBaggage(ctx, propagation.createBaggage(kept));
+    }
+    const outcome = this.inbound === 'restart' ? RESTARTED : IGNORED;
+    recordOutcome(outcome);
+    return { context: ctx, outcome, links };
   }
 
   private track(rt: RequestTrace<Req, Res>, req: IncomingMessage, res: ServerResponse): RequestTrace<Req, Res> {
@@ -224,6 +313,29 @@ export class ServerTracing<Req, Res> {
     res.once('close', onClose);
     return rt;
   }
+}
+
+const ENVOY_ISTIO = 'x-envoy-peer-metadata';
+
+/** `x-request-id` and which proxy forwarded the request, from the headers it adds. */
+function proxyAttributes(headers: IncomingMessage['headers'], attributes: Attributes): void {
+  const requestId = headers['x-request-id'];
+  if (typeof requestId === 'string') attributes['http.request.header.x-request-id'] = [requestId];
+  let proxy: string | undefined;
+  for (const name in headers) {
+    if (name.charCodeAt(0) === 108 /* l */ && name.startsWith('l5d-')) {
+      proxy = 'linkerd';
+      break;
+    }
+    if (name.charCodeAt(0) === 120 /* x */) {
+      if (name.startsWith(ENVOY_ISTIO)) {
+        proxy = 'istio';
+        break;
+      }
+      if (name.startsWith('x-envoy-') || name === 'x-forwarded-client-cert') proxy = 'envoy';
+    }
+  }
+  if (proxy !== undefined) attributes['meshtrace.proxy'] = proxy;
 }
 
 const INVALID = trace.wrapSpanContext({ traceId: '00000000000000000000000000000000', spanId: '0000000000000000', traceFlags: 0 }).spanContext();

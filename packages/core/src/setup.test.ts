@@ -19,7 +19,7 @@ test('registers context, propagator and provider, and says so in one line', asyn
   expect(hasContextManager()).toBe(false);
   const tracing = setupMeshTracing({ serviceName: 'checkout', exporter, log: (l) => lines.push(l), batch: { scheduledDelayMillis: 10 }, env: {} });
   expect(hasContextManager()).toBe(true);
-  expect(propagation.fields()).toEqual(['traceparent', 'tracestate', 'baggage']);
+  expect(propagation.fields()).toEqual(['traceparent', 'tracestate', 'baggage', 'b3', 'x-b3-traceid', 'x-b3-spanid', 'x-b3-sampled', 'x-b3-flags']);
   expect(lines).toHaveLength(1);
   expect(lines[0]).toContain('traceparent, tracestate, baggage');
   expect(lines[0]).toContain('service checkout');

@@ -3,13 +3,16 @@ import type { Context } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
-import type { Resource } from '@opentelemetry/resources';
+import type { Resource, ResourceDetector } from '@opentelemetry/resources';
 import { BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import type { BufferConfig, Sampler, SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
 import { PACKAGE } from './diagnostics';
+import { kubernetesDetector } from './k8s';
 import { MeshPropagator, optionError } from './propagator';
 import type { MeshPropagatorOptions } from './propagator';
+import { MeshSampler, samplerFromEnv } from './sampler';
+import type { SamplingOwner } from './sampler';
 
 /** Options of {@link setupMeshTracing}; all optional. */
 export interface SetupOptions {
@@ -19,8 +22,16 @@ export interface SetupOptions {
   exporter?: SpanExporter;
   /** Extra span processors, after the batch processor. */
   spanProcessors?: SpanProcessor[];
-  /** The sampler. Default: the SDK's (`OTEL_TRACES_SAMPLER`, else parent-based always-on). */
+  /** The local sampler for new traces (and for continued ones with `sampling: 'local'`). Default: `OTEL_TRACES_SAMPLER`, else always-on. */
   sampler?: Sampler;
+  /**
+   * Who decides for a continued trace: `'parent'` (the inbound sampled flag, so proxy and SDK agree)
+   * or `'local'` (the sampler; the outbound flag says what it decided). Default `'parent'`, or
+   * `'local'` when `OTEL_TRACES_SAMPLER` names a sampler that is not parent-based.
+   */
+  sampling?: SamplingOwner;
+  /** Resource detectors. Default: `OTEL_RESOURCE_ATTRIBUTES`/`OTEL_SERVICE_NAME` and Kubernetes (downward API, cgroup). */
+  resourceDetectors?: ResourceDetector[];
   /** Batch processor queue and timing (`maxQueueSize` bounds memory while the collector is away). */
   batch?: BufferConfig;
   /** More resource attributes, merged over the detected ones. */
@@ -50,6 +61,18 @@ export function hasContextManager(): boolean {
   return context.with(probe, () => context.active().getValue(KEY as unknown as symbol) === true);
 }
 
+/**
+ * Warns about the two silent causes of orphaned roots: no context manager (context is lost at the
+ * first `await`) and a global propagator that does not read `traceparent`. Returns what is wrong.
+ */
+export function checkPropagation(): string[] {
+  const problems: string[] = [];
+  if (!hasContextManager()) problems.push('no context manager is registered, so the request context is lost at the first await');
+  if (!propagation.fields().includes('traceparent')) problems.push('the global propagator does not read traceparent (was it replaced after setup?)');
+  for (const p of problems) diag.warn(`${PACKAGE}: ${p}; traces will break into orphaned roots.`);
+  return problems;
+}
+
 function check<T>(value: T | undefined, option: string, ok: (v: T) => boolean, expected: string): void {
   if (value !== undefined && !ok(value)) throw optionError(PACKAGE, option, expected, value);
 }
@@ -68,6 +91,8 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
   check(options.exporter, 'exporter', (v) => typeof v?.export === 'function' && typeof v?.shutdown === 'function', 'a SpanExporter');
   check(options.spanProcessors, 'spanProcessors', (v) => Array.isArray(v) && v.every((p) => typeof p?.onEnd === 'function'), 'an array of SpanProcessors');
   check(options.sampler, 'sampler', (v) => typeof v?.shouldSample === 'function', 'a Sampler');
+  check(options.sampling, 'sampling', (v) => v === 'parent' || v === 'local', "'parent' or 'local'");
+  check(options.resourceDetectors, 'resourceDetectors', (v) => Array.isArray(v) && v.every((d) => typeof d?.detect === 'function'), 'an array of ResourceDetectors');
   check(options.batch, 'batch', (v) => typeof v === 'object' && v !== null, 'an object');
   check(options.log, 'log', (v) => v === false || typeof v === 'function', 'a function or false');
   const propagator = new MeshPropagator(options.propagator);
@@ -79,6 +104,8 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
     contextManager = 'AsyncLocalStorage';
   }
   propagation.setGlobalPropagator(propagator);
+  // Code that runs right after setup (another SDK's start(), say) may replace what was registered.
+  setImmediate(checkPropagation).unref();
 
   const fields = propagator.fields().join(', ');
   if (String(env.OTEL_SDK_DISABLED).trim().toLowerCase() === 'true') {
@@ -90,12 +117,14 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
   const endpoint = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || (env.OTEL_EXPORTER_OTLP_ENDPOINT ? `${env.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/+$/, '')}/v1/traces` : undefined);
   const exporter = endpoint ? new OTLPTraceExporter({ url: endpoint }) : options.exporter;
   const serviceName = options.serviceName ?? env.OTEL_SERVICE_NAME;
-  let resource = detectResources({ detectors: [envDetector] });
+  let resource = detectResources({ detectors: options.resourceDetectors ?? [envDetector, kubernetesDetector({ env })] });
   if (serviceName) resource = resource.merge(resourceFromAttributes({ 'service.name': serviceName }));
   if (options.resource) resource = resource.merge(options.resource);
   const processors: SpanProcessor[] = exporter ? [new BatchSpanProcessor(exporter, options.batch)] : [];
   if (options.spanProcessors) processors.push(...options.spanProcessors);
-  const tracerProvider = new NodeTracerProvider({ resource, sampler: options.sampler, spanProcessors: processors });
+  const fromEnv = samplerFromEnv(env);
+  const sampler = new MeshSampler(options.sampler ?? fromEnv.root, options.sampling ?? fromEnv.owner);
+  const tracerProvider = new NodeTracerProvider({ resource, sampler, spanProcessors: processors });
   trace.setGlobalTracerProvider(tracerProvider);
 
   const where = endpoint ? `OTLP ${endpoint}` : exporter ? exporter.constructor.name : 'no exporter (spans are not exported)';
