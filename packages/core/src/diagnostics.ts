@@ -60,6 +60,9 @@ export const extractCounter = new LazyCounter('meshtrace.propagation.extract', '
 /** `meshtrace.propagation.dropped`: header members dropped on the way in or out, by `header` and `reason`. */
 export const droppedCounter = new LazyCounter('meshtrace.propagation.dropped', 'Trace context members dropped, by header and reason');
 
+/** `meshtrace.sampling.mismatch`: caller said "not sampled" while the local sampler would record, by `owner`. */
+export const mismatchCounter = new LazyCounter('meshtrace.sampling.mismatch', 'Continued traces whose inbound sampled flag disagrees with the local sampler');
+
 /** Shows at most 64 characters of an untrusted value, escaped, so a log line cannot be forged. */
 export function preview(value: unknown): string {
   if (value === undefined) return 'absent';

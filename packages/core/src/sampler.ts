@@ -1,8 +1,8 @@
-import { SamplingDecision, diag, isSpanContextValid, metrics, trace } from '@opentelemetry/api';
+import { SamplingDecision, diag, isSpanContextValid, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Link, SpanKind } from '@opentelemetry/api';
 import { AlwaysOffSampler, AlwaysOnSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace-base';
 import type { Sampler, SamplingResult } from '@opentelemetry/sdk-trace-base';
-import { PACKAGE } from './diagnostics';
+import { PACKAGE, mismatchCounter } from './diagnostics';
 import { extractionOf } from './extract';
 import { FLAG_SAMPLED } from './traceparent';
 
@@ -43,7 +43,7 @@ export class MeshSampler implements Sampler {
   }
 
   private mismatch(): void {
-    metrics.getMeter(PACKAGE).createCounter('meshtrace.sampling.mismatch').add(1, { owner: this.owner });
+    mismatchCounter.add(1, { owner: this.owner });
     if (this.warned) return;
     this.warned = true;
     diag.warn(

@@ -1,8 +1,8 @@
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { ROOT_CONTEXT, context, defaultTextMapGetter, propagation, trace } from '@opentelemetry/api';
+import { DiagLogLevel, ROOT_CONTEXT, context, defaultTextMapGetter, diag, propagation, trace } from '@opentelemetry/api';
 import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
-import { hasContextManager, setupMeshTracing } from '@meshtrace/core';
+import { checkPropagation, hasContextManager, setupMeshTracing } from '@meshtrace/core';
 
 const T = '4bf92f3577b34da6a3ce929d0e0e4736';
 const P = '00f067aa0ba902b7';
@@ -94,6 +94,8 @@ const bad: Array<[string, unknown]> = [
   ['exporter', { exporter: {} }],
   ['spanProcessors', { spanProcessors: [{}] }],
   ['sampler', { sampler: 1 }],
+  ['sampling', { sampling: 'mine' }],
+  ['resourceDetectors', { resourceDetectors: [1] }],
   ['batch', { batch: 'fast' }],
   ['log', { log: 'stderr' }],
   ['maxBaggageBytes', { propagator: { maxBaggageBytes: 'big' } }],
@@ -101,4 +103,50 @@ const bad: Array<[string, unknown]> = [
 test.each(bad)('bad option %s fails at setup with a TypeError naming it', (option, options) => {
   expect(() => setupMeshTracing(options as never)).toThrow(new RegExp(`^@meshtrace/core: option "${option}"`));
   expect(() => setupMeshTracing(options as never)).toThrow(TypeError);
+});
+
+test('Kubernetes attributes from the downward API are on the resource by default', async () => {
+  const exporter = new InMemorySpanExporter();
+  const tracing = setupMeshTracing({ exporter, log: false, env: { K8S_POD_NAME: 'checkout-1', K8S_NAMESPACE_NAME: 'shop' } });
+  trace.getTracer('t').startSpan('x').end();
+  await tracing.tracerProvider?.forceFlush();
+  expect(exporter.getFinishedSpans()[0].resource.attributes).toMatchObject({ 'k8s.pod.name': 'checkout-1', 'k8s.namespace.name': 'shop' });
+  await tracing.shutdown();
+});
+
+test.each([
+  ['parent', 0],
+  ['local', 1],
+] as const)("sampling: '%s' with an unsampled caller records %i span(s)", async (sampling, count) => {
+  const exporter = new InMemorySpanExporter();
+  const tracing = setupMeshTracing({ exporter, log: false, sampling, env: {} });
+  const parent = propagation.extract(ROOT_CONTEXT, { traceparent: `00-${T}-${P}-00` }, defaultTextMapGetter);
+  trace.getTracer('t').startSpan('server', {}, parent).end();
+  await tracing.tracerProvider?.forceFlush();
+  expect(exporter.getFinishedSpans()).toHaveLength(count);
+  await tracing.shutdown();
+});
+
+test('a propagator replaced right after setup is reported', async () => {
+  const warnings: string[] = [];
+  diag.setLogger({ warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+  try {
+    setupMeshTracing({ log: false, env: { OTEL_SDK_DISABLED: 'true' } });
+    propagation.disable();
+    propagation.setGlobalPropagator({ inject: () => undefined, extract: (c) => c, fields: () => ['x-custom'] });
+    await new Promise((r) => setImmediate(r));
+    expect(warnings.some((w) => w.includes('does not read traceparent'))).toBe(true);
+    expect(checkPropagation()).toEqual(['the global propagator does not read traceparent (was it replaced after setup?)']);
+  } finally {
+    diag.disable();
+  }
+});
+
+test('setup replaces a propagator and provider registered before it, and says so', async () => {
+  propagation.setGlobalPropagator({ inject: () => undefined, extract: (c) => c, fields: () => ['x-custom'] });
+  const lines: string[] = [];
+  const tracing = setupMeshTracing({ log: (l) => lines.push(l), exporter: new InMemorySpanExporter(), env: {} });
+  expect(propagation.fields()).toContain('traceparent');
+  expect(lines.join('\n')).toContain('replaced the propagator registered before it');
+  await tracing.shutdown();
 });

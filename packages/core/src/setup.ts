@@ -103,13 +103,19 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
     context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
     contextManager = 'AsyncLocalStorage';
   }
-  propagation.setGlobalPropagator(propagator);
+  let replaced = '';
+  if (!propagation.setGlobalPropagator(propagator)) {
+    // Registered first by other code: the caller asked for meshtrace, so meshtrace it is.
+    propagation.disable();
+    propagation.setGlobalPropagator(propagator);
+    replaced = '; replaced the propagator registered before it';
+  }
   // Code that runs right after setup (another SDK's start(), say) may replace what was registered.
   setImmediate(checkPropagation).unref();
 
   const fields = propagator.fields().join(', ');
   if (String(env.OTEL_SDK_DISABLED).trim().toLowerCase() === 'true') {
-    log(`${PACKAGE}: propagating ${fields}; context manager ${contextManager}; OTEL_SDK_DISABLED=true, so no spans are recorded`);
+    log(`${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; OTEL_SDK_DISABLED=true, so no spans are recorded`);
     return { tracerProvider: undefined, propagator, shutdown: async () => undefined };
   }
 
@@ -125,10 +131,14 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
   const fromEnv = samplerFromEnv(env);
   const sampler = new MeshSampler(options.sampler ?? fromEnv.root, options.sampling ?? fromEnv.owner);
   const tracerProvider = new NodeTracerProvider({ resource, sampler, spanProcessors: processors });
-  trace.setGlobalTracerProvider(tracerProvider);
+  if (!trace.setGlobalTracerProvider(tracerProvider)) {
+    trace.disable();
+    trace.setGlobalTracerProvider(tracerProvider);
+    replaced += '; replaced the tracer provider registered before it';
+  }
 
   const where = endpoint ? `OTLP ${endpoint}` : exporter ? exporter.constructor.name : 'no exporter (spans are not exported)';
-  log(`${PACKAGE}: propagating ${fields}; context manager ${contextManager}; service ${String(resource.attributes['service.name'] ?? 'unknown_service:node')}; spans to ${where}`);
+  log(`${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; service ${String(resource.attributes['service.name'] ?? 'unknown_service:node')}; spans to ${where}`);
   if (!exporter && !options.spanProcessors?.length) diag.warn(`${PACKAGE}: no exporter and no span processor: spans are recorded but go nowhere`);
   return { tracerProvider, propagator, shutdown: () => tracerProvider.shutdown() };
 }

@@ -23,19 +23,21 @@ export interface TestTracing {
   outcomeCounts(): Promise<Record<string, number>>;
   /** Cumulative `meshtrace.propagation.dropped` counts by `<header>:<reason>`. */
   droppedCounts(): Promise<Record<string, number>>;
+  /** Cumulative totals of every counter, by metric name. */
+  counters(): Promise<Record<string, number>>;
   /** Forgets finished spans. */
   reset(): void;
   shutdown(): Promise<void>;
 }
 
-async function sums(reader: MetricReader, name: string, label: (a: Record<string, unknown>) => string): Promise<Record<string, number>> {
+async function sums(reader: MetricReader, name: string | undefined, label: (a: Record<string, unknown>, metric: string) => string): Promise<Record<string, number>> {
   const { resourceMetrics } = await reader.collect();
   const out: Record<string, number> = {};
   for (const scope of resourceMetrics.scopeMetrics) {
     for (const metric of scope.metrics) {
-      if (metric.descriptor.name !== name) continue;
+      if (name !== undefined && metric.descriptor.name !== name) continue;
       for (const point of metric.dataPoints) {
-        const key = label(point.attributes as Record<string, unknown>);
+        const key = label(point.attributes as Record<string, unknown>, metric.descriptor.name);
         out[key] = (out[key] ?? 0) + (point.value as number);
       }
     }
@@ -61,6 +63,7 @@ export function setupTestTracing(): TestTracing {
     spans: () => exporter.getFinishedSpans(),
     outcomeCounts: () => sums(reader, 'meshtrace.propagation.extract', (a) => (a.reason ? `${String(a.outcome)}:${String(a.reason)}` : String(a.outcome))),
     droppedCounts: () => sums(reader, 'meshtrace.propagation.dropped', (a) => `${String(a.header)}:${String(a.reason)}`),
+    counters: () => sums(reader, undefined, (_a, metric) => metric),
     reset: () => exporter.reset(),
     shutdown: async () => {
       await provider.shutdown();

@@ -1,0 +1,193 @@
+import { createServer } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { DiagLogLevel, context, diag, propagation, trace } from '@opentelemetry/api';
+import { createServerTracing } from '@meshtrace/core';
+import type { MeshTraceOptions } from '@meshtrace/core';
+import { observe, setupTestTracing } from '@meshtrace/testkit';
+import type { Observed } from '@meshtrace/testkit';
+
+const T = '0af7651916cd43dd8448eb211c80319c';
+const P = 'b7ad6b7169203331';
+const VALID = `00-${T}-${P}-01`;
+const tracing = setupTestTracing();
+const servers: Server[] = [];
+afterAll(async () => {
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  await tracing.shutdown();
+});
+
+/** A node:http server traced with `options`, answering with what its handler observed. */
+async function serve(options: MeshTraceOptions): Promise<string> {
+  const tracing = createServerTracing<IncomingMessage, ServerResponse>(options, { name: '@meshtrace/core-test' });
+  const server = createServer((req, res) => {
+    const t = tracing.start(req, res, req, res);
+    context.with(t.context, () => {
+      const bag = propagation.getBaggage(context.active());
+      // A handler that changes baggage makes a new context; it must not touch anyone else's.
+      const changed = propagation.setBaggage(context.active(), (bag ?? propagation.createBaggage()).setEntry('changed', { value: 'yes' }));
+      context.with(changed, () => undefined);
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(observe()));
+    });
+  });
+  servers.push(server);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+async function call(base: string, headers: Record<string, string>) {
+  tracing.reset();
+  const before = await tracing.outcomeCounts();
+  const res = await fetch(base, { headers });
+  const seen = (await res.json()) as Observed;
+  await new Promise((r) => setImmediate(r));
+  const span = tracing.spans().find((s) => s.spanContext().spanId === seen.spanId);
+  const after = await tracing.outcomeCounts();
+  const counted = Object.keys(after).filter((k) => after[k] !== (before[k] ?? 0));
+  return { res, seen, span, counted };
+}
+
+describe('inbound trust', () => {
+  test("'restart' starts a new trace linked to the caller's, keeping only allowed baggage", async () => {
+    const base = await serve({ inbound: 'restart', baggageAllowList: ['tenant'] });
+    const { seen, span, counted } = await call(base, { traceparent: VALID, baggage: 'tenant=acme,session=secret' });
+    expect(seen.traceId).not.toBe(T);
+    expect(span?.parentSpanContext).toBeUndefined();
+    expect(span?.links.map((l) => [l.context.traceId, l.context.spanId])).toEqual([[T, P]]);
+    expect(seen.baggage).toEqual({ tenant: 'acme' });
+    expect(span?.attributes['meshtrace.propagation.outcome']).toBe('restarted');
+    expect(counted).toEqual(['restarted']);
+    // Nobody outside decides sampling: a caller's "not sampled" does not stop this trace.
+    const unsampled = await call(base, { traceparent: `00-${T}-${P}-00` });
+    expect(unsampled.span).toBeDefined();
+  });
+
+  test("'restart' with nothing inbound makes no link", async () => {
+    const base = await serve({ inbound: 'restart' });
+    const { span, seen } = await call(base, { baggage: 'tenant=acme' });
+    expect(span?.links).toEqual([]);
+    expect(seen.baggage).toEqual({});
+  });
+
+  test("'ignore' reads no inbound trace context at all", async () => {
+    const base = await serve({ inbound: 'ignore' });
+    const { seen, span, counted } = await call(base, { traceparent: VALID, baggage: 'a=1' });
+    expect(seen.traceId).not.toBe(T);
+    expect(span?.links).toEqual([]);
+    expect(seen.baggage).toEqual({});
+    expect(counted).toEqual(['ignored']);
+  });
+});
+
+describe('B3 beside W3C', () => {
+  test('a disagreeing B3 context becomes a link on the server span; W3C wins', async () => {
+    const base = await serve({});
+    const b3Trace = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const { seen, span } = await call(base, { traceparent: VALID, 'x-b3-traceid': b3Trace, 'x-b3-spanid': '00f067aa0ba902b7', 'x-b3-sampled': '1' });
+    expect(seen.traceId).toBe(T);
+    expect(span?.links.map((l) => [l.context.traceId, l.attributes?.['meshtrace.link.format']])).toEqual([[b3Trace, 'b3']]);
+    expect(span?.attributes['meshtrace.propagation.format']).toBe('w3c');
+  });
+
+  test('B3 alone is continued, and the outcome says so', async () => {
+    const base = await serve({});
+    const { seen, span } = await call(base, { b3: `${T}-${P}-1` });
+    expect(seen.traceId).toBe(T);
+    expect(span?.parentSpanContext?.spanId).toBe(P);
+    expect(span?.attributes['meshtrace.propagation.format']).toBe('b3');
+  });
+});
+
+test('allow-listed baggage keys are copied onto the span, and only those', async () => {
+  const base = await serve({ baggageAttributes: ['tenant', 'tier'] });
+  const { span } = await call(base, { traceparent: VALID, baggage: 'tenant=acme,user=alice' });
+  expect(span?.attributes['baggage.tenant']).toBe('acme');
+  expect(Object.keys(span?.attributes ?? {}).filter((k) => k.startsWith('baggage.'))).toEqual(['baggage.tenant']);
+});
+
+test('a handler changing baggage never changes what another request sees', async () => {
+  const base = await serve({});
+  const calls = await Promise.all(Array.from({ length: 20 }, (_, i) => call(base, { traceparent: VALID, baggage: `n=${i}` })));
+  calls.forEach((c, i) => expect(c.seen.baggage).toEqual({ n: String(i) }));
+});
+
+test('traceresponse names the server span (W3C Level 2)', async () => {
+  const base = await serve({ traceResponse: true });
+  const { res, seen } = await call(base, { traceparent: `00-${T}-${P}-03` });
+  expect(res.headers.get('traceresponse')).toBe(`00-${T}-${seen.spanId}-03`);
+  const off = await call(await serve({}), { traceparent: VALID });
+  expect(off.res.headers.get('traceresponse')).toBeNull();
+});
+
+describe('proxy awareness', () => {
+  const cases: Array<[string, Record<string, string>, string | undefined]> = [
+    ['envoy', { 'x-envoy-expected-rq-timeout-ms': '15000', 'x-request-id': 'r-1' }, 'envoy'],
+    ['istio', { 'x-envoy-peer-metadata-id': 'sidecar~10.0.0.1', 'x-forwarded-client-cert': 'By=spiffe://x' }, 'istio'],
+    ['envoy with mTLS only', { 'x-forwarded-client-cert': 'By=spiffe://x' }, 'envoy'],
+    ['linkerd', { 'l5d-dst-canonical': 'svc.ns.svc.cluster.local:80' }, 'linkerd'],
+    ['none', {}, undefined],
+  ];
+  test.each(cases)('%s', async (_name, headers, proxy) => {
+    const base = await serve({});
+    const { span } = await call(base, { traceparent: VALID, ...headers });
+    expect(span?.attributes['meshtrace.proxy']).toBe(proxy);
+    expect(span?.attributes['http.request.header.x-request-id']).toEqual(headers['x-request-id'] ? [headers['x-request-id']] : undefined);
+  });
+
+  test('proxyAttributes: false records neither', async () => {
+    const { span } = await call(await serve({ proxyAttributes: false }), { 'x-envoy-attempt-count': '1', 'x-request-id': 'r' });
+    expect(span?.attributes['meshtrace.proxy']).toBeUndefined();
+    expect(span?.attributes['http.request.header.x-request-id']).toBeUndefined();
+  });
+});
+
+test('the first request warns when propagation is broken', async () => {
+  const warnings: string[] = [];
+  diag.setLogger({ warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+  const base = await serve({});
+  propagation.disable();
+  try {
+    await call(base, {});
+    await call(base, {});
+    expect(warnings.filter((w) => w.includes('does not read traceparent'))).toHaveLength(1);
+  } finally {
+    setupTestTracing();
+    diag.disable();
+  }
+});
+
+const bad: Array<[string, unknown]> = [
+  ['inbound', { inbound: 'trust' }],
+  ['baggageAllowList', { baggageAllowList: 'tenant' }],
+  ['baggageAttributes', { baggageAttributes: [''] }],
+  ['traceResponse', { traceResponse: 'yes' }],
+  ['proxyAttributes', { proxyAttributes: 1 }],
+  ['ignore', { ignore: [42] }],
+  ['requestHook', { requestHook: 'x' }],
+  ['tracerProvider', { tracerProvider: {} }],
+];
+test.each(bad)('bad option %s fails at setup', (option, options) => {
+  expect(() => createServerTracing(options as never, { name: '@meshtrace/x' })).toThrow(new RegExp(`^@meshtrace/x: option "${option}"`));
+  expect(() => createServerTracing(options as never, { name: '@meshtrace/x' })).toThrow(TypeError);
+});
+
+test('a span already active is enriched, not duplicated', async () => {
+  const tracer = trace.getTracer('other-instrumentation');
+  const t = createServerTracing<IncomingMessage, ServerResponse>({}, { name: '@meshtrace/x' });
+  const server = createServer((req, res) => {
+    const outer = tracer.startSpan('GET outer', { kind: 1 });
+    context.with(trace.setSpan(context.active(), outer), () => {
+      const rt = t.start(req, res, req, res);
+      context.with(rt.context, () => res.end(JSON.stringify(observe())));
+      res.on('finish', () => outer.end());
+    });
+  });
+  servers.push(server);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { seen } = await call(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, { traceparent: 'garbage' });
+  const serverSpans = tracing.spans().filter((s) => s.kind === 1 && s.spanContext().traceId === seen.traceId);
+  expect(serverSpans).toHaveLength(1);
+  expect(serverSpans[0].name).toBe('GET outer');
+  expect(serverSpans[0].attributes['meshtrace.propagation.outcome']).toBe('malformed');
+});
