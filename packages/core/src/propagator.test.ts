@@ -48,11 +48,12 @@ describe('MeshPropagator', () => {
     expect(out.traceparent).toBe(`00-${T}-${P}-03`);
   });
 
-  test('suppressed tracing injects no trace context', () => {
-    const ctx = suppressTracing(trace.setSpanContext(ROOT_CONTEXT, { traceId: T, spanId: P, traceFlags: 1 }));
+  test('suppressed tracing injects nothing, baggage included', () => {
+    const traced = trace.setSpanContext(ROOT_CONTEXT, { traceId: T, spanId: P, traceFlags: 1 });
+    const ctx = suppressTracing(propagation.setBaggage(traced, propagation.createBaggage({ k: { value: 'v' } })));
     const out: Record<string, string> = {};
     mesh.inject(ctx, out, defaultTextMapSetter);
-    expect(out.traceparent).toBeUndefined();
+    expect(out).toEqual({});
   });
 
   test('maxBaggageBytes drops members past the budget', () => {

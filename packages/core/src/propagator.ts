@@ -71,8 +71,10 @@ export class MeshPropagator implements TextMapPropagator {
 
   /** Writes the active span's trace context (and baggage) into `carrier`. */
   inject(context: Context, carrier: unknown, setter: TextMapSetter = defaultTextMapSetter): void {
+    // Suppressed tracing (an exporter's own requests) carries no context at all, as OpenTelemetry's propagators do.
+    if (isTracingSuppressed(context)) return;
     const sc = trace.getSpanContext(context);
-    if (sc !== undefined && !isTracingSuppressed(context) && isSpanContextValid(sc) && isValidId(sc.traceId, 32) && isValidId(sc.spanId, 16)) {
+    if (sc !== undefined && isSpanContextValid(sc) && isValidId(sc.traceId, 32) && isValidId(sc.spanId, 16)) {
       // The SDK's own span flags carry only "sampled"; the random flag lives in the context.
       const flags = context.getValue(RANDOM_TRACE_ID_KEY) === true ? sc.traceFlags | FLAG_RANDOM : sc.traceFlags;
       setter.set(carrier, 'traceparent', formatTraceparent(sc.traceId, sc.spanId, flags));
