@@ -139,7 +139,7 @@ describe('bad input over the socket', () => {
     const reply = await exchange(data);
     expect({ name, reply, handlerRan: handled !== calls }).toEqual({ name, reply: { rejected: reason }, handlerRan: false });
     expect({ name, counted: delta(before, await tracing.outcomeCounts()) }).toEqual({ name, counted: { 'malformed:bad-format': 1 } });
-    expect({ name, lines }).toEqual({ name, lines: [expect.stringContaining(`"undecodable frame (${reason})"`)] });
+    expect({ name, lines }).toEqual({ name, lines: [expect.stringContaining(`could not read the trace context carrier (undecodable frame: ${reason})`)] });
   });
 
   test('the connection still works after every bad frame', async () => {

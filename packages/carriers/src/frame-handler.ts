@@ -1,6 +1,6 @@
 import { SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
 import type { Attributes, Span, TracerProvider } from '@opentelemetry/api';
-import { callHook, extractContext, headerGetter, optionError, outcomeOf, recordOutcome } from '@meshtrace/core';
+import { callHook, extractContext, headerGetter, optionError, recordUnreadable } from '@meshtrace/core';
 import { decodeFrame } from './frame';
 import type { Frame, FrameData, FrameError } from './frame';
 
@@ -22,7 +22,6 @@ export interface FrameHandlerOptions {
 export type FrameHandler<This, R> = (this: This, frame: Frame) => R;
 
 // Bytes that are not a frame carry no readable context: counted the way core counts a carrier it cannot read.
-const UNREADABLE = outcomeOf('bad-format');
 
 function recordError(span: Span, error: unknown): void {
   const err = error instanceof Error ? error : new Error(String(error));
@@ -59,7 +58,7 @@ export function meshFrameHandler<This = unknown, R = unknown>(handler: FrameHand
   return function meshFrameListener(this: This, data: FrameData): R | undefined {
     const frame = decodeFrame(data);
     if (typeof frame === 'string') {
-      recordOutcome(UNREADABLE, `undecodable frame (${frame})`);
+      recordUnreadable(`undecodable frame: ${frame}`);
       callHook('onInvalidFrame', onInvalidFrame, frame, data);
       return undefined;
     }

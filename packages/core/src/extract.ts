@@ -92,6 +92,12 @@ export function recordOutcome(result: ExtractOutcome, raw?: unknown): void {
   }
 }
 
+/** Counts a carrier that could not be read at all as `malformed` / `bad-format`, warning with `what`. */
+export function recordUnreadable(what: string): void {
+  extractCounter.add(1, MALFORMED['bad-format'].attributes);
+  warner.warn(`unreadable:${what}`, () => `${PACKAGE}: could not read the trace context carrier (${what}); its context is lost.`);
+}
+
 /** Counts and warns about members dropped from an inbound or outbound header. */
 export function recordDropped(header: 'tracestate' | 'baggage', reason: string, count: number, raw?: unknown): void {
   droppedCounter.add(count, { header, reason });
