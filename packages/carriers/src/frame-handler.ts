@@ -1,6 +1,6 @@
 import { SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
 import type { Attributes, Span, TracerProvider } from '@opentelemetry/api';
-import { callHook, extractContext, headerGetter, optionError, recordUnreadable } from '@meshtrace/core';
+import { callHook, extractContext, headerGetter, optionError, recordSpanError, recordUnreadable } from '@meshtrace/core';
 import { decodeFrame } from './frame';
 import type { Frame, FrameData, FrameError } from './frame';
 
@@ -22,13 +22,6 @@ export interface FrameHandlerOptions {
 export type FrameHandler<This, R> = (this: This, frame: Frame) => R;
 
 // Bytes that are not a frame carry no readable context: counted the way core counts a carrier it cannot read.
-
-function recordError(span: Span, error: unknown): void {
-  const err = error instanceof Error ? error : new Error(String(error));
-  span.recordException(err);
-  span.setAttribute('error.type', err.name || 'Error');
-  span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
-}
 
 function isThenable(value: unknown): value is PromiseLike<unknown> {
   return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof (value as PromiseLike<unknown>).then === 'function';
@@ -79,7 +72,7 @@ export function meshFrameHandler<This = unknown, R = unknown>(handler: FrameHand
     try {
       result = context.with(trace.setSpan(extracted.context, span), handler, this, frame);
     } catch (err) {
-      recordError(span, err);
+      recordSpanError(span, err);
       span.end();
       throw err;
     }
@@ -94,7 +87,7 @@ export function meshFrameHandler<This = unknown, R = unknown>(handler: FrameHand
         return value;
       },
       (err: unknown) => {
-        recordError(span, err);
+        recordSpanError(span, err);
         span.end();
         throw err;
       },

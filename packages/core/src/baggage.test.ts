@@ -25,6 +25,7 @@ describe('parseBaggage', () => {
     ['member over 4096 bytes', `a=${'x'.repeat(4095)},c=2`, { c: '2' }, 1, 'member-too-large'],
     ['181 members', Array.from({ length: 181 }, (_, i) => `k${i}=${i}`).join(','), Object.fromEntries(Array.from({ length: 180 }, (_, i) => [`k${i}`, String(i)])), 1, 'too-many-members'],
     ['not a string', 12, {}, 1, 'bad-member'],
+    ['prototype keys are plain keys', '__proto__=x,constructor=y', JSON.parse('{"__proto__":"x","constructor":"y"}'), 0, undefined],
   ];
   test.each(cases)('%s', (_name, input, want, dropped, reason) => {
     expect(entries(input)).toEqual(want);

@@ -117,7 +117,8 @@ export function parseBaggage(value: unknown): ParsedBaggage {
       reason ??= 'bad-member';
       continue;
     }
-    entries ??= {};
+    // No prototype: a member named __proto__ is a key like any other, never a prototype.
+    entries ??= Object.create(null) as Record<string, BaggageEntry>;
     const entry: BaggageEntry = props.length > 0 ? { value: decoded, metadata: baggageEntryMetadataFromString(props) } : { value: decoded };
     entries[s.substring(a, keyEnd)] = entry;
     kept++;

@@ -76,11 +76,11 @@ export function preview(value: unknown): string {
 }
 
 /** Calls a user hook; a throw is reported (once per hook every 10 s) and never reaches the request. */
-export function callHook<S, T>(name: string, hook: ((span: S, target: T) => void) | undefined, span: S, target: T): void {
+export function callHook<S, T>(name: string, hook: ((span: S, target: T) => void) | undefined, span: S, target: T, pkg: string = PACKAGE): void {
   if (hook === undefined) return;
   try {
     hook(span, target);
   } catch (err) {
-    warner.warn(`hook:${name}`, () => `${PACKAGE}: ${name} threw and was ignored: ${err instanceof Error ? err.message : String(err)}`);
+    warner.warn(`hook:${pkg}:${name}`, () => `${pkg}: ${name} threw and was ignored: ${err instanceof Error ? err.message : String(err)}`);
   }
 }

@@ -1,7 +1,9 @@
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context as api, defaultTextMapGetter, propagation, trace } from '@opentelemetry/api';
 import type { Attributes, Baggage, Context, Link, Span, TextMapGetter, Tracer, TracerProvider } from '@opentelemetry/api';
+import { RPCType, getRPCMetadata } from '@opentelemetry/core';
+import type { RPCMetadata } from '@opentelemetry/core';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { PACKAGE, callHook } from './diagnostics';
+import { PACKAGE, callHook, warner } from './diagnostics';
 import { DEFAULT_CONFIG, IGNORED, RANDOM_TRACE_ID_KEY, RESTARTED, extractRequestContext, extractWith, outcomeOf, recordOutcome } from './extract';
 import type { ExtractOutcome, ExtractResult } from './extract';
 import { optionError } from './propagator';
@@ -53,10 +55,33 @@ const TRACE = Symbol('meshtrace.request');
 
 type TracedResponse = ServerResponse & { [TRACE]?: RequestTrace<unknown, unknown> };
 
+/** Records `error` on `span`: an exception event, `error.type` and ERROR status. */
+export function recordSpanError(span: Span, error: unknown): void {
+  // Duck-typed: errors from another realm (vm, workers' structured clones) fail instanceof Error.
+  const err = errorLike(error) ? error : new Error(String(error));
+  span.recordException(err);
+  span.setAttribute('error.type', err.name || 'Error');
+  span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+}
+
+function errorLike(value: unknown): value is Error {
+  return typeof value === 'object' && value !== null && typeof (value as Error).message === 'string';
+}
+
+/** The HTTP status an error asks for (`status` / `statusCode`, as http-errors, Koa and Fastify set), if any. */
+function statusOf(error: unknown): number | undefined {
+  if (typeof error !== 'object' || error === null) return undefined;
+  const s = (error as { status?: unknown; statusCode?: unknown }).status ?? (error as { statusCode?: unknown }).statusCode;
+  return typeof s === 'number' && Number.isInteger(s) ? s : undefined;
+}
+
 /** The server side of one request: its context, its SERVER span and how its trace was continued. */
 export class RequestTrace<Req, Res> {
   /** True once the span ended (or the request was ignored). */
   ended: boolean;
+  /** @internal An outer adapter's trace of the same response (meshHttp around a framework), ended after this one. */
+  outer: RequestTrace<unknown, unknown> | undefined;
+  private errored = false;
 
   /** @internal */
   constructor(
@@ -76,13 +101,35 @@ export class RequestTrace<Req, Res> {
     this.ended = ignored;
   }
 
-  /** Records a thrown error on the span and marks it ERROR. */
+  /**
+   * Records a thrown error on the span and marks it ERROR, unless the error asks for a 4xx status:
+   * the HTTP semantic conventions leave a SERVER span answering 4xx unset (the exception is still recorded).
+   */
   recordException(error: unknown): void {
     if (this.ended) return;
-    const err = error instanceof Error ? error : new Error(String(error));
-    this.span.recordException(err);
-    this.span.setAttribute('error.type', err.name || 'Error');
-    this.span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+    const status = statusOf(error);
+    if (status !== undefined && status >= 400 && status < 500) {
+      this.span.recordException(errorLike(error) ? error : new Error(String(error)));
+      return;
+    }
+    recordSpanError(this.span, error);
+    this.errored = true;
+  }
+
+  /** @internal Names the span after the route template, once the framework has matched one; returns the template. */
+  nameRoute(): string | undefined {
+    let route: string | undefined;
+    try {
+      route = this.tracing.adapter.route?.(this.request);
+    } catch {
+      // Runs from a 'finish' listener: a throw here would take the process down.
+      route = undefined;
+    }
+    if (route) {
+      this.span.setAttribute('http.route', route);
+      this.span.updateName(`${this.method === '_OTHER' ? 'HTTP' : this.method} ${route}`);
+    }
+    return route;
   }
 
   /** Ends the span with the response status; runs once, whatever calls it first. */
@@ -90,19 +137,20 @@ export class RequestTrace<Req, Res> {
     if (this.ended) return;
     this.ended = true;
     const span = this.span;
-    const route = this.tracing.adapter.route?.(this.request);
-    if (route) {
-      span.setAttribute('http.route', route);
-      span.updateName(`${this.method === '_OTHER' ? 'HTTP' : this.method} ${route}`);
+    // Another instrumentation's span may already have ended on 'finish', before this listener ran.
+    if (this.owned || span.isRecording()) {
+      this.nameRoute();
+      if (statusCode === undefined) {
+        span.addEvent('meshtrace.client_aborted');
+      } else {
+        span.setAttribute('http.response.status_code', statusCode);
+        // The SDK replaces the whole status: keep the message recordException set.
+        if (statusCode >= 500 && !this.errored) span.setStatus({ code: SpanStatusCode.ERROR });
+      }
+      callHook('responseHook', this.tracing.options.responseHook, span, this.response, this.tracing.adapter.name);
+      if (this.owned) span.end();
     }
-    if (statusCode === undefined) {
-      span.addEvent('meshtrace.client_aborted');
-    } else {
-      span.setAttribute('http.response.status_code', statusCode);
-      if (statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
-    }
-    callHook('responseHook', this.tracing.options.responseHook, span, this.response);
-    if (this.owned) span.end();
+    this.outer?.end(statusCode);
   }
 }
 
@@ -189,7 +237,8 @@ export class ServerTracing<Req, Res> {
     if (this.ignoreFn !== undefined) {
       try {
         return this.ignoreFn(path, request) === true;
-      } catch {
+      } catch (err) {
+        warner.warn(`${this.adapter.name}:ignore`, () => `${this.adapter.name}: the ignore predicate threw, so the request is traced: ${err instanceof Error ? err.message : String(err)}`);
         return false;
       }
     }
@@ -204,7 +253,8 @@ export class ServerTracing<Req, Res> {
   start(req: IncomingMessage, res: ServerResponse, request: Req, response: Res): RequestTrace<Req, Res> {
     const rawMethod = req.method ?? 'GET';
     const method = KNOWN_METHODS.has(rawMethod) ? rawMethod : '_OTHER';
-    const url = req.url ?? '/';
+    // Express trims req.url for middleware mounted under a path; originalUrl keeps the whole target.
+    const url = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? '/';
     const q = url.indexOf('?');
     const path = q < 0 ? url : url.slice(0, q);
     const headers = req.headers;
@@ -212,11 +262,17 @@ export class ServerTracing<Req, Res> {
     // Another HTTP instrumentation already made the SERVER span and extracted: enrich it, never a second one.
     const active = api.active();
     const existing = trace.getSpan(active);
-    if (existing !== undefined && existing.spanContext().isRemote !== true) {
+    const rpc = getRPCMetadata(active);
+    if (existing !== undefined && isServerSpan(existing, rpc)) {
       const outcome = outcomeOf(parseTraceparent(headers.traceparent));
       existing.setAttribute('meshtrace.propagation.outcome', outcome.outcome);
       if (outcome.reason !== undefined) existing.setAttribute('meshtrace.propagation.reason', outcome.reason);
-      return this.track(new RequestTrace(active, existing, outcome, method, false, this, request, response, false), req, res);
+      const rt = new RequestTrace(active, existing, outcome, method, false, this, request, response, false);
+      // Its owner may end it on 'finish' before our listener runs: name it now if the route is known already.
+      const route = rt.nameRoute();
+      // @opentelemetry/instrumentation-http names its span from this when it ends it.
+      if (route && rpc?.type === RPCType.HTTP) rpc.route = route;
+      return this.track(rt, req, res);
     }
 
     if (!this.checked) {
@@ -225,6 +281,9 @@ export class ServerTracing<Req, Res> {
     }
     const extracted = this.inbound === 'continue' ? extractRequestContext(headers, active) : this.untrusted(headers, active);
     if (this.ignored(path, request)) {
+      // No span, but body events still run in the propagated context.
+      api.bind(extracted.context, req);
+      api.bind(extracted.context, res);
       return new RequestTrace(extracted.context, trace.wrapSpanContext(trace.getSpanContext(extracted.context) ?? INVALID), extracted.outcome, method, false, this, request, response, true);
     }
 
@@ -268,7 +327,7 @@ export class ServerTracing<Req, Res> {
       res.setHeader('traceresponse', formatTraceparent(sc.traceId, sc.spanId, ctx.getValue(RANDOM_TRACE_ID_KEY) === true ? sc.traceFlags | FLAG_RANDOM : sc.traceFlags));
     }
     const rt = new RequestTrace(ctx, span, extracted.outcome, method, true, this, request, response, false);
-    callHook('requestHook', this.options.requestHook, span, request);
+    callHook('requestHook', this.options.requestHook, span, request, this.adapter.name);
     return this.track(rt, req, res);
   }
 
@@ -308,9 +367,15 @@ export class ServerTracing<Req, Res> {
     // Body parsers and 'finish' listeners run from socket callbacks: bind them to the request's context.
     api.bind(rt.context, req);
     api.bind(rt.context, res);
+    const outer = (res as TracedResponse)[TRACE];
     (res as TracedResponse)[TRACE] = rt as RequestTrace<unknown, unknown>;
-    res.once('finish', onFinish);
-    res.once('close', onClose);
+    if (outer !== undefined) {
+      // Two adapters on one response (meshHttp around a framework): the inner one ends both.
+      rt.outer = outer;
+    } else {
+      res.once('finish', onFinish);
+      res.once('close', onClose);
+    }
     return rt;
   }
 }
@@ -336,6 +401,17 @@ function proxyAttributes(headers: IncomingMessage['headers'], attributes: Attrib
     }
   }
   if (proxy !== undefined) attributes['meshtrace.proxy'] = proxy;
+}
+
+/**
+ * The SERVER span of an HTTP instrumentation that ran first: marked by its RPC metadata (even when sampled
+ * out), or an SDK span of kind SERVER not yet ended. Not any active span: a server started inside one
+ * (a startup span) would otherwise put every request into it.
+ */
+function isServerSpan(span: Span, rpc: RPCMetadata | undefined): boolean {
+  if (span.spanContext().isRemote === true) return false;
+  if (rpc?.type === RPCType.HTTP && rpc.span === span) return true;
+  return (span as Span & { kind?: SpanKind }).kind === SpanKind.SERVER && span.isRecording();
 }
 
 const INVALID = trace.wrapSpanContext({ traceId: '00000000000000000000000000000000', spanId: '0000000000000000', traceFlags: 0 }).spanContext();

@@ -1,0 +1,2 @@
+export { meshTrace, meshTraceErrors } from './middleware';
+export type { ExpressMeshTraceOptions } from './middleware';

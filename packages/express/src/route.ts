@@ -1,0 +1,119 @@
+import type { Request } from 'express';
+
+/** The parts of Express's internal layers the route template needs; both majors, read only. */
+interface Layer {
+  readonly route?: { readonly path?: unknown };
+  readonly handle?: unknown;
+  /** Express 4: the compiled path and its parameter names. */
+  readonly regexp?: RegExp & { fast_slash?: boolean; fast_star?: boolean };
+  readonly keys?: ReadonlyArray<{ readonly name: string | number }>;
+  /** Express 5 (router 2.3+): the path as registered, and a matcher that stores nothing on the layer. */
+  readonly rawPath?: unknown;
+  readonly match?: (path: string) => { readonly path: string; readonly pattern: unknown } | false;
+}
+
+interface Router {
+  readonly stack: readonly Layer[];
+}
+
+/** A layer's share of the template, and how much of the concrete path it took. */
+interface Match {
+  readonly template: string;
+  readonly length: number;
+}
+
+function asRouter(handle: unknown): Router | undefined {
+  return typeof handle === 'function' && Array.isArray((handle as { stack?: unknown }).stack) ? (handle as unknown as Router) : undefined;
+}
+
+function withoutTrailingSlash(path: string): string {
+  return path.endsWith('/') ? path.slice(0, -1) : path;
+}
+
+const withIndices = new WeakMap<RegExp, RegExp>();
+
+/**
+ * Express 4 keeps only the compiled regexp of a path, so the template is rebuilt from a match on the
+ * concrete path: each captured parameter is put back as `:name` (unnamed groups as `*`).
+ */
+function matchExpress4(regexp: NonNullable<Layer['regexp']>, keys: Layer['keys'], path: string): Match | undefined {
+  if (regexp.fast_slash) return { template: '', length: 0 };
+  if (regexp.fast_star) return { template: '/*', length: path.length };
+  let re = withIndices.get(regexp);
+  if (re === undefined) {
+    re = new RegExp(regexp.source, regexp.flags.replace(/[gyd]/g, '') + 'd');
+    withIndices.set(regexp, re);
+  }
+  const m = re.exec(path);
+  if (m === null || m.index !== 0 || m.indices === undefined) return undefined;
+  const text = m[0];
+  let template = '';
+  let pos = 0;
+  for (let i = 1; i < m.indices.length; i++) {
+    const span = m.indices[i];
+    if (span === undefined || span[0] < pos) continue;
+    const name = keys?.[i - 1]?.name;
+    template += text.slice(pos, span[0]) + (typeof name === 'string' ? `:${name}` : '*');
+    pos = span[1];
+  }
+  return { template: template + text.slice(pos), length: text.length };
+}
+
+/** Matches a layer on `path` without touching it (Express 4's own `match` stores the result on the shared layer). */
+function matchLayer(layer: Layer, path: string): Match | undefined {
+  let m: Match | undefined;
+  if (typeof layer.match === 'function' && 'rawPath' in layer) {
+    const found = layer.match(path);
+    if (found) m = { template: typeof found.pattern === 'string' ? found.pattern : String(found.pattern), length: found.path.length };
+  } else if (layer.regexp instanceof RegExp) {
+    m = matchExpress4(layer.regexp, layer.keys, path);
+  }
+  // As the router checks it: a prefix must end where a path segment ends.
+  return m === undefined || (m.length < path.length && path[m.length] !== '/') ? undefined : m;
+}
+
+/**
+ * The template of the mount paths that lead from `router` to `route` on `path`, found the way the
+ * router found them: mounts in stack order, backtracking out of a router that matched the prefix
+ * but does not hold the route. `req.baseUrl` is no help: a router restores it when an error leaves it.
+ */
+function mountTemplate(router: Router, path: string, route: object): string | undefined {
+  for (const layer of router.stack) {
+    if (layer.route !== undefined) {
+      if (layer.route === route && matchLayer(layer, path) !== undefined) return '';
+      continue;
+    }
+    const inner = asRouter(layer.handle);
+    if (inner === undefined) continue;
+    const mount = matchLayer(layer, path);
+    if (mount === undefined) continue;
+    const rest = path.slice(mount.length);
+    const below = mountTemplate(inner, rest.startsWith('/') ? rest : '/' + rest, route);
+    if (below !== undefined) return withoutTrailingSlash(mount.template) + below;
+  }
+  return undefined;
+}
+
+/**
+ * The route template of a request (`/api/users/:id`), from the route Express matched and the mount
+ * paths of the routers above it (Express 4, or Express 5 with router 2.3+); undefined when no route
+ * matched or the path cannot be rebuilt (a route inside a mounted sub-application). Never throws:
+ * it runs when the response finishes.
+ */
+export function routeTemplate(req: Request): string | undefined {
+  try {
+    const route = req.route as { path?: unknown } | undefined;
+    if (route === undefined || route === null || route.path === undefined) return undefined;
+    const app = req.app as unknown as { _router?: unknown; router?: unknown };
+    // Express 4 keeps the app router in `_router`; Express 5 in `router` (which throws on Express 4).
+    const root = asRouter(app._router) ?? asRouter(app.router);
+    const url = req.originalUrl;
+    const q = url.indexOf('?');
+    const prefix = root === undefined ? undefined : mountTemplate(root, q < 0 ? url : url.slice(0, q), route);
+    if (prefix === undefined) return undefined;
+    const path = typeof route.path === 'string' ? route.path : String(route.path);
+    return path === '/' && prefix.length > 0 ? prefix : prefix + path;
+  } catch {
+    return undefined;
+  }
+}

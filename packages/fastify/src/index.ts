@@ -1,0 +1,2 @@
+export { meshTrace } from './plugin';
+export type { FastifyMeshTraceOptions } from './plugin';

@@ -1,0 +1,175 @@
+import { SpanKind, context, propagation, trace } from '@opentelemetry/api';
+import type { Attributes, Context, Link, Span, SpanContext, Tracer, TracerProvider } from '@opentelemetry/api';
+import { KNOWN_FLAGS, bufferHeaderSetter, callHook, headerGetter, optionError, parseTraceparent } from '@meshtrace/core';
+import type { HeaderCarrier } from '@meshtrace/core';
+import type { IHeaders, Message, Producer, ProducerBatch, ProducerRecord, RecordMetadata, TopicMessages } from 'kafkajs';
+import { PACKAGE, SYSTEM, checkCommon, keyAttribute, recordError, tracerOf, typeName } from './common';
+
+/** Options of {@link meshProducer}; all optional. */
+export interface MeshProducerOptions {
+  /** Where spans come from. Default: the global tracer provider at send time. */
+  tracerProvider?: TracerProvider;
+  /**
+   * Give each message of a multi-message send its own `create` span, whose context the message
+   * carries (semconv messaging "Producer spans"); `false` makes every message carry the send span's
+   * context. Default `true`.
+   */
+  createSpans?: boolean;
+  /** Called for each message with the span whose context it carries; a throw is reported, never breaks the send. */
+  producerHook?: (span: Span, record: { topic: string; message: Message }) => void;
+}
+
+const WRAPPED = Symbol.for('meshtrace.kafka.producer');
+
+type Send = (groups: TopicMessages[]) => Promise<RecordMetadata[]>;
+
+function isMessage(m: unknown): m is Message {
+  return m !== null && typeof m === 'object';
+}
+
+/** Single-message attributes, on a `create` span or on the send span of a one-message send. */
+function messageAttributes(attributes: Attributes, message: Message): Attributes {
+  const key = keyAttribute(message.key);
+  if (key !== undefined) attributes['messaging.kafka.message.key'] = key;
+  if (typeof message.partition === 'number') attributes['messaging.destination.partition.id'] = String(message.partition);
+  if (message.value === null) attributes['messaging.kafka.message.tombstone'] = true;
+  return attributes;
+}
+
+/** A copy of `message` whose headers also carry `ctx`; headers the caller set are never replaced. */
+function carrying(message: Message, ctx: Context): Message {
+  const injected: HeaderCarrier = {};
+  propagation.inject(ctx, injected, bufferHeaderSetter);
+  const headers: IHeaders = { ...message.headers };
+  for (const key of Object.keys(injected)) {
+    if (headerGetter.get(headers, key) === undefined) headers[key] = injected[key] as Buffer;
+  }
+  return { ...message, headers };
+}
+
+/**
+ * A message that already carries a `traceparent` keeps it untouched: semconv says a custom creation
+ * context SHOULD NOT be modified. Returns that context to link to (null when it is malformed).
+ */
+function ownContext(message: Message): SpanContext | null | undefined {
+  const raw = message.headers === undefined ? undefined : headerGetter.get(message.headers, 'traceparent');
+  if (raw === undefined) return undefined;
+  const tp = parseTraceparent(raw);
+  return typeof tp === 'string' ? null : { traceId: tp.traceId, spanId: tp.spanId, traceFlags: tp.traceFlags & KNOWN_FLAGS, isRemote: true };
+}
+
+class ProducerTracing {
+  constructor(
+    private readonly tracer: Tracer | undefined,
+    private readonly createSpans: boolean,
+    private readonly hook: MeshProducerOptions['producerHook'],
+  ) {}
+
+  /** Traces one send of `groups`; `send` gets copies whose messages carry their creation contexts. */
+  async send(groups: readonly TopicMessages[], send: Send): Promise<RecordMetadata[]> {
+    const tracer = tracerOf(this.tracer);
+    const parent = context.active();
+    let count = 0;
+    let topic: string | undefined = groups[0]?.topic;
+    for (const g of groups) {
+      count += g.messages.length;
+      if (g.topic !== topic) topic = undefined;
+    }
+    const single = count === 1;
+    const perMessage = this.createSpans && !single;
+    const out = groups.map((g) => ({ ...g, messages: g.messages.slice() }));
+    const links: Link[] = [];
+    // Messages that will carry the send span's context: their group and index.
+    const pending: Array<[TopicMessages, number]> = [];
+
+    for (let i = 0; i < out.length; i++) {
+      const messages = out[i].messages;
+      for (let j = 0; j < messages.length; j++) {
+        const m = messages[j];
+        // kafkajs rejects it with its own error.
+        if (!isMessage(m)) continue;
+        const own = ownContext(m);
+        if (own !== undefined) {
+          if (own !== null) links.push({ context: own });
+          continue;
+        }
+        if (!perMessage) {
+          pending.push([out[i], j]);
+          continue;
+        }
+        const t = out[i].topic;
+        const attributes = messageAttributes({ ...SYSTEM, 'messaging.operation.name': 'create', 'messaging.operation.type': 'create', 'messaging.destination.name': t }, m);
+        const span = tracer.startSpan(`create ${t}`, { kind: SpanKind.PRODUCER, attributes }, parent);
+        callHook('producerHook', this.hook, span, { topic: t, message: m }, '@meshtrace/kafka');
+        messages[j] = carrying(m, trace.setSpan(parent, span));
+        links.push({ context: span.spanContext() });
+        span.end();
+      }
+    }
+
+    const attributes: Attributes = { ...SYSTEM, 'messaging.operation.name': 'send', 'messaging.operation.type': 'send' };
+    // semconv: the destination goes on the span only when every message shares it.
+    if (topic !== undefined) attributes['messaging.destination.name'] = topic;
+    const lone = single ? out.find((g) => g.messages.length > 0)!.messages[0] : undefined;
+    // semconv: message_count belongs to batches, per-message attributes to single messages.
+    if (!single) attributes['messaging.batch.message_count'] = count;
+    else if (isMessage(lone)) messageAttributes(attributes, lone);
+    // semconv span kind: PRODUCER only when the send span's context is a message's creation context.
+    const kind = pending.length > 0 ? SpanKind.PRODUCER : SpanKind.CLIENT;
+    const span = tracer.startSpan(topic === undefined ? 'send' : `send ${topic}`, { kind, attributes, links }, parent);
+    const ctx = trace.setSpan(parent, span);
+    for (const [g, j] of pending) {
+      callHook('producerHook', this.hook, span, { topic: g.topic, message: g.messages[j] }, '@meshtrace/kafka');
+      g.messages[j] = carrying(g.messages[j], ctx);
+    }
+
+    try {
+      const result = await context.with(ctx, send, undefined, out);
+      if (single && Array.isArray(result) && result.length === 1) {
+        span.setAttribute('messaging.destination.partition.id', String(result[0].partition));
+        const offset = Number(result[0].baseOffset);
+        if (Number.isSafeInteger(offset)) span.setAttribute('messaging.kafka.offset', offset);
+      }
+      return result;
+    } catch (err) {
+      recordError(span, err);
+      throw err;
+    } finally {
+      span.end();
+    }
+  }
+}
+
+/**
+ * Traces a kafkajs producer in place and returns it: each `send` / `sendBatch` gets a send span,
+ * child of the active context, and each message carries its own creation context in Buffer headers
+ * (a multi-message send adds one `create` span per message). Message objects passed in are not changed.
+ * @example
+ * const producer = meshProducer(kafka.producer());
+ * await producer.send({ topic: 'orders', messages: [{ value: 'hello' }] });
+ */
+export function meshProducer<P extends Producer>(producer: P, options: MeshProducerOptions = {}): P {
+  if (producer === null || typeof producer !== 'object' || typeof producer.send !== 'function' || typeof producer.sendBatch !== 'function') {
+    throw new TypeError(`${PACKAGE}: producer must be a kafkajs Producer, got ${typeName(producer)}`);
+  }
+  const target = producer as Producer & { [WRAPPED]?: true };
+  if (target[WRAPPED]) throw new TypeError(`${PACKAGE}: producer is already traced by meshProducer`);
+  const tracer = checkCommon(options, 'producerHook');
+  if (options.createSpans !== undefined && typeof options.createSpans !== 'boolean') throw optionError(PACKAGE, 'createSpans', 'a boolean', options.createSpans);
+  const tracing = new ProducerTracing(tracer, options.createSpans ?? true, options.producerHook);
+  const send = target.send;
+  const sendBatch = target.sendBatch;
+
+  target.send = function meshSend(this: unknown, record: ProducerRecord): Promise<RecordMetadata[]> {
+    // Malformed calls go to kafkajs untouched, to fail the way they always do.
+    if (record === null || typeof record !== 'object' || !Array.isArray(record.messages)) return send.call(this, record);
+    return tracing.send([{ topic: record.topic, messages: record.messages }], (out) => send.call(this, { ...record, messages: out[0].messages }));
+  };
+  target.sendBatch = function meshSendBatch(this: unknown, batch: ProducerBatch): Promise<RecordMetadata[]> {
+    const groups = batch?.topicMessages ?? [];
+    if (!Array.isArray(groups) || !groups.every((g) => g !== null && typeof g === 'object' && Array.isArray(g.messages))) return sendBatch.call(this, batch);
+    return tracing.send(groups, (out) => sendBatch.call(this, { ...batch, topicMessages: out }));
+  };
+  target[WRAPPED] = true;
+  return producer;
+}

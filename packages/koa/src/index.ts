@@ -1,0 +1,2 @@
+export { meshTrace } from './middleware';
+export type { KoaMeshTraceOptions, KoaRequestTrace } from './middleware';

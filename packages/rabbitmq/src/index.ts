@@ -1,0 +1,2 @@
+export { instrumentChannel } from './channel';
+export type { AmqpChannel, PublishInfo, RabbitMqTraceOptions } from './channel';

@@ -1,0 +1,145 @@
+import { spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** How one nginx sidecar forwards to its service. */
+export interface SidecarOptions {
+  /** The service's port on 127.0.0.1. */
+  upstreamPort: number;
+  /** Terminate TLS with this certificate (an ingress), else plain HTTP. */
+  tls?: { cert: string; key: string };
+  /** Drop the trace headers on the way through, as a misconfigured proxy does. */
+  stripTraceContext?: boolean;
+  /** More directives for the `location /` block. */
+  extra?: string;
+}
+
+/** A running nginx reverse proxy on 127.0.0.1. */
+export interface NginxSidecar {
+  readonly port: number;
+  readonly url: string;
+  /** The access log so far: one line per request with the traceparent nginx saw. */
+  accessLog(): string;
+  stop(): Promise<void>;
+}
+
+/** Whether an `nginx` binary can be run. */
+export function hasNginx(): boolean {
+  return spawnSync('nginx', ['-v'], { stdio: 'ignore' }).status === 0;
+}
+
+/** A free TCP port on 127.0.0.1 (the kernel's choice). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+async function waitForPort(port: number, child: ChildProcess, errorLog: string, deadline: number): Promise<void> {
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`nginx exited with ${child.exitCode}: ${readSafe(errorLog)}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = connect(port, '127.0.0.1');
+      socket.once('connect', () => resolve(socket.end() !== undefined));
+      socket.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`nginx did not listen on ${port} within the time allowed: ${readSafe(errorLog)}`);
+}
+
+function readSafe(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+function config(dir: string, port: number, o: SidecarOptions): string {
+  const strip = o.stripTraceContext ? 'proxy_set_header traceparent "";\n      proxy_set_header tracestate "";\n      proxy_set_header baggage "";' : '';
+  return `worker_processes 1;
+daemon off;
+user root;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 256; }
+http {
+  log_format mesh '$request_id "$request" $status traceparent="$http_traceparent"';
+  access_log ${dir}/access.log mesh;
+  client_body_temp_path ${dir}/tmp/body;
+  proxy_temp_path ${dir}/tmp/proxy;
+  fastcgi_temp_path ${dir}/tmp/fastcgi;
+  uwsgi_temp_path ${dir}/tmp/uwsgi;
+  scgi_temp_path ${dir}/tmp/scgi;
+  server {
+    listen 127.0.0.1:${port}${o.tls ? ' ssl' : ''};
+    ${o.tls ? `ssl_certificate ${o.tls.cert};\n    ssl_certificate_key ${o.tls.key};` : ''}
+    location / {
+      proxy_pass http://127.0.0.1:${o.upstreamPort};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      # What a mesh proxy adds; trace headers pass through untouched unless stripped.
+      proxy_set_header X-Request-Id $request_id;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      ${strip}
+      ${o.extra ?? ''}
+    }
+  }
+}
+`;
+}
+
+/**
+ * Starts a real nginx reverse proxy on a free loopback port in front of `upstreamPort`, with its
+ * configuration, logs and temp files in a directory of its own; `stop()` ends it and removes them.
+ */
+export async function startNginx(options: SidecarOptions): Promise<NginxSidecar> {
+  if (!hasNginx()) throw new Error('nginx is not installed (apt-get install -y nginx); the sidecar tests need a real one');
+  const dir = mkdtempSync(join(tmpdir(), 'meshtrace-nginx-'));
+  mkdirSync(join(dir, 'tmp'));
+  const port = await freePort();
+  const conf = join(dir, 'nginx.conf');
+  writeFileSync(conf, config(dir, port, options));
+  const child = spawn('nginx', ['-p', dir, '-c', conf, '-e', join(dir, 'error.log')], { stdio: 'ignore' });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  try {
+    await waitForPort(port, child, join(dir, 'error.log'), Date.now() + 10_000);
+  } catch (err) {
+    child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    port,
+    url: `${options.tls ? 'https' : 'http'}://127.0.0.1:${port}`,
+    accessLog: () => readSafe(join(dir, 'access.log')),
+    stop: async () => {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+        await exited;
+        clearTimeout(timer);
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A self-signed certificate for 127.0.0.1/localhost, made with openssl in `dir`. */
+export function selfSignedCert(dir: string): { cert: string; key: string } {
+  const cert = join(dir, 'cert.pem');
+  const key = join(dir, 'key.pem');
+  const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { stdio: 'pipe' });
+  if (r.status !== 0) throw new Error(`openssl failed: ${r.stderr?.toString() ?? r.error?.message}`);
+  return { cert, key };
+}
