@@ -1,0 +1,64 @@
+import { SpanKind, context, propagation, trace } from '@opentelemetry/api';
+import type { Span } from '@opentelemetry/api';
+import { InterceptingCall, status as Status } from '@grpc/grpc-js';
+import type { Interceptor, InterceptorOptions, NextCall, StatusObject } from '@grpc/grpc-js';
+import { callHook } from '@meshtrace/core';
+import { endSpan, metadataSetter, resolveOptions, rpcAttributes, setAddress, targetEndpoint, tracerOf } from './common';
+import type { MeshGrpcOptions } from './common';
+
+/**
+ * A grpc-js client interceptor: one CLIENT span per call, ended when its status arrives, its context in the
+ * outgoing metadata, and the caller's context around response callbacks. Put it first in `interceptors`.
+ * @example
+ * const client = new EchoClient(target, credentials.createInsecure(), { interceptors: [meshClientInterceptor()] });
+ */
+export function meshClientInterceptor(options?: MeshGrpcOptions): Interceptor {
+  const o = resolveOptions(options);
+  return function meshClientInterceptor(callOptions: InterceptorOptions, nextCall: NextCall): InterceptingCall {
+    const parent = context.active();
+    const path = callOptions.method_definition.path;
+    const call = nextCall(callOptions);
+    return new InterceptingCall(call, {
+      start(metadata, listener, next) {
+        // A copy: callers often forward the metadata they received, and stale trace fields in it
+        // (a malformed traceparent, the tracestate beside it) must not travel further.
+        const outgoing = metadata.clone();
+        for (const field of propagation.fields()) outgoing.remove(field);
+        const info = { path, metadata: outgoing };
+        // Before the call starts, grpc-js reports the channel target as its peer.
+        const target = call.getPeer();
+        let span: Span | undefined;
+        if (!o.ignored(info)) {
+          const [name, attributes] = rpcAttributes(path);
+          setAddress(attributes, 'server', targetEndpoint(target));
+          span = tracerOf(o).startSpan(name, { kind: SpanKind.CLIENT, attributes }, parent);
+        }
+        propagation.inject(span === undefined ? parent : trace.setSpan(parent, span), outgoing, metadataSetter);
+        if (span !== undefined) callHook('requestHook', o.requestHook, span, info);
+        next(outgoing, {
+          onReceiveMetadata(received, next) {
+            context.with(parent, next, undefined, received);
+          },
+          onReceiveMessage(message, next) {
+            context.with(parent, next, undefined, message);
+          },
+          onReceiveStatus(status: StatusObject, next) {
+            if (span !== undefined) {
+              const ended = span;
+              span = undefined;
+              // Once connected, the peer is the address actually called.
+              const peer = call.getPeer();
+              if (peer !== target) {
+                const attributes = {};
+                setAddress(attributes, 'network.peer', peer);
+                ended.setAttributes(attributes);
+              }
+              endSpan(ended, status, status.code !== Status.OK, o);
+            }
+            context.with(parent, next, undefined, status);
+          },
+        });
+      },
+    });
+  };
+}

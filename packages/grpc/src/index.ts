@@ -1,0 +1,3 @@
+export { meshClientInterceptor } from './client';
+export type { GrpcCall, GrpcStatus, MeshGrpcOptions } from './common';
+export { meshServerInterceptor, meshService } from './server';
