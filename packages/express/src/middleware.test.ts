@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, propagation, trace } from '@opentelemetry/api';
 import type { Span } from '@opentelemetry/api';
-import { HEADER_CASES, PARENT_ID, checkCase, delta, observe, setupTestTracing } from '@meshtrace/testkit';
+import { HEADER_CASES, PARENT_ID, observe, runHttpCase, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { meshTrace } from '@meshtrace/express';
 import type { ExpressMeshTraceOptions } from '@meshtrace/express';
@@ -124,16 +124,7 @@ describe.each(MAJORS)('%s', (_major, express) => {
   });
 
   test.each(HEADER_CASES.map((c) => [c.name, c] as const))('header case: %s', async (_name, c) => {
-    tracing.reset();
-    const before = await tracing.outcomeCounts();
-    const droppedBefore = await tracing.droppedCounts();
-    const headers = new Headers();
-    for (const [k, v] of Object.entries(c.headers)) for (const one of Array.isArray(v) ? v : [v]) headers.append(k, one);
-    const res = await fetch(`${base}/cases?q=1`, { headers });
-    const seen = (await res.json()) as Observed;
-    await new Promise((r) => setImmediate(r));
-    const problems = checkCase(c, seen, tracing.spans(), delta(before, await tracing.outcomeCounts()), delta(droppedBefore, await tracing.droppedCounts()));
-    expect(problems).toEqual([]);
+    expect(await runHttpCase(tracing, c, `${base}/cases?q=1`)).toEqual([]);
   });
 
   test('context survives await, timers, promise chains and EventEmitters after express.json() read the body', async () => {

@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify';
 import { fastify as fastify4 } from 'fastify4';
 import { createServer, request as httpRequest } from 'node:http';
 import { warner } from '@meshtrace/core';
-import { HEADER_CASES, PARENT_ID, TRACE_ID, checkCase, delta, observe, setupTestTracing } from '@meshtrace/testkit';
+import { HEADER_CASES, PARENT_ID, TRACE_ID, observe, runHttpCase, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed, TestTracing } from '@meshtrace/testkit';
 import { meshTrace } from '@meshtrace/fastify';
 import type { FastifyMeshTraceOptions } from '@meshtrace/fastify';
@@ -98,15 +98,7 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
   });
 
   test.each(HEADER_CASES.map((c) => [c.name, c] as const))('header case: %s', async (_name, c) => {
-    const before = await tracing.outcomeCounts();
-    const droppedBefore = await tracing.droppedCounts();
-    const headers = new Headers();
-    for (const [k, v] of Object.entries(c.headers)) for (const one of Array.isArray(v) ? v : [v]) headers.append(k, one);
-    const res = await fetch(`${base}/cases?q=1`, { headers });
-    const seen = (await res.json()) as Observed;
-    await new Promise((r) => setImmediate(r));
-    const problems = checkCase(c, seen, tracing.spans(), delta(before, await tracing.outcomeCounts()), delta(droppedBefore, await tracing.droppedCounts()));
-    expect(problems).toEqual([]);
+    expect(await runHttpCase(tracing, c, `${base}/cases?q=1`)).toEqual([]);
   });
 
   test('the server span carries the HTTP attributes', async () => {

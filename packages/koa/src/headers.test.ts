@@ -1,8 +1,7 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import Koa from 'koa';
-import { HEADER_CASES, checkCase, delta, observe, setupTestTracing } from '@meshtrace/testkit';
-import type { Observed } from '@meshtrace/testkit';
+import { HEADER_CASES, observe, runHttpCase, setupTestTracing } from '@meshtrace/testkit';
 import { meshTrace } from '@meshtrace/koa';
 
 // Koa 2 has no types of its own; its API is the one @types/koa describes.
@@ -33,15 +32,6 @@ describe.each(MAJORS)('%s', (_major, KoaApp) => {
   afterAll(() => new Promise((resolve) => server.close(resolve)));
 
   test.each(HEADER_CASES.map((c) => [c.name, c] as const))('header case: %s', async (_name, c) => {
-    tracing.reset();
-    const before = await tracing.outcomeCounts();
-    const droppedBefore = await tracing.droppedCounts();
-    const headers = new Headers();
-    for (const [k, v] of Object.entries(c.headers)) for (const one of Array.isArray(v) ? v : [v]) headers.append(k, one);
-    const res = await fetch(`${base}/cases?q=1`, { headers });
-    const seen = (await res.json()) as Observed;
-    await new Promise((r) => setImmediate(r));
-    const problems = checkCase(c, seen, tracing.spans(), delta(before, await tracing.outcomeCounts()), delta(droppedBefore, await tracing.droppedCounts()));
-    expect(problems).toEqual([]);
+    expect(await runHttpCase(tracing, c, `${base}/cases?q=1`)).toEqual([]);
   });
 });

@@ -1,5 +1,6 @@
 import { context, propagation, trace } from '@opentelemetry/api';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import type { TestTracing } from './otel';
 
 /** The caller's ids in every continued case. */
 export const TRACE_ID = '0af7651916cd43dd8448eb211c80319c';
@@ -141,4 +142,28 @@ export function delta(before: Record<string, number>, after: Record<string, numb
   const out: Record<string, number> = {};
   for (const [k, v] of Object.entries(after)) if (v - (before[k] ?? 0) !== 0) out[k] = v - (before[k] ?? 0);
   return out;
+}
+
+/**
+ * Delivers one case through `deliver` (which returns what the receiving handler observed) and checks
+ * it end to end with {@link checkCase}, counting only what this one delivery added.
+ */
+export async function runCase(tracing: TestTracing, c: HeaderCase, deliver: (c: HeaderCase) => Promise<Observed>, kind: number = 1): Promise<string[]> {
+  tracing.reset();
+  const before = await tracing.outcomeCounts();
+  const droppedBefore = await tracing.droppedCounts();
+  const seen = await deliver(c);
+  // Let 'finish' listeners end the span before it is looked for.
+  await new Promise((r) => setImmediate(r));
+  return checkCase(c, seen, tracing.spans(), delta(before, await tracing.outcomeCounts()), delta(droppedBefore, await tracing.droppedCounts()), kind);
+}
+
+/** Runs one case against an HTTP server whose handler at `url` answers with {@link observe}'s JSON. */
+export function runHttpCase(tracing: TestTracing, c: HeaderCase, url: string): Promise<string[]> {
+  return runCase(tracing, c, async () => {
+    const headers = new Headers();
+    // An array is several header lines, as a proxy that does not fold them would send.
+    for (const [k, v] of Object.entries(c.headers)) for (const one of Array.isArray(v) ? v : [v]) headers.append(k, one);
+    return (await (await fetch(url, { headers })).json()) as Observed;
+  });
 }

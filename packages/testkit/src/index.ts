@@ -1,4 +1,4 @@
-export { HEADER_CASES, PARENT_ID, TRACE_ID, checkCase, delta, observe } from './cases';
+export { HEADER_CASES, PARENT_ID, TRACE_ID, checkCase, delta, observe, runCase, runHttpCase } from './cases';
 export type { HeaderCase, Observed } from './cases';
 export { freePort, hasNginx, selfSignedCert, startNginx } from './nginx';
 export type { NginxSidecar, SidecarOptions } from './nginx';
