@@ -1,0 +1,131 @@
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import * as http from 'node:http';
+import type { IncomingMessage, OutgoingHttpHeaders, Server, ServerResponse } from 'node:http';
+import * as https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { hasNginx, startNginx } from '@meshtrace/testkit';
+
+/** Which proxy plays the sidecars: a real nginx, or the small Node proxy below. */
+export type SidecarKind = 'nginx' | 'node';
+
+/** How a sidecar forwards to the service behind it. */
+export interface SidecarOptions {
+  /** The service's port on 127.0.0.1. */
+  upstreamPort: number;
+  /** Terminate TLS with these PEM files (an ingress) instead of plain HTTP. */
+  tls?: { cert: string; key: string };
+  /** Drop `traceparent`, `tracestate` and `baggage`, as a misconfigured proxy does. */
+  stripTraceContext?: boolean;
+}
+
+/** A running reverse proxy on 127.0.0.1. */
+export interface Sidecar {
+  readonly kind: SidecarKind;
+  readonly port: number;
+  readonly url: string;
+  /** One line per request: request id, request line, status and the `traceparent` the proxy received. */
+  accessLog(): string;
+  stop(): Promise<void>;
+}
+
+/** `nginx` when it can be run, else `node`. */
+export function defaultSidecarKind(): SidecarKind {
+  return hasNginx() ? 'nginx' : 'node';
+}
+
+/** Starts a sidecar of `kind` in front of `options.upstreamPort`. */
+export async function startSidecar(kind: SidecarKind, options: SidecarOptions): Promise<Sidecar> {
+  if (kind === 'node') return startNodeSidecar(options);
+  const nginx = await startNginx({
+    upstreamPort: options.upstreamPort,
+    tls: options.tls,
+    stripTraceContext: options.stripTraceContext,
+    // An ingress restates the trace headers, as ingress controllers with header allow-lists need to.
+    extra: options.tls ? 'proxy_set_header traceparent $http_traceparent;\n      proxy_set_header tracestate $http_tracestate;\n      proxy_set_header baggage $http_baggage;' : undefined,
+  });
+  return { kind: 'nginx', port: nginx.port, url: nginx.url, accessLog: nginx.accessLog, stop: nginx.stop };
+}
+
+// RFC 9110 §7.6.1: these describe one connection and are never forwarded.
+const HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'te', 'transfer-encoding', 'upgrade']);
+const TRACE_HEADERS = new Set(['traceparent', 'tracestate', 'baggage']);
+
+/** The raw header pairs of `raw` minus hop-by-hop ones (and those `Connection` names) and `drop`. */
+function forwardable(raw: readonly string[], drop?: ReadonlySet<string>): string[] {
+  const named = new Set<string>();
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i].toLowerCase() === 'connection') for (const token of raw[i + 1].split(',')) named.add(token.trim().toLowerCase());
+  }
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i].toLowerCase();
+    if (HOP_BY_HOP.has(name) || named.has(name) || drop?.has(name)) continue;
+    out.push(raw[i], raw[i + 1]);
+  }
+  return out;
+}
+
+function header(raw: readonly string[], name: string): string | undefined {
+  for (let i = 0; i < raw.length; i += 2) if (raw[i].toLowerCase() === name) return raw[i + 1];
+  return undefined;
+}
+
+/**
+ * A reverse proxy that behaves like a mesh sidecar: it forwards every end-to-end header untouched
+ * (duplicates and letter case included), adds `x-request-id` when there is none (as Envoy does),
+ * appends `x-forwarded-for` and streams both bodies. Used when nginx is not installed.
+ */
+export async function startNodeSidecar(options: SidecarOptions): Promise<Sidecar> {
+  const agent = new http.Agent({ keepAlive: true });
+  const log: string[] = [];
+  const scheme = options.tls ? 'https' : 'http';
+  const drop = options.stripTraceContext ? TRACE_HEADERS : undefined;
+
+  const forward = (req: IncomingMessage, res: ServerResponse): void => {
+    const headers = forwardable(req.rawHeaders, drop);
+    let requestId = header(headers, 'x-request-id');
+    if (requestId === undefined) headers.push('x-request-id', (requestId = randomUUID()));
+    const peer = req.socket.remoteAddress ?? '';
+    const xff = header(headers, 'x-forwarded-for');
+    const rest = forwardable(headers, new Set(['x-forwarded-for', 'x-forwarded-proto']));
+    rest.push('x-forwarded-for', xff ? `${xff}, ${peer}` : peer, 'x-forwarded-proto', scheme);
+    const line = `${requestId} "${req.method} ${req.url} HTTP/${req.httpVersion}"`;
+    const seen = header(req.rawHeaders, 'traceparent') ?? '';
+    res.once('finish', () => log.push(`${line} ${res.statusCode} traceparent="${seen}"`));
+
+    const upstream = http.request({ host: '127.0.0.1', port: options.upstreamPort, method: req.method, path: req.url, headers: rest as unknown as OutgoingHttpHeaders, agent });
+    upstream.once('response', (answer) => {
+      res.writeHead(answer.statusCode ?? 502, answer.statusMessage, forwardable(answer.rawHeaders));
+      answer.pipe(res);
+    });
+    upstream.once('error', () => {
+      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' }).end('bad gateway\n');
+      else res.destroy();
+    });
+    // The caller went away: so does the upstream request, as a proxy would cancel it.
+    res.once('close', () => {
+      if (!res.writableFinished) upstream.destroy();
+    });
+    req.pipe(upstream);
+  };
+
+  const server: Server = options.tls ? https.createServer({ cert: readFileSync(options.tls.cert), key: readFileSync(options.tls.key) }, forward) : http.createServer(forward);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  const { port } = server.address() as AddressInfo;
+  return {
+    kind: 'node',
+    port,
+    url: `${scheme}://127.0.0.1:${port}`,
+    accessLog: () => log.map((l) => `${l}\n`).join(''),
+    stop: async () => {
+      const closed = new Promise((resolve) => server.close(resolve));
+      server.closeAllConnections();
+      agent.destroy();
+      await closed;
+    },
+  };
+}
