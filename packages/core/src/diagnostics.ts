@@ -35,21 +35,22 @@ export class RateLimitedWarner {
 /** The warner shared by meshtrace packages; one line per reason every 10 s. */
 export const warner = new RateLimitedWarner();
 
-/** Counters resolved from the global MeterProvider each time it changes, so setup order does not matter. */
-class LazyCounter {
+/** A counter resolved from the global MeterProvider each time that changes, so setup order does not matter. */
+export class LazyCounter {
   private provider: MeterProvider | undefined;
   private counter: Counter | undefined;
 
   constructor(
     private readonly name: string,
     private readonly description: string,
+    private readonly unit?: string,
   ) {}
 
   add(value: number, attributes: Attributes): void {
     const provider = metrics.getMeterProvider();
     if (provider !== this.provider || this.counter === undefined) {
       this.provider = provider;
-      this.counter = provider.getMeter(PACKAGE).createCounter(this.name, { description: this.description });
+      this.counter = provider.getMeter(PACKAGE).createCounter(this.name, { description: this.description, unit: this.unit });
     }
     this.counter.add(value, attributes);
   }

@@ -5,6 +5,8 @@ export type { BaggageDropReason, ParsedBaggage, SerializedBaggage } from './bagg
 export { bufferHeaderSetter, headerGetter, headerSetter } from './carrier';
 export type { HeaderCarrier } from './carrier';
 export { PACKAGE, RateLimitedWarner, callHook, preview, warner } from './diagnostics';
+export { MeshBatchSpanProcessor, countingExporter, exportStats } from './export';
+export type { CountingExporterOptions, ExportOutcome, ExportStats } from './export';
 export { RANDOM_TRACE_ID_KEY, extractContext, extractRequestContext, extractionOf, outcomeOf, recordDropped, recordOutcome, recordUnreadable } from './extract';
 export type { ExtractOutcome, ExtractResult, Extraction, MalformedReason, TraceFormat } from './extract';
 export { containerIdFrom, kubernetesDetector } from './k8s';

@@ -4,10 +4,10 @@ import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-ho
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import type { Resource, ResourceDetector } from '@opentelemetry/resources';
-import { BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import type { BufferConfig, Sampler, SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
 import { PACKAGE } from './diagnostics';
+import { MeshBatchSpanProcessor, otlpTimeoutMillis, resolveBatchConfig } from './export';
 import { kubernetesDetector } from './k8s';
 import { MeshPropagator, optionError } from './propagator';
 import type { MeshPropagatorOptions } from './propagator';
@@ -32,7 +32,10 @@ export interface SetupOptions {
   sampling?: SamplingOwner;
   /** Resource detectors. Default: `OTEL_RESOURCE_ATTRIBUTES`/`OTEL_SERVICE_NAME` and Kubernetes (downward API, cgroup). */
   resourceDetectors?: ResourceDetector[];
-  /** Batch processor queue and timing (`maxQueueSize` bounds memory while the collector is away). */
+  /**
+   * Batch processor queue and timing (`maxQueueSize` bounds memory while the collector is away;
+   * spans refused by a full queue are counted, see `exportStats`). Default: `OTEL_BSP_*`, else the SDK's defaults.
+   */
   batch?: BufferConfig;
   /** More resource attributes, merged over the detected ones. */
   resource?: Resource;
@@ -95,6 +98,7 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
   check(options.resourceDetectors, 'resourceDetectors', (v) => Array.isArray(v) && v.every((d) => typeof d?.detect === 'function'), 'an array of ResourceDetectors');
   check(options.batch, 'batch', (v) => typeof v === 'object' && v !== null, 'an object');
   check(options.log, 'log', (v) => v === false || typeof v === 'function', 'a function or false');
+  const batch = resolveBatchConfig(options.batch, env);
   const propagator = new MeshPropagator(options.propagator);
   const log = options.log === false ? () => undefined : (options.log ?? ((line: string) => void process.stderr.write(line + '\n')));
 
@@ -121,12 +125,13 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
 
   // OTLP/HTTP §endpoint: the signal-specific variable is used as is; the generic one gets /v1/traces.
   const endpoint = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || (env.OTEL_EXPORTER_OTLP_ENDPOINT ? `${env.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/+$/, '')}/v1/traces` : undefined);
-  const exporter = endpoint ? new OTLPTraceExporter({ url: endpoint }) : options.exporter;
+  const exporter = endpoint ? new OTLPTraceExporter({ url: endpoint, timeoutMillis: otlpTimeoutMillis(env, batch.exportTimeoutMillis) }) : options.exporter;
   const serviceName = options.serviceName ?? env.OTEL_SERVICE_NAME;
   let resource = detectResources({ detectors: options.resourceDetectors ?? [envDetector, kubernetesDetector({ env })] });
   if (serviceName) resource = resource.merge(resourceFromAttributes({ 'service.name': serviceName }));
   if (options.resource) resource = resource.merge(options.resource);
-  const processors: SpanProcessor[] = exporter ? [new BatchSpanProcessor(exporter, options.batch)] : [];
+  // Counts what the SDK's batch processor would lose silently: spans refused by a full queue, failed exports.
+  const processors: SpanProcessor[] = exporter ? [new MeshBatchSpanProcessor(exporter, batch)] : [];
   if (options.spanProcessors) processors.push(...options.spanProcessors);
   const fromEnv = samplerFromEnv(env);
   const sampler = new MeshSampler(options.sampler ?? fromEnv.root, options.sampling ?? fromEnv.owner);

@@ -1,5 +1,7 @@
 export { HEADER_CASES, PARENT_ID, TRACE_ID, checkCase, delta, observe, runCase, runHttpCase } from './cases';
 export type { HeaderCase, Observed } from './cases';
+export { startCollector, startFaultProxy } from './fault-proxy';
+export type { FaultMode, FaultProxy, FaultProxyOptions, TestCollector } from './fault-proxy';
 export { freePort, hasNginx, selfSignedCert, startNginx } from './nginx';
 export type { NginxSidecar, SidecarOptions } from './nginx';
 export { setupTestTracing } from './otel';
