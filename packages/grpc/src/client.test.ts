@@ -238,7 +238,7 @@ describe('client span status: every non-OK status is an error for the caller', (
   const cases: ReadonlyArray<{ name: string; request: Say; deadlineMs?: number; cancel?: boolean; code: number; serverError: boolean }> = [
     { name: 'NOT_FOUND', request: { fail: status.NOT_FOUND }, code: status.NOT_FOUND, serverError: false },
     { name: 'INTERNAL', request: { fail: status.INTERNAL }, code: status.INTERNAL, serverError: true },
-    { name: 'DEADLINE_EXCEEDED', request: { text: 'hang' }, deadlineMs: 100, code: status.DEADLINE_EXCEEDED, serverError: true },
+    { name: 'DEADLINE_EXCEEDED', request: { text: 'hang' }, deadlineMs: 300, code: status.DEADLINE_EXCEEDED, serverError: true },
     { name: 'CANCELLED', request: { text: 'hang' }, cancel: true, code: status.CANCELLED, serverError: false },
   ];
   test.each(cases.map((c) => [c.name, c] as const))('%s', async (_name, c) => {

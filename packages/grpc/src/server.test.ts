@@ -274,7 +274,7 @@ describe('unary calls', () => {
     { name: 'an error without a code is UNKNOWN', request: { text: 'error' }, ...server(status.UNKNOWN) },
     { name: 'a handler that throws is UNKNOWN', request: { text: 'throw' }, ...server(status.UNKNOWN) },
     { name: 'a method without a handler is UNIMPLEMENTED', request: {}, method: 'missing', ...server(status.UNIMPLEMENTED) },
-    { name: 'a deadline that passes is DEADLINE_EXCEEDED', request: { text: 'hang' }, deadlineMs: 100, ...server(status.DEADLINE_EXCEEDED) },
+    { name: 'a deadline that passes is DEADLINE_EXCEEDED', request: { text: 'hang' }, deadlineMs: 300, ...server(status.DEADLINE_EXCEEDED) },
     { name: 'a call the client cancels is CANCELLED', request: { text: 'hang' }, cancel: true, ...server(status.CANCELLED) },
   ];
   test.each(cases.map((c) => [c.name, c] as const))('%s', async (_name, c) => {

@@ -13,9 +13,16 @@ const SERVER_ERRORS = new Set<number>([Status.UNKNOWN, Status.DEADLINE_EXCEEDED,
 const CANCELLED: GrpcStatus = Object.freeze({ code: Status.CANCELLED, details: 'Cancelled by the client' });
 const DEADLINE_EXCEEDED: GrpcStatus = Object.freeze({ code: Status.DEADLINE_EXCEEDED, details: 'Deadline exceeded' });
 
-function deadlinePassed(call: ServerInterceptingCallInterface): boolean {
-  const deadline = call.getDeadline();
-  return (deadline instanceof Date ? deadline.getTime() : deadline) <= Date.now();
+/**
+ * Whether a cancel is the caller's deadline. On the wire both are an RST_STREAM, and the server's deadline
+ * runs from when the call arrived, so the caller's own deadline cancel lands early by the request's
+ * latency: a cancel in the last quarter of the allowed time counts as the deadline.
+ */
+function deadlinePassed(call: ServerInterceptingCallInterface, opened: number): boolean {
+  const d = call.getDeadline();
+  const deadline = d instanceof Date ? d.getTime() : d;
+  if (!Number.isFinite(deadline)) return false;
+  return Date.now() >= deadline - Math.max(0, deadline - opened) / 4;
 }
 
 /** One call on the server: its context, its SERVER span (none when ignored), ended once. */
@@ -23,6 +30,7 @@ class ServerCall {
   /** Set by {@link open}: grpc-js always delivers metadata before messages or half-close. */
   context!: Context;
   private span: Span | undefined;
+  private readonly opened = Date.now();
 
   constructor(
     private readonly o: Resolved,
@@ -55,7 +63,7 @@ class ServerCall {
 
   cancelled(): void {
     // grpc-js reports a passed deadline to handlers as a cancellation; the span says which it was.
-    this.end(deadlinePassed(this.call) ? DEADLINE_EXCEEDED : CANCELLED);
+    this.end(deadlinePassed(this.call, this.opened) ? DEADLINE_EXCEEDED : CANCELLED);
   }
 }
 
