@@ -2,10 +2,10 @@ import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { accessSync, closeSync, constants, mkdirSync, mkdtempSync, openSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
-import { createConnection, createServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
+import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, delimiter, dirname, join } from 'node:path';
+import { freePort } from './nginx';
 
 /** Options of {@link startRabbitMq}; all optional. */
 export interface RabbitMqOptions {
@@ -51,14 +51,6 @@ function findServer(explicit: string | undefined): string {
   }
   const where = explicit !== undefined ? explicit : `PATH, ${SEARCH.join(', ')}`;
   throw new Error(`rabbitmq-server not found (looked in ${where})${process.env.CI ? ' on CI' : ''}: the RabbitMQ tests need a real broker; ${INSTALL_HINT}.`);
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
