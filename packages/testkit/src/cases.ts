@@ -2,8 +2,9 @@ import { context, propagation, trace } from '@opentelemetry/api';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import type { TestTracing } from './otel';
 
-/** The caller's ids in every continued case. */
+/** The caller's trace id in every continued case. */
 export const TRACE_ID = '0af7651916cd43dd8448eb211c80319c';
+/** The caller's span id (the server span's parent) in every continued case. */
 export const PARENT_ID = 'b7ad6b7169203331';
 const VALID = `00-${TRACE_ID}-${PARENT_ID}-01`;
 
