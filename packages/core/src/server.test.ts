@@ -1,7 +1,7 @@
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { DiagLogLevel, context, diag, propagation, trace } from '@opentelemetry/api';
+import { DiagLogLevel, ROOT_CONTEXT, context, diag, propagation, trace } from '@opentelemetry/api';
 import { createServerTracing } from '@meshtrace/core';
 import type { MeshTraceOptions } from '@meshtrace/core';
 import { observe, setupTestTracing } from '@meshtrace/testkit';
@@ -190,4 +190,21 @@ test('a span already active is enriched, not duplicated', async () => {
   expect(serverSpans).toHaveLength(1);
   expect(serverSpans[0].name).toBe('GET outer');
   expect(serverSpans[0].attributes['meshtrace.propagation.outcome']).toBe('malformed');
+});
+
+test("responseHook runs in the request's context even when the response ends from outside it", async () => {
+  const hooked: string[] = [];
+  const t = createServerTracing<IncomingMessage, ServerResponse>({ responseHook: () => void hooked.push(trace.getActiveSpan()?.spanContext().spanId ?? 'none') }, { name: '@meshtrace/x' });
+  const server = createServer((req, res) => {
+    const rt = t.start(req, res, req, res);
+    const spanId = rt.span.spanContext().spanId;
+    // A pooled client's callback, say: the response is written from the root context.
+    context.with(ROOT_CONTEXT, () => setImmediate(() => res.end(JSON.stringify({ spanId }))));
+  });
+  servers.push(server);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const res = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, { headers: { traceparent: VALID } });
+  const { spanId } = (await res.json()) as { spanId: string };
+  await new Promise((r) => setImmediate(r));
+  expect(hooked).toEqual([spanId]);
 });

@@ -4,6 +4,7 @@ import { RPCType, getRPCMetadata } from '@opentelemetry/core';
 import type { RPCMetadata } from '@opentelemetry/core';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { PACKAGE, callHook, warner } from './diagnostics';
+import { bindEmitter, bindingOf } from './emitter';
 import { DEFAULT_CONFIG, IGNORED, RANDOM_TRACE_ID_KEY, RESTARTED, extractRequestContext, extractWith, outcomeOf, recordOutcome } from './extract';
 import type { ExtractOutcome, ExtractResult } from './extract';
 import { optionError } from './propagator';
@@ -51,9 +52,6 @@ export interface ServerAdapter<Req> {
 }
 
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH', 'QUERY']);
-const TRACE = Symbol('meshtrace.request');
-
-type TracedResponse = ServerResponse & { [TRACE]?: RequestTrace<unknown, unknown> };
 
 /** Records `error` on `span`: an exception event, `error.type` and ERROR status. */
 export function recordSpanError(span: Span, error: unknown): void {
@@ -147,20 +145,27 @@ export class RequestTrace<Req, Res> {
         // The SDK replaces the whole status: keep the message recordException set.
         if (statusCode >= 500 && !this.errored) span.setStatus({ code: SpanStatusCode.ERROR });
       }
-      callHook('responseHook', this.tracing.options.responseHook, span, this.response, this.tracing.adapter.name);
+      const hook = this.tracing.options.responseHook;
+      // 'finish' and 'close' can fire from outside the request's context: the hook still runs in it.
+      if (hook !== undefined) api.with(this.context, callHook, undefined, 'responseHook', hook, span, this.response, this.tracing.adapter.name);
       if (this.owned) span.end();
     }
     this.outer?.end(statusCode);
   }
 }
 
-function onFinish(this: TracedResponse): void {
-  this[TRACE]?.end(this.statusCode);
+/** The trace of a response, kept on its binding record (one property added to the object, not two). */
+function traceOf(res: ServerResponse): RequestTrace<unknown, unknown> | undefined {
+  return bindingOf(res)?.attachment as RequestTrace<unknown, unknown> | undefined;
 }
 
-function onClose(this: TracedResponse): void {
+function onFinish(this: ServerResponse): void {
+  traceOf(this)?.end(this.statusCode);
+}
+
+function onClose(this: ServerResponse): void {
   // 'close' without 'finish': the client went away before the response was written.
-  const t = this[TRACE];
+  const t = traceOf(this);
   if (t !== undefined && !t.ended) t.end(this.writableFinished ? this.statusCode : undefined);
 }
 
@@ -179,6 +184,9 @@ export class ServerTracing<Req, Res> {
   /** @internal */
   readonly options: MeshTraceOptions<Req, Res>;
   private readonly tracer: Tracer | undefined;
+  /** The global provider's tracer, and the provider it came from: looked up again only when that changes. */
+  private globalTracer: Tracer | undefined;
+  private globalProvider: TracerProvider | undefined;
   private readonly ignoreExact: Set<string> | undefined;
   private readonly ignorePatterns: RegExp[] | undefined;
   private readonly ignoreFn: ((path: string, request: Req) => boolean) | undefined;
@@ -282,8 +290,8 @@ export class ServerTracing<Req, Res> {
     const extracted = this.inbound === 'continue' ? extractRequestContext(headers, active) : this.untrusted(headers, active);
     if (this.ignored(path, request)) {
       // No span, but body events still run in the propagated context.
-      api.bind(extracted.context, req);
-      api.bind(extracted.context, res);
+      bindEmitter(extracted.context, req);
+      bindEmitter(extracted.context, res);
       return new RequestTrace(extracted.context, trace.wrapSpanContext(trace.getSpanContext(extracted.context) ?? INVALID), extracted.outcome, method, false, this, request, response, true);
     }
 
@@ -319,7 +327,7 @@ export class ServerTracing<Req, Res> {
       }
     }
 
-    const tracer = this.tracer ?? trace.getTracer(PACKAGE);
+    const tracer = this.tracer ?? this.tracerOfGlobal();
     const span = tracer.startSpan(method === '_OTHER' ? 'HTTP' : method, { kind: SpanKind.SERVER, attributes, links: extracted.links as Link[] | undefined }, extracted.context);
     const ctx = trace.setSpan(extracted.context, span);
     if (this.traceResponse && !res.headersSent) {
@@ -329,6 +337,17 @@ export class ServerTracing<Req, Res> {
     const rt = new RequestTrace(ctx, span, extracted.outcome, method, true, this, request, response, false);
     callHook('requestHook', this.options.requestHook, span, request, this.adapter.name);
     return this.track(rt, req, res);
+  }
+
+  /** `trace.getTracer(PACKAGE)`, cached per registered provider (the SDK hands out one tracer per name anyway). */
+  private tracerOfGlobal(): Tracer {
+    const proxy = trace.getTracerProvider() as TracerProvider & { getDelegate?: () => TracerProvider };
+    const provider = typeof proxy.getDelegate === 'function' ? proxy.getDelegate() : proxy;
+    if (provider !== this.globalProvider || this.globalTracer === undefined) {
+      this.globalProvider = provider;
+      this.globalTracer = trace.getTracer(PACKAGE);
+    }
+    return this.globalTracer;
   }
 
   /** `restart` and `ignore`: a fresh root, linked (restart) to what came in, keeping only allowed baggage. */
@@ -364,18 +383,18 @@ export class ServerTracing<Req, Res> {
   }
 
   private track(rt: RequestTrace<Req, Res>, req: IncomingMessage, res: ServerResponse): RequestTrace<Req, Res> {
-    // Body parsers and 'finish' listeners run from socket callbacks: bind them to the request's context.
-    api.bind(rt.context, req);
-    api.bind(rt.context, res);
-    const outer = (res as TracedResponse)[TRACE];
-    (res as TracedResponse)[TRACE] = rt as RequestTrace<unknown, unknown>;
+    const outer = bindingOf(res)?.attachment as RequestTrace<unknown, unknown> | undefined;
     if (outer !== undefined) {
       // Two adapters on one response (meshHttp around a framework): the inner one ends both.
       rt.outer = outer;
     } else {
+      // Added before this binding, so not wrapped by it: they need no context of their own, and `end` runs the hooks in the request's.
       res.once('finish', onFinish);
       res.once('close', onClose);
     }
+    // Body parsers and 'finish' listeners run from socket callbacks: bind them to the request's context.
+    bindEmitter(rt.context, req);
+    bindEmitter(rt.context, res).attachment = rt;
     return rt;
   }
 }
