@@ -1,0 +1,177 @@
+// One benchmark server per child process: `node server.js <framework> <candidate>`.
+// OpenTelemetry instrumentations patch modules as they are required, so each candidate gets a
+// fresh process, and nothing that could load node:http or a framework is required before its
+// tracing is set up. The handler, span processor and exporter are the same for every candidate.
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { SpanExporter, ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import type { ExportResult } from '@opentelemetry/core';
+
+export const FRAMEWORKS = ['express', 'fastify', 'koa', 'http'] as const;
+export type Framework = (typeof FRAMEWORKS)[number];
+export const CANDIDATES = ['bare', 'context', 'meshtrace', 'otel'] as const;
+export type Candidate = (typeof CANDIDATES)[number];
+
+/** Parent to child. */
+export type ToServer = { type: 'stats'; flush: boolean } | { type: 'stop' };
+/** Child to parent. */
+export type FromServer = { type: 'ready'; port: number } | { type: 'stats'; served: number; spans: number; rssBytes: number; cpuMicros: number } | { type: 'error'; message: string };
+
+export const ROUTE = '/users/:id';
+export const PATH = '/users/42';
+
+/** Counts what it is given and sends it nowhere, so export costs the same for every candidate. */
+class DiscardingExporter implements SpanExporter {
+  spans = 0;
+  export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
+    this.spans += spans.length;
+    resultCallback({ code: 0 /* ExportResultCode.SUCCESS */ });
+  }
+  shutdown(): Promise<void> {
+    return Promise.resolve();
+  }
+  forceFlush(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+interface Tracing {
+  readonly exporter: DiscardingExporter;
+  forceFlush(): Promise<void>;
+}
+
+/** The SDK as both candidates use it: one provider, a BatchSpanProcessor with its defaults, the discarding exporter. */
+function provider(propagator: 'meshtrace' | 'otel'): Tracing {
+  const { NodeTracerProvider } = require('@opentelemetry/sdk-trace-node') as typeof import('@opentelemetry/sdk-trace-node');
+  const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace-base') as typeof import('@opentelemetry/sdk-trace-base');
+  const exporter = new DiscardingExporter();
+  const p = new NodeTracerProvider({ spanProcessors: [new BatchSpanProcessor(exporter)] });
+  if (propagator === 'meshtrace') {
+    const { MeshPropagator } = require('@meshtrace/core') as typeof import('@meshtrace/core');
+    p.register({ propagator: new MeshPropagator() });
+  } else {
+    // The SDK's default: W3C trace context and baggage.
+    p.register();
+  }
+  return { exporter, forceFlush: () => p.forceFlush() };
+}
+
+/** The official route: the HTTP instrumentation plus the framework's own, registered before anything is required. */
+function otelInstrumentations(framework: Framework): { fastifyPlugin?: unknown } {
+  const { registerInstrumentations } = require('@opentelemetry/instrumentation') as typeof import('@opentelemetry/instrumentation');
+  const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http') as typeof import('@opentelemetry/instrumentation-http');
+  const instrumentations: import('@opentelemetry/instrumentation').Instrumentation[] = [new HttpInstrumentation()];
+  let fastifyPlugin: unknown;
+  if (framework === 'express') {
+    const { ExpressInstrumentation } = require('@opentelemetry/instrumentation-express') as typeof import('@opentelemetry/instrumentation-express');
+    instrumentations.push(new ExpressInstrumentation());
+  } else if (framework === 'koa') {
+    const { KoaInstrumentation } = require('@opentelemetry/instrumentation-koa') as typeof import('@opentelemetry/instrumentation-koa');
+    instrumentations.push(new KoaInstrumentation());
+  } else if (framework === 'fastify') {
+    const { FastifyOtelInstrumentation } = require('@fastify/otel') as typeof import('@fastify/otel');
+    const fastifyOtel = new FastifyOtelInstrumentation();
+    instrumentations.push(fastifyOtel);
+    fastifyPlugin = fastifyOtel.plugin();
+  }
+  registerInstrumentations({ instrumentations });
+  return { fastifyPlugin };
+}
+
+let served = 0;
+
+function httpHandler(req: IncomingMessage, res: ServerResponse): void {
+  served++;
+  res.setHeader('content-type', 'application/json; charset=utf-8');
+  res.end(JSON.stringify({ id: (req.url ?? '').slice(7) }));
+}
+
+async function start(framework: Framework, candidate: Candidate): Promise<{ server: Server; tracing: Tracing | undefined }> {
+  if (candidate === 'context') {
+    // The floor under any tracer: a context manager carrying the request's context across await.
+    const { AsyncLocalStorageContextManager } = require('@opentelemetry/context-async-hooks') as typeof import('@opentelemetry/context-async-hooks');
+    const api = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
+    api.context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    // AsyncLocalStorage installs its async hooks on first use; from then on every async resource pays for them.
+    api.context.with(api.ROOT_CONTEXT.setValue(api.createContextKey('bench'), true), () => undefined);
+  }
+  const tracing = candidate === 'bare' || candidate === 'context' ? undefined : provider(candidate);
+  const otel = candidate === 'otel' ? otelInstrumentations(framework) : undefined;
+  const mesh = candidate === 'meshtrace';
+  const http = require('node:http') as typeof import('node:http');
+
+  if (framework === 'fastify') {
+    const { fastify } = require('fastify') as typeof import('fastify');
+    const app = fastify();
+    if (mesh) await app.register((require('@meshtrace/fastify') as typeof import('@meshtrace/fastify')).meshTrace);
+    if (otel?.fastifyPlugin !== undefined) await app.register(otel.fastifyPlugin as Parameters<typeof app.register>[0]);
+    app.get<{ Params: { id: string } }>(ROUTE, (request, reply) => {
+      served++;
+      reply.send({ id: request.params.id });
+    });
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    return { server: app.server, tracing };
+  }
+
+  let listener: (req: IncomingMessage, res: ServerResponse) => void;
+  if (framework === 'express') {
+    const express = require('express') as typeof import('express');
+    const app = express();
+    if (mesh) app.use((require('@meshtrace/express') as typeof import('@meshtrace/express')).meshTrace());
+    app.get(ROUTE, (req, res) => {
+      served++;
+      res.json({ id: req.params.id });
+    });
+    listener = app;
+  } else if (framework === 'koa') {
+    const Koa = require('koa') as typeof import('koa');
+    const Router = require('@koa/router') as typeof import('@koa/router');
+    const app = new Koa();
+    if (mesh) app.use((require('@meshtrace/koa') as typeof import('@meshtrace/koa')).meshTrace());
+    const router = new Router();
+    router.get(ROUTE, (ctx) => {
+      served++;
+      ctx.body = { id: ctx.params.id };
+    });
+    app.use(router.routes());
+    listener = app.callback();
+  } else {
+    listener = mesh ? (require('@meshtrace/http') as typeof import('@meshtrace/http')).meshHttp(httpHandler) : httpHandler;
+  }
+  const server = http.createServer(listener);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, tracing };
+}
+
+function send(message: FromServer): void {
+  process.send?.(message);
+}
+
+async function main(): Promise<void> {
+  const [framework, candidate] = process.argv.slice(2) as [Framework, Candidate];
+  if (!FRAMEWORKS.includes(framework) || !CANDIDATES.includes(candidate)) throw new Error(`usage: server.js <${FRAMEWORKS.join('|')}> <${CANDIDATES.join('|')}>`);
+  const { server, tracing } = await start(framework, candidate);
+  // Never outlive the runner, whatever happens to it.
+  process.on('disconnect', () => process.exit(0));
+  process.on('message', (message: ToServer) => {
+    if (message.type === 'stop') {
+      server.closeAllConnections();
+      server.close(() => process.exit(0));
+    } else if (message.type === 'stats') {
+      const report = () => {
+        const cpu = process.cpuUsage();
+        send({ type: 'stats', served, spans: tracing?.exporter.spans ?? 0, rssBytes: process.memoryUsage.rss(), cpuMicros: cpu.user + cpu.system });
+      };
+      if (message.flush && tracing !== undefined) void tracing.forceFlush().then(report);
+      else report();
+    }
+  });
+  send({ type: 'ready', port: (server.address() as AddressInfo).port });
+}
+
+if (require.main === module) {
+  main().catch((err: unknown) => {
+    send({ type: 'error', message: err instanceof Error ? err.stack ?? err.message : String(err) });
+    process.exit(1);
+  });
+}
