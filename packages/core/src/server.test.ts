@@ -208,3 +208,8 @@ test("responseHook runs in the request's context even when the response ends fro
   await new Promise((r) => setImmediate(r));
   expect(hooked).toEqual([spanId]);
 });
+
+test("the server span's instrumentation scope names the adapter that made it", async () => {
+  const { span } = await call(await serve({}), { traceparent: VALID });
+  expect(span?.instrumentationScope.name).toBe('@meshtrace/core-test');
+});

@@ -236,7 +236,7 @@ export class ServerTracing<Req, Res> {
       }
     }
     this.options = options;
-    this.tracer = tracerProvider?.getTracer(PACKAGE);
+    this.tracer = tracerProvider?.getTracer(adapter.name);
   }
 
   private ignored(path: string, request: Req): boolean {
@@ -339,13 +339,13 @@ export class ServerTracing<Req, Res> {
     return this.track(rt, req, res);
   }
 
-  /** `trace.getTracer(PACKAGE)`, cached per registered provider (the SDK hands out one tracer per name anyway). */
+  /** The tracer named after the adapter (its instrumentation scope), cached per registered provider (the SDK hands out one tracer per name anyway). */
   private tracerOfGlobal(): Tracer {
     const proxy = trace.getTracerProvider() as TracerProvider & { getDelegate?: () => TracerProvider };
     const provider = typeof proxy.getDelegate === 'function' ? proxy.getDelegate() : proxy;
     if (provider !== this.globalProvider || this.globalTracer === undefined) {
       this.globalProvider = provider;
-      this.globalTracer = trace.getTracer(PACKAGE);
+      this.globalTracer = trace.getTracer(this.adapter.name);
     }
     return this.globalTracer;
   }
