@@ -52,7 +52,7 @@ function scanId(s: string, from: number, to: number): number {
  * reason it is invalid (allocating nothing); never throws.
  * @example
  * const tp = parseTraceparent(req.headers.traceparent);
- * if (typeof tp === 'string') console.log('fresh root because', tp);
+ * if (typeof tp === 'string') diag.info(`fresh root because ${tp}`);
  */
 export function parseTraceparent(value: unknown): Traceparent | TraceparentReason {
   if (typeof value !== 'string') {
