@@ -129,6 +129,7 @@ export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMa
   let rawTraceparent: unknown;
   let rawTracestate: unknown;
   let rawBaggage: unknown;
+  let unreadable = false;
   try {
     for (const format of config.formats) {
       if (format === 'w3c') {
@@ -145,6 +146,7 @@ export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMa
     tp = 'bad-format';
     b3 = 'missing';
     rawTracestate = rawBaggage = undefined;
+    unreadable = true;
   }
 
   let ctx = base;
@@ -189,7 +191,8 @@ export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMa
   }
   const b3Debug = typeof b3 === 'object' && b3.debug;
   ctx = ctx.setValue(EXTRACTION_KEY, { outcome: result, links, samplingHint, b3Debug } satisfies Extraction);
-  if (count) recordOutcome(result, rawTraceparent);
+  if (count && unreadable) recordUnreadable('the getter threw');
+  else if (count) recordOutcome(result, rawTraceparent);
   return { context: ctx, outcome: result, links };
 }
 

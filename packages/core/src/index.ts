@@ -15,7 +15,7 @@ export { MeshPropagator, optionError } from './propagator';
 export type { MeshPropagatorOptions } from './propagator';
 export { MeshSampler, samplerFromEnv } from './sampler';
 export type { SamplingOwner } from './sampler';
-export { RequestTrace, ServerTracing, createServerTracing, recordSpanError } from './server';
+export { RequestTrace, ServerTracing, createServerTracing, httpMethod, recordSpanError } from './server';
 export type { InboundTrust, MeshTraceOptions, ServerAdapter } from './server';
 export { checkPropagation, hasContextManager, setupMeshTracing } from './setup';
 export type { MeshTracing, SetupOptions } from './setup';

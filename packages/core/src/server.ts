@@ -53,6 +53,11 @@ export interface ServerAdapter<Req> {
 
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH', 'QUERY']);
 
+/** The semconv `http.request.method` for a method as sent: a known method matched exactly, else `_OTHER`. */
+export function httpMethod(raw: string): string {
+  return KNOWN_METHODS.has(raw) ? raw : '_OTHER';
+}
+
 /** Records `error` on `span`: an exception event, `error.type` and ERROR status. */
 export function recordSpanError(span: Span, error: unknown): void {
   // Duck-typed: errors from another realm (vm, workers' structured clones) fail instanceof Error.
@@ -260,7 +265,7 @@ export class ServerTracing<Req, Res> {
    */
   start(req: IncomingMessage, res: ServerResponse, request: Req, response: Res): RequestTrace<Req, Res> {
     const rawMethod = req.method ?? 'GET';
-    const method = KNOWN_METHODS.has(rawMethod) ? rawMethod : '_OTHER';
+    const method = httpMethod(rawMethod);
     // Express trims req.url for middleware mounted under a path; originalUrl keeps the whole target.
     const url = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? '/';
     const q = url.indexOf('?');

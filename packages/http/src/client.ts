@@ -1,7 +1,7 @@
 import { SpanKind, SpanStatusCode, context, propagation, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Span, Tracer, TracerProvider } from '@opentelemetry/api';
 import { isTracingSuppressed } from '@opentelemetry/core';
-import { optionError } from '@meshtrace/core';
+import { httpMethod, optionError } from '@meshtrace/core';
 import { errorMonitor } from 'node:events';
 import * as http from 'node:http';
 import type { ClientRequest, IncomingMessage } from 'node:http';
@@ -28,7 +28,6 @@ export interface MeshClient {
   readonly request: MeshRequest;
 }
 
-const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH', 'QUERY']);
 // HTTP semconv (url.full): these query values are secrets and SHOULD read as REDACTED.
 const SENSITIVE_QUERY = /([?&](?:AWSAccessKeyId|Signature|sig|X-Goog-Signature)=)[^&#]*/g;
 const CALL = Symbol('meshtrace.http.client');
@@ -110,8 +109,8 @@ function fullUrl(url: URL): string {
 }
 
 function startClientSpan(tracer: Tracer, parent: Context, rawMethod: string, full: string, address: string, port: number): Span {
-  const upper = rawMethod.toUpperCase();
-  const method = KNOWN_METHODS.has(upper) ? upper : '_OTHER';
+  // fetch and http.request send known methods upper-cased whatever case the caller used.
+  const method = httpMethod(rawMethod.toUpperCase());
   const attributes: Attributes = { 'http.request.method': method, 'url.full': full, 'server.address': address, 'server.port': port };
   if (method === '_OTHER') attributes['http.request.method_original'] = rawMethod;
   return tracer.startSpan(method === '_OTHER' ? 'HTTP' : method, { kind: SpanKind.CLIENT, attributes }, parent);
