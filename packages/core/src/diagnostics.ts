@@ -85,3 +85,9 @@ export function callHook<S, T>(name: string, hook: ((span: S, target: T) => void
     warner.warn(`hook:${pkg}:${name}`, () => `${pkg}: ${name} threw and was ignored: ${err instanceof Error ? err.message : String(err)}`);
   }
 }
+
+/** Counts and warns about members dropped from an inbound or outbound header. */
+export function recordDropped(header: 'tracestate' | 'baggage', reason: string, count: number, raw?: unknown): void {
+  droppedCounter.add(count, { header, reason });
+  warner.warn(`${header}:${reason}`, () => `${PACKAGE}: dropped ${count} ${header} member(s) (${reason})${raw === undefined ? '' : ` from ${preview(raw)}`}.`);
+}

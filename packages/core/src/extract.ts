@@ -1,12 +1,13 @@
-import { ROOT_CONTEXT, createContextKey, defaultTextMapGetter, propagation, trace } from '@opentelemetry/api';
+import { ROOT_CONTEXT, defaultTextMapGetter, propagation } from '@opentelemetry/api';
 import type { Attributes, Context, Link, SpanContext, TextMapGetter } from '@opentelemetry/api';
 import { B3_DENY, parseB3Multi, parseB3Single } from './b3';
 import type { B3Context } from './b3';
-import { parseBaggage } from './baggage';
-import { PACKAGE, droppedCounter, extractCounter, preview, warner } from './diagnostics';
-import { FLAG_RANDOM, FLAG_SAMPLED, KNOWN_FLAGS, parseTraceparent } from './traceparent';
+import { InboundBaggage } from './baggage';
+import { EXTRACTION_KEY, ExtractedContext, RANDOM_TRACE_ID_KEY } from './context';
+import { PACKAGE, extractCounter, preview, recordDropped, warner } from './diagnostics';
+import { FLAG_RANDOM, FLAG_SAMPLED, KNOWN_FLAGS, checkTraceparent, parseTraceparent } from './traceparent';
 import type { Traceparent, TraceparentReason } from './traceparent';
-import { MeshTraceState, parseTracestate } from './tracestate';
+import { MeshTraceState } from './tracestate';
 
 /** A trace header format meshtrace reads. */
 export type TraceFormat = 'w3c' | 'b3';
@@ -54,10 +55,7 @@ export function outcomeOf(parsed: ReturnType<typeof parseTraceparent>): ExtractO
   return parsed === 'missing' ? MISSING : MALFORMED[parsed];
 }
 
-/** Marks a context whose trace id is known to be random (W3C trace-context-2 flag 0x02). */
-export const RANDOM_TRACE_ID_KEY = createContextKey('meshtrace.random-trace-id');
-/** What the extraction that made a context found; read with {@link extractionOf}. */
-const EXTRACTION_KEY = createContextKey('meshtrace.extraction');
+export { RANDOM_TRACE_ID_KEY, recordDropped };
 
 /** What an extraction found, kept in the context it made. */
 export interface Extraction {
@@ -98,12 +96,6 @@ export function recordUnreadable(what: string): void {
   warner.warn(`unreadable:${what}`, () => `${PACKAGE}: could not read the trace context carrier (${what}); its context is lost.`);
 }
 
-/** Counts and warns about members dropped from an inbound or outbound header. */
-export function recordDropped(header: 'tracestate' | 'baggage', reason: string, count: number, raw?: unknown): void {
-  droppedCounter.add(count, { header, reason });
-  warner.warn(`${header}:${reason}`, () => `${PACKAGE}: dropped ${count} ${header} member(s) (${reason})${raw === undefined ? '' : ` from ${preview(raw)}`}.`);
-}
-
 /** How to extract; fixed when a propagator is built. */
 export interface ExtractConfig {
   readonly formats: readonly TraceFormat[];
@@ -112,6 +104,17 @@ export interface ExtractConfig {
 
 function fromW3c(tp: Traceparent): SpanContext {
   return { traceId: tp.traceId, spanId: tp.spanId, traceFlags: tp.traceFlags & KNOWN_FLAGS, isRemote: true };
+}
+
+/** The remote span context of a `traceparent` value, or why there is none; a plain string (the usual case) is read in place. */
+function w3cContext(raw: unknown): SpanContext | TraceparentReason {
+  if (typeof raw !== 'string') {
+    const tp = parseTraceparent(raw);
+    return typeof tp === 'string' ? tp : fromW3c(tp);
+  }
+  const flags = checkTraceparent(raw);
+  if (typeof flags === 'string') return flags;
+  return { traceId: raw.substring(3, 35), spanId: raw.substring(36, 52), traceFlags: flags & KNOWN_FLAGS, isRemote: true };
 }
 
 function fromB3(b3: B3Context): SpanContext {
@@ -123,77 +126,83 @@ function fromB3(b3: B3Context): SpanContext {
  * continued; a valid one that disagrees becomes a link. Never throws. Counts the outcome.
  * @internal the propagator's engine; use `propagation.extract` or {@link extractContext}.
  */
-export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMapGetter<C>, base: Context, count = true): ExtractResult {
-  let tp: Traceparent | TraceparentReason = 'missing';
+export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMapGetter<C>, base: Context, count = true): ExtractedContext {
+  const formats = config.formats;
+  const b3First = formats[0] === 'b3';
+  const readW3c = formats[0] === 'w3c' || formats[1] === 'w3c';
+  const readB3 = b3First || formats[1] === 'b3';
+  let w3c: SpanContext | TraceparentReason = 'missing';
   let b3: B3Context | typeof B3_DENY | 'missing' | 'bad-b3' = 'missing';
   let rawTraceparent: unknown;
   let rawTracestate: unknown;
   let rawBaggage: unknown;
   let unreadable = false;
+  // The default getter is `carrier[key]`: read a plain carrier (Node's header object) by name, which is an inline-cached load instead of a keyed lookup per header.
+  const h = getter === defaultTextMapGetter && typeof carrier === 'object' && carrier !== null ? (carrier as Record<string, unknown>) : undefined;
   try {
-    for (const format of config.formats) {
-      if (format === 'w3c') {
-        tp = parseTraceparent((rawTraceparent = getter.get(carrier, 'traceparent')));
-        if (typeof tp !== 'string') rawTracestate = getter.get(carrier, 'tracestate');
+    if (readW3c) {
+      w3c = w3cContext((rawTraceparent = h !== undefined ? h.traceparent : getter.get(carrier, 'traceparent')));
+      if (typeof w3c !== 'string') rawTracestate = h !== undefined ? h.tracestate : getter.get(carrier, 'tracestate');
+    }
+    if (readB3) {
+      const single = h !== undefined ? h.b3 : getter.get(carrier, 'b3');
+      if (single !== undefined) {
+        b3 = parseB3Single(single);
       } else {
-        const single = getter.get(carrier, 'b3');
-        b3 = single !== undefined ? parseB3Single(single) : parseB3Multi(getter.get(carrier, 'x-b3-traceid'), getter.get(carrier, 'x-b3-spanid'), getter.get(carrier, 'x-b3-sampled'), getter.get(carrier, 'x-b3-flags'));
+        const traceId = h !== undefined ? h['x-b3-traceid'] : getter.get(carrier, 'x-b3-traceid');
+        // Without a trace id the multi headers hold at most a sampling hint or a fault, which only matter when W3C gave nothing.
+        if (traceId !== undefined || typeof w3c === 'string') b3 = parseB3Multi(traceId, getter.get(carrier, 'x-b3-spanid'), getter.get(carrier, 'x-b3-sampled'), getter.get(carrier, 'x-b3-flags'));
       }
     }
-    if (config.baggage) rawBaggage = getter.get(carrier, 'baggage');
+    if (config.baggage) rawBaggage = h !== undefined ? h.baggage : getter.get(carrier, 'baggage');
   } catch {
     // A carrier that cannot be read is a malformed one, not a reason to fail the message.
-    tp = 'bad-format';
+    w3c = 'bad-format';
     b3 = 'missing';
     rawTracestate = rawBaggage = undefined;
     unreadable = true;
   }
 
-  let ctx = base;
-  let result: ExtractOutcome | undefined;
+  // The first valid format in the configured order is continued; the other, if valid and different, becomes a link.
+  const fromW3c = typeof w3c === 'string' ? undefined : w3c;
+  const fromB3c = typeof b3 === 'string' ? undefined : fromB3(b3);
+  const w3cWins = fromW3c !== undefined && (!b3First || fromB3c === undefined);
+  const chosen = w3cWins ? fromW3c : fromB3c;
+  const other = w3cWins ? fromB3c : fromW3c;
   let links: Link[] | undefined;
-  for (const format of config.formats) {
-    const sc = format === 'w3c' ? (typeof tp === 'string' ? undefined : fromW3c(tp)) : typeof b3 === 'string' ? undefined : fromB3(b3);
-    if (sc === undefined) continue;
-    if (result === undefined) {
-      result = CONTINUED[format];
-      if (format === 'w3c') {
-        // §3.3: tracestate only means something beside a valid traceparent.
-        const ts = parseTracestate(rawTracestate);
-        if (ts instanceof MeshTraceState) sc.traceState = ts;
-        else if (ts !== undefined) recordDropped('tracestate', ts, 1, rawTracestate);
-      }
-      ctx = trace.setSpanContext(ctx, sc);
-    } else {
-      const chosen = trace.getSpanContext(ctx)!;
-      if (chosen.traceId !== sc.traceId || chosen.spanId !== sc.spanId) (links ??= []).push({ context: sc, attributes: { 'meshtrace.link.format': format } });
-    }
+  if (chosen !== undefined && other !== undefined && (chosen.traceId !== other.traceId || chosen.spanId !== other.spanId)) {
+    links = [{ context: other, attributes: { 'meshtrace.link.format': w3cWins ? 'b3' : 'w3c' } }];
   }
+  let result: ExtractOutcome;
   let samplingHint: Extraction['samplingHint'];
-  if (result === undefined) {
+  let random = false;
+  if (chosen === undefined) {
     // Not continued: a malformed format in the list explains it better than a missing one.
-    const w3cBad = typeof tp === 'string' && tp !== 'missing' ? tp : undefined;
+    const w3cBad = typeof w3c === 'string' && w3c !== 'missing' ? w3c : undefined;
     const b3Bad = b3 === 'bad-b3' ? b3 : undefined;
-    const first = config.formats[0] === 'b3' ? (b3Bad ?? w3cBad) : (w3cBad ?? b3Bad);
+    const first = b3First ? (b3Bad ?? w3cBad) : (w3cBad ?? b3Bad);
     result = first === undefined ? MISSING : MALFORMED[first];
     if (b3 === B3_DENY) samplingHint = 'deny';
     // The SDK generates the fresh root's trace id randomly, so Level 2 lets us say so downstream.
-    ctx = ctx.setValue(RANDOM_TRACE_ID_KEY, true);
-  } else if (result === CONTINUED.w3c) {
-    if ((tp as Traceparent).traceFlags & FLAG_RANDOM) ctx = ctx.setValue(RANDOM_TRACE_ID_KEY, true);
-  } else if ((b3 as B3Context).sampled === undefined) {
-    samplingHint = 'defer';
+    random = true;
+  } else if (w3cWins) {
+    result = CONTINUED.w3c;
+    random = (chosen.traceFlags & FLAG_RANDOM) !== 0;
+    // §3.3: tracestate only means something beside a valid traceparent.
+    if (rawTracestate !== undefined && rawTracestate !== '') chosen.traceState = MeshTraceState.inbound(rawTracestate);
+  } else {
+    result = CONTINUED.b3;
+    if ((b3 as B3Context).sampled === undefined) samplingHint = 'defer';
   }
-  if (rawBaggage !== undefined) {
-    const parsed = parseBaggage(rawBaggage);
-    if (parsed.baggage !== undefined) ctx = propagation.setBaggage(ctx, parsed.baggage);
-    if (parsed.reason !== undefined) recordDropped('baggage', parsed.reason, parsed.dropped, rawBaggage);
-  }
-  const b3Debug = typeof b3 === 'object' && b3.debug;
-  ctx = ctx.setValue(EXTRACTION_KEY, { outcome: result, links, samplingHint, b3Debug } satisfies Extraction);
+  const baggage = rawBaggage === undefined || rawBaggage === '' ? undefined : new InboundBaggage(rawBaggage, base);
   if (count && unreadable) recordUnreadable('the getter threw');
   else if (count) recordOutcome(result, rawTraceparent);
-  return { context: ctx, outcome: result, links };
+  return new ExtractedContext(base, chosen, baggage, random, result, links, samplingHint, typeof b3 === 'object' && b3.debug);
+}
+
+/** The result of an extraction, for callers that want its parts. */
+function resultOf(ctx: ExtractedContext): ExtractResult {
+  return { context: ctx, outcome: ctx.outcome, links: ctx.links };
 }
 
 /** What the global propagator did with a carrier, whichever propagator it is. */
@@ -204,13 +213,13 @@ function extractGlobal<C>(carrier: C, getter: TextMapGetter<C>, base: Context): 
     ctx = propagation.extract(base, carrier, getter);
   } catch {
     // Someone else's propagator threw: extract as the default MeshPropagator would.
-    return extractWith(DEFAULT_CONFIG, carrier, getter, base);
+    return resultOf(extractWith(DEFAULT_CONFIG, carrier, getter, base));
   }
   const found = ctx.getValue(EXTRACTION_KEY) as Extraction | undefined;
   if (found !== undefined && found !== before) return { context: ctx, outcome: found.outcome, links: found.links };
   if (ctx === base && propagation.fields().length === 0) {
     // No propagator registered: extract as the default MeshPropagator would.
-    return extractWith(DEFAULT_CONFIG, carrier, getter, base);
+    return resultOf(extractWith(DEFAULT_CONFIG, carrier, getter, base));
   }
   // Someone else's propagator: classify what came in so the outcome is still counted.
   let raw: unknown;

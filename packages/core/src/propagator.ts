@@ -1,4 +1,4 @@
-import { defaultTextMapSetter, isSpanContextValid, propagation, trace } from '@opentelemetry/api';
+import { defaultTextMapSetter, propagation, trace } from '@opentelemetry/api';
 import type { Context, TextMapGetter, TextMapPropagator, TextMapSetter } from '@opentelemetry/api';
 import { isTracingSuppressed } from '@opentelemetry/core';
 import { formatB3Single } from './b3';
@@ -74,7 +74,7 @@ export class MeshPropagator implements TextMapPropagator {
     // Suppressed tracing (an exporter's own requests) carries no context at all, as OpenTelemetry's propagators do.
     if (isTracingSuppressed(context)) return;
     const sc = trace.getSpanContext(context);
-    if (sc !== undefined && isSpanContextValid(sc) && isValidId(sc.traceId, 32) && isValidId(sc.spanId, 16)) {
+    if (sc !== undefined && isValidId(sc.traceId, 32) && isValidId(sc.spanId, 16)) {
       // The SDK's own span flags carry only "sampled"; the random flag lives in the context.
       const flags = context.getValue(RANDOM_TRACE_ID_KEY) === true ? sc.traceFlags | FLAG_RANDOM : sc.traceFlags;
       setter.set(carrier, 'traceparent', formatTraceparent(sc.traceId, sc.spanId, flags));
@@ -106,7 +106,7 @@ export class MeshPropagator implements TextMapPropagator {
 
   /** Reads `carrier`; a missing or malformed context leaves a fresh root, counted and warned. */
   extract(context: Context, carrier: unknown, getter: TextMapGetter): Context {
-    return extractWith(this.config, carrier, getter, context).context;
+    return extractWith(this.config, carrier, getter, context);
   }
 
   /** The header names this propagator reads and writes. */

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { ROOT_CONTEXT, defaultTextMapGetter, defaultTextMapSetter, propagation, trace } from '@opentelemetry/api';
-import { BAGGAGE_LIMITS, MeshPropagator, MeshTraceState, extractContext, headerGetter, parseBaggage, parseTracestate } from '@meshtrace/core';
+import { BAGGAGE_LIMITS, MeshPropagator, MeshTraceState, extractContext, headerGetter, parseBaggage, parseTracestate, serializeBaggage } from '@meshtrace/core';
 import { setupTestTracing } from '@meshtrace/testkit';
 
 // Properties over arbitrary input: whatever comes in, nothing throws and only valid headers go out.
@@ -103,5 +103,30 @@ test('inject then extract of a valid context gives the same context back', () =>
       expect(got).toEqual(baggage);
     }),
     { numRuns: 1000 },
+  );
+});
+
+test('baggage values decode as decodeURIComponent does, and encode as encodeURIComponent does', () => {
+  const escape = fc.tuple(fc.constantFrom(...'0123456789abcdefABCDEFgz%'), fc.constantFrom(...'0123456789abcdefABCDEFgz')).map(([a, b]) => `%${a}${b}`);
+  const raw = fc.array(fc.oneof(escape, fc.constantFrom('a', 'Z', '9', '-', '.', '~', '!', '*', '(', ')', "'", '/', ':', '%')), { minLength: 1, maxLength: 12 }).map((parts) => parts.join(''));
+  fc.assert(
+    fc.property(raw, (v) => {
+      let expected: string | undefined;
+      try {
+        expected = decodeURIComponent(v);
+      } catch {
+        expected = undefined;
+      }
+      expect(parseBaggage(`k=${v}`).baggage?.getEntry('k')?.value).toBe(expected);
+    }),
+    { numRuns: 3000 },
+  );
+  fc.assert(
+    fc.property(fc.string({ unit: 'grapheme', maxLength: 20 }), (v) => {
+      const header = serializeBaggage(propagation.createBaggage({ k: { value: v } })).header;
+      expect(header).toBe(`k=${encodeURIComponent(v)}`);
+      expect(parseBaggage(header).baggage?.getEntry('k')?.value).toBe(v);
+    }),
+    { numRuns: 2000 },
   );
 });

@@ -362,12 +362,12 @@ export class ServerTracing<Req, Res> {
     let inbound: Baggage | undefined;
     if (this.inbound === 'restart') {
       const seen = extractWith(DEFAULT_CONFIG, headers, defaultTextMapGetter as TextMapGetter<typeof headers>, ROOT_CONTEXT, false);
-      const sc = trace.getSpanContext(seen.context);
+      const sc = trace.getSpanContext(seen);
       if (sc !== undefined) links = [{ context: sc, attributes: { 'meshtrace.link.reason': 'restarted' } }];
-      inbound = propagation.getBaggage(seen.context);
+      inbound = propagation.getBaggage(seen);
     } else if (this.allowList !== undefined && headers.baggage !== undefined) {
       const seen = extractWith({ formats: [], baggage: true }, headers, defaultTextMapGetter as TextMapGetter<typeof headers>, ROOT_CONTEXT, false);
-      inbound = propagation.getBaggage(seen.context);
+      inbound = propagation.getBaggage(seen);
     }
     ctx = propagation.deleteBaggage(ctx);
     if (inbound !== undefined && this.allowList !== undefined) {

@@ -29,22 +29,63 @@ export const KNOWN_FLAGS = FLAG_SAMPLED | FLAG_RANDOM;
 
 const TRACEPARENT_LENGTH = 55;
 
-/** Value of a lower-case hex digit, or -1; upper case is invalid per W3C trace-context §3.2.2. */
-function hexValue(code: number): number {
-  if (code >= 48 && code <= 57) return code - 48;
-  if (code >= 97 && code <= 102) return code - 87;
-  return -1;
+/** Lower-case hex digit values by the low byte of a char code; 0xff for anything else (upper case is invalid, W3C trace-context §3.2.2). */
+const HEX_VALUE = new Uint8Array(256).fill(0xff);
+for (let i = 0; i < 16; i++) HEX_VALUE['0123456789abcdef'.charCodeAt(i)] = i;
+
+function hexAt(s: string, i: number): number {
+  const c = s.charCodeAt(i);
+  // NaN past the end compares false, like any code point over 255.
+  return c < 256 ? HEX_VALUE[c] : 0xff;
 }
 
-/** 1 if `s[from, to)` is lower-case hex and not all zeros, 0 if all zeros, -1 if not hex. */
+/** 1 if `s[from, to)` (within `s`) is lower-case hex and not all zeros, 0 if all zeros, -1 if not hex. */
 function scanId(s: string, from: number, to: number): number {
-  let nonZero = 0;
+  // OR of the digit values (over 15: a non-digit; 0: all zeros) and of the codes (over 255: outside the table).
+  let acc = 0;
+  let codes = 0;
   for (let i = from; i < to; i++) {
-    const v = hexValue(s.charCodeAt(i));
-    if (v < 0) return -1;
-    nonZero |= v;
+    const c = s.charCodeAt(i);
+    acc |= HEX_VALUE[c & 0xff];
+    codes |= c;
   }
-  return nonZero === 0 ? 0 : 1;
+  return acc > 15 || codes > 0xff ? -1 : acc === 0 ? 0 : 1;
+}
+
+/**
+ * The trace flags of a valid `traceparent` string (only the defined ones from a higher version), or
+ * why it is invalid. Allocates nothing: the ids are `value.substring(3, 35)` and `value.substring(36, 52)`.
+ * @internal
+ */
+export function checkTraceparent(value: string): number | TraceparentReason {
+  const len = value.length;
+  if (len === 0) return 'missing';
+  // §3.2.2.2 version: two lower-case hex digits, ff is forbidden.
+  const v0 = hexAt(value, 0);
+  const v1 = hexAt(value, 1);
+  if (v0 > 15 || v1 > 15 || value.charCodeAt(2) !== 45 /* - */) return 'bad-version';
+  const version = v0 * 16 + v1;
+  if (version === 255) return 'bad-version';
+  if (len !== TRACEPARENT_LENGTH) {
+    if (len < TRACEPARENT_LENGTH) return 'bad-format';
+    const next = value.charCodeAt(TRACEPARENT_LENGTH);
+    // Two header lines folded into one ("a, b") or a list: never guess which one is ours.
+    if (next === 44 /* , */) return 'multiple';
+    // §4.3 step 2.2: a higher version may append fields after a '-'; version 00 may not.
+    if (version === 0 || next !== 45) return 'bad-format';
+  }
+  if (value.charCodeAt(35) !== 45 || value.charCodeAt(52) !== 45) return 'bad-format';
+  const t = scanId(value, 3, 35);
+  if (t < 0) return 'bad-trace-id';
+  if (t === 0) return 'zero-trace-id';
+  const p = scanId(value, 36, 52);
+  if (p < 0) return 'bad-parent-id';
+  if (p === 0) return 'zero-parent-id';
+  const f0 = hexAt(value, 53);
+  const f1 = hexAt(value, 54);
+  if (f0 > 15 || f1 > 15) return 'bad-flags';
+  // §4.3 step 2.2: from a higher version only the flags this version defines are kept.
+  return version === 0 ? f0 * 16 + f1 : (f0 * 16 + f1) & KNOWN_FLAGS;
 }
 
 /**
@@ -64,36 +105,9 @@ export function parseTraceparent(value: unknown): Traceparent | TraceparentReaso
     }
     return 'bad-format';
   }
-  const len = value.length;
-  if (len === 0) return 'missing';
-  // §3.2.2.2 version: two lower-case hex digits, ff is forbidden.
-  const v0 = hexValue(value.charCodeAt(0));
-  const v1 = hexValue(value.charCodeAt(1));
-  if (v0 < 0 || v1 < 0 || value.charCodeAt(2) !== 45 /* - */) return 'bad-version';
-  const version = v0 * 16 + v1;
-  if (version === 255) return 'bad-version';
-  if (len !== TRACEPARENT_LENGTH) {
-    if (len < TRACEPARENT_LENGTH) return 'bad-format';
-    const next = value.charCodeAt(TRACEPARENT_LENGTH);
-    // Two header lines folded into one ("a, b") or a list: never guess which one is ours.
-    if (next === 44 /* , */) return 'multiple';
-    // §4.3 step 2.2: a higher version may append fields after a '-'; version 00 may not.
-    if (version === 0 || next !== 45) return 'bad-format';
-  }
-  if (value.charCodeAt(35) !== 45 || value.charCodeAt(52) !== 45) return 'bad-format';
-  const t = scanId(value, 3, 35);
-  if (t < 0) return 'bad-trace-id';
-  if (t === 0) return 'zero-trace-id';
-  const p = scanId(value, 36, 52);
-  if (p < 0) return 'bad-parent-id';
-  if (p === 0) return 'zero-parent-id';
-  const f0 = hexValue(value.charCodeAt(53));
-  const f1 = hexValue(value.charCodeAt(54));
-  if (f0 < 0 || f1 < 0) return 'bad-flags';
-  let traceFlags = f0 * 16 + f1;
-  // §4.3 step 2.2: from a higher version only the flags this version defines are kept.
-  if (version !== 0) traceFlags &= KNOWN_FLAGS;
-  return { version, traceId: value.substring(3, 35), spanId: value.substring(36, 52), traceFlags };
+  const flags = checkTraceparent(value);
+  if (typeof flags === 'string') return flags;
+  return { version: hexAt(value, 0) * 16 + hexAt(value, 1), traceId: value.substring(3, 35), spanId: value.substring(36, 52), traceFlags: flags };
 }
 
 /** True when `id` is `length` lower-case hex digits and not all zeros. */

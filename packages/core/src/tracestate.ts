@@ -1,4 +1,5 @@
 import type { TraceState } from '@opentelemetry/api';
+import { recordDropped } from './diagnostics';
 
 /** Why a `tracestate` header was dropped as a whole. */
 export type TracestateReason = 'bad-member' | 'duplicate-key' | 'too-many-members';
@@ -47,8 +48,10 @@ function isOws(c: number): boolean {
 export class MeshTraceState implements TraceState {
   /** @internal keys and values, leftmost first */
   private constructor(
-    private readonly keys: readonly string[],
-    private readonly values: readonly string[],
+    private keys: readonly string[],
+    private values: readonly string[],
+    /** An inbound header not validated yet. */
+    private raw?: unknown,
   ) {}
 
   private static readonly EMPTY = new MeshTraceState([], []);
@@ -58,13 +61,37 @@ export class MeshTraceState implements TraceState {
     return MeshTraceState.EMPTY;
   }
 
+  /**
+   * An inbound header, validated on first use (a header that fails is dropped whole and counted
+   * then), as OpenTelemetry's own `TraceState` parses on first use: a service that never reads or
+   * forwards it pays nothing.
+   * @internal
+   */
+  static inbound(raw: unknown): MeshTraceState {
+    return new MeshTraceState(MeshTraceState.EMPTY.keys, MeshTraceState.EMPTY.values, raw);
+  }
+
   /** @internal */
   static fromLists(keys: string[], values: string[]): MeshTraceState {
     return keys.length === 0 ? MeshTraceState.EMPTY : new MeshTraceState(keys, values);
   }
 
+  private load(): void {
+    const raw = this.raw;
+    if (raw === undefined) return;
+    this.raw = undefined;
+    const parsed = parseTracestate(raw);
+    if (parsed instanceof MeshTraceState) {
+      this.keys = parsed.keys;
+      this.values = parsed.values;
+    } else if (parsed !== undefined) {
+      recordDropped('tracestate', parsed, 1, raw);
+    }
+  }
+
   /** Number of entries. */
   get size(): number {
+    this.load();
     return this.keys.length;
   }
 
@@ -72,6 +99,7 @@ export class MeshTraceState implements TraceState {
   set(key: string, value: string): MeshTraceState {
     if (typeof key !== 'string' || typeof value !== 'string') return this;
     if (!isValidKey(key, 0, key.length) || !isValidValue(value, 0, value.length)) return this;
+    this.load();
     const keys = [key];
     const values = [value];
     for (let i = 0; i < this.keys.length && keys.length < MAX_TRACESTATE_MEMBERS; i++) {
@@ -84,6 +112,7 @@ export class MeshTraceState implements TraceState {
 
   /** Returns a new state without `key`. */
   unset(key: string): MeshTraceState {
+    this.load();
     const i = this.keys.indexOf(key);
     if (i < 0) return this;
     const keys = this.keys.slice();
@@ -95,12 +124,14 @@ export class MeshTraceState implements TraceState {
 
   /** The value for `key`, if any. */
   get(key: string): string | undefined {
+    this.load();
     const i = this.keys.indexOf(key);
     return i < 0 ? undefined : this.values[i];
   }
 
   /** The header value, cut to 512 characters by dropping whole entries (§3.3.1.5). */
   serialize(): string {
+    this.load();
     return serializeEntries(this.keys, this.values, MAX_TRACESTATE_LENGTH);
   }
 }
