@@ -1,6 +1,7 @@
-// Throughput and tail latency per request: the bare framework, meshtrace and the official
-// OpenTelemetry instrumentation, each server in its own child process, driven from this process
-// by autocannon over loopback with a traceparent on every request, candidates alternated.
+// Throughput and tail latency per request: the bare framework, the floor under any tracer,
+// meshtrace and the official OpenTelemetry instrumentation, each server in its own child process,
+// driven from this process by autocannon over loopback with a traceparent on every request,
+// candidates alternated.
 import { fork } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import autocannon from 'autocannon';
@@ -133,7 +134,7 @@ export async function runRequests(options: RequestsOptions, log: (line: string) 
       for (const candidate of CANDIDATES) children.push(await startServer(framework, candidate));
       for (const child of rotate(children, f)) await load(child.port, options.warmupSeconds, options.connections);
       for (let r = 0; r < options.rounds; r++) {
-        // Each candidate runs first, second and third in turn, so warming and drift spread over all of them.
+        // Each candidate takes every position in the order in turn, so warming and drift spread over all of them.
         for (const child of rotate(children, r + f)) {
           if (options.rewarmSeconds > 0) await load(child.port, options.rewarmSeconds, options.connections);
           const before = await stats(child);
@@ -157,6 +158,7 @@ export async function runRequests(options: RequestsOptions, log: (line: string) 
 
     const bare = measured.get('bare')!;
     const ctx = measured.get('context')!;
+    const floor = measured.get('floor')!;
     const mesh = measured.get('meshtrace')!;
     const otel = measured.get('otel')!;
     // Ratios within a round compare runs made seconds apart; their median is what the targets use.
@@ -164,34 +166,39 @@ export async function runRequests(options: RequestsOptions, log: (line: string) 
     const meshToBare = perRound(mesh, bare);
     const otelToBare = perRound(otel, bare);
     const meshToOtel = perRound(mesh, otel);
-    const row = (label: string, m: Measured, toBare: string, extra: string) => [
+    // Context only, no target: the share of the floor's throughput each tracer keeps.
+    const ofFloor = (m: Measured) => `${fmt(perRound(m, floor) * 100)}%`;
+    const row = (label: string, m: Measured, toBare: string, toFloor: string, extra: string) => [
       NAMES[framework],
       label,
       fmt(median(m.rps)),
       fmt(median(m.p99), 1),
       fmt(median(m.cpu), 1),
       toBare,
+      toFloor,
       extra,
       m === bare || m === ctx ? '—' : fmt(m.spansPerRequest, 2),
     ];
-    rows.push(row('bare', bare, '100%', ''));
-    rows.push(row('bare + context manager ²', ctx, `${fmt(perRound(ctx, bare) * 100)}%`, ''));
-    rows.push(row('meshtrace', mesh, `${fmt(meshToBare * 100)}%`, `${fmt(meshToOtel, 2)}x OTel`));
-    rows.push(row(`OTel (${OTEL[framework]})`, otel, `${fmt(otelToBare * 100)}%`, ''));
+    rows.push(row('bare', bare, '100%', '', ''));
+    rows.push(row('bare + context manager ²', ctx, `${fmt(perRound(ctx, bare) * 100)}%`, '', ''));
+    rows.push(row('floor ³', floor, `${fmt(perRound(floor, bare) * 100)}%`, '100%', ''));
+    rows.push(row('meshtrace', mesh, `${fmt(meshToBare * 100)}%`, ofFloor(mesh), `${fmt(meshToOtel, 2)}x OTel`));
+    rows.push(row(`OTel (${OTEL[framework]})`, otel, `${fmt(otelToBare * 100)}%`, ofFloor(otel), ''));
     checks.push({ target: `${NAMES[framework]}: meshtrace ≥ 85% of bare throughput`, measured: `${fmt(meshToBare * 100)}%`, met: meshToBare >= 0.85 });
     checks.push({ target: `${NAMES[framework]}: meshtrace ≥ 2x the official instrumentation's throughput`, measured: `${fmt(meshToOtel, 2)}x`, met: meshToOtel >= 2 });
     for (const [c, m] of measured) if (m.errors > 0) notes.push(`- ${NAMES[framework]} ${c}: ${m.errors} errors, timeouts or non-2xx answers during measured runs.`);
   }
   const o = options;
   const lines = [
-    ...table(['framework', 'candidate', 'req/s', 'p99 (ms)', 'server CPU per request (µs)', 'of bare', 'meshtrace / OTel', 'spans per request'], ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r'], rows),
+    ...table(['framework', 'candidate', 'req/s', 'p99 (ms)', 'server CPU per request (µs)', 'of bare', 'of floor', 'meshtrace / OTel', 'spans per request'], ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r'], rows),
     '',
-    `autocannon on loopback, ${o.connections} connections, no pipelining, \`GET ${PATH}\` with a \`traceparent\` (sampled) on every request; each server in its own child process, started once and warmed for ${o.warmupSeconds} s; then ${o.rounds} rounds of ${o.seconds} s per candidate (each after ${o.rewarmSeconds} s of discarded load), the candidate order rotated every round. req/s and p99 are medians over rounds; "of bare" and "meshtrace / OTel" are medians of the ratios within each round.`,
+    `autocannon on loopback, ${o.connections} connections, no pipelining, \`GET ${PATH}\` with a \`traceparent\` (sampled) on every request; each server in its own child process, started once and warmed for ${o.warmupSeconds} s; then ${o.rounds} rounds of ${o.seconds} s per candidate (each after ${o.rewarmSeconds} s of discarded load), the candidate order rotated every round. req/s and p99 are medians over rounds; "of bare", "of floor" and "meshtrace / OTel" are medians of the ratios within each round.`,
     '',
-    `- Same handler (\`${ROUTE}\` answering a small JSON body), same SDK setup for both traced candidates: \`NodeTracerProvider\` with a \`BatchSpanProcessor\` (SDK defaults) and an exporter that counts spans and discards them; sampling is the SDK default (parent-based, and every request arrives sampled).`,
+    `- Same handler (\`${ROUTE}\` answering a small JSON body), same SDK setup for every traced candidate: \`NodeTracerProvider\` with a \`BatchSpanProcessor\` (SDK defaults) and an exporter that counts spans and discards them; sampling is the SDK default (parent-based, and every request arrives sampled).`,
     '- meshtrace: the adapter (`meshTrace` for Express, Fastify and Koa, `meshHttp` for node:http) and `MeshPropagator` as the global propagator; no other instrumentation.',
     '- OTel: the instrumentations named, with their default configuration, and the SDK\'s default propagator (W3C trace context + baggage). They record more than one span per request (middleware, router and handler spans), which is part of their cost; spans per request is measured (exported spans / requests served).',
     '- ² No tracing, but an `AsyncLocalStorageContextManager` registered and used once, so Node runs its async hooks for every async resource: part of the floor under any tracer that carries context across `await` on Node 20. It makes no span and enters no context per request.',
+    '- ³ Not a tracer: the least that any tracer carrying the request\'s context through `AsyncLocalStorage` and recording one SERVER span per request can cost, for comparison only (no target). The same SDK setup with the SDK\'s default propagator, and a hand-written wrapper around the server\'s request listener (the Express app, Koa\'s `app.callback()`, the node:http handler, Fastify\'s handler through `serverFactory`) that extracts, starts a span named `GET`, ends it on `finish` and calls the listener inside `context.with`. It is a floor: no attributes, no route, no binding of req/res, so its spans are not named by route and body and `finish` listeners added later do not run in the request\'s context, both of which a tracer has to do. "of floor" is the share of the floor\'s throughput a tracer keeps.',
     '- Server CPU per request is the server process\'s user + system CPU time over a measured run divided by the requests it served: unlike req/s it does not depend on how fast the load generator, which shares the machine, can send. A bare server that leaves part of its core idle is limited by the load generator, which flattens its req/s.',
     ...notes,
   ];

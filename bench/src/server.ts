@@ -2,6 +2,8 @@
 // OpenTelemetry instrumentations patch modules as they are required, so each candidate gets a
 // fresh process, and nothing that could load node:http or a framework is required before its
 // tracing is set up. The handler, span processor and exporter are the same for every candidate.
+// `floor` is not a tracer but the least one can do per request (see floorListener), so a tracer's
+// cost can be read against it as well as against the bare framework.
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { SpanExporter, ReadableSpan } from '@opentelemetry/sdk-trace-base';
@@ -9,7 +11,7 @@ import type { ExportResult } from '@opentelemetry/core';
 
 export const FRAMEWORKS = ['express', 'fastify', 'koa', 'http'] as const;
 export type Framework = (typeof FRAMEWORKS)[number];
-export const CANDIDATES = ['bare', 'context', 'meshtrace', 'otel'] as const;
+export const CANDIDATES = ['bare', 'context', 'floor', 'meshtrace', 'otel'] as const;
 export type Candidate = (typeof CANDIDATES)[number];
 
 /** Parent to child. */
@@ -40,8 +42,8 @@ interface Tracing {
   forceFlush(): Promise<void>;
 }
 
-/** The SDK as both candidates use it: one provider, a BatchSpanProcessor with its defaults, the discarding exporter. */
-function provider(propagator: 'meshtrace' | 'otel'): Tracing {
+/** The SDK as every traced candidate uses it: one provider, a BatchSpanProcessor with its defaults, the discarding exporter. */
+function provider(propagator: 'meshtrace' | 'default'): Tracing {
   const { NodeTracerProvider } = require('@opentelemetry/sdk-trace-node') as typeof import('@opentelemetry/sdk-trace-node');
   const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace-base') as typeof import('@opentelemetry/sdk-trace-base');
   const exporter = new DiscardingExporter();
@@ -78,6 +80,35 @@ function otelInstrumentations(framework: Framework): { fastifyPlugin?: unknown }
   return { fastifyPlugin };
 }
 
+type Listener = (req: IncomingMessage, res: ServerResponse) => void;
+
+/**
+ * The floor under any tracer that carries the request's context through AsyncLocalStorage and
+ * records one SERVER span per request: extract, start the span, end it on `finish`, run the
+ * listener in its context. Nothing more (no attributes, no route, no binding of req/res), so it
+ * costs less than any such tracer can; a yardstick, not a tracer to use.
+ */
+function floorListener(listener: Listener): Listener {
+  const { context, propagation, trace, ROOT_CONTEXT, SpanKind } = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
+  const tracer = trace.getTracer('bench-floor');
+  return function floor(req, res) {
+    const ctx = propagation.extract(ROOT_CONTEXT, req.headers);
+    const span = tracer.startSpan('GET', { kind: SpanKind.SERVER }, ctx);
+    res.once('finish', () => span.end());
+    context.with(trace.setSpan(ctx, span), listener, undefined, req, res);
+  };
+}
+
+/** Fastify's server as Fastify makes it without a serverFactory (same timeouts), its request handler wrapped in the floor. */
+function floorFastifyServer(handler: Listener, opts: Record<string, unknown>): Server {
+  const http = require('node:http') as typeof import('node:http');
+  const server = http.createServer(floorListener(handler));
+  server.keepAliveTimeout = opts.keepAliveTimeout as number;
+  server.requestTimeout = opts.requestTimeout as number;
+  server.setTimeout(opts.connectionTimeout as number);
+  return server;
+}
+
 let served = 0;
 
 function httpHandler(req: IncomingMessage, res: ServerResponse): void {
@@ -95,14 +126,16 @@ async function start(framework: Framework, candidate: Candidate): Promise<{ serv
     // AsyncLocalStorage installs its async hooks on first use; from then on every async resource pays for them.
     api.context.with(api.ROOT_CONTEXT.setValue(api.createContextKey('bench'), true), () => undefined);
   }
-  const tracing = candidate === 'bare' || candidate === 'context' ? undefined : provider(candidate);
+  const tracing = candidate === 'bare' || candidate === 'context' ? undefined : provider(candidate === 'meshtrace' ? 'meshtrace' : 'default');
   const otel = candidate === 'otel' ? otelInstrumentations(framework) : undefined;
   const mesh = candidate === 'meshtrace';
+  const floor = candidate === 'floor';
   const http = require('node:http') as typeof import('node:http');
 
   if (framework === 'fastify') {
     const { fastify } = require('fastify') as typeof import('fastify');
-    const app = fastify();
+    // Fastify makes its own server; serverFactory is where its request handler can be wrapped like the other listeners.
+    const app = floor ? fastify({ serverFactory: floorFastifyServer }) : fastify();
     if (mesh) await app.register((require('@meshtrace/fastify') as typeof import('@meshtrace/fastify')).meshTrace);
     if (otel?.fastifyPlugin !== undefined) await app.register(otel.fastifyPlugin as Parameters<typeof app.register>[0]);
     app.get<{ Params: { id: string } }>(ROUTE, (request, reply) => {
@@ -113,7 +146,7 @@ async function start(framework: Framework, candidate: Candidate): Promise<{ serv
     return { server: app.server, tracing };
   }
 
-  let listener: (req: IncomingMessage, res: ServerResponse) => void;
+  let listener: Listener;
   if (framework === 'express') {
     const express = require('express') as typeof import('express');
     const app = express();
@@ -138,7 +171,7 @@ async function start(framework: Framework, candidate: Candidate): Promise<{ serv
   } else {
     listener = mesh ? (require('@meshtrace/http') as typeof import('@meshtrace/http')).meshHttp(httpHandler) : httpHandler;
   }
-  const server = http.createServer(listener);
+  const server = http.createServer(floor ? floorListener(listener) : listener);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return { server, tracing };
 }
