@@ -102,6 +102,13 @@ describe.each(KINDS)('%s', (_kind, make) => {
     expect(got).toBe('manager');
   });
 
+  test('a listener that is not a function is refused as without binding', () => {
+    const ee = make();
+    bindEmitter(named('request'), ee);
+    expect(() => ee.on('x', 42 as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(ee.listenerCount('x')).toBe(0);
+  });
+
   test('the binding record keeps what the caller attaches', () => {
     const ee = make();
     expect(bindingOf(ee)).toBeUndefined();

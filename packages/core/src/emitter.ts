@@ -14,6 +14,8 @@ import type { Context } from '@opentelemetry/api';
 //   one, microseconds each, and the context manager adds nine to each emitter. For such an emitter the
 //   methods are patched once on the framework's prototype next to the class's, and only the state
 //   record is added to the object.
+// - A listener's wrapper does not copy the listener's `length`: the context manager's
+//   `Object.defineProperty` for it costs several times the wrapping.
 
 type Listener = (...args: unknown[]) => unknown;
 type Method = (this: Bindable, ...args: unknown[]) => unknown;
@@ -43,11 +45,19 @@ const patched = new WeakSet<Method>();
 /** `once` adds through `on` (and `prependOnceListener` through `prependListener`): only the outer call wraps. */
 let adding = false;
 
+/** `listener` run in `ctx`, as `context.bind(ctx, listener)` wraps it. */
+function bindListener(ctx: Context, listener: Listener): Listener {
+  return function bound(this: unknown, ...args: unknown[]): unknown {
+    return context.with(ctx, listener, this, ...args);
+  };
+}
+
 function patchAdd(original: Method): Method {
   return function addBound(this: Bindable, event: unknown, listener: unknown): unknown {
     const binding = this[STATE];
-    if (binding?.context === undefined || adding) return original.call(this, event, listener);
-    const wrapped = context.bind(binding.context, listener as Listener);
+    // Not a function: the original method throws as it would have.
+    if (binding?.context === undefined || adding || typeof listener !== 'function') return original.call(this, event, listener);
+    const wrapped = bindListener(binding.context, listener as Listener);
     const byEvent = (binding.listeners ??= Object.create(null) as Record<string | symbol, WeakMap<Listener, Listener>>);
     (byEvent[event as string] ??= new WeakMap()).set(listener as Listener, wrapped);
     adding = true;

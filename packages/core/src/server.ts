@@ -394,8 +394,9 @@ export class ServerTracing<Req, Res> {
       rt.outer = outer;
     } else {
       // Added before this binding, so not wrapped by it: they need no context of their own, and `end` runs the hooks in the request's.
-      res.once('finish', onFinish);
-      res.once('close', onClose);
+      // `on`, not `once`: each event comes once per response, `end` runs once anyway, and `once` allocates a wrapper and removes it.
+      res.on('finish', onFinish);
+      res.on('close', onClose);
     }
     // Body parsers and 'finish' listeners run from socket callbacks: bind them to the request's context.
     bindEmitter(rt.context, req);

@@ -81,6 +81,7 @@ describe.each(MAJORS)('%s', (_major, express) => {
     );
     app.get('/cases', (_req, res) => void res.json(observe()));
     app.get('/users/:id', (req, res) => void res.json({ id: req.params.id, traceId: req.meshTrace?.span.spanContext().traceId, outcome: req.meshTrace?.outcome.outcome }));
+    app.get('/refs', (req, res) => void res.json({ res: req.res === res, req: res.req === req, own: Object.hasOwn(req, 'res') && Object.hasOwn(res, 'req') }));
     app.get('/healthz', (req, res) => void res.json({ seen: observe(), ended: req.meshTrace?.ended }));
     app.post('/json', express.json(), async (req, res) => {
       const seen: Record<string, string> = { 'after express.json()': activeTraceId() };
@@ -185,6 +186,10 @@ describe.each(MAJORS)('%s', (_major, express) => {
     });
     await sleep(20);
     expect(ends.get(traceId)?.mock.calls.length).toBe(1);
+  });
+
+  test("Express's back-references req.res and res.req are kept", async () => {
+    expect(await (await fetch(`${base}/refs`)).json()).toEqual({ res: true, req: true, own: true });
   });
 
   test('ignored path: no span, yet what the handler sends carries the caller trace', async () => {

@@ -52,6 +52,23 @@ function onRouterError(message: unknown): void {
   if (req !== undefined) recordError(req, (message as { error?: unknown }).error);
 }
 
+/** Moves Express's `req` and `res` to V8 dictionary mode, with the same properties and values. */
+function toDictionaryMode(req: ExpressRequest, res: ExpressResponse): void {
+  // Express gives both its app's prototypes (Object.setPrototypeOf), which leaves each on a hidden class
+  // of its own: every property added afterwards, by Express, the application or us, copies that class,
+  // and every read misses V8's inline caches. A deleted property makes the object a dictionary, where
+  // neither happens: on Express 5 this saves more CPU per request than tracing costs. Deleted and put back
+  // are the back-references Express sets on both before swapping the prototypes.
+  const request = req as { res?: unknown };
+  const response = res as { req?: unknown };
+  const back = request.res;
+  delete request.res;
+  request.res = back;
+  const forth = response.req;
+  delete response.req;
+  response.req = forth;
+}
+
 let observingRouter = false;
 
 /**
@@ -82,6 +99,7 @@ export function meshTrace(options?: ExpressMeshTraceOptions): RequestHandler {
       next();
       return;
     }
+    toDictionaryMode(req, res);
     const t = tracing.start(req, res, req, res);
     req.meshTrace = t;
     context.with(t.context, next);
