@@ -163,6 +163,32 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
       async (request) => (note(request, 'handler after a hook lost the context'), 'ok'),
     );
 
+    // Every hook of these routes, and the handler, goes on from outside the request's context.
+    const fromOutside = (next: () => void): void => void context.with(ROOT_CONTEXT, () => setImmediate(next));
+    app.post(
+      '/lost-in-every-stage',
+      {
+        onRequest: (request, _reply, done) => (note(request, 'onRequest'), fromOutside(done)),
+        preParsing: (request, _reply, payload, done) => (note(request, 'preParsing'), fromOutside(() => done(null, payload))),
+        preValidation: (request, _reply, done) => (note(request, 'preValidation'), fromOutside(done)),
+        preHandler: (request, _reply, done) => (note(request, 'preHandler'), fromOutside(done)),
+        preSerialization: (request, _reply, payload, done) => (note(request, 'preSerialization'), fromOutside(() => done(null, payload))),
+        onSend: (request, _reply, payload, done) => (note(request, 'onSend'), fromOutside(() => done(null, payload))),
+      },
+      (request, reply) => {
+        note(request, 'handler');
+        fromOutside(() => reply.send({ body: request.body }));
+      },
+    );
+    app.post(
+      '/lost-before-an-error',
+      {
+        preHandler: (_request, _reply, done) => fromOutside(() => done(new Error('failed outside'))),
+        onError: (request, _reply, _error, done) => (note(request, 'onError'), done()),
+      },
+      async () => 'unreachable',
+    );
+
     app.addHook('onResponse', async (request) => note(request, 'onResponse'));
     app.post('/pipelined', async (request) => {
       await sleep(30);
@@ -246,6 +272,21 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
       'handler after a hook lost the context': spanId,
       onResponse: spanId,
     });
+  });
+
+  const LOST = [
+    { path: '/lost-in-every-stage', status: 200, stages: ['onRequest', 'preParsing', 'preValidation', 'preHandler', 'handler', 'preSerialization', 'onSend', 'onResponse'] },
+    { path: '/lost-before-an-error', status: 500, stages: ['onError', 'onResponse'] },
+  ];
+  test.each(LOST.map((l) => [l.path, l] as const))('each stage starts in the request context when the last one went on from outside it: %s', async (_path, l) => {
+    const traceId = randomTraceId();
+    const res = await postInChunks(base + l.path, traceId, 'application/json', '{"user":"ada"}');
+    expect(res.status).toBe(l.status);
+    // The body and the reply come through the hooks that re-enter the context.
+    if (l.status === 200) expect(JSON.parse(res.body)).toEqual({ body: { user: 'ada' } });
+    const spanId = await serverSpanId(traceId);
+    await until(() => seen.get(traceId)?.onResponse !== undefined);
+    expect(seen.get(traceId)).toEqual(Object.fromEntries(l.stages.map((s) => [s, spanId])));
   });
 
   test('pipelined requests on one connection each see their own context, onResponse included', async () => {

@@ -1,7 +1,8 @@
 import { context } from '@opentelemetry/api';
+import type { Context } from '@opentelemetry/api';
 import { createServerTracing } from '@meshtrace/core';
 import type { MeshTraceOptions, RequestTrace } from '@meshtrace/core';
-import type { FastifyError, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteHandlerMethod } from 'fastify';
 import { fastifyPlugin } from 'fastify-plugin';
 
 /** Options of {@link meshTrace}: the core options with Fastify's request and reply. */
@@ -31,12 +32,35 @@ function errorStatus(error: FastifyError & { status?: unknown }, replyStatus: nu
   return replyStatus >= 400 && replyStatus <= 599 ? replyStatus : 500;
 }
 
-/** Runs `done` in the request's context, so the stage it resumes starts there whatever context the last one ended in. */
-function resume<A extends unknown[]>(request: FastifyRequest, done: (...args: A) => void, ...args: A): void {
-  // Unset when a hook registered before the plugin answered the request before its onRequest ran.
-  const trace = request.meshTrace as RequestTrace<FastifyRequest, FastifyReply> | undefined;
-  if (trace === undefined) done(...args);
-  else context.with(trace.context, done, undefined, ...args);
+/** The request's context; unset when a hook registered before the plugin answered the request before its onRequest ran. */
+function contextOf(request: FastifyRequest): Context | undefined {
+  return (request.meshTrace as RequestTrace<FastifyRequest, FastifyReply> | undefined)?.context;
+}
+
+// The resume functions start a stage in the request's context. It is active already unless the last stage
+// went on from outside it, and context.with would copy its arguments three times to find that out.
+
+/** Resumes a stage whose hooks pass nothing on (preValidation, preHandler, onResponse). */
+function resumeStage(request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction): void {
+  const ctx = contextOf(request);
+  if (ctx === undefined || context.active() === ctx) done();
+  else context.with(ctx, done);
+}
+
+/** Resumes a stage whose hooks pass a payload on (preParsing, preSerialization, onSend). */
+function resumeWithPayload<P>(request: FastifyRequest, _reply: FastifyReply, payload: P, done: (err: null, payload: P) => void): void {
+  const ctx = contextOf(request);
+  if (ctx === undefined || context.active() === ctx) done(null, payload);
+  else context.with(ctx, done, undefined, null, payload);
+}
+
+/** Runs a route's handler in the request's context: nothing re-enters it between the last preHandler hook and the handler. */
+function inRequestContext(handler: RouteHandlerMethod): RouteHandlerMethod {
+  return function meshTraceHandler(this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
+    const ctx = contextOf(request);
+    if (ctx === undefined || context.active() === ctx) return handler.call(this, request, reply);
+    return context.with(ctx, handler, this, request, reply);
+  };
 }
 
 const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshTracePlugin(fastify, options) {
@@ -53,14 +77,15 @@ const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshT
   });
 
   // Each later stage re-enters the context before the user's hooks of that stage. A stage can be resumed
-  // from outside it: onResponse runs from the response's 'finish', which for pipelined requests fires in
-  // the previous request's context, and a callback-style hook may call done() from a pooled client's callback.
-  fastify.addHook('preParsing', (request, _reply, payload, done) => resume(request, done, null, payload));
-  fastify.addHook('preValidation', (request, _reply, done) => resume(request, done));
-  fastify.addHook('preHandler', (request, _reply, done) => resume(request, done));
-  fastify.addHook('preSerialization', (request, _reply, payload, done) => resume(request, done, null, payload));
-  fastify.addHook('onSend', (request, _reply, payload, done) => resume(request, done, null, payload));
-  fastify.addHook('onResponse', (request, _reply, done) => resume(request, done));
+  // from outside it: onResponse runs from a 'finish' listener Fastify adds before onRequest, so unbound, which
+  // for pipelined requests fires in the previous request's context, and a callback-style hook may call done()
+  // from a pooled client's callback.
+  fastify.addHook('preParsing', resumeWithPayload);
+  fastify.addHook('preValidation', resumeStage);
+  fastify.addHook('preHandler', resumeStage);
+  fastify.addHook('preSerialization', resumeWithPayload);
+  fastify.addHook('onSend', resumeWithPayload);
+  fastify.addHook('onResponse', resumeStage);
   fastify.addHook('onError', function meshTraceError(request, reply, error, done) {
     const trace = request.meshTrace as RequestTrace<FastifyRequest, FastifyReply> | undefined;
     if (trace !== undefined) {
@@ -69,7 +94,10 @@ const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshT
       if (errorStatus(error, reply.statusCode) >= 500) trace.recordException(error);
       else trace.span.recordException(error);
     }
-    resume(request, done);
+    resumeStage(request, reply, done);
+  });
+  fastify.addHook('onRoute', (routeOptions) => {
+    routeOptions.handler = inRequestContext(routeOptions.handler);
   });
 };
 
