@@ -3,7 +3,7 @@ import type { Attributes, Context, Link, SpanContext, TextMapGetter } from '@ope
 import { B3_DENY, parseB3Multi, parseB3Single } from './b3';
 import type { B3Context } from './b3';
 import { InboundBaggage } from './baggage';
-import { EXTRACTION_KEY, ExtractedContext, RANDOM_TRACE_ID_KEY } from './context';
+import { EXTRACTION_KEY, ExtractedContext } from './context';
 import { PACKAGE, extractCounter, preview, recordDropped, warner } from './diagnostics';
 import { FLAG_RANDOM, FLAG_SAMPLED, KNOWN_FLAGS, checkTraceparent, parseTraceparent } from './traceparent';
 import type { Traceparent, TraceparentReason } from './traceparent';
@@ -54,8 +54,6 @@ export function outcomeOf(parsed: ReturnType<typeof parseTraceparent>): ExtractO
   if (typeof parsed !== 'string') return CONTINUED.w3c;
   return parsed === 'missing' ? MISSING : MALFORMED[parsed];
 }
-
-export { RANDOM_TRACE_ID_KEY, recordDropped };
 
 /** What an extraction found, kept in the context it made. */
 export interface Extraction {
@@ -164,11 +162,11 @@ export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMa
   }
 
   // The first valid format in the configured order is continued; the other, if valid and different, becomes a link.
-  const fromW3c = typeof w3c === 'string' ? undefined : w3c;
-  const fromB3c = typeof b3 === 'string' ? undefined : fromB3(b3);
-  const w3cWins = fromW3c !== undefined && (!b3First || fromB3c === undefined);
-  const chosen = w3cWins ? fromW3c : fromB3c;
-  const other = w3cWins ? fromB3c : fromW3c;
+  const w3cSc = typeof w3c === 'string' ? undefined : w3c;
+  const b3Sc = typeof b3 === 'string' ? undefined : fromB3(b3);
+  const w3cWins = w3cSc !== undefined && (!b3First || b3Sc === undefined);
+  const chosen = w3cWins ? w3cSc : b3Sc;
+  const other = w3cWins ? b3Sc : w3cSc;
   let links: Link[] | undefined;
   if (chosen !== undefined && other !== undefined && (chosen.traceId !== other.traceId || chosen.spanId !== other.spanId)) {
     links = [{ context: other, attributes: { 'meshtrace.link.format': w3cWins ? 'b3' : 'w3c' } }];

@@ -3,8 +3,9 @@ import type { Context, TextMapGetter, TextMapPropagator, TextMapSetter } from '@
 import { isTracingSuppressed } from '@opentelemetry/core';
 import { formatB3Single } from './b3';
 import { BAGGAGE_LIMITS, serializeBaggage } from './baggage';
-import { PACKAGE } from './diagnostics';
-import { RANDOM_TRACE_ID_KEY, extractWith, extractionOf, recordDropped } from './extract';
+import { RANDOM_TRACE_ID_KEY } from './context';
+import { PACKAGE, recordDropped } from './diagnostics';
+import { extractWith, extractionOf } from './extract';
 import type { ExtractConfig, TraceFormat } from './extract';
 import { FLAG_RANDOM, FLAG_SAMPLED, formatTraceparent, isValidId } from './traceparent';
 import { serializeTracestate } from './tracestate';

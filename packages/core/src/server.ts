@@ -3,10 +3,11 @@ import type { Attributes, Baggage, Context, Link, Span, TextMapGetter, Tracer, T
 import { RPCType, getRPCMetadata } from '@opentelemetry/core';
 import type { RPCMetadata } from '@opentelemetry/core';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { PACKAGE, callHook, warner } from './diagnostics';
+import { RANDOM_TRACE_ID_KEY } from './context';
+import { callHook, warner } from './diagnostics';
 import { bindEmitter, bindingOf } from './emitter';
-import { DEFAULT_CONFIG, IGNORED, RANDOM_TRACE_ID_KEY, RESTARTED, extractRequestContext, extractWith, outcomeOf, recordOutcome } from './extract';
-import type { ExtractOutcome, ExtractResult } from './extract';
+import { DEFAULT_CONFIG, IGNORED, RESTARTED, extractRequestContext, extractWith, outcomeOf, recordOutcome } from './extract';
+import type { ExtractConfig, ExtractOutcome, ExtractResult } from './extract';
 import { optionError } from './propagator';
 import { checkPropagation } from './setup';
 import { FLAG_RANDOM, formatTraceparent, parseTraceparent } from './traceparent';
@@ -158,6 +159,9 @@ export class RequestTrace<Req, Res> {
     this.outer?.end(statusCode);
   }
 }
+
+/** Reads inbound baggage and no trace header: what `inbound: 'ignore'` keeps of a request. */
+const BAGGAGE_ONLY: ExtractConfig = Object.freeze({ formats: Object.freeze([]), baggage: true });
 
 /** The trace of a response, kept on its binding record (one property added to the object, not two). */
 function traceOf(res: ServerResponse): RequestTrace<unknown, unknown> | undefined {
@@ -366,7 +370,7 @@ export class ServerTracing<Req, Res> {
       if (sc !== undefined) links = [{ context: sc, attributes: { 'meshtrace.link.reason': 'restarted' } }];
       inbound = propagation.getBaggage(seen);
     } else if (this.allowList !== undefined && headers.baggage !== undefined) {
-      const seen = extractWith({ formats: [], baggage: true }, headers, defaultTextMapGetter as TextMapGetter<typeof headers>, ROOT_CONTEXT, false);
+      const seen = extractWith(BAGGAGE_ONLY, headers, defaultTextMapGetter as TextMapGetter<typeof headers>, ROOT_CONTEXT, false);
       inbound = propagation.getBaggage(seen);
     }
     ctx = propagation.deleteBaggage(ctx);
@@ -388,7 +392,7 @@ export class ServerTracing<Req, Res> {
   }
 
   private track(rt: RequestTrace<Req, Res>, req: IncomingMessage, res: ServerResponse): RequestTrace<Req, Res> {
-    const outer = bindingOf(res)?.attachment as RequestTrace<unknown, unknown> | undefined;
+    const outer = traceOf(res);
     if (outer !== undefined) {
       // Two adapters on one response (meshHttp around a framework): the inner one ends both.
       rt.outer = outer;
