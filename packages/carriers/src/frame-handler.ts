@@ -1,4 +1,4 @@
-import { SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
+import { SpanKind, context, trace } from '@opentelemetry/api';
 import type { Attributes, Span, TracerProvider } from '@opentelemetry/api';
 import { callHook, extractContext, headerGetter, optionError, recordSpanError, recordUnreadable } from '@meshtrace/core';
 import { decodeFrame } from './frame';

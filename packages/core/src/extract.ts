@@ -4,7 +4,7 @@ import { B3_DENY, parseB3Multi, parseB3Single } from './b3';
 import type { B3Context } from './b3';
 import { InboundBaggage } from './baggage';
 import { EXTRACTION_KEY, ExtractedContext } from './context';
-import { PACKAGE, extractCounter, preview, recordDropped, warner } from './diagnostics';
+import { PACKAGE, extractCounter, preview, warner } from './diagnostics';
 import { FLAG_RANDOM, FLAG_SAMPLED, KNOWN_FLAGS, checkTraceparent, parseTraceparent } from './traceparent';
 import type { Traceparent, TraceparentReason } from './traceparent';
 import { MeshTraceState } from './tracestate';

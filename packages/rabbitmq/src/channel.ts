@@ -1,4 +1,4 @@
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, propagation, trace } from '@opentelemetry/api';
+import { ROOT_CONTEXT, SpanKind, context, propagation, trace } from '@opentelemetry/api';
 import type { Attributes, Span, Tracer, TracerProvider } from '@opentelemetry/api';
 import { callHook, extractContext, headerGetter, headerSetter, optionError, recordSpanError } from '@meshtrace/core';
 import type { HeaderCarrier } from '@meshtrace/core';
