@@ -1,5 +1,5 @@
 import { diag, metrics } from '@opentelemetry/api';
-import type { Attributes, Counter, MeterProvider } from '@opentelemetry/api';
+import type { Attributes, Counter } from '@opentelemetry/api';
 
 /** The package name every diagnostic and configuration error starts with. */
 export const PACKAGE = '@meshtrace/core';
@@ -35,9 +35,23 @@ export class RateLimitedWarner {
 /** The warner shared by meshtrace packages; one line per reason every 10 s. */
 export const warner = new RateLimitedWarner();
 
+/** Where `@opentelemetry/api` 1.x keeps what is registered with it. */
+const API_GLOBALS = Symbol.for('opentelemetry.js.api.1');
+
+/**
+ * The MeterProvider registered with the API, as stored (the API's version checks are left to
+ * `metrics.getMeterProvider()`): one load, to notice a new registration without asking the API on every add.
+ */
+function registeredMeterProvider(): unknown {
+  return (globalThis as { [API_GLOBALS]?: { metrics?: unknown } })[API_GLOBALS]?.metrics;
+}
+
+/** Not resolved yet: differs from anything registered, `undefined` included. */
+const UNRESOLVED = Symbol('unresolved');
+
 /** A counter resolved from the global MeterProvider each time that changes, so setup order does not matter. */
 export class LazyCounter {
-  private provider: MeterProvider | undefined;
+  private registered: unknown = UNRESOLVED;
   private counter: Counter | undefined;
 
   constructor(
@@ -47,17 +61,53 @@ export class LazyCounter {
   ) {}
 
   add(value: number, attributes: Attributes): void {
-    const provider = metrics.getMeterProvider();
-    if (provider !== this.provider || this.counter === undefined) {
-      this.provider = provider;
-      this.counter = provider.getMeter(PACKAGE).createCounter(this.name, { description: this.description, unit: this.unit });
+    if (registeredMeterProvider() !== this.registered || this.counter === undefined) {
+      this.registered = registeredMeterProvider();
+      this.counter = metrics.getMeterProvider().getMeter(PACKAGE).createCounter(this.name, { description: this.description, unit: this.unit });
     }
     this.counter.add(value, attributes);
   }
 }
 
+/**
+ * A counter over a fixed set of attribute objects (each series is one constant object): adds are
+ * tallied in the process and reported through an ObservableCounter when metrics are collected, so
+ * counting is one map update, and nothing while no MeterProvider is registered. A provider counts
+ * from the add after its registration, as a counter created on it then would.
+ */
+export class TallyCounter {
+  private registered: unknown = UNRESOLVED;
+  private tallies: Map<Attributes, number> | undefined;
+
+  constructor(
+    private readonly name: string,
+    private readonly description: string,
+  ) {}
+
+  /** Adds `value` to the series of `attributes`, which must be one of the counter's constant attribute objects. */
+  add(value: number, attributes: Attributes): void {
+    if (registeredMeterProvider() !== this.registered) this.resolve();
+    const tallies = this.tallies;
+    if (tallies !== undefined) tallies.set(attributes, (tallies.get(attributes) ?? 0) + value);
+  }
+
+  private resolve(): void {
+    const registered = (this.registered = registeredMeterProvider());
+    if (registered === undefined) {
+      this.tallies = undefined;
+      return;
+    }
+    // Each provider reports its own tallies: the one it replaced keeps what it had counted.
+    const tallies = (this.tallies = new Map());
+    const counter = metrics.getMeterProvider().getMeter(PACKAGE).createObservableCounter(this.name, { description: this.description });
+    counter.addCallback((result) => {
+      for (const [attributes, value] of tallies) result.observe(value, attributes);
+    });
+  }
+}
+
 /** `meshtrace.propagation.extract`: every inbound extraction, by `outcome` (and `reason`). */
-export const extractCounter = new LazyCounter('meshtrace.propagation.extract', 'Inbound trace context extractions by outcome');
+export const extractCounter = new TallyCounter('meshtrace.propagation.extract', 'Inbound trace context extractions by outcome');
 /** `meshtrace.propagation.dropped`: header members dropped on the way in or out, by `header` and `reason`. */
 export const droppedCounter = new LazyCounter('meshtrace.propagation.dropped', 'Trace context members dropped, by header and reason');
 

@@ -55,6 +55,22 @@ export function outcomeOf(parsed: ReturnType<typeof parseTraceparent>): ExtractO
   return parsed === 'missing' ? MISSING : MALFORMED[parsed];
 }
 
+/** The outcome constant equal to `o`: every series of the extract counter is one constant attribute object, whoever built the outcome. */
+function constantOf(o: ExtractOutcome): ExtractOutcome {
+  switch (o.outcome) {
+    case 'continued':
+      return o.format === 'b3' ? CONTINUED.b3 : CONTINUED.w3c;
+    case 'missing':
+      return MISSING;
+    case 'restarted':
+      return RESTARTED;
+    case 'ignored':
+      return IGNORED;
+    default:
+      return MALFORMED[o.reason] ?? MALFORMED['bad-format'];
+  }
+}
+
 /** What an extraction found, kept in the context it made. */
 export interface Extraction {
   readonly outcome: ExtractOutcome;
@@ -81,7 +97,7 @@ function traceparentWarning(reason: MalformedReason, raw: unknown): string {
  * trace was lost (missing or malformed).
  */
 export function recordOutcome(result: ExtractOutcome, raw?: unknown): void {
-  extractCounter.add(1, result.attributes);
+  extractCounter.add(1, constantOf(result).attributes);
   if (result.outcome === 'missing' || result.outcome === 'malformed') {
     const reason = result.reason ?? 'missing';
     warner.warn(`traceparent:${reason}`, () => traceparentWarning(reason, raw));
