@@ -65,6 +65,16 @@ function routedApp(express: Express) {
   const root = express.Router();
   root.get('/about', ok);
   app.use(root);
+  // Sub-applications (their own express()), under a parameter, with a router and another sub-application inside.
+  const admin = express();
+  admin.get('/stats/:day', ok);
+  const reports = express.Router();
+  reports.get('/:reportId', ok);
+  admin.use('/reports', reports);
+  const deep = express();
+  deep.get('/:x', ok);
+  admin.use('/deep', deep);
+  app.use('/admin/:site', admin);
   return app;
 }
 
@@ -76,6 +86,9 @@ const ROUTES = [
   { name: 'nested routers with parameters', method: 'GET', path: '/api/orgs/acme/teams/9', span: 'GET /api/orgs/:orgId/teams/:teamId', route: '/api/orgs/:orgId/teams/:teamId', status: 200 },
   { name: 'router under a parameter', method: 'GET', path: '/t1/dashboard', span: 'GET /:tenant/dashboard', route: '/:tenant/dashboard', status: 200 },
   { name: 'router mounted at /', method: 'GET', path: '/about', span: 'GET /about', route: '/about', status: 200 },
+  { name: 'sub-application under a parameter', method: 'GET', path: '/admin/s1/stats/mon', span: 'GET /admin/:site/stats/:day', route: '/admin/:site/stats/:day', status: 200 },
+  { name: 'router inside a sub-application', method: 'GET', path: '/admin/s1/reports/5', span: 'GET /admin/:site/reports/:reportId', route: '/admin/:site/reports/:reportId', status: 200 },
+  { name: 'sub-application inside a sub-application', method: 'GET', path: '/admin/s1/deep/z', span: 'GET /admin/:site/deep/:x', route: '/admin/:site/deep/:x', status: 200 },
   { name: 'route answering 404 itself', method: 'GET', path: '/gone/3', span: 'GET /gone/:id', route: '/gone/:id', status: 404 },
   { name: 'no route (404)', method: 'GET', path: '/no/such/page', span: 'GET', route: undefined, status: 404 },
   { name: 'method without a route (404)', method: 'POST', path: '/plain', span: 'POST', route: undefined, status: 404 },

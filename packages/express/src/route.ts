@@ -72,23 +72,44 @@ function matchLayer(layer: Layer, path: string): Match | undefined {
   return m === undefined || (m.length < path.length && path[m.length] !== '/') ? undefined : m;
 }
 
+/** What Express keeps on an application, and on one mounted with `app.use(path, subApp)`. */
+interface App {
+  readonly parent?: unknown;
+  readonly _router?: unknown;
+  readonly router?: unknown;
+}
+
+function routerOf(app: App): Router | undefined {
+  // Express 4 keeps the app router in `_router`; Express 5 in `router` (which throws on Express 4).
+  return asRouter(app._router) ?? asRouter(app.router);
+}
+
 /**
  * The template of the mount paths that lead from `router` to `route` on `path`, found the way the
  * router found them: mounts in stack order, backtracking out of a router that matched the prefix
  * but does not hold the route. `req.baseUrl` is no help: a router restores it when an error leaves it.
+ * `owner` is the application the router belongs to; `mounted` the sub-applications the request is in,
+ * which Express mounts behind a wrapper of its own (`mounted_app`) that only their `parent` leads to.
  */
-function mountTemplate(router: Router, path: string, route: object): string | undefined {
+function mountTemplate(router: Router, path: string, route: object, owner: App, mounted: readonly App[]): string | undefined {
   for (const layer of router.stack) {
     if (layer.route !== undefined) {
       if (layer.route === route && matchLayer(layer, path) !== undefined) return '';
       continue;
     }
-    const inner = asRouter(layer.handle);
-    if (inner === undefined) continue;
+    let inner = asRouter(layer.handle);
+    let innerOwner = owner;
+    if (inner === undefined) {
+      if (mounted.length === 0 || (layer.handle as { name?: unknown } | undefined)?.name !== 'mounted_app') continue;
+      const app = mounted.find((a) => a.parent === owner);
+      inner = app === undefined ? undefined : routerOf(app);
+      if (app === undefined || inner === undefined) continue;
+      innerOwner = app;
+    }
     const mount = matchLayer(layer, path);
     if (mount === undefined) continue;
     const rest = path.slice(mount.length);
-    const below = mountTemplate(inner, rest.startsWith('/') ? rest : '/' + rest, route);
+    const below = mountTemplate(inner, rest.startsWith('/') ? rest : '/' + rest, route, innerOwner, mounted);
     if (below !== undefined) return withoutTrailingSlash(mount.template) + below;
   }
   return undefined;
@@ -96,20 +117,25 @@ function mountTemplate(router: Router, path: string, route: object): string | un
 
 /**
  * The route template of a request (`/api/users/:id`), from the route Express matched and the mount
- * paths of the routers above it (Express 4, or Express 5 with router 2.3+); undefined when no route
- * matched or the path cannot be rebuilt (a route inside a mounted sub-application). Never throws:
- * it runs when the response finishes.
+ * paths of the routers and sub-applications above it (Express 4, or Express 5 with router 2.3+);
+ * undefined when no route matched or the path cannot be rebuilt. Never throws: it runs when the
+ * response finishes.
  */
 export function routeTemplate(req: Request): string | undefined {
   try {
     const route = req.route as { path?: unknown } | undefined;
     if (route === undefined || route === null || route.path === undefined) return undefined;
-    const app = req.app as unknown as { _router?: unknown; router?: unknown };
-    // Express 4 keeps the app router in `_router`; Express 5 in `router` (which throws on Express 4).
-    const root = asRouter(app._router) ?? asRouter(app.router);
+    // Inside a sub-application `req.app` is that application; its `parent` chain leads to the one the server runs.
+    let top = req.app as unknown as App;
+    const mounted: App[] = [];
+    while (typeof top.parent === 'function') {
+      mounted.push(top);
+      top = top.parent as App;
+    }
+    const root = routerOf(top);
     const url = req.originalUrl;
     const q = url.indexOf('?');
-    const prefix = root === undefined ? undefined : mountTemplate(root, q < 0 ? url : url.slice(0, q), route);
+    const prefix = root === undefined ? undefined : mountTemplate(root, q < 0 ? url : url.slice(0, q), route, top, mounted);
     if (prefix === undefined) return undefined;
     const path = typeof route.path === 'string' ? route.path : String(route.path);
     return path === '/' && prefix.length > 0 ? prefix : prefix + path;
