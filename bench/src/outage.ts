@@ -13,7 +13,7 @@ import { trace } from '@opentelemetry/api';
 import { exportStats, setupMeshTracing } from '@meshtrace/core';
 import type { ExportStats } from '@meshtrace/core';
 import { meshHttp } from '@meshtrace/http';
-import { startCollector, startFaultProxy } from '@meshtrace/testkit';
+import { startCollector, startFaultProxy, stopChild } from '@meshtrace/testkit';
 import type { FaultMode } from '@meshtrace/testkit';
 import { fmt, median, rotate, sleep, table } from './stats';
 import type { Check, Section } from './stats';
@@ -60,12 +60,7 @@ export async function startService(script: string, args: string[], env: NodeJS.P
         child.send({ type: 'stats', id });
       }),
     stop: async () => {
-      if (child.exitCode === null) {
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-        await exited;
-        clearTimeout(timer);
-      }
+      await stopChild(child, 10_000);
     },
   };
 }

@@ -5,6 +5,7 @@ export type { FaultMode, FaultProxy, FaultProxyOptions, TestCollector } from './
 export { freePort, hasNginx, selfSignedCert, startNginx } from './nginx';
 export type { NginxSidecar, SidecarOptions } from './nginx';
 export { setupTestTracing } from './otel';
+export { hasExited, stopChild, waitExit } from './process';
 export type { TestTracing } from './otel';
 export { startRabbitMq } from './rabbitmq';
 export type { RabbitMqBroker, RabbitMqOptions } from './rabbitmq';

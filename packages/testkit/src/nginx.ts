@@ -5,6 +5,7 @@ import { createServer, connect } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { stopChild } from './process';
 
 /** How one nginx sidecar forwards to its service. */
 export interface SidecarOptions {
@@ -111,7 +112,6 @@ export async function startNginx(options: SidecarOptions): Promise<NginxSidecar>
   const conf = join(dir, 'nginx.conf');
   writeFileSync(conf, config(dir, port, options));
   const child = spawn('nginx', ['-p', dir, '-c', conf, '-e', join(dir, 'error.log')], { stdio: 'ignore' });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   try {
     await waitForPort(port, child, join(dir, 'error.log'), Date.now() + 10_000);
   } catch (err) {
@@ -124,12 +124,7 @@ export async function startNginx(options: SidecarOptions): Promise<NginxSidecar>
     url: `${options.tls ? 'https' : 'http'}://127.0.0.1:${port}`,
     accessLog: () => readSafe(join(dir, 'access.log')),
     stop: async () => {
-      if (child.exitCode === null) {
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-        await exited;
-        clearTimeout(timer);
-      }
+      await stopChild(child, 5000);
       rmSync(dir, { recursive: true, force: true });
     },
   };

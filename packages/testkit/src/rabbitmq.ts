@@ -6,6 +6,7 @@ import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, delimiter, dirname, join } from 'node:path';
 import { freePort } from './nginx';
+import { hasExited, stopChild } from './process';
 
 /** Options of {@link startRabbitMq}; all optional. */
 export interface RabbitMqOptions {
@@ -74,24 +75,9 @@ function probe(port: number, amqp: boolean): Promise<boolean> {
   });
 }
 
-function exited(child: ChildProcess): boolean {
-  return child.exitCode !== null || child.signalCode !== null;
-}
-
-function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
-  if (exited(child)) return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve(false), ms);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      resolve(true);
-    });
-  });
-}
-
 /** Signals the child's whole process group (it was spawned detached, as a group leader). */
 function signalGroup(child: ChildProcess, signal: NodeJS.Signals): void {
-  if (child.pid === undefined || exited(child)) return;
+  if (child.pid === undefined || hasExited(child)) return;
   try {
     process.kill(-child.pid, signal);
   } catch {
@@ -100,12 +86,7 @@ function signalGroup(child: ChildProcess, signal: NodeJS.Signals): void {
 }
 
 async function terminate(child: ChildProcess | undefined, graceMs: number): Promise<void> {
-  if (child === undefined) return;
-  signalGroup(child, 'SIGTERM');
-  if (!(await waitExit(child, graceMs))) {
-    signalGroup(child, 'SIGKILL');
-    await waitExit(child, 5000);
-  }
+  if (child !== undefined) await stopChild(child, graceMs, (signal) => signalGroup(child, signal));
 }
 
 function tail(file: string, lines = 25): string {
@@ -183,7 +164,7 @@ export async function startRabbitMq(options: RabbitMqOptions = {}): Promise<Rabb
     const epmdFailed = new Promise<Error>((resolve) => epmd!.once('error', resolve));
     for (let i = 0; !(await probe(epmdPort, false)); i++) {
       const err = await Promise.race([epmdFailed, sleep(50).then(() => undefined)]);
-      if (err || exited(epmd) || i > 100) throw new Error(`epmd did not start on 127.0.0.1:${epmdPort}${err ? `: ${err.message}` : ''} (it comes with Erlang, which rabbitmq-server needs)`);
+      if (err || hasExited(epmd) || i > 100) throw new Error(`epmd did not start on 127.0.0.1:${epmdPort}${err ? `: ${err.message}` : ''} (it comes with Erlang, which rabbitmq-server needs)`);
     }
 
     const out = openSync(serverLog, 'a');
@@ -197,7 +178,7 @@ export async function startRabbitMq(options: RabbitMqOptions = {}): Promise<Rabb
     while (!(await probe(port, true))) {
       const err = await Promise.race([brokerFailed, sleep(250).then(() => undefined)]);
       if (err) throw new Error(`could not run ${server}: ${err.message}`);
-      if (exited(broker)) throw new Error(`rabbitmq-server exited (${broker.exitCode ?? broker.signalCode}) before accepting connections:\n${tail(serverLog)}`);
+      if (hasExited(broker)) throw new Error(`rabbitmq-server exited (${broker.exitCode ?? broker.signalCode}) before accepting connections:\n${tail(serverLog)}`);
       if (Date.now() > deadline) throw new Error(`rabbitmq-server did not accept AMQP connections on 127.0.0.1:${port} within ${startTimeoutMs} ms:\n${tail(serverLog)}`);
     }
   } catch (err) {
