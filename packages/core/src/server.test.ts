@@ -157,6 +157,30 @@ test('the first request warns when propagation is broken', async () => {
   }
 });
 
+test('ignore: exact paths and patterns get no span; a predicate that throws is warned about and the request traced', async () => {
+  const warnings: string[] = [];
+  diag.setLogger({ warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+  try {
+    const listed = await serve({ ignore: ['/healthz', /^\/internal\//] });
+    for (const [path, traced] of [['/healthz', false], ['/healthz?probe=1', false], ['/internal/stats', false], ['/users', true]] as const) {
+      const { seen, span } = await call(listed + path, { traceparent: VALID });
+      // Ignored or not, the handler runs in the caller's trace.
+      expect({ path, traceId: seen.traceId, traced: span !== undefined }).toEqual({ path, traceId: T, traced });
+    }
+    const throwing = await serve({
+      ignore: () => {
+        throw new Error('predicate broke');
+      },
+    });
+    const first = await call(throwing + '/a', { traceparent: VALID });
+    const second = await call(throwing + '/b', { traceparent: VALID });
+    expect([first.span !== undefined, second.span !== undefined]).toEqual([true, true]);
+    expect(warnings.filter((w) => w.includes('ignore predicate threw'))).toEqual(['@meshtrace/core-test: the ignore predicate threw, so the request is traced: predicate broke']);
+  } finally {
+    diag.disable();
+  }
+});
+
 const bad: Array<[string, unknown]> = [
   ['inbound', { inbound: 'trust' }],
   ['baggageAllowList', { baggageAllowList: 'tenant' }],

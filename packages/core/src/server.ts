@@ -52,6 +52,63 @@ export interface ServerAdapter<Req> {
   readonly route?: (request: Req) => string | undefined;
 }
 
+/** The options every meshtrace instrumentation takes, HTTP or not: where spans come from, what is ignored, the hooks. */
+export type CommonOptions<Req, Res> = Pick<MeshTraceOptions<Req, Res>, 'tracerProvider' | 'ignore' | 'requestHook' | 'responseHook'>;
+
+/** {@link CommonOptions} checked once, for the per-request path. */
+export interface ResolvedOptions<Req, Res> {
+  /** The tracer of `tracerProvider`, named after the package; undefined to use the global provider at request time. */
+  readonly tracer: Tracer | undefined;
+  /** `ignore` as one predicate (a throw in the user's is warned about and counts as not ignored); undefined when nothing is ignored. */
+  readonly ignored: ((path: string, request: Req) => boolean) | undefined;
+  readonly requestHook: CommonOptions<Req, Res>['requestHook'];
+  readonly responseHook: CommonOptions<Req, Res>['responseHook'];
+}
+
+/**
+ * Checks the options every instrumentation shares at setup: a wrong type throws a `TypeError` naming
+ * `pkg` and the option. `paths` says what `ignore` lists, for that message.
+ * @example const { tracer, ignored } = resolveOptions('@my/adapter', options);
+ */
+export function resolveOptions<Req, Res>(pkg: string, options: CommonOptions<Req, Res> | undefined, paths = 'strings'): ResolvedOptions<Req, Res> {
+  if (options === undefined || options === null) options = {};
+  if (typeof options !== 'object') throw optionError(pkg, 'options', 'an object', options);
+  const { tracerProvider, ignore, requestHook, responseHook } = options;
+  if (tracerProvider !== undefined && typeof tracerProvider?.getTracer !== 'function') throw optionError(pkg, 'tracerProvider', 'a TracerProvider', tracerProvider);
+  if (requestHook !== undefined && typeof requestHook !== 'function') throw optionError(pkg, 'requestHook', 'a function', requestHook);
+  if (responseHook !== undefined && typeof responseHook !== 'function') throw optionError(pkg, 'responseHook', 'a function', responseHook);
+  return { tracer: tracerProvider?.getTracer(pkg), ignored: ignoreMatcher(pkg, ignore, paths), requestHook, responseHook };
+}
+
+function ignoreMatcher<Req>(pkg: string, ignore: CommonOptions<Req, unknown>['ignore'], paths: string): ((path: string, request: Req) => boolean) | undefined {
+  if (ignore === undefined) return undefined;
+  if (typeof ignore === 'function') {
+    return (path, request) => {
+      try {
+        return ignore(path, request) === true;
+      } catch (err) {
+        warner.warn(`${pkg}:ignore`, () => `${pkg}: the ignore predicate threw, so the request is traced: ${err instanceof Error ? err.message : String(err)}`);
+        return false;
+      }
+    };
+  }
+  const expected = `an array of ${paths} and RegExps, or a function`;
+  if (!Array.isArray(ignore)) throw optionError(pkg, 'ignore', expected, ignore);
+  const exact = new Set<string>();
+  const patterns: RegExp[] = [];
+  for (const entry of ignore) {
+    if (typeof entry === 'string') exact.add(entry);
+    else if (entry instanceof RegExp) patterns.push(entry);
+    else throw optionError(pkg, 'ignore', expected, entry);
+  }
+  if (patterns.length === 0) return (path) => exact.has(path);
+  return (path) => {
+    if (exact.has(path)) return true;
+    for (const re of patterns) if (re.test(path)) return true;
+    return false;
+  };
+}
+
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH', 'QUERY']);
 
 /** The semconv `http.request.method` for a method as sent: a known method matched exactly, else `_OTHER`. */
@@ -196,9 +253,7 @@ export class ServerTracing<Req, Res> {
   /** The global provider's tracer, and the provider it came from: looked up again only when that changes. */
   private globalTracer: Tracer | undefined;
   private globalProvider: TracerProvider | undefined;
-  private readonly ignoreExact: Set<string> | undefined;
-  private readonly ignorePatterns: RegExp[] | undefined;
-  private readonly ignoreFn: ((path: string, request: Req) => boolean) | undefined;
+  private readonly ignored: ((path: string, request: Req) => boolean) | undefined;
   private readonly inbound: InboundTrust;
   private readonly allowList: readonly string[] | undefined;
   private readonly baggageAttributes: ReadonlyArray<readonly [string, string]> | undefined;
@@ -212,9 +267,8 @@ export class ServerTracing<Req, Res> {
     readonly adapter: ServerAdapter<Req>,
   ) {
     const pkg = adapter.name;
-    if (options === undefined || options === null) options = {};
-    if (typeof options !== 'object') throw optionError(pkg, 'options', 'an object', options);
-    const { tracerProvider, ignore, requestHook, responseHook, inbound = 'continue', baggageAllowList, baggageAttributes, traceResponse = false, proxyAttributes = true } = options;
+    const common = resolveOptions(pkg, options);
+    const { inbound = 'continue', baggageAllowList, baggageAttributes, traceResponse = false, proxyAttributes = true } = options ?? {};
     if (inbound !== 'continue' && inbound !== 'restart' && inbound !== 'ignore') throw optionError(pkg, 'inbound', "'continue', 'restart' or 'ignore'", inbound);
     const keys = (name: string, v: unknown): readonly string[] | undefined => {
       if (v === undefined) return undefined;
@@ -229,37 +283,9 @@ export class ServerTracing<Req, Res> {
     this.inbound = inbound;
     this.traceResponse = traceResponse;
     this.proxyAttributes = proxyAttributes;
-    if (tracerProvider !== undefined && typeof tracerProvider?.getTracer !== 'function') {
-      throw optionError(pkg, 'tracerProvider', 'a TracerProvider', tracerProvider);
-    }
-    if (requestHook !== undefined && typeof requestHook !== 'function') throw optionError(pkg, 'requestHook', 'a function', requestHook);
-    if (responseHook !== undefined && typeof responseHook !== 'function') throw optionError(pkg, 'responseHook', 'a function', responseHook);
-    if (typeof ignore === 'function') {
-      this.ignoreFn = ignore;
-    } else if (ignore !== undefined) {
-      if (!Array.isArray(ignore)) throw optionError(pkg, 'ignore', 'an array of strings and RegExps, or a function', ignore);
-      for (const entry of ignore) {
-        if (typeof entry === 'string') (this.ignoreExact ??= new Set()).add(entry);
-        else if (entry instanceof RegExp) (this.ignorePatterns ??= []).push(entry);
-        else throw optionError(pkg, 'ignore', 'an array of strings and RegExps, or a function', entry);
-      }
-    }
-    this.options = options;
-    this.tracer = tracerProvider?.getTracer(adapter.name);
-  }
-
-  private ignored(path: string, request: Req): boolean {
-    if (this.ignoreExact?.has(path)) return true;
-    if (this.ignorePatterns !== undefined) for (const re of this.ignorePatterns) if (re.test(path)) return true;
-    if (this.ignoreFn !== undefined) {
-      try {
-        return this.ignoreFn(path, request) === true;
-      } catch (err) {
-        warner.warn(`${this.adapter.name}:ignore`, () => `${this.adapter.name}: the ignore predicate threw, so the request is traced: ${err instanceof Error ? err.message : String(err)}`);
-        return false;
-      }
-    }
-    return false;
+    this.ignored = common.ignored;
+    this.options = options ?? {};
+    this.tracer = common.tracer;
   }
 
   /**
@@ -297,7 +323,7 @@ export class ServerTracing<Req, Res> {
       checkPropagation();
     }
     const extracted = this.inbound === 'continue' ? extractRequestContext(headers, active) : this.untrusted(headers, active);
-    if (this.ignored(path, request)) {
+    if (this.ignored?.(path, request) === true) {
       // No span, but body events still run in the propagated context.
       bindEmitter(extracted.context, req);
       bindEmitter(extracted.context, res);

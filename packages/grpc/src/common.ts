@@ -1,7 +1,7 @@
 import { SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Attributes, Span, TextMapSetter, Tracer, TracerProvider } from '@opentelemetry/api';
 import type { Metadata } from '@grpc/grpc-js';
-import { callHook, optionError, preview, warner } from '@meshtrace/core';
+import { callHook, preview, resolveOptions as resolveCommon, warner } from '@meshtrace/core';
 
 /** The package name configuration errors and diagnostics start with. */
 export const PACKAGE = '@meshtrace/grpc';
@@ -47,38 +47,11 @@ export interface Resolved {
 
 const never = () => false;
 
-function ignoreMatcher(ignore: MeshGrpcOptions['ignore']): (call: GrpcCall) => boolean {
-  if (ignore === undefined) return never;
-  if (typeof ignore === 'function') {
-    return (call) => {
-      try {
-        return ignore(call.path, call) === true;
-      } catch {
-        return false;
-      }
-    };
-  }
-  const expected = 'an array of method paths and RegExps, or a function';
-  if (!Array.isArray(ignore)) throw optionError(PACKAGE, 'ignore', expected, ignore);
-  const exact = new Set<string>();
-  const patterns: RegExp[] = [];
-  for (const entry of ignore) {
-    if (typeof entry === 'string') exact.add(entry);
-    else if (entry instanceof RegExp) patterns.push(entry);
-    else throw optionError(PACKAGE, 'ignore', expected, entry);
-  }
-  return (call) => exact.has(call.path) || patterns.some((re) => re.test(call.path));
-}
-
 /** Validates options at setup: a wrong type throws a `TypeError` naming the package and the option. */
 export function resolveOptions(options: MeshGrpcOptions | undefined): Resolved {
-  if (options === undefined || options === null) options = {};
-  if (typeof options !== 'object') throw optionError(PACKAGE, 'options', 'an object', options);
-  const { tracerProvider, ignore, requestHook, responseHook } = options;
-  if (tracerProvider !== undefined && typeof tracerProvider?.getTracer !== 'function') throw optionError(PACKAGE, 'tracerProvider', 'a TracerProvider', tracerProvider);
-  if (requestHook !== undefined && typeof requestHook !== 'function') throw optionError(PACKAGE, 'requestHook', 'a function', requestHook);
-  if (responseHook !== undefined && typeof responseHook !== 'function') throw optionError(PACKAGE, 'responseHook', 'a function', responseHook);
-  return { tracer: tracerProvider?.getTracer(PACKAGE), ignored: ignoreMatcher(ignore), requestHook, responseHook };
+  const o = resolveCommon<GrpcCall, GrpcStatus>(PACKAGE, options, 'method paths');
+  const ignored = o.ignored;
+  return { tracer: o.tracer, ignored: ignored === undefined ? never : (call) => ignored(call.path, call), requestHook: o.requestHook, responseHook: o.responseHook };
 }
 
 /** The tracer of the options, else the global one as it is now (setup order does not matter). */
