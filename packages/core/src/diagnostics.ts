@@ -112,7 +112,7 @@ export const extractCounter = new TallyCounter('meshtrace.propagation.extract', 
 export const droppedCounter = new LazyCounter('meshtrace.propagation.dropped', 'Trace context members dropped, by header and reason');
 
 /** `meshtrace.sampling.mismatch`: caller said "not sampled" while the local sampler would record, by `owner`. */
-export const mismatchCounter = new LazyCounter('meshtrace.sampling.mismatch', 'Continued traces whose inbound sampled flag disagrees with the local sampler');
+export const mismatchCounter = new TallyCounter('meshtrace.sampling.mismatch', 'Continued traces whose inbound sampled flag disagrees with the local sampler');
 
 /** Shows at most 64 characters of an untrusted value, escaped, so a log line cannot be forged. */
 export function preview(value: unknown): string {

@@ -12,6 +12,9 @@ export type SamplingOwner = 'parent' | 'local';
 const RECORD: SamplingResult = Object.freeze({ decision: SamplingDecision.RECORD_AND_SAMPLED });
 const DROP: SamplingResult = Object.freeze({ decision: SamplingDecision.NOT_RECORD });
 
+/** The mismatch counter's series, one constant attribute object per owner. */
+const MISMATCH = { parent: Object.freeze({ owner: 'parent' }), local: Object.freeze({ owner: 'local' }) } as const;
+
 /**
  * A parent-based sampler that knows about the mesh: `parent` lets the inbound sampled flag decide
  * (so proxy and SDK agree), `local` lets `root` decide and says so in the outbound flag. Either way it
@@ -43,7 +46,7 @@ export class MeshSampler implements Sampler {
   }
 
   private mismatch(): void {
-    mismatchCounter.add(1, { owner: this.owner });
+    mismatchCounter.add(1, MISMATCH[this.owner]);
     if (this.warned) return;
     this.warned = true;
     diag.warn(
