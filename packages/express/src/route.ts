@@ -133,11 +133,13 @@ export function routeTemplate(req: Request): string | undefined {
       top = top.parent as App;
     }
     const root = routerOf(top);
+    const path = typeof route.path === 'string' ? route.path : String(route.path);
+    // A route on the application's own router is reached one way only: its path is the template, no matching needed.
+    if (root !== undefined && root.stack.some((layer) => layer.route === route)) return path;
     const url = req.originalUrl;
     const q = url.indexOf('?');
     const prefix = root === undefined ? undefined : mountTemplate(root, q < 0 ? url : url.slice(0, q), route, top, mounted);
     if (prefix === undefined) return undefined;
-    const path = typeof route.path === 'string' ? route.path : String(route.path);
     return path === '/' && prefix.length > 0 ? prefix : prefix + path;
   } catch {
     return undefined;
