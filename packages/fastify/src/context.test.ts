@@ -189,6 +189,18 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
       async () => 'unreachable',
     );
 
+    // A custom error handler, after an onError hook that goes on from outside the context.
+    await app.register(async (scoped) => {
+      scoped.setErrorHandler((error: Error, request, reply) => {
+        note(request, 'error handler');
+        void reply.code(503).send({ failed: error.message });
+      });
+      scoped.addHook('onError', (request, _reply, _error, done) => (note(request, 'onError'), fromOutside(done)));
+      scoped.post('/lost-before-the-error-handler', async () => {
+        throw new Error('handler failed');
+      });
+    });
+
     app.addHook('onResponse', async (request) => note(request, 'onResponse'));
     app.post('/pipelined', async (request) => {
       await sleep(30);
@@ -277,6 +289,7 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
   const LOST = [
     { path: '/lost-in-every-stage', status: 200, stages: ['onRequest', 'preParsing', 'preValidation', 'preHandler', 'handler', 'preSerialization', 'onSend', 'onResponse'] },
     { path: '/lost-before-an-error', status: 500, stages: ['onError', 'onResponse'] },
+    { path: '/lost-before-the-error-handler', status: 503, stages: ['onError', 'error handler', 'onResponse'] },
   ];
   test.each(LOST.map((l) => [l.path, l] as const))('each stage starts in the request context when the last one went on from outside it: %s', async (_path, l) => {
     const traceId = randomTraceId();
@@ -287,6 +300,15 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
     const spanId = await serverSpanId(traceId);
     await until(() => seen.get(traceId)?.onResponse !== undefined);
     expect(seen.get(traceId)).toEqual(Object.fromEntries(l.stages.map((s) => [s, spanId])));
+  });
+
+  test('an async hook that also takes done is still refused by Fastify', async () => {
+    const other = Fastify();
+    await other.register(meshTrace);
+    expect(() => other.addHook('preHandler', (async (_request: unknown, _reply: unknown, _done: unknown) => undefined) as never)).toThrow(
+      expect.objectContaining({ code: 'FST_ERR_HOOK_INVALID_ASYNC_HANDLER' }),
+    );
+    await other.close();
   });
 
   test('pipelined requests on one connection each see their own context, onResponse included', async () => {

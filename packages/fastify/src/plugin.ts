@@ -37,29 +37,73 @@ function contextOf(request: FastifyRequest): Context | undefined {
   return (request.meshTrace as RequestTrace<FastifyRequest, FastifyReply> | undefined)?.context;
 }
 
-// The resume functions start a stage in the request's context. It is active already unless the last stage
-// went on from outside it, and context.with would copy its arguments three times to find that out.
-
-/** Resumes a stage whose hooks pass nothing on (preValidation, preHandler, onResponse). */
+/** Resumes the lifecycle in the request's context: it is active already unless the last step went on from outside it. */
 function resumeStage(request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction): void {
   const ctx = contextOf(request);
   if (ctx === undefined || context.active() === ctx) done();
   else context.with(ctx, done);
 }
 
-/** Resumes a stage whose hooks pass a payload on (preParsing, preSerialization, onSend). */
-function resumeWithPayload<P>(request: FastifyRequest, _reply: FastifyReply, payload: P, done: (err: null, payload: P) => void): void {
-  const ctx = contextOf(request);
-  if (ctx === undefined || context.active() === ctx) done(null, payload);
-  else context.with(ctx, done, undefined, null, payload);
-}
-
-/** Runs a route's handler in the request's context: nothing re-enters it between the last preHandler hook and the handler. */
+/** Runs a route's handler in the request's context: a hook before it may have gone on from outside it. */
 function inRequestContext(handler: RouteHandlerMethod): RouteHandlerMethod {
   return function meshTraceHandler(this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
     const ctx = contextOf(request);
     if (ctx === undefined || context.active() === ctx) return handler.call(this, request, reply);
     return context.with(ctx, handler, this, request, reply);
+  };
+}
+
+type Done = (err?: unknown, value?: unknown) => void;
+type Hook = (this: unknown, ...args: never[]) => unknown;
+
+/** Where each request lifecycle hook gets `done`: the number of arguments before it. */
+const DONE_AT: Readonly<Record<string, number>> = { onRequest: 2, preParsing: 3, preValidation: 2, preHandler: 2, preSerialization: 3, onSend: 3, onResponse: 2, onError: 3, onTimeout: 2, onRequestAbort: 1 };
+
+/** `done`, going on in `ctx` however late and from wherever it is called (a pooled client's callback). */
+function resumeIn(ctx: Context, done: Done): Done {
+  return function resume(err, value) {
+    if (context.active() === ctx) done(err, value);
+    else context.with(ctx, done, undefined, err, value);
+  };
+}
+
+/** An async hook that also takes `done`, which Fastify refuses: such a hook is left for Fastify to say so. */
+function refusedByFastify(name: string, hook: Hook): boolean {
+  if (hook.constructor?.name !== 'AsyncFunction') return false;
+  return name === 'onRequestAbort' ? hook.length !== 1 : hook.length === DONE_AT[name] + 1;
+}
+
+/**
+ * A lifecycle hook that starts in the request's context and, when it takes `done`, goes on in it:
+ * a hook that resumes from outside the context (a pooled client's callback, a 'finish' event for a
+ * pipelined request) cannot take the rest of the request out of it. Other hooks come back as they are.
+ */
+function inContext(name: string, hook: unknown): unknown {
+  const at = DONE_AT[name];
+  if (at === undefined || typeof hook !== 'function' || refusedByFastify(name, hook as Hook)) return hook;
+  const fn = hook as (this: unknown, a: unknown, b?: unknown, c?: unknown, d?: unknown) => unknown;
+  const takesDone = fn.length > at;
+  if (at === 1) {
+    return function meshTraceHook(this: unknown, request: FastifyRequest, done: Done): unknown {
+      const ctx = contextOf(request);
+      if (ctx === undefined) return fn.call(this, request, done);
+      const next = takesDone ? resumeIn(ctx, done) : done;
+      return context.active() === ctx ? fn.call(this, request, next) : context.with(ctx, fn, this, request, next);
+    };
+  }
+  if (at === 2) {
+    return function meshTraceHook(this: unknown, request: FastifyRequest, reply: FastifyReply, done: Done): unknown {
+      const ctx = contextOf(request);
+      if (ctx === undefined) return fn.call(this, request, reply, done);
+      const next = takesDone ? resumeIn(ctx, done) : done;
+      return context.active() === ctx ? fn.call(this, request, reply, next) : context.with(ctx, fn, this, request, reply, next);
+    };
+  }
+  return function meshTraceHook(this: unknown, request: FastifyRequest, reply: FastifyReply, value: unknown, done: Done): unknown {
+    const ctx = contextOf(request);
+    if (ctx === undefined) return fn.call(this, request, reply, value, done);
+    const next = takesDone ? resumeIn(ctx, done) : done;
+    return context.active() === ctx ? fn.call(this, request, reply, value, next) : context.with(ctx, fn, this, request, reply, value, next);
   };
 }
 
@@ -76,16 +120,6 @@ const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshT
     context.with(trace.context, done);
   });
 
-  // Each later stage re-enters the context before the user's hooks of that stage. A stage can be resumed
-  // from outside it: onResponse runs from a 'finish' listener Fastify adds before onRequest, so unbound, which
-  // for pipelined requests fires in the previous request's context, and a callback-style hook may call done()
-  // from a pooled client's callback.
-  fastify.addHook('preParsing', resumeWithPayload);
-  fastify.addHook('preValidation', resumeStage);
-  fastify.addHook('preHandler', resumeStage);
-  fastify.addHook('preSerialization', resumeWithPayload);
-  fastify.addHook('onSend', resumeWithPayload);
-  fastify.addHook('onResponse', resumeStage);
   fastify.addHook('onError', function meshTraceError(request, reply, error, done) {
     const trace = request.meshTrace as RequestTrace<FastifyRequest, FastifyReply> | undefined;
     if (trace !== undefined) {
@@ -98,7 +132,20 @@ const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshT
   });
   fastify.addHook('onRoute', (routeOptions) => {
     routeOptions.handler = inRequestContext(routeOptions.handler);
+    const hooks = routeOptions as unknown as Record<string, unknown>;
+    for (const name in DONE_AT) {
+      const hook = hooks[name];
+      if (hook !== undefined && hook !== null) hooks[name] = Array.isArray(hook) ? hook.map((h) => inContext(name, h)) : inContext(name, hook);
+    }
   });
+
+  // Every lifecycle hook added from here on, to this instance or one registered inside it, and every
+  // route's own hooks start in the request's context and go on in it. Stages without hooks are left
+  // alone, so Fastify still skips them (what @fastify/otel does to instrument hooks, without the spans).
+  const addHook = fastify.addHook;
+  fastify.addHook = function meshTraceAddHook(this: FastifyInstance, name: string, hook: unknown) {
+    return addHook.call(this, name as never, inContext(name, hook) as never);
+  } as typeof fastify.addHook;
 };
 
 /**
