@@ -201,6 +201,15 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
       });
     });
 
+    // The not-found handler, after its own preHandler went on from outside the context.
+    app.setNotFoundHandler(
+      { preHandler: (request, _reply, done) => (note(request, 'not-found preHandler'), fromOutside(done)) },
+      (request, reply) => {
+        note(request, 'not-found handler');
+        void reply.code(404).send({ missing: request.url });
+      },
+    );
+
     app.addHook('onResponse', async (request) => note(request, 'onResponse'));
     app.post('/pipelined', async (request) => {
       await sleep(30);
@@ -290,6 +299,7 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
     { path: '/lost-in-every-stage', status: 200, stages: ['onRequest', 'preParsing', 'preValidation', 'preHandler', 'handler', 'preSerialization', 'onSend', 'onResponse'] },
     { path: '/lost-before-an-error', status: 500, stages: ['onError', 'onResponse'] },
     { path: '/lost-before-the-error-handler', status: 503, stages: ['onError', 'error handler', 'onResponse'] },
+    { path: '/no/such/route', status: 404, stages: ['not-found preHandler', 'not-found handler', 'onResponse'] },
   ];
   test.each(LOST.map((l) => [l.path, l] as const))('each stage starts in the request context when the last one went on from outside it: %s', async (_path, l) => {
     const traceId = randomTraceId();

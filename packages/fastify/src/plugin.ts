@@ -107,6 +107,15 @@ function inContext(name: string, hook: unknown): unknown {
   };
 }
 
+/** Wraps the lifecycle hooks a route's (or the not-found handler's) options carry, each a function or an array. */
+function routeHooksInContext(options: Record<string, unknown>): Record<string, unknown> {
+  for (const name in DONE_AT) {
+    const hook = options[name];
+    if (hook !== undefined && hook !== null) options[name] = Array.isArray(hook) ? hook.map((h) => inContext(name, h)) : inContext(name, hook);
+  }
+  return options;
+}
+
 const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshTracePlugin(fastify, options) {
   const tracing = createServerTracing<FastifyRequest, FastifyReply>(options, { name: PACKAGE, route });
 
@@ -132,11 +141,7 @@ const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshT
   });
   fastify.addHook('onRoute', (routeOptions) => {
     routeOptions.handler = inRequestContext(routeOptions.handler);
-    const hooks = routeOptions as unknown as Record<string, unknown>;
-    for (const name in DONE_AT) {
-      const hook = hooks[name];
-      if (hook !== undefined && hook !== null) hooks[name] = Array.isArray(hook) ? hook.map((h) => inContext(name, h)) : inContext(name, hook);
-    }
+    routeHooksInContext(routeOptions as unknown as Record<string, unknown>);
   });
 
   // Every lifecycle hook added from here on, to this instance or one registered inside it, and every
@@ -146,6 +151,13 @@ const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshT
   fastify.addHook = function meshTraceAddHook(this: FastifyInstance, name: string, hook: unknown) {
     return addHook.call(this, name as never, inContext(name, hook) as never);
   } as typeof fastify.addHook;
+  // The not-found handler is no route (onRoute never sees it): its handler and its own hooks are wrapped here.
+  const setNotFoundHandler = fastify.setNotFoundHandler as unknown as (this: FastifyInstance, opts?: unknown, handler?: unknown) => FastifyInstance;
+  fastify.setNotFoundHandler = function meshTraceSetNotFoundHandler(this: FastifyInstance, opts?: unknown, handler?: unknown) {
+    if (typeof opts === 'function') return setNotFoundHandler.call(this, inRequestContext(opts as RouteHandlerMethod));
+    if (opts !== null && typeof opts === 'object') opts = routeHooksInContext({ ...opts });
+    return setNotFoundHandler.call(this, opts, typeof handler === 'function' ? inRequestContext(handler as RouteHandlerMethod) : handler);
+  } as typeof fastify.setNotFoundHandler;
 };
 
 /**
