@@ -6,7 +6,7 @@
 // cost can be read against it as well as against the bare framework.
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { SpanExporter, ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import type { SpanExporter, ReadableSpan } from '@opentelemetry/sdk-trace';
 import type { ExportResult } from '@opentelemetry/core';
 
 export const FRAMEWORKS = ['express', 'fastify', 'koa', 'http'] as const;
@@ -44,17 +44,22 @@ interface Tracing {
 
 /** The SDK as every traced candidate uses it: one provider, a BatchSpanProcessor with its defaults, the discarding exporter. */
 function provider(propagator: 'meshtrace' | 'default'): Tracing {
-  const { NodeTracerProvider } = require('@opentelemetry/sdk-trace-node') as typeof import('@opentelemetry/sdk-trace-node');
-  const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace-base') as typeof import('@opentelemetry/sdk-trace-base');
+  const { TracerProvider, BatchSpanProcessor } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
+  const { AsyncLocalStorageContextManager } = require('@opentelemetry/context-async-hooks') as typeof import('@opentelemetry/context-async-hooks');
+  const api = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
   const exporter = new DiscardingExporter();
-  const p = new NodeTracerProvider({ spanProcessors: [new BatchSpanProcessor(exporter)] });
+  const p = new TracerProvider({ spanProcessors: [new BatchSpanProcessor({ exporter })] });
+  // What NodeTracerProvider.register() did before SDK 3: context manager, propagator, provider.
+  api.context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   if (propagator === 'meshtrace') {
     const { MeshPropagator } = require('@meshtrace/core') as typeof import('@meshtrace/core');
-    p.register({ propagator: new MeshPropagator() });
+    api.propagation.setGlobalPropagator(new MeshPropagator());
   } else {
     // The SDK's default: W3C trace context and baggage.
-    p.register();
+    const { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } = require('@opentelemetry/core') as typeof import('@opentelemetry/core');
+    api.propagation.setGlobalPropagator(new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }));
   }
+  api.trace.setGlobalTracerProvider(p);
   return { exporter, forceFlush: () => p.forceFlush() };
 }
 

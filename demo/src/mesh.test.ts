@@ -4,7 +4,7 @@ import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DiagLogLevel, SpanKind, diag } from '@opentelemetry/api';
-import type { ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { warner } from '@meshtrace/core';
 import { selfSignedCert, setupTestTracing } from '@meshtrace/testkit';
 import type { TestTracing } from '@meshtrace/testkit';

@@ -1,6 +1,6 @@
 import { DiagLogLevel, context, diag, propagation } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
-import type { ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { MeshPropagator } from '@meshtrace/core';
 import { hasNginx } from '@meshtrace/testkit';
 import { Stopper } from './lifecycle';

@@ -1,8 +1,8 @@
 import { SpanKind } from '@opentelemetry/api';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { resourceFromAttributes } from '@opentelemetry/resources';
-import { BasicTracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
-import type { ReadableSpan, SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { TracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace';
+import type { ReadableSpan, SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
 
 /** The services of the mesh, in call order: the first one is where requests enter. */
 export const SERVICES = ['gateway', 'orders', 'inventory'] as const;
@@ -32,7 +32,7 @@ export interface TelemetryOptions {
 /** One tracer provider per service, all recording into one list that can be waited on. */
 export interface Telemetry {
   /** Each service's provider, with its own `service.name` resource. */
-  readonly providers: Readonly<Record<ServiceName, BasicTracerProvider>>;
+  readonly providers: Readonly<Record<ServiceName, TracerProvider>>;
   /** Set when spans are also exported over OTLP. */
   readonly otlp: OtlpReport | undefined;
   /** Finished spans, in the order they ended. */
@@ -115,12 +115,12 @@ class CountingExporter implements SpanExporter {
 export function createTelemetry(options: TelemetryOptions = {}): Telemetry {
   const recorder = new Recorder();
   const otlp: OtlpReport | undefined = options.otlpUrl === undefined ? undefined : { url: options.otlpUrl, exported: 0, failed: 0, lastError: undefined };
-  const make = (name: ServiceName): BasicTracerProvider => {
+  const make = (name: ServiceName): TracerProvider => {
     const processors: SpanProcessor[] = [recorder];
-    if (otlp !== undefined) processors.push(new BatchSpanProcessor(new CountingExporter(new OTLPTraceExporter({ url: otlp.url }), otlp)));
+    if (otlp !== undefined) processors.push(new BatchSpanProcessor({ exporter: new CountingExporter(new OTLPTraceExporter({ url: otlp.url }), otlp) }));
     const attributes: Record<string, string> = { 'service.name': name, 'service.namespace': 'meshtrace-demo' };
     if (options.run !== undefined) attributes['meshtrace.demo.run'] = options.run;
-    return new BasicTracerProvider({ resource: resourceFromAttributes(attributes), spanProcessors: processors });
+    return new TracerProvider({ resource: resourceFromAttributes(attributes), spanProcessors: processors });
   };
   const providers = { gateway: make('gateway'), orders: make('orders'), inventory: make('inventory') };
   return {

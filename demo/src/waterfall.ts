@@ -1,6 +1,6 @@
 import { SpanKind } from '@opentelemetry/api';
 import type { HrTime } from '@opentelemetry/api';
-import type { ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { serviceOf } from './telemetry';
 
 /** How {@link renderTraces} draws. */

@@ -37,6 +37,11 @@ function dispatch(task: 'observe' | 'span', withCarrier: boolean): Promise<unkno
 
 beforeAll(async () => {
   worker = new Worker(join(__dirname, 'thread.worker.js'));
+  // A worker that fails to start would otherwise leave every dispatch waiting until the test times out.
+  worker.on('error', (err) => {
+    for (const settle of waiting.values()) settle({ workerError: String(err) });
+    waiting.clear();
+  });
   worker.on('message', (m: { id: number; result: unknown; span?: WorkerSpan }) => {
     if (m.span) workerSpans.push(m.span);
     else waiting.get(m.id)?.(m.result);

@@ -13,7 +13,7 @@ Module._resolveFilename = function (request, ...rest) {
 };
 
 const { trace } = require('@opentelemetry/api');
-const { setupMeshTracing } = require('@meshtrace/core');
+const { setupMeshTracing } = require('@meshtrace/node');
 const { observe } = require('@meshtrace/testkit');
 const { runWithCarrier } = require('@meshtrace/carriers');
 

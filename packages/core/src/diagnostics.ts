@@ -1,5 +1,5 @@
-import { diag, metrics } from '@opentelemetry/api';
-import type { Attributes, Counter } from '@opentelemetry/api';
+import { context, diag, metrics, propagation } from '@opentelemetry/api';
+import type { Attributes, Context, Counter } from '@opentelemetry/api';
 
 /** The package name every diagnostic and configuration error starts with. */
 export const PACKAGE = '@meshtrace/core';
@@ -111,9 +111,6 @@ export const extractCounter = new TallyCounter('meshtrace.propagation.extract', 
 /** `meshtrace.propagation.dropped`: header members dropped on the way in or out, by `header` and `reason`. */
 export const droppedCounter = new LazyCounter('meshtrace.propagation.dropped', 'Trace context members dropped, by header and reason');
 
-/** `meshtrace.sampling.mismatch`: caller said "not sampled" while the local sampler would record, by `owner`. */
-export const mismatchCounter = new TallyCounter('meshtrace.sampling.mismatch', 'Continued traces whose inbound sampled flag disagrees with the local sampler');
-
 /** Shows at most 64 characters of an untrusted value, escaped, so a log line cannot be forged. */
 export function preview(value: unknown): string {
   if (value === undefined) return 'absent';
@@ -140,4 +137,26 @@ export function callHook<S, T>(name: string, hook: ((span: S, target: T) => void
 export function recordDropped(header: 'tracestate' | 'baggage', reason: string, count: number, raw?: unknown): void {
   droppedCounter.add(count, { header, reason });
   warner.warn(`${header}:${reason}`, () => `${PACKAGE}: dropped ${count} ${header} member(s) (${reason})${raw === undefined ? '' : ` from ${preview(raw)}`}.`);
+}
+
+const PROBE_KEY = Symbol('meshtrace.probe');
+
+/** True when a real context manager is registered (the no-op one never makes a context active). */
+export function hasContextManager(): boolean {
+  const probe: Context = context.active().setValue(PROBE_KEY, true);
+  return context.with(probe, () => context.active().getValue(PROBE_KEY) === true);
+}
+
+/**
+ * Warns about the two silent causes of orphaned roots: no context manager (context is lost at the
+ * first `await`) and a global propagator that does not read `traceparent`. Returns what is wrong.
+ * @example
+ * if (checkPropagation().length > 0) process.exitCode = 1;
+ */
+export function checkPropagation(): string[] {
+  const problems: string[] = [];
+  if (!hasContextManager()) problems.push('no context manager is registered, so the request context is lost at the first await');
+  if (!propagation.fields().includes('traceparent')) problems.push('the global propagator does not read traceparent (was it replaced after setup?)');
+  for (const p of problems) diag.warn(`${PACKAGE}: ${p}; traces will break into orphaned roots.`);
+  return problems;
 }

@@ -1,4 +1,4 @@
-import { ROOT_CONTEXT, defaultTextMapGetter, propagation } from '@opentelemetry/api';
+import { ROOT_CONTEXT, defaultTextMapGetter, propagation, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Link, SpanContext, TextMapGetter } from '@opentelemetry/api';
 import { B3_DENY, parseB3Multi, parseB3Single } from './b3';
 import type { B3Context } from './b3';
@@ -244,6 +244,8 @@ function extractGlobal<C>(carrier: C, getter: TextMapGetter<C>, base: Context): 
   }
   const result = outcomeOf(parseTraceparent(raw));
   recordOutcome(result, raw);
+  // A header meshtrace rejects is never continued, even where the other propagator accepted it.
+  if (result.outcome === 'malformed' && trace.getSpanContext(ctx)?.isRemote === true) ctx = trace.deleteSpan(ctx);
   return { context: ctx, outcome: result, links: undefined };
 }
 

@@ -1,11 +1,11 @@
 import { defaultTextMapSetter, propagation, trace } from '@opentelemetry/api';
 import type { Context, TextMapGetter, TextMapPropagator, TextMapSetter } from '@opentelemetry/api';
-import { isTracingSuppressed } from '@opentelemetry/core';
 import { formatB3Single } from './b3';
 import { BAGGAGE_LIMITS, serializeBaggage } from './baggage';
 import { RANDOM_TRACE_ID_KEY } from './context';
 import { PACKAGE, recordDropped } from './diagnostics';
 import { extractWith, extractionOf } from './extract';
+import { isTracingSuppressed } from './otel-keys';
 import type { ExtractConfig, TraceFormat } from './extract';
 import { FLAG_RANDOM, FLAG_SAMPLED, formatTraceparent, isValidId } from './traceparent';
 import { serializeTracestate } from './tracestate';

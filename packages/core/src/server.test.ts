@@ -1,8 +1,10 @@
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { DiagLogLevel, ROOT_CONTEXT, context, diag, propagation, trace } from '@opentelemetry/api';
-import { createServerTracing } from '@meshtrace/core';
+import { DiagLogLevel, ROOT_CONTEXT, SpanKind, context, diag, propagation, trace } from '@opentelemetry/api';
+import type { TextMapPropagator } from '@opentelemetry/api';
+import { RPCType, setRPCMetadata } from '@opentelemetry/core';
+import { MeshPropagator, createServerTracing } from '@meshtrace/core';
 import type { MeshTraceOptions } from '@meshtrace/core';
 import { observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
@@ -236,4 +238,86 @@ test("responseHook runs in the request's context even when the response ends fro
 test("the server span's instrumentation scope names the adapter that made it", async () => {
   const { span } = await call(await serve({}), { traceparent: VALID });
   expect(span?.instrumentationScope.name).toBe('@meshtrace/core-test');
+});
+
+describe('beside an HTTP instrumentation that made the SERVER span', () => {
+  /**
+   * What @opentelemetry/instrumentation-http does per request: extract with the global propagator,
+   * start the SERVER span, record it in the RPC metadata; then an Express/Koa/Fastify
+   * instrumentation's INTERNAL middleware span is active when meshtrace's middleware runs.
+   */
+  async function instrumented(): Promise<{ base: string; rpc: Array<{ route?: string }> }> {
+    const tracer = trace.getTracer('@opentelemetry/instrumentation-http');
+    const t = createServerTracing<IncomingMessage, ServerResponse>({}, { name: '@meshtrace/x', route: () => '/orders/:id' });
+    const rpc: Array<{ route?: string }> = [];
+    const server = createServer((req, res) => {
+      const extracted = propagation.extract(ROOT_CONTEXT, req.headers);
+      const span = tracer.startSpan('GET', { kind: SpanKind.SERVER }, extracted);
+      const meta: { type: RPCType.HTTP; span: typeof span; route?: string } = { type: RPCType.HTTP, span };
+      rpc.push(meta);
+      const requestContext = setRPCMetadata(trace.setSpan(extracted, span), meta);
+      res.on('finish', () => span.end());
+      const middleware = tracer.startSpan('middleware - query', { kind: SpanKind.INTERNAL }, requestContext);
+      context.with(trace.setSpan(requestContext, middleware), () => {
+        const rt = t.start(req, res, req, res);
+        middleware.end();
+        context.with(rt.context, () => res.end(JSON.stringify(observe())));
+      });
+    });
+    servers.push(server);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return { base: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, rpc };
+  }
+
+  test("its span is found through the RPC metadata while an INTERNAL span is active: enriched and named, not duplicated, counted once", async () => {
+    const { base, rpc } = await instrumented();
+    const { seen, counted } = await call(base, { traceparent: VALID });
+    const serverSpans = tracing.spans().filter((s) => s.kind === SpanKind.SERVER);
+    expect(serverSpans).toHaveLength(1);
+    expect(serverSpans[0].instrumentationScope.name).toBe('@opentelemetry/instrumentation-http');
+    expect(serverSpans[0].spanContext().traceId).toBe(T);
+    expect(serverSpans[0].attributes['meshtrace.propagation.outcome']).toBe('continued');
+    expect(serverSpans[0].attributes['http.route']).toBe('/orders/:id');
+    expect(rpc.at(-1)?.route).toBe('/orders/:id');
+    expect(seen.traceId).toBe(T);
+    // The MeshPropagator counted the extraction; meshtrace's middleware does not count it again.
+    expect(counted).toEqual(['continued']);
+  });
+
+  test('a malformed traceparent that another propagator continued: the request gets a fresh root of its own, and a warning', async () => {
+    // Some propagators accept upper-case hex, which W3C trace-context §3.2.2.3 forbids.
+    const lenient: TextMapPropagator = {
+      inject: () => undefined,
+      fields: () => ['traceparent'],
+      extract: (ctx, carrier, getter) => {
+        const m = /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/i.exec(String(getter.get(carrier, 'traceparent')));
+        return m ? trace.setSpanContext(ctx, { traceId: m[1].toLowerCase(), spanId: m[2].toLowerCase(), traceFlags: 1, isRemote: true }) : ctx;
+      },
+    };
+    const warnings: string[] = [];
+    diag.setLogger({ warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+    propagation.disable();
+    propagation.setGlobalPropagator(lenient);
+    try {
+      const { base } = await instrumented();
+      const { seen, counted } = await call(base, { traceparent: VALID.toUpperCase() });
+      const serverSpans = tracing.spans().filter((s) => s.kind === SpanKind.SERVER);
+      const theirs = serverSpans.find((s) => s.instrumentationScope.name === '@opentelemetry/instrumentation-http');
+      const ours = serverSpans.find((s) => s.instrumentationScope.name === '@meshtrace/x');
+      // Theirs cannot be re-parented: it stays in the garbage trace, marked; the request runs in ours.
+      expect(theirs?.spanContext().traceId).toBe(T);
+      expect(theirs?.attributes['meshtrace.propagation.outcome']).toBe('malformed');
+      expect(ours?.parentSpanContext).toBeUndefined();
+      expect(ours?.spanContext().traceId).not.toBe(T);
+      expect(ours?.attributes['meshtrace.propagation.reason']).toBe('bad-trace-id');
+      expect(seen.traceId).toBe(ours?.spanContext().traceId);
+      expect(seen.spanId).toBe(ours?.spanContext().spanId);
+      expect(counted).toEqual(['malformed:bad-trace-id']);
+      expect(warnings.filter((w) => w.includes('the global propagator continued a malformed traceparent'))).toHaveLength(1);
+    } finally {
+      propagation.disable();
+      propagation.setGlobalPropagator(new MeshPropagator());
+      diag.disable();
+    }
+  });
 });

@@ -1,15 +1,14 @@
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context as api, defaultTextMapGetter, propagation, trace } from '@opentelemetry/api';
 import type { Attributes, Baggage, Context, Link, Span, TextMapGetter, Tracer, TracerProvider } from '@opentelemetry/api';
-import { RPCType, getRPCMetadata } from '@opentelemetry/core';
-import type { RPCMetadata } from '@opentelemetry/core';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { RANDOM_TRACE_ID_KEY } from './context';
-import { callHook, warner } from './diagnostics';
+import { PACKAGE, callHook, checkPropagation, preview, warner } from './diagnostics';
 import { bindEmitter, bindingOf } from './emitter';
-import { DEFAULT_CONFIG, IGNORED, RESTARTED, extractRequestContext, extractWith, outcomeOf, recordOutcome } from './extract';
+import { DEFAULT_CONFIG, IGNORED, RESTARTED, extractRequestContext, extractWith, extractionOf, outcomeOf, recordOutcome } from './extract';
 import type { ExtractConfig, ExtractOutcome, ExtractResult } from './extract';
+import { httpRpcMetadata, withoutRpcMetadata } from './otel-keys';
+import type { RpcMetadata } from './otel-keys';
 import { optionError } from './propagator';
-import { checkPropagation } from './setup';
 import { FLAG_RANDOM, formatTraceparent, parseTraceparent } from './traceparent';
 
 /** What a server does with the trace context its callers send. */
@@ -303,19 +302,31 @@ export class ServerTracing<Req, Res> {
     const headers = req.headers;
 
     // Another HTTP instrumentation already made the SERVER span and extracted: enrich it, never a second one.
-    const active = api.active();
-    const existing = trace.getSpan(active);
-    const rpc = getRPCMetadata(active);
+    // instrumentation-http keeps its span in the request's RPC metadata, so it is found even while an
+    // Express, Koa or Fastify instrumentation's INTERNAL span is the active one.
+    let active = api.active();
+    const rpc = httpRpcMetadata(active);
+    const existing = rpc?.span ?? trace.getSpan(active);
     if (existing !== undefined && isServerSpan(existing, rpc)) {
-      const outcome = outcomeOf(parseTraceparent(headers.traceparent));
-      existing.setAttribute('meshtrace.propagation.outcome', outcome.outcome);
-      if (outcome.reason !== undefined) existing.setAttribute('meshtrace.propagation.reason', outcome.reason);
-      const rt = new RequestTrace(active, existing, outcome, method, false, this, request, response, false);
-      // Its owner may end it on 'finish' before our listener runs: name it now if the route is known already.
-      const route = rt.nameRoute();
-      // @opentelemetry/instrumentation-http names its span from this when it ends it.
-      if (route && rpc?.type === RPCType.HTTP) rpc.route = route;
-      return this.track(rt, req, res);
+      // The global propagator was a MeshPropagator: it validated, counted and recorded the outcome already.
+      const extraction = extractionOf(active);
+      const raw = headers.traceparent;
+      const outcome = extraction?.outcome ?? outcomeOf(parseTraceparent(raw));
+      setOutcome(existing, outcome);
+      if (extraction === undefined && outcome.outcome === 'malformed' && continuedFrom(existing, raw)) {
+        // Another propagator continued a header meshtrace rejects: the request must not stay in that trace.
+        // Its span stays as it is (it cannot be re-parented); the request gets a fresh root of its own.
+        warner.warn('foreign-malformed', () => `${PACKAGE}: the global propagator continued a malformed traceparent (${outcome.reason}) ${preview(raw)}; meshtrace started a fresh root for the request. Register new MeshPropagator() as the propagator (NodeSDK's textMapPropagator) so the HTTP instrumentation rejects it too.`);
+        active = withoutRpcMetadata(trace.deleteSpan(active));
+      } else {
+        if (extraction === undefined) recordOutcome(outcome, raw);
+        const rt = new RequestTrace(active, existing, outcome, method, false, this, request, response, false);
+        // Its owner may end it on 'finish' before our listener runs: name it now if the route is known already.
+        const route = rt.nameRoute();
+        // @opentelemetry/instrumentation-http names its span from this when it ends it.
+        if (route && rpc !== undefined) rpc.route = route;
+        return this.track(rt, req, res);
+      }
     }
 
     if (!this.checked) {
@@ -339,8 +350,8 @@ export class ServerTracing<Req, Res> {
       'url.scheme': encrypted ? 'https' : 'http',
       'server.port': port,
       'network.protocol.version': req.httpVersion,
-      'meshtrace.propagation.outcome': extracted.outcome.outcome,
     };
+    outcomeAttributes(extracted.outcome, attributes);
     if (method === '_OTHER') attributes['http.request.method_original'] = rawMethod;
     if (address !== undefined) attributes['server.address'] = address;
     const peer = req.socket?.remoteAddress;
@@ -349,8 +360,6 @@ export class ServerTracing<Req, Res> {
     if (peer) attributes['network.peer.address'] = peer;
     const ua = headers['user-agent'];
     if (ua !== undefined) attributes['user_agent.original'] = ua;
-    if (extracted.outcome.reason !== undefined) attributes['meshtrace.propagation.reason'] = extracted.outcome.reason;
-    if (extracted.outcome.format !== undefined) attributes['meshtrace.propagation.format'] = extracted.outcome.format;
     if (this.proxyAttributes) proxyAttributes(headers, attributes);
     if (this.baggageAttributes !== undefined) {
       const bag = propagation.getBaggage(extracted.context);
@@ -463,10 +472,28 @@ function proxyAttributes(headers: IncomingMessage['headers'], attributes: Attrib
  * out), or an SDK span of kind SERVER not yet ended. Not any active span: a server started inside one
  * (a startup span) would otherwise put every request into it.
  */
-function isServerSpan(span: Span, rpc: RPCMetadata | undefined): boolean {
+function isServerSpan(span: Span, rpc: RpcMetadata | undefined): boolean {
   if (span.spanContext().isRemote === true) return false;
-  if (rpc?.type === RPCType.HTTP && rpc.span === span) return true;
+  if (rpc !== undefined && rpc.span === span) return true;
   return (span as Span & { kind?: SpanKind }).kind === SpanKind.SERVER && span.isRecording();
+}
+
+/** True when `span` is in the trace the raw header names: the other instrumentation continued that header. */
+function continuedFrom(span: Span, raw: unknown): boolean {
+  const traceId = span.spanContext().traceId;
+  return raw !== undefined && String(raw).toLowerCase().includes(traceId);
+}
+
+/** The outcome attributes of a server span: `meshtrace.propagation.outcome`, `.reason` and `.format`. */
+function outcomeAttributes(outcome: ExtractOutcome, attributes: Attributes): Attributes {
+  attributes['meshtrace.propagation.outcome'] = outcome.outcome;
+  if (outcome.reason !== undefined) attributes['meshtrace.propagation.reason'] = outcome.reason;
+  if (outcome.format !== undefined) attributes['meshtrace.propagation.format'] = outcome.format;
+  return attributes;
+}
+
+function setOutcome(span: Span, outcome: ExtractOutcome): void {
+  span.setAttributes(outcomeAttributes(outcome, {}));
 }
 
 const INVALID = trace.wrapSpanContext({ traceId: '00000000000000000000000000000000', spanId: '0000000000000000', traceFlags: 0 }).spanContext();

@@ -1,8 +1,8 @@
 import { context, metrics, propagation, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
-import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
-import type { ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
+import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { MeshPropagator, hasContextManager } from '@meshtrace/core';
 
 class CollectingReader extends MetricReader {
@@ -16,7 +16,7 @@ class CollectingReader extends MetricReader {
 /** The in-memory OpenTelemetry a test runs against. */
 export interface TestTracing {
   readonly exporter: InMemorySpanExporter;
-  readonly provider: BasicTracerProvider;
+  readonly provider: TracerProvider;
   /** Finished spans so far. */
   spans(): ReadableSpan[];
   /** Cumulative `meshtrace.propagation.extract` counts by `continued`, `missing`, `malformed:<reason>`. */
@@ -53,7 +53,7 @@ export function setupTestTracing(): TestTracing {
   if (!hasContextManager()) context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   propagation.setGlobalPropagator(new MeshPropagator());
   const exporter = new InMemorySpanExporter();
-  const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+  const provider = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })] });
   trace.setGlobalTracerProvider(provider);
   const reader = new CollectingReader();
   metrics.setGlobalMeterProvider(new MeterProvider({ readers: [reader] }));

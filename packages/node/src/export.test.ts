@@ -3,10 +3,10 @@ import { ExportResultCode } from '@opentelemetry/core';
 import type { ExportResult } from '@opentelemetry/core';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
-import { BasicTracerProvider, InMemorySpanExporter, SamplingDecision } from '@opentelemetry/sdk-trace-base';
-import type { ReadableSpan, Sampler, SpanProcessor } from '@opentelemetry/sdk-trace-base';
-import { MeshBatchSpanProcessor, countingExporter, exportStats, setupMeshTracing } from '@meshtrace/core';
-import type { ExportStats } from '@meshtrace/core';
+import { TracerProvider, InMemorySpanExporter, SamplingDecision } from '@opentelemetry/sdk-trace';
+import type { ReadableSpan, Sampler, SpanProcessor } from '@opentelemetry/sdk-trace';
+import { MeshBatchSpanProcessor, countingExporter, exportStats, setupMeshTracing } from '@meshtrace/node';
+import type { ExportStats } from '@meshtrace/node';
 import { startCollector, startFaultProxy } from '@meshtrace/testkit';
 import type { FaultProxy, TestCollector } from '@meshtrace/testkit';
 
@@ -61,8 +61,8 @@ async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void
   }
 }
 
-function endSpans(processor: SpanProcessor, count: number, sampler?: Sampler): BasicTracerProvider {
-  const provider = new BasicTracerProvider({ spanProcessors: [processor], sampler });
+function endSpans(processor: SpanProcessor, count: number, sampler?: Sampler): TracerProvider {
+  const provider = new TracerProvider({ spanProcessors: [processor], sampler });
   const tracer = provider.getTracer('t');
   for (let i = 0; i < count; i++) tracer.startSpan(`s${i}`).end();
   return provider;
@@ -71,7 +71,7 @@ function endSpans(processor: SpanProcessor, count: number, sampler?: Sampler): B
 /** Spans to export, made by the SDK itself. */
 function spans(count: number): ReadableSpan[] {
   const memory = new InMemorySpanExporter();
-  const provider = new BasicTracerProvider({ spanProcessors: [{ onStart: () => undefined, onEnd: (s) => memory.export([s], () => undefined), forceFlush: async () => undefined, shutdown: async () => undefined }] });
+  const provider = new TracerProvider({ spanProcessors: [{ onStart: () => undefined, onEnd: (s) => memory.export([s], () => undefined), forceFlush: async () => undefined, shutdown: async () => undefined }] });
   for (let i = 0; i < count; i++) provider.getTracer('t').startSpan(`s${i}`).end();
   return memory.getFinishedSpans();
 }
@@ -151,7 +151,7 @@ test('exports never overlap while a blackholed collector times them out and span
   await proxy.setMode('blackhole');
   const before = exportStats();
   const processor = new MeshBatchSpanProcessor(new OTLPTraceExporter({ url: `${proxy.url}/v1/traces`, timeoutMillis: 100 }), { maxQueueSize: 20, maxExportBatchSize: 5, scheduledDelayMillis: 0, exportTimeoutMillis: 100 });
-  const provider = new BasicTracerProvider({ spanProcessors: [processor] });
+  const provider = new TracerProvider({ spanProcessors: [processor] });
   const tracer = provider.getTracer('t');
   let peakInFlight = 0;
   let peakOpen = 0;
@@ -225,12 +225,12 @@ test('a bad OTEL_BSP_* value is reported and the default kept; a bad batch optio
   expect(logs.some((l) => l.includes('ignoring OTEL_BSP_MAX_QUEUE_SIZE="lots"') && l.includes('using 2048'))).toBe(true);
   await tracing.shutdown();
   for (const [option, value] of [['maxQueueSize', 0], ['maxExportBatchSize', 1.5], ['exportTimeoutMillis', '1000'], ['scheduledDelayMillis', -1]] as const) {
-    expect(() => setupMeshTracing({ log: false, env: {}, batch: { [option]: value } })).toThrow(new RegExp(`^@meshtrace/core: option "batch\\.${option}"`));
+    expect(() => setupMeshTracing({ log: false, env: {}, batch: { [option]: value } })).toThrow(new RegExp(`^@meshtrace/node: option "batch\\.${option}"`));
     expect(() => new MeshBatchSpanProcessor(new InMemorySpanExporter(), { [option]: value })).toThrow(TypeError);
   }
-  expect(() => countingExporter({} as never)).toThrow(/^@meshtrace\/core: option "exporter"/);
-  expect(() => countingExporter(new InMemorySpanExporter(), { timeoutMillis: 0 })).toThrow(/^@meshtrace\/core: option "timeoutMillis"/);
-  expect(() => new MeshBatchSpanProcessor(null as never)).toThrow(/^@meshtrace\/core: option "exporter"/);
+  expect(() => countingExporter({} as never)).toThrow(/^@meshtrace\/node: option "exporter"/);
+  expect(() => countingExporter(new InMemorySpanExporter(), { timeoutMillis: 0 })).toThrow(/^@meshtrace\/node: option "timeoutMillis"/);
+  expect(() => new MeshBatchSpanProcessor(null as never)).toThrow(/^@meshtrace\/node: option "exporter"/);
 });
 
 test('exportStats returns a snapshot, not the live totals', () => {

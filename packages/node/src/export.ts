@@ -1,11 +1,10 @@
 import { TraceFlags, diag } from '@opentelemetry/api';
 import type { Context } from '@opentelemetry/api';
-import { ExportResultCode } from '@opentelemetry/core';
-import type { ExportResult } from '@opentelemetry/core';
-import { BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
-import type { BufferConfig, ReadableSpan, Span, SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace-base';
-import { LazyCounter, PACKAGE, warner } from './diagnostics';
-import { optionError } from './propagator';
+import type { Span } from '@opentelemetry/api';
+import { LazyCounter, optionError, warner } from '@meshtrace/core';
+import { PACKAGE } from './options';
+import { ExportResultCode, traceSdk } from './sdk';
+import type { BufferConfig, ExportResult, ReadableSpan, SpanExporter, SpanProcessor } from './sdk';
 
 /** What happened to spans on their way out, counted by `meshtrace.export.spans` as `result`. */
 export type ExportOutcome = 'exported' | 'failed' | 'dropped';
@@ -212,10 +211,10 @@ export function otlpTimeoutMillis(env: Readonly<Record<string, string | undefine
  * Every export is answered within `exportTimeoutMillis`, and shutdown and flush resolve even when
  * the collector is unreachable (the failure is counted and reported instead).
  * @example
- * new NodeTracerProvider({ spanProcessors: [new MeshBatchSpanProcessor(exporter, { maxQueueSize: 4096 })] });
+ * new NodeSDK({ spanProcessors: [new MeshBatchSpanProcessor(new OTLPTraceExporter(), { maxQueueSize: 4096 })] });
  */
 export class MeshBatchSpanProcessor implements SpanProcessor {
-  private readonly batch: BatchSpanProcessor;
+  private readonly batch: SpanProcessor;
   private readonly counting: CountingExporter;
   private readonly maxQueueSize: number;
   /** Spans given to the batch processor and not yet handed to the exporter: its queue length. */
@@ -234,7 +233,7 @@ export class MeshBatchSpanProcessor implements SpanProcessor {
     // reported it already) and its own timeout is set past ours, which therefore always answers first.
     this.counting = new CountingExporter(exporter, resolved.exportTimeoutMillis, (n) => this.leftQueue(n), true);
     // Every value explicit, so the SDK reads no environment of its own and its bound is ours.
-    this.batch = new BatchSpanProcessor(this.counting, { ...resolved, exportTimeoutMillis: resolved.exportTimeoutMillis + SDK_TIMEOUT_MARGIN });
+    this.batch = traceSdk().batchSpanProcessor(this.counting, { ...resolved, exportTimeoutMillis: resolved.exportTimeoutMillis + SDK_TIMEOUT_MARGIN });
   }
 
   /**

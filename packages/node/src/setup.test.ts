@@ -1,8 +1,12 @@
+import { spawnSync } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { DiagLogLevel, ROOT_CONTEXT, context, defaultTextMapGetter, diag, propagation, trace } from '@opentelemetry/api';
-import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
-import { checkPropagation, hasContextManager, setupMeshTracing } from '@meshtrace/core';
+import { InMemorySpanExporter } from '@opentelemetry/sdk-trace';
+import { checkPropagation, hasContextManager, warner } from '@meshtrace/core';
+import { setupMeshTracing } from '@meshtrace/node';
+import { loadTraceSdk, optionalPeer } from './sdk';
 
 const T = '4bf92f3577b34da6a3ce929d0e0e4736';
 const P = '00f067aa0ba902b7';
@@ -11,6 +15,7 @@ afterEach(() => {
   trace.disable();
   propagation.disable();
   context.disable();
+  diag.disable();
 });
 
 test('registers context, propagator and provider, and says so in one line', async () => {
@@ -101,7 +106,7 @@ const bad: Array<[string, unknown]> = [
   ['maxBaggageBytes', { propagator: { maxBaggageBytes: 'big' } }],
 ];
 test.each(bad)('bad option %s fails at setup with a TypeError naming it', (option, options) => {
-  expect(() => setupMeshTracing(options as never)).toThrow(new RegExp(`^@meshtrace/core: option "${option}"`));
+  expect(() => setupMeshTracing(options as never)).toThrow(new RegExp(`^@meshtrace/(node|core): option "${option}"`));
   expect(() => setupMeshTracing(options as never)).toThrow(TypeError);
 });
 
@@ -149,4 +154,85 @@ test('setup replaces a propagator and provider registered before it, and says so
   expect(propagation.fields()).toContain('traceparent');
   expect(lines.join('\n')).toContain('replaced the propagator registered before it');
   await tracing.shutdown();
+});
+
+describe('the application\'s trace SDK', () => {
+  const notFound = (name: string): never => {
+    throw Object.assign(new Error(`Cannot find module '${name}'`), { code: 'MODULE_NOT_FOUND' });
+  };
+
+  test.each(['@opentelemetry/sdk-trace', '@opentelemetry/sdk-trace-base'] as const)('%s: its provider and batch processor export a continued span', async (name) => {
+    const sdk = loadTraceSdk([name]);
+    expect(sdk.name).toBe(name);
+    const exporter = new InMemorySpanExporter();
+    const provider = new sdk.TracerProvider({ spanProcessors: [sdk.batchSpanProcessor(exporter, { scheduledDelayMillis: 10, maxQueueSize: 10, maxExportBatchSize: 10, exportTimeoutMillis: 1000 })] });
+    const parent = trace.setSpanContext(ROOT_CONTEXT, { traceId: T, spanId: P, traceFlags: 1, isRemote: true });
+    provider.getTracer('t').startSpan('work', {}, parent).end();
+    await provider.forceFlush();
+    expect(exporter.getFinishedSpans().map((s) => s.spanContext().traceId)).toEqual([T]);
+    await provider.shutdown();
+  });
+
+  test('sdk-trace-base is used when sdk-trace is not installed', () => {
+    const sdk = loadTraceSdk(undefined, (name) => (name === '@opentelemetry/sdk-trace' ? notFound(name) : require(name)));
+    expect(sdk.name).toBe('@opentelemetry/sdk-trace-base');
+  });
+
+  test('neither installed: a TypeError that says what to install', () => {
+    expect(() => loadTraceSdk(undefined, notFound)).toThrow(new TypeError('@meshtrace/node: no OpenTelemetry trace SDK is installed: npm install @opentelemetry/sdk-trace (SDK 3 and 2.9+) or @opentelemetry/sdk-trace-base (SDK 2.x)'));
+  });
+
+  test('an SDK that fails to load for another reason is not hidden', () => {
+    expect(() => loadTraceSdk(undefined, () => { throw new SyntaxError('broken build'); })).toThrow(SyntaxError);
+  });
+
+  test('an OTLP endpoint without the exporter installed is a TypeError naming the variable and the package', () => {
+    expect(() => optionalPeer('@opentelemetry/exporter-trace-otlp-proto', 'OTEL_EXPORTER_OTLP_ENDPOINT', notFound)).toThrow(
+      new TypeError('@meshtrace/node: OTEL_EXPORTER_OTLP_ENDPOINT needs @opentelemetry/exporter-trace-otlp-proto: npm install @opentelemetry/exporter-trace-otlp-proto'),
+    );
+  });
+
+  test('the start-up line names the SDK in use', () => {
+    const lines: string[] = [];
+    void setupMeshTracing({ exporter: new InMemorySpanExporter(), log: (l) => lines.push(l), env: {} }).shutdown();
+    expect(lines[0]).toContain('(@opentelemetry/sdk-trace)');
+  });
+});
+
+describe('warnings reach the application', () => {
+  const lost = () => propagation.extract(ROOT_CONTEXT, { traceparent: 'garbage' }, defaultTextMapGetter);
+
+  test('without a diag logger, setup logs warnings to the console at WARN and says so', () => {
+    // The API's console logger keeps the console methods it found when it loaded, so this runs in a child process (on the build).
+    const script = `
+      const { propagation, ROOT_CONTEXT } = require('@opentelemetry/api');
+      const { setupMeshTracing } = require(${JSON.stringify(join(__dirname, '..', 'dist', 'index.js'))});
+      const { InMemorySpanExporter } = require('@opentelemetry/sdk-trace');
+      setupMeshTracing({ exporter: new InMemorySpanExporter(), env: {} });
+      propagation.extract(ROOT_CONTEXT, { traceparent: 'garbage' });
+      propagation.extract(ROOT_CONTEXT, { traceparent: 'garbage' });`;
+    const run = spawnSync(process.execPath, ['-e', script], { cwd: join(__dirname, '..'), encoding: 'utf8', env: { PATH: process.env.PATH } });
+    expect(run.status).toBe(0);
+    const lines = run.stderr.trim().split('\n');
+    expect(lines[0]).toContain('warnings to the console (OTEL_LOG_LEVEL=warn)');
+    // Rate-limited: one line for the two requests.
+    expect(lines.slice(1)).toEqual([expect.stringContaining('@meshtrace/core: malformed traceparent (bad-version) "garbage"')]);
+  });
+
+  test('a diag logger the application set is kept', () => {
+    const lines: string[] = [];
+    const mine: string[] = [];
+    diag.setLogger({ warn: (m: string) => mine.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+    void setupMeshTracing({ exporter: new InMemorySpanExporter(), log: (l) => lines.push(l), env: {} }).shutdown();
+    expect(lines[0]).toContain('warnings to the diag logger set before');
+    warner.reset();
+    lost();
+    expect(mine).toEqual([expect.stringContaining('malformed traceparent')]);
+  });
+
+  test('OTEL_LOG_LEVEL=none keeps them off', () => {
+    const lines: string[] = [];
+    void setupMeshTracing({ exporter: new InMemorySpanExporter(), log: (l) => lines.push(l), env: { OTEL_LOG_LEVEL: 'none' } }).shutdown();
+    expect(lines[0]).toContain('warnings off');
+  });
 });

@@ -1,16 +1,17 @@
 import { SamplingDecision, diag, isSpanContextValid, trace } from '@opentelemetry/api';
-import type { Attributes, Context, Link, SpanKind } from '@opentelemetry/api';
-import { AlwaysOffSampler, AlwaysOnSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace-base';
-import type { Sampler, SamplingResult } from '@opentelemetry/sdk-trace-base';
-import { PACKAGE, mismatchCounter } from './diagnostics';
-import { extractionOf } from './extract';
-import { FLAG_SAMPLED } from './traceparent';
+import type { Attributes, Context, Link, Sampler, SamplingResult, SpanKind } from '@opentelemetry/api';
+import { FLAG_SAMPLED, TallyCounter, extractionOf } from '@meshtrace/core';
+import { PACKAGE } from './options';
+import { traceSdk } from './sdk';
 
 /** Who decides whether a continued trace is sampled: the caller's flag, or this service's sampler. */
 export type SamplingOwner = 'parent' | 'local';
 
 const RECORD: SamplingResult = Object.freeze({ decision: SamplingDecision.RECORD_AND_SAMPLED });
 const DROP: SamplingResult = Object.freeze({ decision: SamplingDecision.NOT_RECORD });
+
+/** `meshtrace.sampling.mismatch`: caller said "not sampled" while the local sampler would record, by `owner`. */
+const mismatchCounter = new TallyCounter('meshtrace.sampling.mismatch', 'Continued traces whose inbound sampled flag disagrees with the local sampler');
 
 /** The mismatch counter's series, one constant attribute object per owner. */
 const MISMATCH = { parent: Object.freeze({ owner: 'parent' }), local: Object.freeze({ owner: 'local' }) } as const;
@@ -68,6 +69,7 @@ export function samplerFromEnv(env: Readonly<Record<string, string | undefined>>
   const kind = name.replace(/^parentbased_/, '');
   const arg = Number(env.OTEL_TRACES_SAMPLER_ARG);
   const ratio = Number.isFinite(arg) && arg >= 0 && arg <= 1 ? arg : 1;
-  const root = kind === 'always_off' ? new AlwaysOffSampler() : kind === 'traceidratio' ? new TraceIdRatioBasedSampler(ratio) : new AlwaysOnSampler();
+  const sdk = traceSdk();
+  const root = kind === 'always_off' ? new sdk.AlwaysOffSampler() : kind === 'traceidratio' ? new sdk.TraceIdRatioBasedSampler(ratio) : new sdk.AlwaysOnSampler();
   return { root, owner };
 }

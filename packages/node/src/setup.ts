@@ -1,18 +1,18 @@
-import { context, diag, propagation, trace } from '@opentelemetry/api';
-import type { Context } from '@opentelemetry/api';
+import { DiagConsoleLogger, DiagLogLevel, context, diag, propagation, trace } from '@opentelemetry/api';
+import type { Sampler } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
-import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
+import type { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import type { Resource, ResourceDetector } from '@opentelemetry/resources';
-import type { BufferConfig, Sampler, SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace-base';
-import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
-import { PACKAGE } from './diagnostics';
+import { MeshPropagator, checkPropagation, hasContextManager, optionError } from '@meshtrace/core';
+import type { MeshPropagatorOptions } from '@meshtrace/core';
 import { MeshBatchSpanProcessor, otlpTimeoutMillis, resolveBatchConfig } from './export';
 import { kubernetesDetector } from './k8s';
-import { MeshPropagator, optionError } from './propagator';
-import type { MeshPropagatorOptions } from './propagator';
+import { PACKAGE } from './options';
 import { MeshSampler, samplerFromEnv } from './sampler';
 import type { SamplingOwner } from './sampler';
+import { optionalPeer, traceSdk } from './sdk';
+import type { BufferConfig, SdkTracerProvider, SpanExporter, SpanProcessor } from './sdk';
 
 /** Options of {@link setupMeshTracing}; all optional. */
 export interface SetupOptions {
@@ -49,31 +49,37 @@ export interface SetupOptions {
 
 /** What {@link setupMeshTracing} registered. */
 export interface MeshTracing {
-  /** The SDK provider, or undefined when `OTEL_SDK_DISABLED=true`. */
-  readonly tracerProvider: NodeTracerProvider | undefined;
+  /** The SDK's tracer provider, or undefined when `OTEL_SDK_DISABLED=true`. */
+  readonly tracerProvider: SdkTracerProvider | undefined;
   readonly propagator: MeshPropagator;
   /** Flushes and stops span export. */
   shutdown(): Promise<void>;
 }
 
-const KEY = Symbol('meshtrace.probe');
+/** Where `@opentelemetry/api` 1.x keeps what is registered with it; `diag` is set once a logger is. */
+const API_GLOBALS = Symbol.for('opentelemetry.js.api.1');
 
-/** True when a real context manager is registered (the no-op one never makes a context active). */
-export function hasContextManager(): boolean {
-  const probe: Context = context.active().setValue(KEY as unknown as symbol, true);
-  return context.with(probe, () => context.active().getValue(KEY as unknown as symbol) === true);
-}
+const LOG_LEVELS: Readonly<Record<string, DiagLogLevel>> = {
+  NONE: DiagLogLevel.NONE,
+  ERROR: DiagLogLevel.ERROR,
+  WARN: DiagLogLevel.WARN,
+  INFO: DiagLogLevel.INFO,
+  DEBUG: DiagLogLevel.DEBUG,
+  VERBOSE: DiagLogLevel.VERBOSE,
+  ALL: DiagLogLevel.ALL,
+};
 
 /**
- * Warns about the two silent causes of orphaned roots: no context manager (context is lost at the
- * first `await`) and a global propagator that does not read `traceparent`. Returns what is wrong.
+ * meshtrace reports lost traces through `diag`, which logs nowhere until a logger is set. Unless
+ * the application set one, log to the console at `OTEL_LOG_LEVEL` (as NodeSDK does), `WARN` when unset.
  */
-export function checkPropagation(): string[] {
-  const problems: string[] = [];
-  if (!hasContextManager()) problems.push('no context manager is registered, so the request context is lost at the first await');
-  if (!propagation.fields().includes('traceparent')) problems.push('the global propagator does not read traceparent (was it replaced after setup?)');
-  for (const p of problems) diag.warn(`${PACKAGE}: ${p}; traces will break into orphaned roots.`);
-  return problems;
+function ensureDiagLogger(env: Readonly<Record<string, string | undefined>>): string {
+  if ((globalThis as { [API_GLOBALS]?: { diag?: unknown } })[API_GLOBALS]?.diag !== undefined) return 'warnings to the diag logger set before';
+  const name = (env.OTEL_LOG_LEVEL ?? '').trim().toUpperCase() || 'WARN';
+  const level = LOG_LEVELS[name] ?? DiagLogLevel.WARN;
+  if (level === DiagLogLevel.NONE) return 'warnings off (OTEL_LOG_LEVEL=none)';
+  diag.setLogger(new DiagConsoleLogger(), { logLevel: level, suppressOverrideMessage: true });
+  return `warnings to the console (OTEL_LOG_LEVEL=${LOG_LEVELS[name] === undefined ? 'warn' : name.toLowerCase()})`;
 }
 
 function check<T>(value: T | undefined, option: string, ok: (v: T) => boolean, expected: string): void {
@@ -82,8 +88,9 @@ function check<T>(value: T | undefined, option: string, ok: (v: T) => boolean, e
 
 /**
  * One call at process start: AsyncLocalStorage context (if none is set), the {@link MeshPropagator}
- * globally, and a NodeTracerProvider with a batch processor to OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`)
- * or to `exporter`. With `OTEL_SDK_DISABLED=true` no spans are made, yet context still flows.
+ * globally, the application's trace SDK (`@opentelemetry/sdk-trace` 3 or `sdk-trace-base` 2.x) with a
+ * batch processor to OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`) or to `exporter`, and a console `diag`
+ * logger unless one is set. With `OTEL_SDK_DISABLED=true` no spans are made, yet context still flows.
  * @example
  * setupMeshTracing({ serviceName: 'checkout' });
  */
@@ -101,6 +108,13 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
   const batch = resolveBatchConfig(options.batch, env);
   const propagator = new MeshPropagator(options.propagator);
   const log = options.log === false ? () => undefined : (options.log ?? ((line: string) => void process.stderr.write(line + '\n')));
+  const disabled = String(env.OTEL_SDK_DISABLED).trim().toLowerCase() === 'true';
+  // OTLP/HTTP §endpoint: the signal-specific variable is used as is; the generic one gets /v1/traces.
+  const endpoint = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || (env.OTEL_EXPORTER_OTLP_ENDPOINT ? `${env.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/+$/, '')}/v1/traces` : undefined);
+  // What is missing fails here, before anything is registered.
+  const sdk = disabled ? undefined : traceSdk();
+  const otlp = disabled || !endpoint ? undefined : optionalPeer<{ OTLPTraceExporter: typeof OTLPTraceExporter }>('@opentelemetry/exporter-trace-otlp-proto', 'OTEL_EXPORTER_OTLP_ENDPOINT').OTLPTraceExporter;
+  const warnings = ensureDiagLogger(env);
 
   let contextManager = 'already registered';
   if (!hasContextManager()) {
@@ -118,14 +132,12 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
   setImmediate(checkPropagation).unref();
 
   const fields = propagator.fields().join(', ');
-  if (String(env.OTEL_SDK_DISABLED).trim().toLowerCase() === 'true') {
-    log(`${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; OTEL_SDK_DISABLED=true, so no spans are recorded`);
+  if (sdk === undefined) {
+    log(`${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; OTEL_SDK_DISABLED=true, so no spans are recorded; ${warnings}`);
     return { tracerProvider: undefined, propagator, shutdown: async () => undefined };
   }
 
-  // OTLP/HTTP §endpoint: the signal-specific variable is used as is; the generic one gets /v1/traces.
-  const endpoint = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || (env.OTEL_EXPORTER_OTLP_ENDPOINT ? `${env.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/+$/, '')}/v1/traces` : undefined);
-  const exporter = endpoint ? new OTLPTraceExporter({ url: endpoint, timeoutMillis: otlpTimeoutMillis(env, batch.exportTimeoutMillis) }) : options.exporter;
+  const exporter = otlp !== undefined && endpoint ? new otlp({ url: endpoint, timeoutMillis: otlpTimeoutMillis(env, batch.exportTimeoutMillis) }) : options.exporter;
   const serviceName = options.serviceName ?? env.OTEL_SERVICE_NAME;
   let resource = detectResources({ detectors: options.resourceDetectors ?? [envDetector, kubernetesDetector({ env })] });
   if (serviceName) resource = resource.merge(resourceFromAttributes({ 'service.name': serviceName }));
@@ -135,7 +147,7 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
   if (options.spanProcessors) processors.push(...options.spanProcessors);
   const fromEnv = samplerFromEnv(env);
   const sampler = new MeshSampler(options.sampler ?? fromEnv.root, options.sampling ?? fromEnv.owner);
-  const tracerProvider = new NodeTracerProvider({ resource, sampler, spanProcessors: processors });
+  const tracerProvider = new sdk.TracerProvider({ resource, sampler, spanProcessors: processors });
   if (!trace.setGlobalTracerProvider(tracerProvider)) {
     trace.disable();
     trace.setGlobalTracerProvider(tracerProvider);
@@ -143,7 +155,7 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
   }
 
   const where = endpoint ? `OTLP ${endpoint}` : exporter ? exporter.constructor.name : 'no exporter (spans are not exported)';
-  log(`${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; service ${String(resource.attributes['service.name'] ?? 'unknown_service:node')}; spans to ${where}`);
+  log(`${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; service ${String(resource.attributes['service.name'] ?? 'unknown_service:node')}; spans to ${where} (${sdk.name}); ${warnings}`);
   if (!exporter && !options.spanProcessors?.length) diag.warn(`${PACKAGE}: no exporter and no span processor: spans are recorded but go nowhere`);
   return { tracerProvider, propagator, shutdown: () => tracerProvider.shutdown() };
 }

@@ -1,7 +1,8 @@
 import { DiagLogLevel, ROOT_CONTEXT, SamplingDecision, SpanKind, defaultTextMapGetter, diag, trace } from '@opentelemetry/api';
-import { AlwaysOffSampler, AlwaysOnSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace-base';
-import type { Sampler } from '@opentelemetry/sdk-trace-base';
-import { MeshPropagator, MeshSampler, samplerFromEnv } from '@meshtrace/core';
+import { AlwaysOffSampler, AlwaysOnSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace';
+import type { Sampler } from '@opentelemetry/sdk-trace';
+import { MeshPropagator } from '@meshtrace/core';
+import { MeshSampler, samplerFromEnv } from '@meshtrace/node';
 import { setupTestTracing } from '@meshtrace/testkit';
 
 const T = '4bf92f3577b34da6a3ce929d0e0e4736';

@@ -1,7 +1,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { containerIdFrom, kubernetesDetector } from '@meshtrace/core';
+import { containerIdFrom, kubernetesDetector } from '@meshtrace/node';
 
 const ID = 'a'.repeat(8) + '0123456789abcdef'.repeat(3) + 'b'.repeat(8);
 const UID = '6f2b1c3d-1111-4a2b-9c3d-0123456789ab';
