@@ -1,18 +1,20 @@
 import { SpanKind, SpanStatusCode, context, propagation, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Span, Tracer, TracerProvider } from '@opentelemetry/api';
-import { isTracingSuppressed } from '@opentelemetry/core';
-import { httpMethod, optionError } from '@meshtrace/core';
+import { isTracingSuppressed } from '@meshtrace/core';
+import { httpMethod, optionError, warner } from '@meshtrace/core';
 import { errorMonitor } from 'node:events';
-import * as http from 'node:http';
+// The module objects themselves, not namespace copies: `.request` must be whatever an instrumentation put there last.
+import http from 'node:http';
 import type { ClientRequest, IncomingMessage } from 'node:http';
-import * as https from 'node:https';
+import https from 'node:https';
 import type { RequestOptions } from 'node:https';
+import { fetchInstrumented, httpInstrumented, isWrapped } from './instrumented';
 
 const PACKAGE = '@meshtrace/http';
 
 /** Options of {@link meshClient}; all optional. */
 export interface MeshClientOptions {
-  /** Where CLIENT spans come from. Default: the global tracer provider at call time. */
+  /** Where meshtrace's own CLIENT spans come from (not an instrumentation's). Default: the global tracer provider at call time. */
   tracerProvider?: TracerProvider;
 }
 
@@ -43,44 +45,80 @@ function traceHeaders(ctx: Context): Record<string, string> {
 }
 
 /**
- * A copy of `headers` in the caller's own form with `extra` set, replacing the same names in any
- * letter case. Never mutates `headers`; what no client accepts is returned as it is, for the client to reject.
+ * A copy of `headers` in the caller's own form without the names in `drop` (lower case, matched in any
+ * letter case), then, when `extra` is given, with its value for each of them. Never mutates `headers`;
+ * what no client accepts is returned as it is, for the client to reject.
  */
-function mergeHeaders(headers: unknown, extra: Record<string, string>): unknown {
-  if (headers === undefined || headers === null) return extra;
+function mergeHeaders(headers: unknown, drop: readonly string[], extra?: Record<string, string>): unknown {
+  if (headers === undefined || headers === null) return extra ?? {};
   if (typeof headers !== 'object') return headers;
-  const names = Object.keys(extra);
   if (headers instanceof Headers) {
     const out = new Headers(headers);
-    for (const name of names) out.set(name, extra[name]);
+    if (extra === undefined) for (const name of drop) out.delete(name);
+    else for (const name of drop) out.set(name, extra[name]);
     return out;
   }
   if (Array.isArray(headers) && typeof headers[0] === 'string') {
     // Node's flat form, as in `message.rawHeaders`: [name, value, name, value, ...].
     const out: unknown[] = [];
-    for (let i = 0; i < headers.length; i += 2) if (!Object.hasOwn(extra, String(headers[i]).toLowerCase())) out.push(headers[i], headers[i + 1]);
-    for (const name of names) out.push(name, extra[name]);
+    for (let i = 0; i < headers.length; i += 2) if (!drop.includes(String(headers[i]).toLowerCase())) out.push(headers[i], headers[i + 1]);
+    if (extra !== undefined) for (const name of drop) out.push(name, extra[name]);
     return out;
   }
   if (typeof (headers as Iterable<unknown>)[Symbol.iterator] === 'function') {
     const out: unknown[] = [];
     for (const pair of headers as Iterable<unknown>) {
-      if (!(Array.isArray(pair) && Object.hasOwn(extra, String(pair[0]).toLowerCase()))) out.push(pair);
+      if (!(Array.isArray(pair) && drop.includes(String(pair[0]).toLowerCase()))) out.push(pair);
     }
-    for (const name of names) out.push([name, extra[name]]);
+    if (extra !== undefined) for (const name of drop) out.push([name, extra[name]]);
     return out;
   }
   const out: Record<string, unknown> = { ...(headers as Record<string, unknown>) };
   for (const key of Object.keys(out)) {
     const lower = key.toLowerCase();
-    if (lower !== key && Object.hasOwn(extra, lower)) delete out[key];
+    // A lower-case key that `extra` sets is overwritten in place below, which keeps the object's shape.
+    if ((lower !== key || extra === undefined) && drop.includes(lower)) delete out[key];
   }
-  return Object.assign(out, extra);
+  return extra === undefined ? out : Object.assign(out, extra);
+}
+
+/** Whether `headers` may carry one of `names`; one-shot iterables count as yes, since reading them uses them up. */
+function carriesAny(headers: object, names: readonly string[]): boolean {
+  if (headers instanceof Headers) {
+    for (const name of names) if (headers.has(name)) return true;
+    return false;
+  }
+  if (Array.isArray(headers)) {
+    const flat = typeof headers[0] === 'string';
+    for (let i = 0; i < headers.length; i += flat ? 2 : 1) {
+      const name: unknown = flat ? headers[i] : Array.isArray(headers[i]) ? (headers[i] as unknown[])[0] : undefined;
+      if (names.includes(String(name).toLowerCase())) return true;
+    }
+    return false;
+  }
+  if (typeof (headers as Partial<Iterable<unknown>>)[Symbol.iterator] === 'function') return true;
+  for (const key in headers) if (Object.hasOwn(headers, key) && names.includes(key.toLowerCase())) return true;
+  return false;
 }
 
 /**
- * Returns the trace headers of the active context merged into a copy of `headers` (same form),
- * for clients meshtrace does not wrap; the input is never changed.
+ * `headers` itself, or a copy without the propagator's fields when it has any: beside an instrumentation
+ * that appends its own, a caller's stale `traceparent` would go out as a second value.
+ */
+function withoutTraceFields(headers: unknown): unknown {
+  if (headers === undefined || headers === null || typeof headers !== 'object') return headers;
+  const fields = propagation.fields();
+  return carriesAny(headers, fields) ? mergeHeaders(headers, fields) : headers;
+}
+
+const UNTRACED_HTTP = 'http:injectHeaders:http.request-uninstrumented';
+function untracedHttpWarning(): string {
+  return `${PACKAGE}: fetch is instrumented (a tracer listens on undici:request:create), so injectHeaders() leaves the trace headers to it; http.request / https.request are not instrumented, so clients built on them (axios, got) send no trace context. Use meshRequest for them, or enable @opentelemetry/instrumentation-http.`;
+}
+
+/**
+ * Returns the trace headers of the active context merged into a copy of `headers` (same form), for
+ * clients meshtrace does not wrap; while fetch is instrumented, the copy leaves them to the instrumentation.
  * @example
  * await axios.get(url, { headers: injectHeaders({ accept: 'application/json' }) });
  */
@@ -89,7 +127,15 @@ export function injectHeaders(headers: Headers): Headers;
 export function injectHeaders(headers: ReadonlyArray<readonly [string, string]>): Array<[string, string]>;
 export function injectHeaders<T extends Readonly<Record<string, unknown>>>(headers: T): T & Record<string, string>;
 export function injectHeaders(headers?: unknown): unknown {
-  return mergeHeaders(headers, traceHeaders(context.active()));
+  if (fetchInstrumented()) {
+    // Which client the headers are for is unknown: a value here plus the instrumentation's would make two
+    // traceparent lines, the next hop would discard both and the trace would break with every response a 200.
+    if (!httpInstrumented()) warner.warn(UNTRACED_HTTP, untracedHttpWarning);
+    return mergeHeaders(headers, propagation.fields());
+  }
+  // instrumentation-http, if active, overwrites these lower-case keys with its own span's: still one value.
+  const extra = traceHeaders(context.active());
+  return mergeHeaders(headers, Object.keys(extra), extra);
 }
 
 function withoutBrackets(host: string): string {
@@ -153,6 +199,13 @@ function fetchWith(tracer: Tracer | undefined): typeof fetch {
     const parent = context.active();
     if (isTracingSuppressed(parent)) return nativeFetch(input, init);
     const request = input instanceof Request ? input : undefined;
+    if (fetchInstrumented()) {
+      // The instrumentation starts the CLIENT span under the active context and appends the headers.
+      // init.headers, when given, replaces a Request's headers (Fetch `new Request(input, init)`).
+      const given = init?.headers ?? request?.headers;
+      const headers = withoutTraceFields(given);
+      return nativeFetch(input, headers === given ? init : { ...init, headers: headers as RequestInit['headers'] });
+    }
     let url: URL;
     try {
       url = input instanceof URL ? input : new URL(request !== undefined ? request.url : String(input));
@@ -165,8 +218,8 @@ function fetchWith(tracer: Tracer | undefined): typeof fetch {
     const method = String(init?.method ?? request?.method ?? 'GET');
     const span = startClientSpan(tracer ?? trace.getTracer(PACKAGE), parent, method, fullUrl(url), withoutBrackets(url.hostname), port);
     const extra = traceHeaders(trace.setSpan(parent, span));
-    // init.headers, when given, replaces a Request's headers (Fetch `new Request(input, init)`).
-    const headers = Object.keys(extra).length > 0 ? mergeHeaders(init?.headers ?? request?.headers, extra) : undefined;
+    const names = Object.keys(extra);
+    const headers = names.length > 0 ? mergeHeaders(init?.headers ?? request?.headers, names, extra) : undefined;
     let response: Response;
     try {
       response = await nativeFetch(input, headers === undefined ? init : { ...init, headers: headers as RequestInit['headers'] });
@@ -250,6 +303,14 @@ function requestWith(tracer: Tracer | undefined): MeshRequest {
     const send = (secure ? https.request : http.request) as (...a: unknown[]) => ClientRequest;
     const parent = context.active();
     if (isTracingSuppressed(parent)) return send(...args);
+    const callback = hasUrl ? (typeof second === 'function' ? second : third) : second;
+    if (isWrapped(send)) {
+      // instrumentation-http (or dd-trace) starts the CLIENT span under the active context and injects.
+      const headers = withoutTraceFields(options?.headers);
+      if (headers === options?.headers) return send(...args);
+      const next = { ...options, headers };
+      return hasUrl ? send(first, next, callback) : send(next, callback);
+    }
 
     // The same precedence Node applies when it merges the URL and the options; Node validates them.
     const address = String(options?.hostname || (url !== undefined ? withoutBrackets(url.hostname) : options?.host) || 'localhost');
@@ -261,8 +322,8 @@ function requestWith(tracer: Tracer | undefined): MeshRequest {
     const span = startClientSpan(tracer ?? trace.getTracer(PACKAGE), parent, String(options?.method || 'GET'), full, address, port);
 
     const extra = traceHeaders(trace.setSpan(parent, span));
-    const next = Object.keys(extra).length > 0 ? { ...options, headers: mergeHeaders(options?.headers, extra) } : options;
-    const callback = hasUrl ? (typeof second === 'function' ? second : third) : second;
+    const names = Object.keys(extra);
+    const next = names.length > 0 ? { ...options, headers: mergeHeaders(options?.headers, names, extra) } : options;
     let req: Traced<ClientRequest>;
     try {
       req = hasUrl ? send(first, next ?? {}, callback) : send(next, callback);
@@ -299,15 +360,16 @@ const defaults = meshClient();
 
 /**
  * `fetch` that continues the active trace: one CLIENT span per call, its context in
- * `traceparent`/`tracestate`/`baggage`. Same arguments, result and errors as `fetch`.
+ * `traceparent`/`tracestate`/`baggage`; beside a fetch instrumentation, that one makes both. Same arguments,
+ * result and errors as `fetch`.
  * @example
  * const res = await meshFetch('http://inventory:8080/items', { headers: { accept: 'application/json' } });
  */
 export const meshFetch: typeof fetch = defaults.fetch;
 
 /**
- * `http.request` / `https.request` (by scheme) that continues the active trace in a CLIENT span,
- * ended on response end, error or abort.
+ * `http.request` / `https.request` (by scheme) that continues the active trace in a CLIENT span, ended on
+ * response end, error or abort; beside an instrumentation that wrapped that function, its span and headers.
  * @example
  * meshRequest('http://inventory:8080/items', (res) => res.pipe(process.stdout)).end();
  */
