@@ -8,6 +8,7 @@ import { PACKAGE, extractCounter, preview, warner } from './diagnostics';
 import { FLAG_RANDOM, FLAG_SAMPLED, KNOWN_FLAGS, checkTraceparent, parseTraceparent } from './traceparent';
 import type { Traceparent, TraceparentReason } from './traceparent';
 import { MeshTraceState } from './tracestate';
+import type { TrustReason } from './trust';
 
 /** A trace header format meshtrace reads. */
 export type TraceFormat = 'w3c' | 'b3';
@@ -20,7 +21,7 @@ export type ExtractOutcome =
   | { readonly outcome: 'continued'; readonly format: TraceFormat; readonly reason: undefined; readonly attributes: Attributes }
   | { readonly outcome: 'missing'; readonly format: undefined; readonly reason: undefined; readonly attributes: Attributes }
   | { readonly outcome: 'malformed'; readonly format: undefined; readonly reason: Exclude<MalformedReason, 'missing'>; readonly attributes: Attributes }
-  | { readonly outcome: 'restarted' | 'ignored'; readonly format: undefined; readonly reason: undefined; readonly attributes: Attributes };
+  | { readonly outcome: 'restarted' | 'ignored'; readonly format: undefined; readonly reason: TrustReason | undefined; readonly attributes: Attributes };
 
 /** The context to run the request in, why it is what it is, and contexts to link to. */
 export interface ExtractResult {
@@ -40,10 +41,18 @@ function outcome<O extends ExtractOutcome>(o: Omit<O, 'attributes'>): O {
 // Outcomes are constants: extracting allocates no outcome objects.
 const CONTINUED = { w3c: outcome({ outcome: 'continued', format: 'w3c', reason: undefined }), b3: outcome({ outcome: 'continued', format: 'b3', reason: undefined }) };
 const MISSING = outcome({ outcome: 'missing', format: undefined, reason: undefined });
-/** The outcome of a server that restarts every trace at the edge, linking to the inbound one. */
-export const RESTARTED = outcome({ outcome: 'restarted', format: undefined, reason: undefined });
-/** The outcome of a server that does not read inbound trace headers at all. */
-export const IGNORED = outcome({ outcome: 'ignored', format: undefined, reason: undefined });
+const TRUST_REASONS = ['untrusted-peer', 'route-policy', 'policy', 'policy-error'] as const;
+/** `restarted` / `ignored`, without a reason (every request, by configuration) and with each reason a policy gives. */
+const UNTRUSTED: Record<'restart' | 'ignore', Record<TrustReason | 'none', ExtractOutcome>> = { restart: {} as never, ignore: {} as never };
+for (const [action, name] of [['restart', 'restarted'], ['ignore', 'ignored']] as const) {
+  UNTRUSTED[action].none = outcome({ outcome: name, format: undefined, reason: undefined });
+  for (const reason of TRUST_REASONS) UNTRUSTED[action][reason] = outcome({ outcome: name, format: undefined, reason });
+}
+
+/** The outcome constant of a request whose inbound trace an inbound policy restarted or ignored, and why. */
+export function trustOutcome(action: 'restart' | 'ignore', reason: TrustReason | undefined): ExtractOutcome {
+  return UNTRUSTED[action][reason ?? 'none'];
+}
 const MALFORMED: Record<string, ExtractOutcome> = {};
 for (const r of ['bad-version', 'bad-trace-id', 'zero-trace-id', 'bad-parent-id', 'zero-parent-id', 'bad-flags', 'bad-format', 'multiple', 'bad-b3'] as const) {
   MALFORMED[r] = outcome({ outcome: 'malformed', format: undefined, reason: r });
@@ -63,9 +72,8 @@ function constantOf(o: ExtractOutcome): ExtractOutcome {
     case 'missing':
       return MISSING;
     case 'restarted':
-      return RESTARTED;
     case 'ignored':
-      return IGNORED;
+      return UNTRUSTED[o.outcome === 'restarted' ? 'restart' : 'ignore'][o.reason ?? 'none'] ?? UNTRUSTED.restart.none;
     default:
       return MALFORMED[o.reason] ?? MALFORMED['bad-format'];
   }

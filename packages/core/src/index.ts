@@ -9,11 +9,14 @@ export { LazyCounter, PACKAGE, RateLimitedWarner, TallyCounter, callHook, checkP
 export { extractContext, extractRequestContext, extractionOf, outcomeOf, recordOutcome, recordUnreadable } from './extract';
 export type { ExtractOutcome, ExtractResult, Extraction, MalformedReason, TraceFormat } from './extract';
 export { isTracingSuppressed } from './otel-keys';
+export { outboundTrace, rewriteHeaders, traceHeaders } from './outbound';
+export type { OutboundTrace } from './outbound';
 export { MeshPropagator, optionError } from './propagator';
 export type { MeshPropagatorOptions } from './propagator';
-export { RequestTrace, ServerTracing, createServerTracing, httpMethod, recordSpanError, resolveOptions } from './server';
-export type { CommonOptions, InboundTrust, MeshTraceOptions, ResolvedOptions, ServerAdapter } from './server';
+export { RequestTrace, RoutePolicy, ServerTracing, createRoutePolicy, createServerTracing, httpMethod, recordSpanError, resolveOptions } from './server';
+export type { CommonOptions, MeshTraceOptions, MeshTraceRouteOptions, ResolvedOptions, ServerAdapter } from './server';
 export { FLAG_RANDOM, FLAG_SAMPLED, KNOWN_FLAGS, formatTraceparent, isValidId, parseTraceparent } from './traceparent';
 export type { Traceparent, TraceparentReason } from './traceparent';
 export { MAX_TRACESTATE_LENGTH, MAX_TRACESTATE_MEMBERS, MeshTraceState, parseTracestate, serializeTracestate } from './tracestate';
 export type { TracestateReason } from './tracestate';
+export type { InboundPolicy, InboundTrust, InboundTrustPolicy, TrustReason } from './trust';

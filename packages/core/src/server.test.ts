@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { DiagLogLevel, ROOT_CONTEXT, SpanKind, context, diag, propagation, trace } from '@opentelemetry/api';
 import type { TextMapPropagator } from '@opentelemetry/api';
 import { RPCType, setRPCMetadata } from '@opentelemetry/core';
-import { MeshPropagator, createServerTracing } from '@meshtrace/core';
+import { MeshPropagator, createServerTracing, warner } from '@meshtrace/core';
 import type { MeshTraceOptions } from '@meshtrace/core';
 import { observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
@@ -122,6 +122,55 @@ test('traceresponse names the server span (W3C Level 2)', async () => {
   expect(off.res.headers.get('traceresponse')).toBeNull();
 });
 
+describe('server-timing trace metric', () => {
+  /** A server whose handler sets `server-timing` the way `how` says, traced with `options`. */
+  async function timed(options: MeshTraceOptions, how: (res: ServerResponse) => void): Promise<string> {
+    const t = createServerTracing<IncomingMessage, ServerResponse>(options, { name: '@meshtrace/x' });
+    const server = createServer((req, res) => {
+      const rt = t.start(req, res, req, res);
+      context.with(rt.context, () => {
+        res.setHeader('x-span', rt.span.spanContext().spanId);
+        how(res);
+      });
+    });
+    servers.push(server);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  }
+
+  const cases: Array<[string, (res: ServerResponse) => void, string[]]> = [
+    ['alone', (res) => res.end('ok'), []],
+    ['after setHeader', (res) => (res.setHeader('Server-Timing', 'db;dur=53'), res.end('ok')), ['db;dur=53']],
+    ['after setHeader with a list', (res) => (res.setHeader('server-timing', ['db;dur=53', 'cache;desc="hit"']), res.end('ok')), ['db;dur=53', 'cache;desc="hit"']],
+    ['after setHeader, then writeHead without headers', (res) => (res.setHeader('server-timing', 'db;dur=53'), res.writeHead(200), res.end('ok')), ['db;dur=53']],
+    ['after writeHead headers (as Fastify sends them)', (res) => (res.writeHead(200, { 'Server-Timing': 'app;dur=47.2', 'content-type': 'text/plain' }), res.end('ok')), ['app;dur=47.2']],
+    ['after writeHead headers replacing a setHeader value', (res) => (res.setHeader('server-timing', 'old;dur=1'), res.writeHead(200, 'OK', { 'server-timing': 'app;dur=2' }), res.end('ok')), ['app;dur=2']],
+    ['after writeHead raw headers', (res) => (res.writeHead(200, ['server-timing', 'db;dur=5', 'content-type', 'text/plain']), res.end('ok')), ['db;dur=5']],
+    ['after flushHeaders', (res) => (res.setHeader('server-timing', 'db;dur=53'), res.flushHeaders(), res.end('ok')), ['db;dur=53']],
+  ];
+  test.each(cases)('appended %s, never replacing it; the random flag kept', async (name, how, own) => {
+    const base = await timed({ serverTiming: true }, how);
+    const res = await fetch(base, { headers: { traceparent: `00-${T}-${P}-03` } });
+    await res.text();
+    const metric = `trace;desc=00-${T}-${res.headers.get('x-span')}-03`;
+    // fetch folds several field lines into one, comma-separated, as the browser's parser reads them.
+    expect({ name, timing: res.headers.get('server-timing')?.split(/,\s*/) }).toEqual({ name, timing: [...own, metric] });
+  });
+
+  test('a fresh root says its trace id is random (Level 2 flag 0x02); traceresponse says the same', async () => {
+    const base = await timed({ serverTiming: true, traceResponse: true }, (res) => res.end('ok'));
+    const res = await fetch(base);
+    const [, traceId, spanId, flags] = (res.headers.get('server-timing') ?? '').replace('trace;desc=', '').split('-');
+    expect([traceId.length, spanId, flags]).toEqual([32, res.headers.get('x-span'), '03']);
+    expect(res.headers.get('traceresponse')).toBe(`00-${traceId}-${spanId}-03`);
+  });
+
+  test('off by default', async () => {
+    const res = await fetch(await timed({}, (res) => (res.setHeader('server-timing', 'db;dur=1'), res.end('ok'))), { headers: { traceparent: VALID } });
+    expect(res.headers.get('server-timing')).toBe('db;dur=1');
+  });
+});
+
 describe('proxy awareness', () => {
   const cases: Array<[string, Record<string, string>, string | undefined]> = [
     ['envoy', { 'x-envoy-expected-rq-timeout-ms': '15000', 'x-request-id': 'r-1' }, 'envoy'],
@@ -188,6 +237,7 @@ const bad: Array<[string, unknown]> = [
   ['baggageAllowList', { baggageAllowList: 'tenant' }],
   ['baggageAttributes', { baggageAttributes: [''] }],
   ['traceResponse', { traceResponse: 'yes' }],
+  ['serverTiming', { serverTiming: 1 }],
   ['proxyAttributes', { proxyAttributes: 1 }],
   ['ignore', { ignore: [42] }],
   ['requestHook', { requestHook: 'x' }],
@@ -246,9 +296,9 @@ describe('beside an HTTP instrumentation that made the SERVER span', () => {
    * start the SERVER span, record it in the RPC metadata; then an Express/Koa/Fastify
    * instrumentation's INTERNAL middleware span is active when meshtrace's middleware runs.
    */
-  async function instrumented(): Promise<{ base: string; rpc: Array<{ route?: string }> }> {
+  async function instrumented(options: MeshTraceOptions = {}): Promise<{ base: string; rpc: Array<{ route?: string }> }> {
     const tracer = trace.getTracer('@opentelemetry/instrumentation-http');
-    const t = createServerTracing<IncomingMessage, ServerResponse>({}, { name: '@meshtrace/x', route: () => '/orders/:id' });
+    const t = createServerTracing<IncomingMessage, ServerResponse>(options, { name: '@meshtrace/x', route: () => '/orders/:id' });
     const rpc: Array<{ route?: string }> = [];
     const server = createServer((req, res) => {
       const extracted = propagation.extract(ROOT_CONTEXT, req.headers);
@@ -282,6 +332,28 @@ describe('beside an HTTP instrumentation that made the SERVER span', () => {
     expect(seen.traceId).toBe(T);
     // The MeshPropagator counted the extraction; meshtrace's middleware does not count it again.
     expect(counted).toEqual(['continued']);
+  });
+
+  test('an inbound policy that distrusts the caller: the span is theirs and stays, the baggage is cut to the allow-list, a warning says how to apply it', async () => {
+    warner.reset();
+    const warnings: string[] = [];
+    diag.setLogger({ warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+    try {
+      const { base } = await instrumented({ inbound: { trustedPeers: ['10.0.0.0/8'] }, baggageAllowList: ['tenant'], serverTiming: true });
+      const { seen, counted, res } = await call(base, { traceparent: VALID, baggage: 'tenant=acme,session=secret' });
+      const serverSpans = tracing.spans().filter((s) => s.kind === SpanKind.SERVER);
+      expect(serverSpans.map((s) => [s.instrumentationScope.name, s.spanContext().traceId, s.attributes['meshtrace.propagation.outcome']])).toEqual([['@opentelemetry/instrumentation-http', T, 'continued']]);
+      expect([seen.baggage, counted]).toEqual([{ tenant: 'acme' }, ['continued']]);
+      expect(res.headers.get('server-timing')).toBe(`trace;desc=00-${T}-${serverSpans[0].spanContext().spanId}-01`);
+      expect(warnings.filter((w) => w.includes('disableIncomingRequestInstrumentation'))).toHaveLength(1);
+
+      // Trusted: nothing is cut, nothing is said.
+      const trusted = await instrumented({ inbound: { trustedPeers: ['127.0.0.1'] }, baggageAllowList: ['tenant'] });
+      expect((await call(trusted.base, { traceparent: VALID, baggage: 'tenant=acme,session=secret' })).seen.baggage).toEqual({ tenant: 'acme', session: 'secret' });
+      expect(warnings.filter((w) => w.includes('disableIncomingRequestInstrumentation'))).toHaveLength(1);
+    } finally {
+      diag.disable();
+    }
   });
 
   test('a malformed traceparent that another propagator continued: the request gets a fresh root of its own, and a warning', async () => {

@@ -4,15 +4,14 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { RANDOM_TRACE_ID_KEY } from './context';
 import { PACKAGE, callHook, checkPropagation, preview, warner } from './diagnostics';
 import { bindEmitter, bindingOf } from './emitter';
-import { DEFAULT_CONFIG, IGNORED, RESTARTED, extractRequestContext, extractWith, extractionOf, outcomeOf, recordOutcome } from './extract';
+import { DEFAULT_CONFIG, extractRequestContext, extractWith, extractionOf, outcomeOf, recordOutcome, trustOutcome } from './extract';
 import type { ExtractConfig, ExtractOutcome, ExtractResult } from './extract';
 import { httpRpcMetadata, withoutRpcMetadata } from './otel-keys';
 import type { RpcMetadata } from './otel-keys';
 import { optionError } from './propagator';
 import { FLAG_RANDOM, formatTraceparent, parseTraceparent } from './traceparent';
-
-/** What a server does with the trace context its callers send. */
-export type InboundTrust = 'continue' | 'restart' | 'ignore';
+import { inboundPolicy } from './trust';
+import type { InboundPolicy, TrustDecider, TrustDecision } from './trust';
 
 /** Options every adapter takes; all optional. `Req`/`Res` are the framework's request and response. */
 export interface MeshTraceOptions<Req = IncomingMessage, Res = ServerResponse> {
@@ -30,17 +29,52 @@ export interface MeshTraceOptions<Req = IncomingMessage, Res = ServerResponse> {
   /**
    * `'continue'` (default) the caller's trace; `'restart'` a new trace linked to the caller's, for a
    * service facing untrusted clients (nobody outside can force sampling or join another trace);
-   * `'ignore'` inbound trace headers entirely.
+   * `'ignore'` inbound trace headers entirely. Or a policy per peer: a function of the request
+   * answering one of those, or `{ trustedPeers, trustedWhen, proxyHops, otherwise }`.
    */
-  inbound?: InboundTrust;
+  inbound?: InboundPolicy<Req>;
   /** With `inbound: 'restart'` or `'ignore'`, the inbound baggage keys kept (all others are dropped). Default none. */
   baggageAllowList?: readonly string[];
   /** Baggage keys copied onto the server span as `baggage.<key>`. Never all keys: values can be high-cardinality. Default none. */
   baggageAttributes?: readonly string[];
   /** Send the W3C Level 2 `traceresponse` header so callers and proxies can correlate. Default `false`. */
   traceResponse?: boolean;
+  /**
+   * Append the `trace;desc=<traceparent>` metric to `server-timing` (after any the application sets), so a
+   * page can read the server span through the Performance API; cross-origin pages need `Timing-Allow-Origin`. Default `false`.
+   */
+  serverTiming?: boolean;
   /** Record `x-request-id` and the proxy that forwarded the request (`meshtrace.proxy`: envoy, istio, linkerd). Default `true`. */
   proxyAttributes?: boolean;
+}
+
+/** A route's own options (Fastify route `config.meshTrace`, `meshTraceRoute()` on an Express or Koa router); they replace the adapter's for that route. */
+export interface MeshTraceRouteOptions<Req = IncomingMessage> {
+  /** The route's inbound policy, in any form the adapter's `inbound` takes. */
+  inbound: InboundPolicy<Req>;
+}
+
+/** A route's options, checked at setup, for the adapter to hand to {@link ServerTracing.start} with that route's requests. */
+export class RoutePolicy<Req> {
+  /** @internal */
+  readonly decide: TrustDecider<Req>;
+
+  /** @internal */
+  constructor(pkg: string, options: MeshTraceRouteOptions<Req>, option: string) {
+    if (options === null || typeof options !== 'object' || Array.isArray(options)) throw optionError(pkg, option, 'an object with inbound', options);
+    for (const key of Object.keys(options)) if (key !== 'inbound') throw optionError(pkg, `${option}.${key}`, 'absent: a route takes inbound only', (options as unknown as Record<string, unknown>)[key]);
+    if (options.inbound === undefined) throw optionError(pkg, `${option}.inbound`, "'continue', 'restart', 'ignore', a function or a policy", undefined);
+    this.decide = inboundPolicy(pkg, `${option}.inbound`, options.inbound, true);
+  }
+}
+
+/**
+ * Checks a route's options at setup (a `TypeError` naming `pkg` and `option` when they are wrong) and
+ * returns what {@link ServerTracing.start} takes for that route's requests.
+ * @example const policy = createRoutePolicy('@my/adapter', { inbound: 'restart' }, 'meshTraceRoute');
+ */
+export function createRoutePolicy<Req>(pkg: string, options: MeshTraceRouteOptions<Req>, option = 'options'): RoutePolicy<Req> {
+  return new RoutePolicy(pkg, options, option);
 }
 
 /** What an adapter tells core about its framework. */
@@ -141,6 +175,8 @@ export class RequestTrace<Req, Res> {
   ended: boolean;
   /** @internal An outer adapter's trace of the same response (meshHttp around a framework), ended after this one. */
   outer: RequestTrace<unknown, unknown> | undefined;
+  /** @internal The route policy that decided the request's inbound trust, if one did. */
+  route: RoutePolicy<Req> | undefined;
   private errored = false;
 
   /** @internal */
@@ -253,10 +289,11 @@ export class ServerTracing<Req, Res> {
   private globalTracer: Tracer | undefined;
   private globalProvider: TracerProvider | undefined;
   private readonly ignored: ((path: string, request: Req) => boolean) | undefined;
-  private readonly inbound: InboundTrust;
+  private readonly decide: TrustDecider<Req>;
   private readonly allowList: readonly string[] | undefined;
   private readonly baggageAttributes: ReadonlyArray<readonly [string, string]> | undefined;
   private readonly traceResponse: boolean;
+  private readonly serverTiming: boolean;
   private readonly proxyAttributes: boolean;
   private checked = false;
 
@@ -267,8 +304,8 @@ export class ServerTracing<Req, Res> {
   ) {
     const pkg = adapter.name;
     const common = resolveOptions(pkg, options);
-    const { inbound = 'continue', baggageAllowList, baggageAttributes, traceResponse = false, proxyAttributes = true } = options ?? {};
-    if (inbound !== 'continue' && inbound !== 'restart' && inbound !== 'ignore') throw optionError(pkg, 'inbound', "'continue', 'restart' or 'ignore'", inbound);
+    const { inbound = 'continue', baggageAllowList, baggageAttributes, traceResponse = false, serverTiming = false, proxyAttributes = true } = options ?? {};
+    this.decide = inboundPolicy(pkg, 'inbound', inbound);
     const keys = (name: string, v: unknown): readonly string[] | undefined => {
       if (v === undefined) return undefined;
       if (!Array.isArray(v) || v.some((k) => typeof k !== 'string' || k.length === 0)) throw optionError(pkg, name, 'an array of baggage keys', v);
@@ -278,9 +315,10 @@ export class ServerTracing<Req, Res> {
     const attrKeys = keys('baggageAttributes', baggageAttributes);
     this.baggageAttributes = attrKeys?.map((k) => [k, `baggage.${k}`] as const);
     if (typeof traceResponse !== 'boolean') throw optionError(pkg, 'traceResponse', 'a boolean', traceResponse);
+    if (typeof serverTiming !== 'boolean') throw optionError(pkg, 'serverTiming', 'a boolean', serverTiming);
     if (typeof proxyAttributes !== 'boolean') throw optionError(pkg, 'proxyAttributes', 'a boolean', proxyAttributes);
-    this.inbound = inbound;
     this.traceResponse = traceResponse;
+    this.serverTiming = serverTiming;
     this.proxyAttributes = proxyAttributes;
     this.ignored = common.ignored;
     this.options = options ?? {};
@@ -288,11 +326,12 @@ export class ServerTracing<Req, Res> {
   }
 
   /**
-   * Starts tracing one request: extracts (or reuses an active server span), starts the SERVER span,
-   * binds `req`/`res` events to the request's context and ends the span when the response finishes
-   * or the client aborts. Run the rest of the request inside `context.with(trace.context, ...)`.
+   * Starts tracing one request: decides inbound trust (with `route`'s policy when the adapter knows the
+   * route has one), extracts (or reuses an active server span), starts the SERVER span, binds `req`/`res`
+   * events to the request's context and ends the span when the response finishes or the client aborts.
+   * Run the rest of the request inside `context.with(trace.context, ...)`.
    */
-  start(req: IncomingMessage, res: ServerResponse, request: Req, response: Res): RequestTrace<Req, Res> {
+  start(req: IncomingMessage, res: ServerResponse, request: Req, response: Res, route?: RoutePolicy<Req>): RequestTrace<Req, Res> {
     const rawMethod = req.method ?? 'GET';
     const method = httpMethod(rawMethod);
     // Express trims req.url for middleware mounted under a path; originalUrl keeps the whole target.
@@ -300,6 +339,7 @@ export class ServerTracing<Req, Res> {
     const q = url.indexOf('?');
     const path = q < 0 ? url : url.slice(0, q);
     const headers = req.headers;
+    const decision = (route?.decide ?? this.decide)(req, request);
 
     // Another HTTP instrumentation already made the SERVER span and extracted: enrich it, never a second one.
     // instrumentation-http keeps its span in the request's RPC metadata, so it is found even while an
@@ -320,11 +360,14 @@ export class ServerTracing<Req, Res> {
         active = withoutRpcMetadata(trace.deleteSpan(active));
       } else {
         if (extraction === undefined) recordOutcome(outcome, raw);
+        if (decision.action !== 'continue') active = this.untrustedBeside(active, outcome, decision);
         const rt = new RequestTrace(active, existing, outcome, method, false, this, request, response, false);
+        rt.route = route;
         // Its owner may end it on 'finish' before our listener runs: name it now if the route is known already.
-        const route = rt.nameRoute();
+        const name = rt.nameRoute();
         // @opentelemetry/instrumentation-http names its span from this when it ends it.
-        if (route && rpc !== undefined) rpc.route = route;
+        if (name && rpc !== undefined) rpc.route = name;
+        this.respond(res, active, existing);
         return this.track(rt, req, res);
       }
     }
@@ -333,12 +376,14 @@ export class ServerTracing<Req, Res> {
       this.checked = true;
       checkPropagation();
     }
-    const extracted = this.inbound === 'continue' ? extractRequestContext(headers, active) : this.untrusted(headers, active);
+    const extracted = decision.action === 'continue' ? extractRequestContext(headers, active) : this.untrusted(headers, active, decision);
     if (this.ignored?.(path, request) === true) {
       // No span, but body events still run in the propagated context.
       bindEmitter(extracted.context, req);
       bindEmitter(extracted.context, res);
-      return new RequestTrace(extracted.context, trace.wrapSpanContext(trace.getSpanContext(extracted.context) ?? INVALID), extracted.outcome, method, false, this, request, response, true);
+      const rt = new RequestTrace(extracted.context, trace.wrapSpanContext(trace.getSpanContext(extracted.context) ?? INVALID), extracted.outcome, method, false, this, request, response, true);
+      rt.route = route;
+      return rt;
     }
 
     const encrypted = (req.socket as { encrypted?: boolean } | null)?.encrypted === true;
@@ -374,13 +419,21 @@ export class ServerTracing<Req, Res> {
     const tracer = this.tracer ?? this.tracerOfGlobal();
     const span = tracer.startSpan(method === '_OTHER' ? 'HTTP' : method, { kind: SpanKind.SERVER, attributes, links: extracted.links as Link[] | undefined }, extracted.context);
     const ctx = trace.setSpan(extracted.context, span);
-    if (this.traceResponse && !res.headersSent) {
-      const sc = span.spanContext();
-      res.setHeader('traceresponse', formatTraceparent(sc.traceId, sc.spanId, ctx.getValue(RANDOM_TRACE_ID_KEY) === true ? sc.traceFlags | FLAG_RANDOM : sc.traceFlags));
-    }
+    this.respond(res, ctx, span);
     const rt = new RequestTrace(ctx, span, extracted.outcome, method, true, this, request, response, false);
+    rt.route = route;
     callHook('requestHook', this.options.requestHook, span, request, this.adapter.name);
     return this.track(rt, req, res);
+  }
+
+  /** Sends the server span's context back as configured: `traceresponse` (Level 2) and the `server-timing` trace metric. */
+  private respond(res: ServerResponse, ctx: Context, span: Span): void {
+    if ((!this.traceResponse && !this.serverTiming) || res.headersSent) return;
+    const sc = span.spanContext();
+    // The SDK's span flags carry only "sampled"; the random flag lives in the context.
+    const value = formatTraceparent(sc.traceId, sc.spanId, ctx.getValue(RANDOM_TRACE_ID_KEY) === true ? sc.traceFlags | FLAG_RANDOM : sc.traceFlags);
+    if (this.traceResponse) res.setHeader('traceresponse', value);
+    if (this.serverTiming) addServerTiming(res, `trace;desc=${value}`);
   }
 
   /** The tracer named after the adapter (its instrumentation scope), cached per registered provider (the SDK hands out one tracer per name anyway). */
@@ -395,11 +448,11 @@ export class ServerTracing<Req, Res> {
   }
 
   /** `restart` and `ignore`: a fresh root, linked (restart) to what came in, keeping only allowed baggage. */
-  private untrusted(headers: IncomingMessage['headers'], active: Context): ExtractResult {
-    let ctx = trace.deleteSpan(active).setValue(RANDOM_TRACE_ID_KEY, true);
+  private untrusted(headers: IncomingMessage['headers'], active: Context, decision: TrustDecision): ExtractResult {
+    const ctx = trace.deleteSpan(active).setValue(RANDOM_TRACE_ID_KEY, true);
     let links: Link[] | undefined;
     let inbound: Baggage | undefined;
-    if (this.inbound === 'restart') {
+    if (decision.action === 'restart') {
       const seen = extractWith(DEFAULT_CONFIG, headers, defaultTextMapGetter as TextMapGetter<typeof headers>, ROOT_CONTEXT, false);
       const sc = trace.getSpanContext(seen);
       if (sc !== undefined) links = [{ context: sc, attributes: { 'meshtrace.link.reason': 'restarted' } }];
@@ -408,22 +461,38 @@ export class ServerTracing<Req, Res> {
       const seen = extractWith(BAGGAGE_ONLY, headers, defaultTextMapGetter as TextMapGetter<typeof headers>, ROOT_CONTEXT, false);
       inbound = propagation.getBaggage(seen);
     }
-    ctx = propagation.deleteBaggage(ctx);
-    if (inbound !== undefined && this.allowList !== undefined) {
-      const kept: Record<string, ReturnType<Baggage['getAllEntries']>[number][1]> = {};
-      let any = false;
-      for (const key of this.allowList) {
-        const entry = inbound.getEntry(key);
-        if (entry !== undefined) {
-          kept[key] = entry;
-          any = true;
-        }
-      }
-      if (any) ctx = propagation.setBaggage(ctx, propagation.createBaggage(kept));
-    }
-    const outcome = this.inbound === 'restart' ? RESTARTED : IGNORED;
+    const outcome = trustOutcome(decision.action as 'restart' | 'ignore', decision.reason);
     recordOutcome(outcome);
-    return { context: ctx, outcome, links };
+    return { context: this.allowedBaggage(ctx, inbound), outcome, links };
+  }
+
+  /**
+   * `restart` and `ignore` beside an HTTP instrumentation's SERVER span: that span cannot move to a new
+   * trace without a second SERVER span, so only the baggage is cut to the allow-list; when the span
+   * continued the caller's trace, a warning says how to let meshtrace make the span and apply the policy.
+   */
+  private untrustedBeside(active: Context, outcome: ExtractOutcome, decision: TrustDecision): Context {
+    if (outcome.outcome === 'continued') {
+      const pkg = this.adapter.name;
+      warner.warn(`${pkg}:trust-beside-instrumentation`, () => `${pkg}: the inbound policy said '${decision.action}'${decision.reason === undefined ? '' : ` (${decision.reason})`}, but an HTTP instrumentation had already continued the caller's trace in its SERVER span, which meshtrace cannot move without a second SERVER span; only the baggage was cut to baggageAllowList. Turn the instrumentation's server side off (instrumentation-http: disableIncomingRequestInstrumentation: true) so meshtrace makes the SERVER span and applies the policy.`);
+    }
+    return this.allowedBaggage(active, propagation.getBaggage(active));
+  }
+
+  /** `ctx` with only the allow-listed entries of `inbound` as its baggage (none without an allow-list). */
+  private allowedBaggage(ctx: Context, inbound: Baggage | undefined): Context {
+    ctx = propagation.deleteBaggage(ctx);
+    if (inbound === undefined || this.allowList === undefined) return ctx;
+    const kept: Record<string, ReturnType<Baggage['getAllEntries']>[number][1]> = {};
+    let any = false;
+    for (const key of this.allowList) {
+      const entry = inbound.getEntry(key);
+      if (entry !== undefined) {
+        kept[key] = entry;
+        any = true;
+      }
+    }
+    return any ? propagation.setBaggage(ctx, propagation.createBaggage(kept)) : ctx;
   }
 
   private track(rt: RequestTrace<Req, Res>, req: IncomingMessage, res: ServerResponse): RequestTrace<Req, Res> {
@@ -442,6 +511,49 @@ export class ServerTracing<Req, Res> {
     bindEmitter(rt.context, res).attachment = rt;
     return rt;
   }
+}
+
+/** The `server-timing` metric a response adds, and the `writeHead` it had before. */
+const SERVER_TIMING = Symbol('meshtrace.server-timing');
+type Timed = ServerResponse & { [SERVER_TIMING]?: { metric: string; writeHead: ServerResponse['writeHead'] } };
+
+/**
+ * Adds `metric` to the response's `server-timing` when its head is written, after whatever the
+ * application set by then (`setHeader`, or the headers given to `writeHead`, as Fastify does), never
+ * replacing it: the header is a list, so a second field line is the same as one more element.
+ */
+function addServerTiming(res: ServerResponse, metric: string): void {
+  const timed = res as Timed;
+  const installed = timed[SERVER_TIMING];
+  if (installed !== undefined) {
+    // A second adapter on the same response (meshHttp around a framework) reports the same span.
+    installed.metric = metric;
+    return;
+  }
+  timed[SERVER_TIMING] = { metric, writeHead: res.writeHead };
+  res.writeHead = writeHeadWithTiming as ServerResponse['writeHead'];
+}
+
+/** `writeHead(status, [message], [headers])`, which Node also calls for a head written implicitly. */
+function writeHeadWithTiming(this: Timed, ...args: unknown[]): ServerResponse {
+  const { metric, writeHead } = this[SERVER_TIMING]!;
+  if (!this.headersSent) {
+    const at = typeof args[1] === 'string' ? 2 : 1;
+    const given = args[at];
+    if (Array.isArray(given)) {
+      // Raw form: [name, value, ...] or [[name, value], ...]; writeHead appends each.
+      args[at] = typeof given[0] === 'string' ? [...given, 'server-timing', metric] : [...given, ['server-timing', metric]];
+    } else {
+      const key = given !== null && typeof given === 'object' ? Object.keys(given).find((k) => k.toLowerCase() === 'server-timing') : undefined;
+      if (key !== undefined) {
+        // writeHead's own headers replace what setHeader stored: extend them instead.
+        args[at] = { ...(given as Record<string, unknown>), [key]: ([] as unknown[]).concat((given as Record<string, unknown>)[key], metric) };
+      } else {
+        this.appendHeader('server-timing', metric);
+      }
+    }
+  }
+  return (writeHead as (...a: unknown[]) => ServerResponse).apply(this, args);
 }
 
 const ENVOY_ISTIO = 'x-envoy-peer-metadata';

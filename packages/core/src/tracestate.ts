@@ -2,9 +2,9 @@ import type { TraceState } from '@opentelemetry/api';
 import { recordDropped } from './diagnostics';
 
 /** Why a `tracestate` header was dropped as a whole. */
-export type TracestateReason = 'bad-member' | 'duplicate-key' | 'too-many-members';
+export type TracestateReason = 'bad-member' | 'too-many-members';
 
-/** W3C trace-context-2 §3.3.1.1: at most 32 list members. */
+/** W3C trace-context-2 §3.3.1.1: at most 32 list members (empty ones not counted, repeated keys counted). */
 export const MAX_TRACESTATE_MEMBERS = 32;
 /** W3C trace-context §3.3.1.5: propagate at most 512 characters... */
 export const MAX_TRACESTATE_LENGTH = 512;
@@ -52,7 +52,15 @@ export class MeshTraceState implements TraceState {
     private values: readonly string[],
     /** An inbound header not validated yet. */
     private raw?: unknown,
+    /** Entries the parse dropped for repeating a key seen further left. */
+    private repeated = 0,
   ) {}
+
+  /** How many later entries repeating an earlier key the parse dropped (0 for a state built by `set`). */
+  get duplicates(): number {
+    this.load();
+    return this.repeated;
+  }
 
   private static readonly EMPTY = new MeshTraceState([], []);
 
@@ -72,8 +80,8 @@ export class MeshTraceState implements TraceState {
   }
 
   /** @internal */
-  static fromLists(keys: string[], values: string[]): MeshTraceState {
-    return keys.length === 0 ? MeshTraceState.EMPTY : new MeshTraceState(keys, values);
+  static fromLists(keys: string[], values: string[], duplicates = 0): MeshTraceState {
+    return keys.length === 0 ? MeshTraceState.EMPTY : new MeshTraceState(keys, values, undefined, duplicates);
   }
 
   private load(): void {
@@ -84,6 +92,8 @@ export class MeshTraceState implements TraceState {
     if (parsed instanceof MeshTraceState) {
       this.keys = parsed.keys;
       this.values = parsed.values;
+      this.repeated = parsed.repeated;
+      if (parsed.repeated > 0) recordDropped('tracestate', 'duplicate-key', parsed.repeated, raw);
     } else if (parsed !== undefined) {
       recordDropped('tracestate', parsed, 1, raw);
     }
@@ -168,7 +178,9 @@ function serializeEntries(keys: readonly string[], values: readonly string[], li
 /**
  * Parses a `tracestate` header (W3C trace-context-2 §3.3). Returns the state, `undefined` when the
  * header is absent or has no members, or the reason the whole header is dropped; never throws.
- * Several header lines are combined in order, as RFC 9110 §5.3 says.
+ * Several header lines are combined in order first, as RFC 9110 §5.3 says. A key repeated further
+ * right drops that later entry only, counted in `duplicates`: only one entry per key is allowed and
+ * the leftmost is the latest position (trace-context-2, "Combined Header Value").
  */
 export function parseTracestate(value: unknown): MeshTraceState | TracestateReason | undefined {
   if (Array.isArray(value)) {
@@ -181,6 +193,8 @@ export function parseTracestate(value: unknown): MeshTraceState | TracestateReas
   const len = s.length;
   let keys: string[] | undefined;
   let values: string[] | undefined;
+  let members = 0;
+  let duplicates = 0;
   let start = 0;
   while (start <= len) {
     let end = s.indexOf(',', start);
@@ -193,21 +207,23 @@ export function parseTracestate(value: unknown): MeshTraceState | TracestateReas
       const eq = s.indexOf('=', a);
       if (eq < 0 || eq >= b) return 'bad-member';
       if (!isValidKey(s, a, eq) || !isValidValue(s, eq + 1, b)) return 'bad-member';
+      // The limit is on list members as received: a repeated key is still one of them.
+      if (++members > MAX_TRACESTATE_MEMBERS) return 'too-many-members';
       const key = s.substring(a, eq);
       if (keys === undefined) {
         keys = [];
         values = [];
-      } else if (keys.length === MAX_TRACESTATE_MEMBERS) {
-        return 'too-many-members';
       } else if (keys.includes(key)) {
-        return 'duplicate-key';
+        duplicates++;
+        start = end + 1;
+        continue;
       }
       keys.push(key);
       values!.push(s.substring(eq + 1, b));
     }
     start = end + 1;
   }
-  return keys === undefined ? undefined : MeshTraceState.fromLists(keys, values!);
+  return keys === undefined ? undefined : MeshTraceState.fromLists(keys, values!, duplicates);
 }
 
 /**

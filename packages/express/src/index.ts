@@ -1,2 +1,2 @@
-export { meshTrace, meshTraceErrors } from './middleware';
-export type { ExpressMeshTraceOptions } from './middleware';
+export { meshTrace, meshTraceErrors, meshTraceRoute } from './middleware';
+export type { ExpressMeshTraceOptions, ExpressMeshTraceRouteOptions } from './middleware';

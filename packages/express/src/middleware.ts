@@ -1,14 +1,26 @@
 import { subscribe } from 'node:diagnostics_channel';
 import { context } from '@opentelemetry/api';
-import { createServerTracing, optionError } from '@meshtrace/core';
-import type { MeshTraceOptions, RequestTrace } from '@meshtrace/core';
+import { createRoutePolicy, createServerTracing, optionError, warner } from '@meshtrace/core';
+import type { MeshTraceOptions, MeshTraceRouteOptions, RequestTrace, RoutePolicy } from '@meshtrace/core';
 import type { ErrorRequestHandler, Request as ExpressRequest, RequestHandler, Response as ExpressResponse } from 'express';
-import { routeTemplate } from './route';
+import { routePolicyFor, routeTemplate } from './route';
 
 const PACKAGE = '@meshtrace/express';
 
 /** Options of {@link meshTrace}: the core options, with Express's own `req` and `res` in the hooks. */
 export type ExpressMeshTraceOptions = MeshTraceOptions<ExpressRequest, ExpressResponse>;
+
+/** Options of {@link meshTraceRoute}: the route's own `inbound` policy, with Express's `req` for a function. */
+export type ExpressMeshTraceRouteOptions = MeshTraceRouteOptions<ExpressRequest>;
+
+/** Where a {@link meshTraceRoute} middleware keeps its policy, for `meshTrace()` to find before routing. */
+const ROUTE_POLICY = Symbol.for('meshtrace.express.route-policy');
+/** How many route policies exist: none, and `meshTrace()` never walks the router. */
+let routePolicies = 0;
+
+function policyOf(handle: unknown): RoutePolicy<ExpressRequest> | undefined {
+  return typeof handle === 'function' ? (handle as { [ROUTE_POLICY]?: RoutePolicy<ExpressRequest> })[ROUTE_POLICY] : undefined;
+}
 
 declare global {
   // Express's documented way to add request properties: its Request extends this global interface.
@@ -100,10 +112,36 @@ export function meshTrace(options?: ExpressMeshTraceOptions): RequestHandler {
       return;
     }
     toDictionaryMode(req, res);
-    const t = tracing.start(req, res, req, res);
+    const t = tracing.start(req, res, req, res, routePolicies > 0 ? routePolicyFor(req, policyOf) : undefined);
     req.meshTrace = t;
     context.with(t.context, next);
   };
+}
+
+/**
+ * A route's own inbound policy, for a router or a route: `meshTrace()` finds it on the path the request
+ * will take before the router runs, so the request's one SERVER span starts under it (the last one on
+ * the way wins). Bad options throw a `TypeError` here; a policy the request could not be matched to in
+ * advance (a sub-application, a URL rewritten after `meshTrace()`) is reported when the request reaches it.
+ * @example
+ * const webhooks = express.Router();
+ * webhooks.use(meshTraceRoute({ inbound: 'restart' }));
+ * app.use('/webhooks', webhooks);
+ */
+export function meshTraceRoute(options: ExpressMeshTraceRouteOptions): RequestHandler {
+  const policy = createRoutePolicy<ExpressRequest>(PACKAGE, options, 'meshTraceRoute');
+  routePolicies++;
+  const middleware: RequestHandler = function meshTraceRouteMiddleware(req, _res, next) {
+    const t = req.meshTrace;
+    if (t === undefined) {
+      warner.warn(`${PACKAGE}:route-without-trace`, () => `${PACKAGE}: meshTraceRoute() ran on a request meshTrace() did not trace: add app.use(meshTrace()) before the routers.`);
+    } else if (t.route === undefined) {
+      warner.warn(`${PACKAGE}:route-unmatched`, () => `${PACKAGE}: meshTraceRoute() ran on a request for which meshTrace() had not found it on the router when the request started (a sub-application, or a URL changed after meshTrace()), so the application's inbound policy applied. Put the route policy on a router of the application itself.`);
+    }
+    next();
+  };
+  (middleware as RequestHandler & { [ROUTE_POLICY]: RoutePolicy<ExpressRequest> })[ROUTE_POLICY] = policy;
+  return middleware;
 }
 
 /**

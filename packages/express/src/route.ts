@@ -2,7 +2,9 @@ import type { Request } from 'express';
 
 /** The parts of Express's internal layers the route template needs; both majors, read only. */
 interface Layer {
-  readonly route?: { readonly path?: unknown };
+  readonly route?: { readonly path?: unknown; readonly stack?: readonly Layer[] };
+  /** A route's own layers: the method they handle, lower case (undefined for `all`). */
+  readonly method?: string;
   readonly handle?: unknown;
   /** Express 4: the compiled path and its parameter names. */
   readonly regexp?: RegExp & { fast_slash?: boolean; fast_star?: boolean };
@@ -141,6 +143,69 @@ export function routeTemplate(req: Request): string | undefined {
     const prefix = root === undefined ? undefined : mountTemplate(root, q < 0 ? url : url.slice(0, q), route, top, mounted);
     if (prefix === undefined) return undefined;
     return path === '/' && prefix.length > 0 ? prefix : prefix + path;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether a route handles `method`, as the router asks it (Express 4 `_handles_method`, router 2 `_handlesMethod`). */
+function handlesMethod(route: object, method: string): boolean {
+  const r = route as { _handles_method?: (m: string) => boolean; _handlesMethod?: (m: string) => boolean };
+  const ask = r._handlesMethod ?? r._handles_method;
+  return typeof ask === 'function' && ask.call(route, method) === true;
+}
+
+/**
+ * The route policy of the last middleware carrying one (`policyOf` finds it) that the router would run
+ * for `path` and `method`, walking mounts and routes the way the router matches them. Layers that end
+ * the request early cannot be foreseen: they only make the policy apply to a request that never reached it.
+ */
+function policyIn<P>(router: Router, path: string, method: string, policyOf: (handle: unknown) => P | undefined): P | undefined {
+  let found: P | undefined;
+  for (const layer of router.stack) {
+    const route = layer.route;
+    if (route !== undefined) {
+      const stack = route.stack;
+      if (!Array.isArray(stack) || !stack.some((l) => policyOf(l.handle) !== undefined)) continue;
+      if (!handlesMethod(route, method) || matchLayer(layer, path) === undefined) continue;
+      const lower = method.toLowerCase();
+      for (const l of stack) {
+        const policy = policyOf(l.handle);
+        if (policy !== undefined && (l.method === undefined || l.method === lower || (lower === 'head' && l.method === 'get'))) found = policy;
+      }
+      continue;
+    }
+    const own = policyOf(layer.handle);
+    const inner = own === undefined ? asRouter(layer.handle) : undefined;
+    if (own === undefined && inner === undefined) continue;
+    const mount = matchLayer(layer, path);
+    if (mount === undefined) continue;
+    if (own !== undefined) {
+      found = own;
+      continue;
+    }
+    const rest = path.slice(mount.length);
+    const below = policyIn(inner!, rest.startsWith('/') ? rest : '/' + rest, method, policyOf);
+    if (below !== undefined) found = below;
+  }
+  return found;
+}
+
+/**
+ * The route policy a request will meet on the application's router and the routers mounted on it,
+ * found before routing (so the SERVER span starts with it); undefined when none applies or the
+ * stack cannot be read. Sub-applications are not looked into: Express keeps no way to reach them
+ * from their parent. Never throws.
+ */
+export function routePolicyFor<P>(req: Request, policyOf: (handle: unknown) => P | undefined): P | undefined {
+  try {
+    let top = req.app as unknown as App;
+    while (typeof top.parent === 'function') top = top.parent as App;
+    const root = routerOf(top);
+    if (root === undefined) return undefined;
+    const url = req.originalUrl ?? req.url ?? '/';
+    const q = url.indexOf('?');
+    return policyIn(root, q < 0 ? url : url.slice(0, q), req.method, policyOf);
   } catch {
     return undefined;
   }

@@ -1,7 +1,7 @@
 import { context } from '@opentelemetry/api';
 import type { Context } from '@opentelemetry/api';
-import { createServerTracing } from '@meshtrace/core';
-import type { MeshTraceOptions, RequestTrace } from '@meshtrace/core';
+import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core';
+import type { MeshTraceOptions, MeshTraceRouteOptions, RequestTrace, RoutePolicy } from '@meshtrace/core';
 import type { FastifyError, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteHandlerMethod } from 'fastify';
 import { fastifyPlugin } from 'fastify-plugin';
 
@@ -9,6 +9,10 @@ import { fastifyPlugin } from 'fastify-plugin';
 export type FastifyMeshTraceOptions = MeshTraceOptions<FastifyRequest, FastifyReply>;
 
 declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** This route's own meshtrace options: `{ inbound }` replaces the plugin's inbound policy for its requests. */
+    meshTrace?: MeshTraceRouteOptions<FastifyRequest>;
+  }
   interface FastifyRequest {
     /**
      * The request's trace (context, SERVER span, how the caller's trace was continued), set by the
@@ -19,6 +23,34 @@ declare module 'fastify' {
 }
 
 const PACKAGE = '@meshtrace/fastify';
+
+/** Route policies by the route's `config.meshTrace` object, which Fastify hands every request of the route as it is. */
+type Policies = WeakMap<object, RoutePolicy<FastifyRequest> | null>;
+
+/** Checks a route's `config.meshTrace` when the route is added; a bad one throws there, at setup. */
+function addRoutePolicy(policies: Policies, config: unknown): void {
+  const options = (config as { meshTrace?: unknown } | undefined)?.meshTrace;
+  if (options === undefined) return;
+  const policy = createRoutePolicy<FastifyRequest>(PACKAGE, options as MeshTraceRouteOptions<FastifyRequest>, 'config.meshTrace');
+  policies.set(options as object, policy);
+}
+
+/** The policy of the request's route; one added before the plugin was registered is checked on its first request (a bad one is reported and skipped). */
+function routePolicyOf(policies: Policies, request: FastifyRequest): RoutePolicy<FastifyRequest> | undefined {
+  const options = (request.routeOptions?.config as { meshTrace?: unknown } | undefined)?.meshTrace;
+  if (options === undefined || options === null || typeof options !== 'object') return undefined;
+  let policy = policies.get(options);
+  if (policy === undefined) {
+    try {
+      policy = createRoutePolicy<FastifyRequest>(PACKAGE, options as MeshTraceRouteOptions<FastifyRequest>, 'config.meshTrace');
+    } catch (err) {
+      policy = null;
+      warner.warn(`${PACKAGE}:route-policy`, () => `${(err as Error).message}; the route was added before the plugin was registered, so the plugin's own inbound policy applies to it.`);
+    }
+    policies.set(options, policy);
+  }
+  return policy ?? undefined;
+}
 
 /** `request.routeOptions` exists from Fastify 4.10; the deprecated `routerPath` warns on every read, so it is never touched. */
 function route(request: FastifyRequest): string | undefined {
@@ -118,12 +150,14 @@ function routeHooksInContext(options: Record<string, unknown>): Record<string, u
 
 const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshTracePlugin(fastify, options) {
   const tracing = createServerTracing<FastifyRequest, FastifyReply>(options, { name: PACKAGE, route });
+  const policies: Policies = new WeakMap();
 
   // Declared without a value (Fastify 5 refuses an object shared by all requests): each request sets its own.
   fastify.decorateRequest('meshTrace');
 
+  // onRequest runs after routing, so the route's own policy decides before the SERVER span starts.
   fastify.addHook('onRequest', function meshTraceStart(request, reply, done) {
-    const trace = tracing.start(request.raw, reply.raw, request, reply);
+    const trace = tracing.start(request.raw, reply.raw, request, reply, routePolicyOf(policies, request));
     request.meshTrace = trace;
     // The rest of the lifecycle starts inside the context, so AsyncLocalStorage carries it into every later hook, await and timer.
     context.with(trace.context, done);
@@ -140,6 +174,7 @@ const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshT
     resumeStage(request, reply, done);
   });
   fastify.addHook('onRoute', (routeOptions) => {
+    addRoutePolicy(policies, routeOptions.config);
     routeOptions.handler = inRequestContext(routeOptions.handler);
     routeHooksInContext(routeOptions as unknown as Record<string, unknown>);
   });

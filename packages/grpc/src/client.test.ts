@@ -20,8 +20,9 @@ import type {
   sendUnaryData,
 } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import { warner } from '@meshtrace/core';
-import { delta, observe, setupTestTracing } from '@meshtrace/testkit';
+import { context, propagation } from '@opentelemetry/api';
+import { extractRequestContext, warner } from '@meshtrace/core';
+import { PARENT_ID, SPELLINGS, TRACE_ID, callerHeaders, delta, observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { meshClientInterceptor, meshServerInterceptor, meshService } from '@meshtrace/grpc';
 import { setAddress, targetEndpoint } from './common';
@@ -78,6 +79,8 @@ const echo = {
     if (fail) return callback({ code: fail, details: `failed with ${fail}` });
     // A handler that calls on, forwarding the metadata it received as many services do.
     if (text === 'relay') return void client.unary({}, call.metadata, {}, (err, res) => callback(err, res && { ...res, text: JSON.stringify(report(call.metadata)) }));
+    // Every metadata entry as it came off the wire.
+    if (text === 'metadata') return callback(null, { ...report(call.metadata), text: JSON.stringify(call.metadata.toJSON()) });
     callback(null, report(call.metadata));
   },
   serverStream(call: ServerWritableStream<Say, Said>) {
@@ -377,5 +380,60 @@ describe('addresses', () => {
     const attributes = {};
     setAddress(attributes, 'server', hostPort);
     expect(attributes).toEqual(expected);
+  });
+});
+
+describe("the caller's trace metadata, in any letter case, is replaced by the call's: one of each on the wire", () => {
+  const INBOUND = { traceparent: `00-${TRACE_ID}-${PARENT_ID}-01`, tracestate: 'congo=t61rcWkgMzE', baggage: 'tenant=acme,region=eu' };
+
+  /** Sends one unary call with the caller's `entries` as metadata, inside `ctx`; resolves with the metadata the server received. */
+  function sendMetadata(ctx: ReturnType<typeof context.active>, entries: Array<[string, string]>): Promise<Record<string, string[]>> {
+    const metadata = new Metadata();
+    for (const [k, v] of entries) metadata.add(k, v);
+    return context.with(
+      ctx,
+      () =>
+        new Promise<Record<string, string[]>>((resolve, reject) =>
+          client.unary({ text: 'metadata' }, metadata, {}, (err, res) => (err ? reject(err) : resolve(JSON.parse(res!.text) as Record<string, string[]>))),
+        ),
+    );
+  }
+
+  const pick = (md: Record<string, string[]>) => ({
+    traceparent: md.traceparent ?? [],
+    tracestate: md.tracestate ?? [],
+    baggage: md.baggage ?? [],
+    b3: [...(md.b3 ?? []), ...(md['x-b3-traceid'] ?? []), ...(md['x-b3-spanid'] ?? [])],
+    custom: md['x-custom'] ?? [],
+  });
+
+  test.each(SPELLINGS)('inside a trace, %s', async (spelling, spell) => {
+    const { context: inbound } = extractRequestContext(INBOUND);
+    const parentSpan = trace.getTracer('test').startSpan('GET /front', { kind: SpanKind.SERVER }, inbound);
+    const md = await sendMetadata(trace.setSpan(inbound, parentSpan), callerHeaders(spell));
+    parentSpan.end();
+    const { client: clientSpans } = await spansOf(TRACE_ID, 3);
+    const clientSpan = clientSpans.find((s) => s.parentSpanContext?.spanId === parentSpan.spanContext().spanId);
+    expect({ spelling, ...pick(md) }).toEqual({
+      spelling,
+      traceparent: [`00-${TRACE_ID}-${clientSpan?.spanContext().spanId}-01`],
+      tracestate: [INBOUND.tracestate],
+      // The caller's value wins for its key; the context's order is kept, the caller's new keys follow.
+      baggage: ['tenant=override,region=eu,caller=1'],
+      b3: [],
+      custom: ['kept'],
+    });
+  });
+
+  test('with no active trace, a traceparent the caller set on purpose is left as it is; the CLIENT span joins that trace', async () => {
+    const own = `00-${'7'.repeat(32)}-${'8'.repeat(16)}-01`;
+    const md = await sendMetadata(propagation.deleteBaggage(trace.deleteSpan(context.active())), [
+      ['Traceparent', own],
+      ['Tracestate', 'mine=1'],
+      ['x-custom', 'kept'],
+    ]);
+    expect(pick(md)).toEqual({ traceparent: [own], tracestate: ['mine=1'], baggage: [], b3: [], custom: ['kept'] });
+    const { client: clientSpans } = await spansOf('7'.repeat(32), 2);
+    expect(clientSpans.map((s) => s.parentSpanContext?.spanId)).toEqual(['8'.repeat(16)]);
   });
 });

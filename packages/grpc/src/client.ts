@@ -1,8 +1,8 @@
-import { SpanKind, context, propagation, trace } from '@opentelemetry/api';
-import type { Span } from '@opentelemetry/api';
+import { SpanKind, context, trace } from '@opentelemetry/api';
+import type { Span, TextMapGetter } from '@opentelemetry/api';
 import { InterceptingCall, status as Status } from '@grpc/grpc-js';
 import type { Interceptor, InterceptorOptions, NextCall, StatusObject } from '@grpc/grpc-js';
-import { callHook } from '@meshtrace/core';
+import { callHook, headerGetter, outboundTrace, traceHeaders } from '@meshtrace/core';
 import { endSpan, metadataSetter, resolveOptions, rpcAttributes, setAddress, targetEndpoint, tracerOf } from './common';
 import type { MeshGrpcOptions } from './common';
 
@@ -23,7 +23,7 @@ export function meshClientInterceptor(options?: MeshGrpcOptions): Interceptor {
         // A copy: callers often forward the metadata they received, and stale trace fields in it
         // (a malformed traceparent, the tracestate beside it) must not travel further.
         const outgoing = metadata.clone();
-        for (const field of propagation.fields()) outgoing.remove(field);
+        const ot = outboundTrace(parent, outgoing.toJSON(), headerGetter as TextMapGetter<unknown>);
         const info = { path, metadata: outgoing };
         // Before the call starts, grpc-js reports the channel target as its peer.
         const target = call.getPeer();
@@ -31,9 +31,12 @@ export function meshClientInterceptor(options?: MeshGrpcOptions): Interceptor {
         if (!o.ignored(info)) {
           const [name, attributes] = rpcAttributes(path);
           setAddress(attributes, 'server', targetEndpoint(target));
-          span = tracerOf(o).startSpan(name, { kind: SpanKind.CLIENT, attributes }, parent);
+          span = tracerOf(o).startSpan(name, { kind: SpanKind.CLIENT, attributes }, ot.context);
         }
-        propagation.inject(span === undefined ? parent : trace.setSpan(parent, span), outgoing, metadataSetter);
+        // Metadata keys are case-insensitive already: one remove takes every spelling of a name.
+        const { drop, set } = traceHeaders(ot, span === undefined ? ot.context : trace.setSpan(ot.context, span));
+        for (const name of drop) outgoing.remove(name);
+        for (const name of Object.keys(set)) metadataSetter.set(outgoing, name, set[name]);
         if (span !== undefined) callHook('requestHook', o.requestHook, span, info);
         next(outgoing, {
           onReceiveMetadata(received, next) {

@@ -1,7 +1,7 @@
-import { SpanKind, SpanStatusCode, context, propagation, trace } from '@opentelemetry/api';
+import { SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Span, Tracer, TracerProvider } from '@opentelemetry/api';
-import { isTracingSuppressed } from '@meshtrace/core';
-import { httpMethod, optionError, warner } from '@meshtrace/core';
+import { httpMethod, isTracingSuppressed, optionError, outboundTrace, rewriteHeaders, traceHeaders, warner } from '@meshtrace/core';
+import type { OutboundTrace } from '@meshtrace/core';
 import { errorMonitor } from 'node:events';
 // The module objects themselves, not namespace copies: `.request` must be whatever an instrumentation put there last.
 import http from 'node:http';
@@ -37,78 +37,18 @@ const CALL = Symbol('meshtrace.http.client');
 // Captured once, so `globalThis.fetch = meshFetch` does not call itself.
 const nativeFetch = globalThis.fetch;
 
-/** The propagator's headers for `ctx` (empty when there is nothing to send). */
-function traceHeaders(ctx: Context): Record<string, string> {
-  const out: Record<string, string> = {};
-  propagation.inject(ctx, out);
-  return out;
-}
-
 /**
- * A copy of `headers` in the caller's own form without the names in `drop` (lower case, matched in any
- * letter case), then, when `extra` is given, with its value for each of them. Never mutates `headers`;
- * what no client accepts is returned as it is, for the client to reject.
+ * The caller's headers for a call an instrumentation traces: without the trace headers (any letter case)
+ * it writes itself, so a stale `traceparent` never goes out as a second value.
  */
-function mergeHeaders(headers: unknown, drop: readonly string[], extra?: Record<string, string>): unknown {
-  if (headers === undefined || headers === null) return extra ?? {};
-  if (typeof headers !== 'object') return headers;
-  if (headers instanceof Headers) {
-    const out = new Headers(headers);
-    if (extra === undefined) for (const name of drop) out.delete(name);
-    else for (const name of drop) out.set(name, extra[name]);
-    return out;
-  }
-  if (Array.isArray(headers) && typeof headers[0] === 'string') {
-    // Node's flat form, as in `message.rawHeaders`: [name, value, name, value, ...].
-    const out: unknown[] = [];
-    for (let i = 0; i < headers.length; i += 2) if (!drop.includes(String(headers[i]).toLowerCase())) out.push(headers[i], headers[i + 1]);
-    if (extra !== undefined) for (const name of drop) out.push(name, extra[name]);
-    return out;
-  }
-  if (typeof (headers as Iterable<unknown>)[Symbol.iterator] === 'function') {
-    const out: unknown[] = [];
-    for (const pair of headers as Iterable<unknown>) {
-      if (!(Array.isArray(pair) && drop.includes(String(pair[0]).toLowerCase()))) out.push(pair);
-    }
-    if (extra !== undefined) for (const name of drop) out.push([name, extra[name]]);
-    return out;
-  }
-  const out: Record<string, unknown> = { ...(headers as Record<string, unknown>) };
-  for (const key of Object.keys(out)) {
-    const lower = key.toLowerCase();
-    // A lower-case key that `extra` sets is overwritten in place below, which keeps the object's shape.
-    if ((lower !== key || extra === undefined) && drop.includes(lower)) delete out[key];
-  }
-  return extra === undefined ? out : Object.assign(out, extra);
+function leftToInstrumentation(ot: OutboundTrace): unknown {
+  return rewriteHeaders(ot.headers, traceHeaders(ot).drop, {});
 }
 
-/** Whether `headers` may carry one of `names`; one-shot iterables count as yes, since reading them uses them up. */
-function carriesAny(headers: object, names: readonly string[]): boolean {
-  if (headers instanceof Headers) {
-    for (const name of names) if (headers.has(name)) return true;
-    return false;
-  }
-  if (Array.isArray(headers)) {
-    const flat = typeof headers[0] === 'string';
-    for (let i = 0; i < headers.length; i += flat ? 2 : 1) {
-      const name: unknown = flat ? headers[i] : Array.isArray(headers[i]) ? (headers[i] as unknown[])[0] : undefined;
-      if (names.includes(String(name).toLowerCase())) return true;
-    }
-    return false;
-  }
-  if (typeof (headers as Partial<Iterable<unknown>>)[Symbol.iterator] === 'function') return true;
-  for (const key in headers) if (Object.hasOwn(headers, key) && names.includes(key.toLowerCase())) return true;
-  return false;
-}
-
-/**
- * `headers` itself, or a copy without the propagator's fields when it has any: beside an instrumentation
- * that appends its own, a caller's stale `traceparent` would go out as a second value.
- */
-function withoutTraceFields(headers: unknown): unknown {
-  if (headers === undefined || headers === null || typeof headers !== 'object') return headers;
-  const fields = propagation.fields();
-  return carriesAny(headers, fields) ? mergeHeaders(headers, fields) : headers;
+/** The caller's headers with the trace of `ctx` (the call's own span) in place of theirs, and the merged baggage. */
+function withTrace(ot: OutboundTrace, ctx: Context): unknown {
+  const { drop, set } = traceHeaders(ot, ctx);
+  return rewriteHeaders(ot.headers, drop, set);
 }
 
 const UNTRACED_HTTP = 'http:injectHeaders:http.request-uninstrumented';
@@ -127,15 +67,31 @@ export function injectHeaders(headers: Headers): Headers;
 export function injectHeaders(headers: ReadonlyArray<readonly [string, string]>): Array<[string, string]>;
 export function injectHeaders<T extends Readonly<Record<string, unknown>>>(headers: T): T & Record<string, string>;
 export function injectHeaders(headers?: unknown): unknown {
-  if (fetchInstrumented()) {
+  const active = context.active();
+  let out: unknown;
+  if (isTracingSuppressed(active)) {
+    out = headers;
+  } else if (fetchInstrumented()) {
     // Which client the headers are for is unknown: a value here plus the instrumentation's would make two
     // traceparent lines, the next hop would discard both and the trace would break with every response a 200.
     if (!httpInstrumented()) warner.warn(UNTRACED_HTTP, untracedHttpWarning);
-    return mergeHeaders(headers, propagation.fields());
+    // The instrumentation writes the active context's baggage, so the caller's can stay only where that has none.
+    const ot = outboundTrace(active, headers);
+    out = leftToInstrumentation({ ...ot, context: active });
+  } else {
+    const ot = outboundTrace(active, headers);
+    // No CLIENT span here: the next service's parent is the active span.
+    out = withTrace(ot, ot.context);
   }
-  // instrumentation-http, if active, overwrites these lower-case keys with its own span's: still one value.
-  const extra = traceHeaders(context.active());
-  return mergeHeaders(headers, Object.keys(extra), extra);
+  return out === headers ? copyOf(headers) : out;
+}
+
+/** A copy of a header collection in its own form: injectHeaders never hands back the caller's object. */
+function copyOf(headers: unknown): unknown {
+  if (headers === undefined || headers === null) return {};
+  if (headers instanceof Headers) return new Headers(headers);
+  if (Array.isArray(headers)) return headers.slice();
+  return typeof headers === 'object' ? { ...headers } : headers;
 }
 
 function withoutBrackets(host: string): string {
@@ -199,12 +155,13 @@ function fetchWith(tracer: Tracer | undefined): typeof fetch {
     const parent = context.active();
     if (isTracingSuppressed(parent)) return nativeFetch(input, init);
     const request = input instanceof Request ? input : undefined;
+    // init.headers, when given, replaces a Request's headers (Fetch `new Request(input, init)`).
+    const given = init?.headers ?? request?.headers;
+    const ot = outboundTrace(parent, given);
     if (fetchInstrumented()) {
-      // The instrumentation starts the CLIENT span under the active context and appends the headers.
-      // init.headers, when given, replaces a Request's headers (Fetch `new Request(input, init)`).
-      const given = init?.headers ?? request?.headers;
-      const headers = withoutTraceFields(given);
-      return nativeFetch(input, headers === given ? init : { ...init, headers: headers as RequestInit['headers'] });
+      // The instrumentation starts the CLIENT span under the call's context and appends the headers.
+      const headers = leftToInstrumentation(ot);
+      return context.with(ot.context, nativeFetch, undefined, input, headers === given ? init : { ...init, headers: headers as RequestInit['headers'] });
     }
     let url: URL;
     try {
@@ -216,13 +173,11 @@ function fetchWith(tracer: Tracer | undefined): typeof fetch {
     const secure = url.protocol === 'https:';
     const port = url.port !== '' ? Number(url.port) : secure ? 443 : 80;
     const method = String(init?.method ?? request?.method ?? 'GET');
-    const span = startClientSpan(tracer ?? trace.getTracer(PACKAGE), parent, method, fullUrl(url), withoutBrackets(url.hostname), port);
-    const extra = traceHeaders(trace.setSpan(parent, span));
-    const names = Object.keys(extra);
-    const headers = names.length > 0 ? mergeHeaders(init?.headers ?? request?.headers, names, extra) : undefined;
+    const span = startClientSpan(tracer ?? trace.getTracer(PACKAGE), ot.context, method, fullUrl(url), withoutBrackets(url.hostname), port);
+    const headers = withTrace(ot, trace.setSpan(ot.context, span));
     let response: Response;
     try {
-      response = await nativeFetch(input, headers === undefined ? init : { ...init, headers: headers as RequestInit['headers'] });
+      response = await nativeFetch(input, headers === given ? init : { ...init, headers: headers as RequestInit['headers'] });
     } catch (err) {
       endWithError(span, err);
       throw err;
@@ -304,12 +259,13 @@ function requestWith(tracer: Tracer | undefined): MeshRequest {
     const parent = context.active();
     if (isTracingSuppressed(parent)) return send(...args);
     const callback = hasUrl ? (typeof second === 'function' ? second : third) : second;
+    const ot = outboundTrace(parent, options?.headers);
     if (isWrapped(send)) {
-      // instrumentation-http (or dd-trace) starts the CLIENT span under the active context and injects.
-      const headers = withoutTraceFields(options?.headers);
-      if (headers === options?.headers) return send(...args);
-      const next = { ...options, headers };
-      return hasUrl ? send(first, next, callback) : send(next, callback);
+      // instrumentation-http (or dd-trace) starts the CLIENT span under the call's context and injects.
+      const headers = leftToInstrumentation(ot);
+      const next = headers === options?.headers ? undefined : { ...options, headers };
+      const call = next === undefined ? () => send(...args) : () => (hasUrl ? send(first, next, callback) : send(next, callback));
+      return context.with(ot.context, call);
     }
 
     // The same precedence Node applies when it merges the URL and the options; Node validates them.
@@ -319,11 +275,10 @@ function requestWith(tracer: Tracer | undefined): MeshRequest {
     const credentials = options?.auth || url?.username || url?.password;
     const q = path.indexOf('?');
     const full = `${protocol}//${credentials ? 'REDACTED:REDACTED@' : ''}${address.includes(':') ? `[${address}]` : address}${port === (secure ? 443 : 80) ? '' : `:${port}`}${q < 0 ? path : path.slice(0, q) + redactQuery(path.slice(q))}`;
-    const span = startClientSpan(tracer ?? trace.getTracer(PACKAGE), parent, String(options?.method || 'GET'), full, address, port);
+    const span = startClientSpan(tracer ?? trace.getTracer(PACKAGE), ot.context, String(options?.method || 'GET'), full, address, port);
 
-    const extra = traceHeaders(trace.setSpan(parent, span));
-    const names = Object.keys(extra);
-    const next = names.length > 0 ? { ...options, headers: mergeHeaders(options?.headers, names, extra) } : options;
+    const headers = withTrace(ot, trace.setSpan(ot.context, span));
+    const next = headers === options?.headers ? options : { ...options, headers };
     let req: Traced<ClientRequest>;
     try {
       req = hasUrl ? send(first, next ?? {}, callback) : send(next, callback);

@@ -1,16 +1,15 @@
-import { DiagLogLevel, SpanKind, context, diag, trace } from '@opentelemetry/api';
-import type { Span } from '@opentelemetry/api';
+import { DiagLogLevel, SpanKind, diag } from '@opentelemetry/api';
 import { HttpInstrumentation } from '@opentelemetry/instrumentation-http';
 import { UndiciInstrumentation } from '@opentelemetry/instrumentation-undici';
-import { extractRequestContext, warner } from '@meshtrace/core';
-import { PARENT_ID, TRACE_ID, setupTestTracing } from '@meshtrace/testkit';
+import { warner } from '@meshtrace/core';
+import { PARENT_ID, SPELLINGS, TRACE_ID, callerHeaders, inServerSpan, setupTestTracing, startHeaderRecorder } from '@meshtrace/testkit';
+import type { HeaderRecorder } from '@meshtrace/testkit';
 import { injectHeaders, meshFetch, meshRequest } from '@meshtrace/http';
 import { channel } from 'node:diagnostics_channel';
 // The module objects, so `.request` is whatever instrumentation-http put there last.
 import http from 'node:http';
-import type { ClientRequest, IncomingMessage, Server } from 'node:http';
+import type { ClientRequest, IncomingMessage } from 'node:http';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
 
 const tracing = setupTestTracing();
 type FinishedSpan = ReturnType<typeof tracing.spans>[number];
@@ -32,26 +31,20 @@ httpInstrumentation.setTracerProvider(tracing.provider);
 undici.disable();
 httpInstrumentation.disable();
 
-/** Raw header lines (name, value, name, value, ...) of each request, by path: duplicates stay visible. */
-const received = new Map<string, string[]>();
-let server: Server;
+/** What each request carried on the wire, line by line: duplicates stay visible. */
+let recorder: HeaderRecorder;
 let base: string;
 
 beforeAll(async () => {
-  server = http.createServer((req, res) => {
-    received.set(req.url ?? '', req.rawHeaders);
-    res.end('ok');
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  recorder = await startHeaderRecorder();
+  base = recorder.base;
 });
 
 afterAll(async () => {
   // http and diagnostics_channel are the process's own: nothing may stay patched or subscribed for other test files.
   undici.disable();
   httpInstrumentation.disable();
-  server.closeAllConnections();
-  await new Promise((resolve) => server.close(resolve));
+  await recorder.close();
   await tracing.shutdown();
 });
 
@@ -79,17 +72,6 @@ function instrument(withUndici: boolean, withHttp: boolean): void {
   }).toEqual({ fetchSubscribed: withUndici, httpWrapped: withHttp, httpsWrapped: withHttp });
 }
 
-/** Runs `fn` as a request handler would: inside a SERVER span continuing {@link INBOUND}. */
-async function inServerSpan(fn: () => Promise<void>): Promise<Span> {
-  const { context: ctx } = extractRequestContext(INBOUND);
-  const parent = trace.getTracer('test').startSpan('GET /front', { kind: SpanKind.SERVER }, ctx);
-  try {
-    await context.with(trace.setSpan(ctx, parent), fn);
-    return parent;
-  } finally {
-    parent.end();
-  }
-}
 
 function drain(send: (callback: (res: IncomingMessage) => void) => ClientRequest): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -106,11 +88,6 @@ function drain(send: (callback: (res: IncomingMessage) => void) => ClientRequest
 /** Waits until Node has run what is queued behind a response: the instrumentations end their spans there. */
 const settle = () => new Promise((resolve) => setTimeout(resolve, 10));
 
-function wireValues(raw: readonly string[] | undefined, header: string): string[] {
-  const values: string[] = [];
-  for (let i = 0; raw !== undefined && i < raw.length; i += 2) if (raw[i].toLowerCase() === header) values.push(raw[i + 1]);
-  return values;
-}
 
 type ClientName = 'meshFetch' | 'fetch + injectHeaders' | 'meshRequest' | 'http.request + injectHeaders';
 const CLIENTS: ReadonlyArray<readonly [ClientName, (url: string) => Promise<void>]> = [
@@ -161,11 +138,11 @@ describe.each(COMBINATIONS)('instrumentations: %s', (combination, withUndici, wi
   test.each(cases)('%s: %s', async (client, _expectation, maker, call) => {
     const name = `${combination} / ${client}`;
     const path = `/call/${++calls}`;
-    const parent = await inServerSpan(() => call(`${base}${path}`));
+    const parent = await inServerSpan(INBOUND, () => call(`${base}${path}`));
     await settle();
 
     const clientSpans = tracing.spans().filter((s) => s.kind === SpanKind.CLIENT);
-    const traceparents = wireValues(received.get(path), 'traceparent');
+    const traceparents = recorder.values(path, 'traceparent');
     const [, traceId, parentId] = (traceparents[0] ?? '').split('-');
     const span: FinishedSpan | undefined = clientSpans[0];
 
@@ -198,16 +175,59 @@ describe('caller headers that already carry a trace context, beside the instrume
     ['http.request + injectHeaders with Traceparent', (url) => drain((callback) => http.request(url, { headers: injectHeaders({ Traceparent: STALE }) }, callback))],
   ])('%s: the stale value is dropped, the instrumentation’s is the only one', async (name, call) => {
     const path = `/call/${++calls}`;
-    const parent = await inServerSpan(() => call(`${base}${path}`));
+    const parent = await inServerSpan(INBOUND, () => call(`${base}${path}`));
     await settle();
     const clientSpans = tracing.spans().filter((s) => s.kind === SpanKind.CLIENT);
-    const traceparents = wireValues(received.get(path), 'traceparent');
+    const traceparents = recorder.values(path, 'traceparent');
     expect({ name, traceparents, clientSpans: clientSpans.length }).toEqual({
       name,
       traceparents: [`00-${TRACE_ID}-${clientSpans[0]?.spanContext().spanId}-01`],
       clientSpans: 1,
     });
     expect({ name, clientParent: clientSpans[0]?.parentSpanContext?.spanId }).toEqual({ name, clientParent: parent.spanContext().spanId });
+  });
+});
+
+describe('beside the instrumentations, the caller’s trace headers in any letter case and form give way to the instrumentation’s, one each on the wire', () => {
+  // meshFetch and meshRequest run the call in a context holding the merged baggage; injectHeaders cannot, so the
+  // instrumentation writes the context's baggage and the caller's header gives way to it.
+  const CALLS: ReadonlyArray<readonly [string, (url: string, entries: Array<[string, string]>) => Promise<void>, string]> = [
+    ['meshFetch, array of pairs', async (url, entries) => void (await (await meshFetch(url, { headers: entries })).text()), 'tenant=override,caller=1'],
+    ['meshFetch, Headers', async (url, entries) => void (await (await meshFetch(url, { headers: new Headers(entries) })).text()), 'tenant=override,caller=1'],
+    ['meshRequest, plain object', (url, entries) => drain((callback) => meshRequest(url, { headers: Object.fromEntries(entries) }, callback)), 'tenant=override,caller=1'],
+    ['meshRequest, flat raw array', (url, entries) => drain((callback) => meshRequest(url, { headers: [['host', new URL(url).host], ...entries].flat() }, callback)), 'tenant=override,caller=1'],
+    ['fetch + injectHeaders, Headers', async (url, entries) => void (await (await fetch(url, { headers: injectHeaders(new Headers(entries)) })).text()), INBOUND.baggage],
+    ['http.request + injectHeaders, plain object', (url, entries) => drain((callback) => http.request(url, { headers: injectHeaders(Object.fromEntries(entries)) }, callback)), INBOUND.baggage],
+  ];
+  beforeAll(() => instrument(true, true));
+  beforeEach(() => tracing.reset());
+
+  test.each(CALLS.flatMap(([name, call, baggage]) => SPELLINGS.slice(0, 2).map(([spelling, spell]) => [name, spelling, spell, call, baggage] as const)))('%s, %s', async (name, spelling, spell, call, baggage) => {
+    const path = `/call/${++calls}`;
+    await inServerSpan(INBOUND, () => call(`${base}${path}`, callerHeaders(spell)));
+    await settle();
+    const [clientSpan] = tracing.spans().filter((s) => s.kind === SpanKind.CLIENT);
+    expect({ name, spelling, traceparent: recorder.values(path, 'traceparent'), tracestate: recorder.values(path, 'tracestate'), baggage: recorder.values(path, 'baggage'), b3: [...recorder.values(path, 'b3'), ...recorder.values(path, 'x-b3-traceid'), ...recorder.values(path, 'x-b3-spanid')] }).toEqual({
+      name,
+      spelling,
+      traceparent: [`00-${TRACE_ID}-${clientSpan?.spanContext().spanId}-01`],
+      tracestate: [INBOUND.tracestate],
+      baggage: [baggage],
+      b3: [],
+    });
+  });
+
+  test('with no active trace, meshFetch runs the call in the trace the caller’s own traceparent names: the instrumentation continues it', async () => {
+    const path = `/call/${++calls}`;
+    await (await meshFetch(`${base}${path}`, { headers: { Traceparent: `00-${'7'.repeat(32)}-${'8'.repeat(16)}-01`, tracestate: 'mine=1' } })).text();
+    await settle();
+    const [clientSpan] = tracing.spans().filter((s) => s.kind === SpanKind.CLIENT);
+    expect([clientSpan?.instrumentationScope.name, clientSpan?.parentSpanContext?.spanId, recorder.values(path, 'traceparent'), recorder.values(path, 'tracestate')]).toEqual([
+      UNDICI_SCOPE,
+      '8'.repeat(16),
+      [`00-${'7'.repeat(32)}-${clientSpan?.spanContext().spanId}-01`],
+      ['mine=1'],
+    ]);
   });
 });
 
@@ -222,7 +242,7 @@ describe('injectHeaders warns when it leaves http.request clients without trace 
     instrument(withUndici, withHttp);
     warner.reset();
     warnings.length = 0;
-    await inServerSpan(async () => {
+    await inServerSpan(INBOUND, async () => {
       for (let i = 0; i < 3; i++) injectHeaders({ accept: 'text/plain' });
     });
     const said = warnings.filter((w) => SAID.test(w));

@@ -2,7 +2,7 @@ import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, propagation, trace } f
 import type { Span } from '@opentelemetry/api';
 import { Kafka, Partitioners, logLevel } from 'kafkajs';
 import type { Consumer, IHeaders, KafkaMessage, Message, Producer } from 'kafkajs';
-import { HEADER_CASES, PARENT_ID, TRACE_ID, checkCase, delta, observe, setupTestTracing } from '@meshtrace/testkit';
+import { HEADER_CASES, PARENT_ID, SPELLINGS, TRACE_ID, callerHeaders, checkCase, delta, observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { warner } from '@meshtrace/core';
 import { meshConsumer, meshProducer } from '@meshtrace/kafka';
@@ -373,13 +373,13 @@ describe('producer and consumer', () => {
     expect(String(h.traceparent)).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
   });
 
-  test("a message's own traceparent is kept as its creation context, and the send span links to it", async () => {
+  test("with no active trace, a message's own traceparent is kept as its creation context, and the send span links to it", async () => {
     const topic = unique('orders');
     const got = inbox<KafkaMessage>();
     await startConsumer([topic], { eachMessage: async ({ message }) => got.push(message) });
     const producer = meshProducer(await connectProducer());
     const own = `00-${TRACE_ID}-${PARENT_ID}-01`;
-    await inRequest(() => producer.send({ topic, messages: [{ value: 'relayed', headers: { TraceParent: own } }] }));
+    await context.with(ROOT_CONTEXT, () => producer.send({ topic, messages: [{ value: 'relayed', headers: { TraceParent: own } }] }));
     const message = await got.next();
     await settled();
 
@@ -391,6 +391,41 @@ describe('producer and consumer', () => {
     const [process] = spansNamed(`process ${topic}`);
     expect([process.spanContext().traceId, process.parentSpanContext?.spanId]).toEqual([TRACE_ID, PARENT_ID]);
   });
+
+  // The caller's trace headers, in any letter case, give way to the send's: one of each on the wire.
+  test.each(SPELLINGS.flatMap(([spelling, spell]) => [1, 2].map((count) => [spelling, count, spell] as const)))(
+    "inside a trace, the caller's %s trace headers are replaced, in a send of %i message(s)",
+    async (spelling, count, spell) => {
+      const topic = unique('relay');
+      const got = inbox<KafkaMessage>();
+      await startConsumer([topic], { eachMessage: async ({ message }) => got.push(message) });
+      const producer = meshProducer(await connectProducer());
+      // Kafka keeps header names as written: each spelling is a header of its own on the wire.
+      const stale: IHeaders = Object.fromEntries(callerHeaders(spell));
+      const messages = Array.from({ length: count }, (_, i) => ({ key: String(i), value: 'relayed', headers: stale }));
+      const request = await inRequest(() => producer.send({ topic, messages }), { tenant: 'acme', region: 'eu' });
+      const received = [];
+      for (let i = 0; i < count; i++) received.push(await got.next());
+      await settled();
+      for (const message of received) {
+        const h = message.headers!;
+        const names = Object.keys(h).map((k) => k.toLowerCase()).sort();
+        const tp = String(h.traceparent);
+        // One send: the send span's context; several: each message its own create span's.
+        const carrier = count === 1 ? spansNamed(`send ${topic}`)[0] : spansNamed(`create ${topic}`).find((s) => tp.includes(s.spanContext().spanId));
+        expect({ spelling, count, names, traceparent: tp, baggage: String(h.baggage), custom: String(h['x-custom']) }).toEqual({
+          spelling,
+          count,
+          names: ['baggage', 'traceparent', 'x-custom'],
+          traceparent: `00-${request.spanContext().traceId}-${carrier?.spanContext().spanId}-01`,
+          baggage: 'tenant=override,region=eu,caller=1',
+          custom: 'kept',
+        });
+      }
+      // The caller's objects are left as they were.
+      expect(stale[spell('tracestate')]).toBe('stale=1');
+    },
+  );
 
   test('hooks see each span; a throwing hook is reported and never breaks a send or a message', async () => {
     const topic = unique('orders');

@@ -1,7 +1,7 @@
 import { SpanKind, context, propagation, trace } from '@opentelemetry/api';
-import type { Attributes, Context, Link, Span, SpanContext, Tracer, TracerProvider } from '@opentelemetry/api';
-import { KNOWN_FLAGS, bufferHeaderSetter, callHook, headerGetter, optionError, parseTraceparent } from '@meshtrace/core';
-import type { HeaderCarrier } from '@meshtrace/core';
+import type { Attributes, Context, Link, Span, TextMapGetter, Tracer, TracerProvider } from '@opentelemetry/api';
+import { callHook, headerGetter, optionError, outboundTrace, rewriteHeaders, traceHeaders } from '@meshtrace/core';
+import type { OutboundTrace } from '@meshtrace/core';
 import type { IHeaders, Message, Producer, ProducerBatch, ProducerRecord, RecordMetadata, TopicMessages } from 'kafkajs';
 import { PACKAGE, SYSTEM, checkCommon, keyAttribute, recordError, tracerOf, typeName } from './common';
 
@@ -36,26 +36,24 @@ function messageAttributes(attributes: Attributes, message: Message): Attributes
   return attributes;
 }
 
-/** A copy of `message` whose headers also carry `ctx`; headers the caller set are never replaced. */
-function carrying(message: Message, ctx: Context): Message {
-  const injected: HeaderCarrier = {};
-  propagation.inject(ctx, injected, bufferHeaderSetter);
-  const headers: IHeaders = { ...message.headers };
-  for (const key of Object.keys(injected)) {
-    if (headerGetter.get(headers, key) === undefined) headers[key] = injected[key] as Buffer;
-  }
-  return { ...message, headers };
+/**
+ * A copy of `message` whose headers carry `from`'s trace in place of any the caller wrote (in any letter
+ * case), and the merged baggage, as Buffers; the caller's other headers are kept as they are.
+ */
+function carrying(message: Message, ot: OutboundTrace, from: Context): Message {
+  const { drop, set } = traceHeaders(ot, from);
+  const buffers: Record<string, Buffer> = {};
+  for (const key of Object.keys(set)) buffers[key] = Buffer.from(set[key], 'utf8');
+  return { ...message, headers: rewriteHeaders(message.headers, drop, buffers) as IHeaders };
 }
 
 /**
- * A message that already carries a `traceparent` keeps it untouched: semconv says a custom creation
- * context SHOULD NOT be modified. Returns that context to link to (null when it is malformed).
+ * How a message's trace headers are decided, from the send's context and the headers the caller gave it.
+ * With no active trace, a message that carries a `traceparent` keeps it untouched: semconv says a custom
+ * creation context SHOULD NOT be modified, and the send span links to it. Inside a trace it is replaced.
  */
-function ownContext(message: Message): SpanContext | null | undefined {
-  const raw = message.headers === undefined ? undefined : headerGetter.get(message.headers, 'traceparent');
-  if (raw === undefined) return undefined;
-  const tp = parseTraceparent(raw);
-  return typeof tp === 'string' ? null : { traceId: tp.traceId, spanId: tp.spanId, traceFlags: tp.traceFlags & KNOWN_FLAGS, isRemote: true };
+function outbound(parent: Context, message: Message): OutboundTrace {
+  return outboundTrace(parent, message.headers ?? {}, headerGetter as TextMapGetter<unknown>);
 }
 
 class ProducerTracing {
@@ -79,8 +77,8 @@ class ProducerTracing {
     const perMessage = this.createSpans && !single;
     const out = groups.map((g) => ({ ...g, messages: g.messages.slice() }));
     const links: Link[] = [];
-    // Messages that will carry the send span's context: their group and index.
-    const pending: Array<[TopicMessages, number]> = [];
+    // Messages that will carry the send span's context: their group, index and outbound decision.
+    const pending: Array<[TopicMessages, number, OutboundTrace]> = [];
 
     for (let i = 0; i < out.length; i++) {
       const messages = out[i].messages;
@@ -88,20 +86,21 @@ class ProducerTracing {
         const m = messages[j];
         // kafkajs rejects it with its own error.
         if (!isMessage(m)) continue;
-        const own = ownContext(m);
-        if (own !== undefined) {
-          if (own !== null) links.push({ context: own });
+        const ot = outbound(parent, m);
+        if (ot.keepCaller) {
+          if (ot.caller !== undefined) links.push({ context: ot.caller });
+          messages[j] = carrying(m, ot, ot.context);
           continue;
         }
         if (!perMessage) {
-          pending.push([out[i], j]);
+          pending.push([out[i], j, ot]);
           continue;
         }
         const t = out[i].topic;
         const attributes = messageAttributes({ ...SYSTEM, 'messaging.operation.name': 'create', 'messaging.operation.type': 'create', 'messaging.destination.name': t }, m);
-        const span = tracer.startSpan(`create ${t}`, { kind: SpanKind.PRODUCER, attributes }, parent);
+        const span = tracer.startSpan(`create ${t}`, { kind: SpanKind.PRODUCER, attributes }, ot.context);
         callHook('producerHook', this.hook, span, { topic: t, message: m }, '@meshtrace/kafka');
-        messages[j] = carrying(m, trace.setSpan(parent, span));
+        messages[j] = carrying(m, ot, trace.setSpan(ot.context, span));
         links.push({ context: span.spanContext() });
         span.end();
       }
@@ -118,9 +117,10 @@ class ProducerTracing {
     const kind = pending.length > 0 ? SpanKind.PRODUCER : SpanKind.CLIENT;
     const span = tracer.startSpan(topic === undefined ? 'send' : `send ${topic}`, { kind, attributes, links }, parent);
     const ctx = trace.setSpan(parent, span);
-    for (const [g, j] of pending) {
+    for (const [g, j, ot] of pending) {
       callHook('producerHook', this.hook, span, { topic: g.topic, message: g.messages[j] }, '@meshtrace/kafka');
-      g.messages[j] = carrying(g.messages[j], ctx);
+      // The send span's context, with this message's own baggage merged in.
+      g.messages[j] = carrying(g.messages[j], ot, propagation.setBaggage(ctx, propagation.getBaggage(ot.context) ?? propagation.createBaggage()));
     }
 
     try {

@@ -1,2 +1,2 @@
-export { meshTrace } from './middleware';
-export type { KoaMeshTraceOptions, KoaRequestTrace } from './middleware';
+export { meshTrace, meshTraceRoute } from './middleware';
+export type { KoaMeshTraceOptions, KoaMeshTraceRouteOptions, KoaRequestTrace } from './middleware';

@@ -1,10 +1,13 @@
 import { context } from '@opentelemetry/api';
-import { createServerTracing } from '@meshtrace/core';
-import type { MeshTraceOptions, RequestTrace } from '@meshtrace/core';
+import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core';
+import type { MeshTraceOptions, MeshTraceRouteOptions, RequestTrace, RoutePolicy } from '@meshtrace/core';
 import type { Context, Middleware, Next } from 'koa';
 
 /** Options of {@link meshTrace}: the core options, with Koa's `ctx` handed to `ignore` and both hooks. */
 export type KoaMeshTraceOptions = MeshTraceOptions<Context, Context>;
+
+/** Options of {@link meshTraceRoute}: the route's own `inbound` policy, with Koa's `ctx` for a function. */
+export type KoaMeshTraceRouteOptions = MeshTraceRouteOptions<Context>;
 
 /** The trace of one Koa request, as `ctx.meshTrace`. */
 export type KoaRequestTrace = RequestTrace<Context, Context>;
@@ -39,6 +42,53 @@ function routeOf(ctx: Context): string | undefined {
   return route === undefined ? undefined : String(route);
 }
 
+const PACKAGE = '@meshtrace/koa';
+
+/** Where a {@link meshTraceRoute} middleware keeps its policy, for `meshTrace()` to find before routing. */
+const ROUTE_POLICY = Symbol.for('meshtrace.koa.route-policy');
+/** How many route policies exist: none, and `meshTrace()` never asks a router. */
+let routePolicies = 0;
+
+type Policy = RoutePolicy<Context>;
+
+/** The parts of @koa/router's router the lookup uses: its public `match`, and what its dispatch reads. */
+interface KoaRouter {
+  match(path: string, method: string): { readonly pathAndMethod: ReadonlyArray<{ readonly stack: readonly unknown[] }>; readonly route: boolean };
+  matchHost?(host: string): boolean;
+  readonly exclusive?: boolean;
+  readonly opts?: { readonly routerPath?: string };
+}
+
+/**
+ * The route policy of the last `meshTraceRoute()` the request will meet in the first @koa/router
+ * router (`app.use(router.routes())`) holding a route for it, asked through the router's own `match`
+ * before it runs, so the SERVER span starts under it. Never throws.
+ */
+function routePolicyFor(ctx: Context): Policy | undefined {
+  try {
+    for (const mw of (ctx.app as { middleware?: unknown }).middleware as readonly unknown[]) {
+      const router = (mw as { router?: KoaRouter } | null)?.router;
+      if (router === undefined || typeof router.match !== 'function') continue;
+      if (typeof router.matchHost === 'function' && !router.matchHost(ctx.host)) continue;
+      // As the router's dispatch reads it, before anything has set ctx.routerPath.
+      const matched = router.match(router.opts?.routerPath || ctx.path, ctx.method);
+      if (!matched.route) continue;
+      const layers = router.exclusive ? matched.pathAndMethod.slice(-1) : matched.pathAndMethod;
+      let found: Policy | undefined;
+      for (const layer of layers) {
+        for (const fn of layer.stack) {
+          const policy = typeof fn === 'function' ? (fn as { [ROUTE_POLICY]?: Policy })[ROUTE_POLICY] : undefined;
+          if (policy !== undefined) found = policy;
+        }
+      }
+      return found;
+    }
+  } catch {
+    // A router this lookup cannot read: the application's policy applies.
+  }
+  return undefined;
+}
+
 /**
  * Koa answers a thrown error with its `status` (or `statusCode`) when that is set; a 4xx is the
  * client's error and leaves a server span's status unset (OTel semantic conventions, HTTP spans, Status).
@@ -56,15 +106,40 @@ function isClientError(err: unknown): boolean {
  * app.use(meshTrace({ ignore: ['/healthz'] }));
  */
 export function meshTrace(options?: KoaMeshTraceOptions): Middleware {
-  const tracing = createServerTracing<Context, Context>(options, { name: '@meshtrace/koa', route: routeOf });
+  const tracing = createServerTracing<Context, Context>(options, { name: PACKAGE, route: routeOf });
   return function meshTraceMiddleware(ctx: Context, next: Next): Promise<unknown> {
     // Used twice on one request (a mounted sub-app with its own meshTrace()): the first one traces it.
     if (ctx.meshTrace !== undefined) return next();
-    const t = tracing.start(ctx.req, ctx.res, ctx, ctx);
+    const t = tracing.start(ctx.req, ctx.res, ctx, ctx, routePolicies > 0 ? routePolicyFor(ctx) : undefined);
     (ctx as { meshTrace?: KoaRequestTrace }).meshTrace = t;
     return context.with(t.context, next).catch((err: unknown) => {
       if (!isClientError(err)) t.recordException(err);
       throw err;
     });
   };
+}
+
+/**
+ * A route's own inbound policy, for a @koa/router router (`router.use(...)`) or one route:
+ * `meshTrace()` asks the router before it runs, so the request's one SERVER span starts under it
+ * (the last one on the route's way wins). Bad options throw a `TypeError` here; a policy the request
+ * could not be matched to in advance (a router mounted some other way, a path rewritten after
+ * `meshTrace()`) is reported when the request reaches it.
+ * @example
+ * router.post('/webhooks/:source', meshTraceRoute({ inbound: 'restart' }), handleWebhook);
+ */
+export function meshTraceRoute(options: KoaMeshTraceRouteOptions): Middleware {
+  const policy = createRoutePolicy<Context>(PACKAGE, options, 'meshTraceRoute');
+  routePolicies++;
+  const middleware = function meshTraceRouteMiddleware(ctx: Context, next: Next): Promise<unknown> {
+    const t = ctx.meshTrace;
+    if (t === undefined) {
+      warner.warn(`${PACKAGE}:route-without-trace`, () => `${PACKAGE}: meshTraceRoute() ran on a request meshTrace() did not trace: add app.use(meshTrace()) before the routers.`);
+    } else if (t.route === undefined) {
+      warner.warn(`${PACKAGE}:route-unmatched`, () => `${PACKAGE}: meshTraceRoute() ran on a request for which meshTrace() had not found it through the application's @koa/router routers when the request started, so the application's inbound policy applied. Use it on a router added with app.use(router.routes()).`);
+    }
+    return next();
+  };
+  (middleware as typeof middleware & { [ROUTE_POLICY]: Policy })[ROUTE_POLICY] = policy;
+  return middleware;
 }

@@ -5,7 +5,7 @@ import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqp
 import * as callbackApi from 'amqplib/callback_api';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
-import { HEADER_CASES, checkCase, delta, observe, setupTestTracing, startRabbitMq } from '@meshtrace/testkit';
+import { HEADER_CASES, SPELLINGS, callerHeaders, checkCase, delta, observe, setupTestTracing, startRabbitMq } from '@meshtrace/testkit';
 import type { Observed, RabbitMqBroker } from '@meshtrace/testkit';
 import { instrumentChannel } from '@meshtrace/rabbitmq';
 import type { RabbitMqTraceOptions } from '@meshtrace/rabbitmq';
@@ -196,7 +196,7 @@ describe('producer to consumer', () => {
     await own.close();
   });
 
-  test('headers given by the caller are kept, its options are not written to, stale trace headers are replaced', async () => {
+  test('headers given by the caller are kept, its options are not written to, stale trace headers are replaced, its baggage merged', async () => {
     const channel = instrumentChannel(await connection.createChannel());
     const queue = await exclusiveQueue(channel);
     const stale = `00-${'1'.repeat(32)}-${'2'.repeat(16)}-01`;
@@ -214,9 +214,50 @@ describe('producer to consumer', () => {
     const sends = tracing.spans().filter((s) => s.kind === SpanKind.PRODUCER && s.attributes['messaging.message.id'] === options.messageId);
     expect(JSON.stringify(options)).toBe(snapshot);
     expect(received.map((m) => m.properties.headers)).toEqual(
-      sends.map((s) => ({ 'x-tenant': 'acme', 'x-attempt': 3, traceparent: `00-${s.spanContext().traceId}-${s.spanContext().spanId}-01` })),
+      sends.map((s) => ({ 'x-tenant': 'acme', 'x-attempt': 3, traceparent: `00-${s.spanContext().traceId}-${s.spanContext().spanId}-01`, baggage: 'stale=1' })),
     );
     expect(new Set(sends.map((s) => s.spanContext().spanId)).size).toBe(2);
+    await channel.close();
+  });
+
+  // The caller's trace headers, in any letter case, give way to the publish's: one of each in the message.
+  test.each(SPELLINGS)("inside a trace, the caller's %s trace headers are replaced", async (spelling, spell) => {
+    const channel = instrumentChannel(await connection.createChannel());
+    const queue = await exclusiveQueue(channel);
+    const messageId = unique('id');
+    const received: ConsumeMessage[] = [];
+    await channel.consume(queue, (msg) => received.push(msg!), { noAck: true });
+    const headers = Object.fromEntries(callerHeaders(spell));
+    const caller = tracer.startSpan('request');
+    const ctx = propagation.setBaggage(trace.setSpan(context.active(), caller), propagation.createBaggage({ tenant: { value: 'acme' }, region: { value: 'eu' } }));
+    context.with(ctx, () => channel.sendToQueue(queue, Buffer.from('x'), { messageId, headers }));
+    caller.end();
+    await waitFor('delivery', () => received.length === 1);
+    const send = await waitFor('producer span', () => spanOf(messageId, SpanKind.PRODUCER));
+    expect({ spelling, headers: received[0].properties.headers }).toEqual({
+      spelling,
+      headers: {
+        'x-custom': 'kept',
+        traceparent: `00-${caller.spanContext().traceId}-${send.spanContext().spanId}-01`,
+        // The caller's value wins for its key; the context's order is kept, the caller's new keys follow.
+        baggage: 'tenant=override,region=eu,caller=1',
+      },
+    });
+    await channel.close();
+  });
+
+  test('with no active trace, a traceparent the caller set on purpose is left as it is; the PRODUCER span joins that trace', async () => {
+    const channel = instrumentChannel(await connection.createChannel());
+    const queue = await exclusiveQueue(channel);
+    const messageId = unique('id');
+    const received: ConsumeMessage[] = [];
+    await channel.consume(queue, (msg) => received.push(msg!), { noAck: true });
+    const own = `00-${'7'.repeat(32)}-${'8'.repeat(16)}-01`;
+    channel.sendToQueue(queue, Buffer.from('x'), { messageId, headers: { Traceparent: own, Tracestate: 'mine=1' } });
+    await waitFor('delivery', () => received.length === 1);
+    const send = await waitFor('producer span', () => spanOf(messageId, SpanKind.PRODUCER));
+    expect(received[0].properties.headers).toEqual({ Traceparent: own, Tracestate: 'mine=1' });
+    expect([send.spanContext().traceId, send.parentSpanContext?.spanId]).toEqual(['7'.repeat(32), '8'.repeat(16)]);
     await channel.close();
   });
 

@@ -1,6 +1,6 @@
-import { ROOT_CONTEXT, SpanKind, context, propagation, trace } from '@opentelemetry/api';
-import type { Attributes, Span, Tracer, TracerProvider } from '@opentelemetry/api';
-import { callHook, extractContext, headerGetter, headerSetter, optionError, recordSpanError } from '@meshtrace/core';
+import { ROOT_CONTEXT, SpanKind, context, trace } from '@opentelemetry/api';
+import type { Attributes, Span, TextMapGetter, Tracer, TracerProvider } from '@opentelemetry/api';
+import { callHook, extractContext, headerGetter, optionError, outboundTrace, recordSpanError, rewriteHeaders, traceHeaders } from '@meshtrace/core';
 import type { HeaderCarrier } from '@meshtrace/core';
 import type { ConsumeMessage, Message, Options } from 'amqplib';
 
@@ -227,17 +227,14 @@ export function instrumentChannel<C extends AmqpChannel>(channel: C, options?: R
     );
     // The default exchange routes by queue name, so there the routing key names the destination.
     const name = exchange ? `publish ${exchange}` : nameable(routingKey) ? `publish ${routingKey}` : 'publish';
-    const span = tracer().startSpan(name, { kind: SpanKind.PRODUCER, attributes }, parent);
+    const given = publishOptions?.headers as HeaderCarrier | null | undefined;
+    const ot = outboundTrace(parent, given !== null && typeof given === 'object' ? given : NO_HEADERS, headerGetter as TextMapGetter<unknown>);
+    const span = tracer().startSpan(name, { kind: SpanKind.PRODUCER, attributes }, ot.context);
 
     // A copy, so the caller's options and headers are never written to. Trace headers the caller
-    // passed (in any letter case) are dropped: the message carries this publish's context only.
-    const headers: HeaderCarrier = {};
-    const given = publishOptions?.headers as HeaderCarrier | undefined;
-    if (given !== null && typeof given === 'object') {
-      const fields = propagation.fields().map((f) => f.toLowerCase());
-      for (const key of Object.keys(given)) if (!fields.includes(key.toLowerCase())) headers[key] = given[key];
-    }
-    propagation.inject(trace.setSpan(parent, span), headers, headerSetter);
+    // passed (in any letter case) give way to this publish's context, unless there is none to give.
+    const { drop, set } = traceHeaders(ot, trace.setSpan(ot.context, span));
+    const headers = rewriteHeaders(given !== null && typeof given === 'object' ? { ...given } : {}, drop, set) as HeaderCarrier;
     const sent: Options.Publish = { ...publishOptions, headers };
     if (publishHook !== undefined) callHook('publishHook', publishHook, span, { exchange, routingKey, content, options: sent }, '@meshtrace/rabbitmq');
 

@@ -58,7 +58,9 @@ export const HEADER_CASES: readonly HeaderCase[] = [
   { name: 'tracestate invalid value', headers: { traceparent: VALID, tracestate: 'congo=a=b' }, outcome: 'continued', dropped: 'tracestate:bad-member' },
   { name: 'tracestate 32 members', headers: { traceparent: VALID, tracestate: members(32) }, outcome: 'continued', tracestate: members(32) },
   { name: 'tracestate 33 members', headers: { traceparent: VALID, tracestate: members(33) }, outcome: 'continued', dropped: 'tracestate:too-many-members' },
-  { name: 'tracestate duplicate key', headers: { traceparent: VALID, tracestate: 'a=1,b=2,a=3' }, outcome: 'continued', dropped: 'tracestate:duplicate-key' },
+  // W3C trace-context-2: only one entry per key; the leftmost is the latest position, a later repeat is dropped alone.
+  { name: 'tracestate duplicate key', headers: { traceparent: VALID, tracestate: 'a=1,b=2,a=3' }, outcome: 'continued', tracestate: 'a=1,b=2', dropped: 'tracestate:duplicate-key' },
+  { name: 'tracestate duplicate key across header lines', headers: { traceparent: VALID, tracestate: ['a=1,b=2', 'a=3,c=4'] }, outcome: 'continued', tracestate: 'a=1,b=2,c=4', dropped: 'tracestate:duplicate-key' },
   { name: 'tracestate over 512 characters is cut on inject', headers: { traceparent: VALID, tracestate: `a=${'x'.repeat(200)},b=1,c=${'y'.repeat(250)},d=2,e=${'z'.repeat(100)}` }, outcome: 'continued', tracestate: `a=${'x'.repeat(200)},b=1,d=2,e=${'z'.repeat(100)}` },
   { name: 'tracestate without traceparent', headers: { tracestate: 'congo=t61rcWkgMzE' }, outcome: 'missing' },
   { name: 'tracestate with malformed traceparent', headers: { traceparent: `ff-${TRACE_ID}-${PARENT_ID}-01`, tracestate: 'congo=t61rcWkgMzE' }, outcome: 'malformed', reason: 'bad-version' },
