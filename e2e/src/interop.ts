@@ -26,8 +26,52 @@ function nodeAtLeast(min: string): boolean {
   return true;
 }
 
+/** What the tests of a describe block share: the downstream service they call and the app installed for them. */
+export interface AppSuite {
+  downstream: Downstream;
+  /** The app once npm has run, whether or not it installed; undefined before, or when `unusable`. */
+  app: InstalledApp | undefined;
+  /** Why the OpenTelemetry line's apps cannot run on this Node (its packages' engines), if they cannot. */
+  unusable: Error | undefined;
+  /** The installed app, or throws the reason there is none. */
+  installed(): InstalledApp;
+}
+
+/**
+ * Registers, in the describe block it is called in, what its tests share: the downstream service
+ * and an app installed with npm from `dependencies` (given the packed tarballs) when `line` can run
+ * on this Node. Both are set up before the block's tests and removed after them.
+ */
+export function appSuite(label: string, line: OtelLine, dependencies: (tarballs: ReadonlyMap<string, string>) => Record<string, string>): AppSuite {
+  const suite: AppSuite = {
+    downstream: undefined as unknown as Downstream,
+    app: undefined,
+    unusable: undefined,
+    installed() {
+      if (suite.unusable !== undefined) throw suite.unusable;
+      const { app } = suite;
+      if (app === undefined) throw new Error('the app was not installed');
+      if (!app.ok) throw new Error(`the app did not install, so it cannot run (the install test shows npm's output): ${app.report.split('\n').find((l) => /npm error/.test(l)) ?? `npm exit ${app.install.code}`}`);
+      return app;
+    },
+  };
+  beforeAll(async () => {
+    suite.downstream = await startDownstream();
+    if (!nodeAtLeast(line.minNode)) {
+      suite.unusable = new Error(`the OpenTelemetry ${line.name} line needs Node >= ${line.minNode} (its engines); this is Node ${process.versions.node}`);
+      return;
+    }
+    suite.app = await installApp(label, dependencies(await packTarballs()));
+  }, 300_000);
+  afterAll(async () => {
+    await suite.downstream?.close();
+    removeApp(suite.app);
+  });
+  return suite;
+}
+
 /** Throws one error that lists every problem, so a failing test shows all of them at once. */
-function expectNone(problems: readonly string[], context: () => string): void {
+export function expectNone(problems: readonly string[], context: () => string): void {
   if (problems.length > 0) throw new Error(`${problems.map((p) => `- ${p}`).join('\n')}\n\n${context()}`);
 }
 
@@ -107,7 +151,7 @@ function exported(downstream: Downstream, id: string, traceId?: string) {
     downstream.requestsWith(`/stock/${id}/`).every((r) => r.traceparents.every((tp) => spans.some((s) => s.spanId === parse(tp).parentId)));
 }
 
-interface Expect {
+export interface Expect {
   /** Whether meshtrace runs in the app, so its attributes are expected on the SERVER span. */
   readonly meshtrace: boolean;
   /** The outbound calls whose traceparent is checked. */
@@ -115,7 +159,7 @@ interface Expect {
 }
 
 /** Sends a valid traceparent and checks the SERVER span(s), the outbound calls or both; throws with everything wrong. */
-async function continued(app: RunningApp, downstream: Downstream, expect: Expect, part: 'server' | 'outbound' | 'both'): Promise<void> {
+export async function continued(app: RunningApp, downstream: Downstream, expect: Expect, part: 'server' | 'outbound' | 'both'): Promise<void> {
   const id = orderId();
   const from = caller();
   const answer = await rawGet(app.port, `/orders/${id}`, [['traceparent', from.traceparent]]);
@@ -140,7 +184,7 @@ async function continued(app: RunningApp, downstream: Downstream, expect: Expect
 }
 
 /** Sends malformed traceparent header lines and checks for a fresh root recorded as malformed that does not pass the bad value on; throws with everything wrong. */
-async function freshRoot(app: RunningApp, downstream: Downstream, expect: Expect, lines: readonly string[]): Promise<void> {
+export async function freshRoot(app: RunningApp, downstream: Downstream, expect: Expect, lines: readonly string[]): Promise<void> {
   const id = orderId();
   const answer = await rawGet(app.port, `/orders/${id}`, lines.map((v) => ['traceparent', v] as const));
   const inbound = parse(lines[0]).traceId.toLowerCase();
@@ -165,7 +209,7 @@ async function freshRoot(app: RunningApp, downstream: Downstream, expect: Expect
 }
 
 /** A valid traceparent with its hex digits in upper case: W3C trace-context §3.2.2 allows lower case only. */
-function uppercaseTraceparent(): string {
+export function uppercaseTraceparent(): string {
   const from = caller();
   return `00-${from.traceId.toUpperCase()}-${from.spanId.toUpperCase()}-01`;
 }
@@ -181,46 +225,24 @@ export function describeOtelLine(line: OtelLine): void {
   const baseline: Expect = { meshtrace: false, ways: WAYS };
 
   describe(label, () => {
-    let app: InstalledApp | undefined;
     let missing: string[] = [];
-    let unusable: Error | undefined;
-    let downstream: Downstream;
-
-    beforeAll(async () => {
-      downstream = await startDownstream();
-      if (!nodeAtLeast(line.minNode)) {
-        unusable = new Error(`the OpenTelemetry ${line.name} line needs Node >= ${line.minNode} (its engines); this is Node ${process.versions.node}`);
-        return;
-      }
-      const tarballs = await packTarballs();
+    const suite = appSuite(`otel${line.name.replace(/\W/g, '')}`, line, (tarballs) => {
       missing = APP_PACKAGES.filter((name) => !tarballs.has(name));
       const present = APP_PACKAGES.filter((name) => tarballs.has(name));
-      app = await installApp(`otel${line.name.replace(/\W/g, '')}`, { ...tarballSpecs(tarballs, present), ...line.dependencies, ...FRAMEWORKS });
-    }, 300_000);
-
-    afterAll(async () => {
-      await downstream?.close();
-      removeApp(app);
+      return { ...tarballSpecs(tarballs, present), ...line.dependencies, ...FRAMEWORKS };
     });
-
-    /** The installed app, or the reason there is none. */
-    function installed(): InstalledApp {
-      if (unusable !== undefined) throw unusable;
-      if (app === undefined) throw new Error('the app was not installed');
-      if (!app.ok) throw new Error(`the app did not install, so it cannot run (the install test shows npm's output): ${app.report.split('\n').find((l) => /npm error/.test(l)) ?? `npm exit ${app.install.code}`}`);
-      return app;
-    }
+    const { installed } = suite;
 
     function appEnv(extra: Readonly<Record<string, string>> = {}): Record<string, string> {
-      return { DOWNSTREAM_URL: downstream.url, SDK_TRACE_PACKAGE: line.sdkTracePackage, ...extra };
+      return { DOWNSTREAM_URL: suite.downstream.url, SDK_TRACE_PACKAGE: line.sdkTracePackage, ...extra };
     }
 
     test(`${label}: meshtrace's tarballs (${APP_PACKAGES.join(', ')}) install beside sdk-node and auto-instrumentations with a plain npm install`, () => {
-      if (unusable !== undefined) throw unusable;
+      if (suite.unusable !== undefined) throw suite.unusable;
       const problems: string[] = [];
       if (missing.length > 0) problems.push(`no publishable package in packages/ for ${missing.join(', ')}, so the app was installed without it`);
-      if (!app?.ok) problems.push(`npm install failed or reported ERESOLVE`);
-      expectNone(problems, () => app?.report ?? '');
+      if (!suite.app?.ok) problems.push(`npm install failed or reported ERESOLVE`);
+      expectNone(problems, () => suite.app?.report ?? '');
     });
 
     test(`${label}: exactly one @opentelemetry/api is installed in the app's tree`, () => {
@@ -253,30 +275,30 @@ export function describeOtelLine(line: OtelLine): void {
       };
 
       test(`${name} without meshtrace (harness check): a valid traceparent is continued by one SERVER span and each outbound call carries one traceparent`, async () => {
-        await continued(running(without), downstream, baseline, 'both');
+        await continued(running(without), suite.downstream, baseline, 'both');
       });
 
       test(`${name} without meshtrace (harness check): an uppercase and a repeated traceparent each start a fresh root that does not reach the downstream`, async () => {
-        await freshRoot(running(without), downstream, baseline, [uppercaseTraceparent()]);
+        await freshRoot(running(without), suite.downstream, baseline, [uppercaseTraceparent()]);
         const repeated = caller().traceparent;
-        await freshRoot(running(without), downstream, baseline, [repeated, repeated]);
+        await freshRoot(running(without), suite.downstream, baseline, [repeated, repeated]);
       });
 
       test(`${name}: a valid traceparent gives exactly one SERVER span, in the caller's trace, with meshtrace's attributes`, async () => {
-        await continued(running(withMesh), downstream, mesh, 'server');
+        await continued(running(withMesh), suite.downstream, mesh, 'server');
       });
 
       test(`${name}: each outbound call (meshFetch, fetch, http.request, fetch + injectHeaders) carries exactly one traceparent in the caller's trace`, async () => {
-        await continued(running(withMesh), downstream, mesh, 'outbound');
+        await continued(running(withMesh), suite.downstream, mesh, 'outbound');
       });
 
       test(`${name}: an uppercase traceparent starts a fresh root recorded as malformed and does not reach the downstream`, async () => {
-        await freshRoot(running(withMesh), downstream, mesh, [uppercaseTraceparent()]);
+        await freshRoot(running(withMesh), suite.downstream, mesh, [uppercaseTraceparent()]);
       });
 
       test(`${name}: a traceparent sent as two header lines starts a fresh root recorded as malformed and does not reach the downstream`, async () => {
         const repeated = caller().traceparent;
-        await freshRoot(running(withMesh), downstream, mesh, [repeated, repeated]);
+        await freshRoot(running(withMesh), suite.downstream, mesh, [repeated, repeated]);
       });
     });
 
@@ -302,7 +324,7 @@ export function describeOtelLine(line: OtelLine): void {
       test(`${label} setupMeshTracing + express: a valid traceparent gives one SERVER span in the caller's trace, and meshFetch and injectHeaders carry it on`, async () => {
         if (failed !== undefined) throw failed;
         // Without auto-instrumentations, plain fetch and http.request carry no context at all.
-        await continued(started as RunningApp, downstream, { meshtrace: true, ways: ['meshFetch', 'injectHeaders'] }, 'both');
+        await continued(started as RunningApp, suite.downstream, { meshtrace: true, ways: ['meshFetch', 'injectHeaders'] }, 'both');
       });
     });
   });

@@ -1,10 +1,10 @@
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { run, userEnv } from './run';
 import type { RunResult } from './run';
 
-/** The JavaScript a user would write, copied into every app folder. */
+/** The code a user would write, copied into every app folder with its subfolders. */
 export const FIXTURES = resolve(__dirname, '..', 'fixtures');
 
 /** An application folder outside the workspace, as a user has it, and how its `npm install` went. */
@@ -25,7 +25,7 @@ export interface InstalledApp {
 export async function installApp(label: string, dependencies: Readonly<Record<string, string>>): Promise<InstalledApp> {
   const dir = mkdtempSync(join(tmpdir(), `meshtrace-e2e-${label}-`));
   writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: `meshtrace-e2e-${label}`, version: '1.0.0', private: true, dependencies }, null, 2) + '\n');
-  for (const file of readdirSync(FIXTURES)) copyFileSync(join(FIXTURES, file), join(dir, file));
+  cpSync(FIXTURES, dir, { recursive: true });
   const args = ['install', '--no-audit', '--no-fund', '--loglevel=error', '--prefer-offline'];
   const install = await run('npm', args, { cwd: dir, env: userEnv(), timeoutMs: 290_000 });
   const output = `${install.stdout}\n${install.stderr}`.trim();

@@ -28,7 +28,8 @@ export function publishablePackages(): WorkspacePackage[] {
   return found.sort((a, b) => a.name.localeCompare(b.name));
 }
 
-function filesUnder(dir: string): string[] {
+/** Every file under `dir`, as absolute paths, sorted; none when it does not exist. */
+export function filesUnder(dir: string): string[] {
   if (!existsSync(dir)) return [];
   return readdirSync(dir, { recursive: true, withFileTypes: true })
     .filter((e) => e.isFile())

@@ -65,3 +65,22 @@ export const FRAMEWORKS: Readonly<Record<string, string>> = {
 
 /** The API an app without any SDK installs: the newest, as `npm install @opentelemetry/api` would. */
 export const API_ONLY_API = OTEL_3.dependencies['@opentelemetry/api'];
+
+/**
+ * What the module-format app installs beside every public package so that the declarations of each
+ * resolve in its TypeScript check as they do for that package's users: the transport clients some
+ * packages take as peers, and the type packages of frameworks that ship none. The versions the
+ * workspace builds against; TypeScript itself is the workspace's own compiler, read below.
+ */
+export const TYPE_CHECK_PEERS: Readonly<Record<string, string>> = {
+  '@types/node': '20.19.43',
+  '@types/express': '5.0.6',
+  '@types/koa': '3.0.3',
+  '@types/amqplib': '0.10.8',
+  kafkajs: '2.2.4',
+  amqplib: '0.10.9',
+  '@grpc/grpc-js': '1.14.7',
+};
+
+/** The TypeScript the workspace builds with (its root devDependency, as installed): the app checks with the same. */
+export const TYPESCRIPT: string = (require('typescript/package.json') as { version: string }).version;
