@@ -1,5 +1,6 @@
 import { context, diag, metrics, propagation } from '@opentelemetry/api';
 import type { Attributes, Context, Counter } from '@opentelemetry/api';
+import { registeredGlobal } from './otel-keys';
 
 /** The package name every diagnostic and configuration error starts with. */
 export const PACKAGE = '@meshtrace/core';
@@ -35,15 +36,9 @@ export class RateLimitedWarner {
 /** The warner shared by meshtrace packages; one line per reason every 10 s. */
 export const warner = new RateLimitedWarner();
 
-/** Where `@opentelemetry/api` 1.x keeps what is registered with it. */
-const API_GLOBALS = Symbol.for('opentelemetry.js.api.1');
-
-/**
- * The MeterProvider registered with the API, as stored (the API's version checks are left to
- * `metrics.getMeterProvider()`): one load, to notice a new registration without asking the API on every add.
- */
+/** The MeterProvider registered with the API, as stored: noticed without asking the API on every add. */
 function registeredMeterProvider(): unknown {
-  return (globalThis as { [API_GLOBALS]?: { metrics?: unknown } })[API_GLOBALS]?.metrics;
+  return registeredGlobal('metrics');
 }
 
 /** Not resolved yet: differs from anything registered, `undefined` included. */

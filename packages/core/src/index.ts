@@ -8,7 +8,7 @@ export { RANDOM_TRACE_ID_KEY } from './context';
 export { LazyCounter, PACKAGE, RateLimitedWarner, TallyCounter, callHook, checkPropagation, hasContextManager, preview, recordDropped, warner } from './diagnostics';
 export { extractContext, extractRequestContext, extractionOf, outcomeOf, recordOutcome, recordUnreadable } from './extract';
 export type { ExtractOutcome, ExtractResult, Extraction, MalformedReason, TraceFormat } from './extract';
-export { isTracingSuppressed } from './otel-keys';
+export { isTracingSuppressed, registeredGlobal } from './otel-keys';
 export { outboundTrace, rewriteHeaders, traceHeaders } from './outbound';
 export type { OutboundTrace } from './outbound';
 export { MeshPropagator, optionError } from './propagator';

@@ -1,6 +1,6 @@
-import { ROOT_CONTEXT, trace } from '@opentelemetry/api';
+import { DiagLogLevel, ROOT_CONTEXT, diag, trace } from '@opentelemetry/api';
 import { RPCType, setRPCMetadata, suppressTracing } from '@opentelemetry/core';
-import { httpRpcMetadata, isTracingSuppressed, withoutRpcMetadata } from './otel-keys';
+import { httpRpcMetadata, isTracingSuppressed, registeredGlobal, withoutRpcMetadata } from './otel-keys';
 
 // meshtrace reads these context entries without depending on an SDK line: checked here against the
 // real @opentelemetry/core, so a change of its keys fails this test instead of breaking in production.
@@ -23,4 +23,15 @@ test("setRPCMetadata's HTTP span is found, and removed without touching the rest
 test('RPC metadata of another kind, or not an object, is not taken for a server span', () => {
   expect(httpRpcMetadata(setRPCMetadata(ROOT_CONTEXT, { type: 'grpc', span } as never))).toBeUndefined();
   expect(httpRpcMetadata(setRPCMetadata(ROOT_CONTEXT, null as never))).toBeUndefined();
+});
+
+test("what is registered with the API is read from its global registry: a diag logger once set, gone once disabled", () => {
+  expect(registeredGlobal('diag')).toBeUndefined();
+  diag.setLogger({ warn: () => {}, error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+  try {
+    expect(registeredGlobal('diag')).toBeDefined();
+  } finally {
+    diag.disable();
+  }
+  expect(registeredGlobal('diag')).toBeUndefined();
 });

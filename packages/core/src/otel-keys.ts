@@ -7,6 +7,17 @@ import type { Context, Span } from '@opentelemetry/api';
 const SUPPRESS_TRACING_KEY = createContextKey('OpenTelemetry SDK Context Key SUPPRESS_TRACING');
 const RPC_METADATA_KEY = createContextKey('OpenTelemetry SDK Context Key RPC_METADATA');
 
+/** Where `@opentelemetry/api` 1.x keeps what is registered with it (a tracer provider, meter provider, diag logger, ...). */
+const API_GLOBALS = Symbol.for('opentelemetry.js.api.1');
+
+/**
+ * What is registered with the API under `name`, as stored, or undefined: one load, without the API's
+ * version checks, to notice a registration (a new MeterProvider, a diag logger set) cheaply.
+ */
+export function registeredGlobal(name: 'metrics' | 'diag'): unknown {
+  return (globalThis as { [API_GLOBALS]?: Record<string, unknown> })[API_GLOBALS]?.[name];
+}
+
 /** True when `suppressTracing` (from `@opentelemetry/core`) marked the context: exporters' own requests. */
 export function isTracingSuppressed(ctx: Context): boolean {
   return ctx.getValue(SUPPRESS_TRACING_KEY) === true;

@@ -4,7 +4,7 @@ import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-ho
 import type { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import type { Resource, ResourceDetector } from '@opentelemetry/resources';
-import { MeshPropagator, checkPropagation, hasContextManager, optionError } from '@meshtrace/core';
+import { MeshPropagator, checkPropagation, hasContextManager, optionError, registeredGlobal } from '@meshtrace/core';
 import type { MeshPropagatorOptions } from '@meshtrace/core';
 import { MeshBatchSpanProcessor, otlpTimeoutMillis, resolveBatchConfig } from './export';
 import { kubernetesDetector } from './k8s';
@@ -56,9 +56,6 @@ export interface MeshTracing {
   shutdown(): Promise<void>;
 }
 
-/** Where `@opentelemetry/api` 1.x keeps what is registered with it; `diag` is set once a logger is. */
-const API_GLOBALS = Symbol.for('opentelemetry.js.api.1');
-
 const LOG_LEVELS: Readonly<Record<string, DiagLogLevel>> = {
   NONE: DiagLogLevel.NONE,
   ERROR: DiagLogLevel.ERROR,
@@ -74,7 +71,7 @@ const LOG_LEVELS: Readonly<Record<string, DiagLogLevel>> = {
  * the application set one, log to the console at `OTEL_LOG_LEVEL` (as NodeSDK does), `WARN` when unset.
  */
 function ensureDiagLogger(env: Readonly<Record<string, string | undefined>>): string {
-  if ((globalThis as { [API_GLOBALS]?: { diag?: unknown } })[API_GLOBALS]?.diag !== undefined) return 'warnings to the diag logger set before';
+  if (registeredGlobal('diag') !== undefined) return 'warnings to the diag logger set before';
   const name = (env.OTEL_LOG_LEVEL ?? '').trim().toUpperCase() || 'WARN';
   const level = LOG_LEVELS[name] ?? DiagLogLevel.WARN;
   if (level === DiagLogLevel.NONE) return 'warnings off (OTEL_LOG_LEVEL=none)';
