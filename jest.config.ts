@@ -9,6 +9,7 @@ const config: Config = {
   },
   // Tests run against sources, so no build is needed between an edit and a test run.
   moduleNameMapper: {
+    '^@meshtrace/core/adapter$': '<rootDir>/packages/core/src/adapter.ts',
     '^@meshtrace/([a-z0-9-]+)$': '<rootDir>/packages/$1/src/index.ts',
   },
   testTimeout: 30000,

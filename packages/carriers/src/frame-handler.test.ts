@@ -2,7 +2,7 @@ import { DiagLogLevel, ROOT_CONTEXT, SpanKind, SpanStatusCode, context, diag, tr
 import type { DiagLogger, TracerProvider } from '@opentelemetry/api';
 import type { AddressInfo } from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
-import { warner } from '@meshtrace/core';
+import { warner } from '@meshtrace/core/adapter';
 import { HEADER_CASES, PARENT_ID, TRACE_ID, checkCase, delta, observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { MAX_FRAME_HEADER_BYTES, encodeFrame, meshFrameHandler } from '@meshtrace/carriers';
@@ -95,7 +95,7 @@ describe('end to end', () => {
     expect(consumer.parentSpanContext?.spanId).toBe(producer.spanContext().spanId);
     expect(reply.seen!.spanId).toBe(consumer.spanContext().spanId);
     expect(consumer.name).toBe('process frame');
-    expect(consumer.attributes).toEqual({ 'messaging.operation.type': 'process', 'messaging.message.body.size': 2, 'meshtrace.propagation.outcome': 'continued' });
+    expect(consumer.attributes).toEqual({ 'messaging.operation.type': 'process', 'messaging.message.body.size': 2, 'meshtrace.propagation.outcome': 'continued', 'meshtrace.propagation.format': 'w3c' });
   });
 
   test('a frame without context on a connection bound to a span starts a fresh root, not a child of that span', async () => {
@@ -233,7 +233,7 @@ describe('the handler and its hooks', () => {
     ['handler', 'nope', undefined, 'option "handler" must be a function, got "nope"'],
     ['options', () => undefined, 'x', 'option "options" must be an object, got "x"'],
     ['options null', () => undefined, null, 'option "options" must be an object, got null'],
-    ['tracerProvider', () => undefined, { tracerProvider: {} }, 'option "tracerProvider" must be a TracerProvider, got [object Object]'],
+    ['tracerProvider', () => undefined, { tracerProvider: {} }, 'option "tracerProvider" must be a TracerProvider, got {}'],
     ['spanName', () => undefined, { spanName: '' }, 'option "spanName" must be a non-empty string, got ""'],
     ['frameHook', () => undefined, { frameHook: 1 }, 'option "frameHook" must be a function, got 1'],
     ['onInvalidFrame', () => undefined, { onInvalidFrame: true }, 'option "onInvalidFrame" must be a function, got true'],

@@ -1,6 +1,7 @@
-import { SpanKind, context, trace } from '@opentelemetry/api';
+import { SpanKind, trace } from '@opentelemetry/api';
 import type { Attributes, Span, TracerProvider } from '@opentelemetry/api';
-import { callHook, extractContext, headerGetter, optionError, recordSpanError, recordUnreadable } from '@meshtrace/core';
+import { extractContext, headerGetter } from '@meshtrace/core';
+import { callHook, checkOptions, optionError, outcomeAttributes, recordUnreadable, runInSpan } from '@meshtrace/core/adapter';
 import { decodeFrame } from './frame';
 import type { Frame, FrameData, FrameError } from './frame';
 
@@ -23,10 +24,6 @@ export type FrameHandler<This, R> = (this: This, frame: Frame) => R;
 
 // Bytes that are not a frame carry no readable context: counted the way core counts a carrier it cannot read.
 
-function isThenable(value: unknown): value is PromiseLike<unknown> {
-  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof (value as PromiseLike<unknown>).then === 'function';
-}
-
 /**
  * Wraps a frame handler into a message listener: decodes the frame, continues the sender's trace
  * from its header block (a missing or malformed context gives a fresh root, counted), and runs the
@@ -40,12 +37,12 @@ function isThenable(value: unknown): value is PromiseLike<unknown> {
  */
 export function meshFrameHandler<This = unknown, R = unknown>(handler: FrameHandler<This, R>, options?: FrameHandlerOptions): (this: This, data: FrameData) => R | undefined {
   if (typeof handler !== 'function') throw optionError(PKG, 'handler', 'a function', handler);
-  if (options === null || (options !== undefined && typeof options !== 'object')) throw optionError(PKG, 'options', 'an object', options);
-  const { tracerProvider, spanName = 'process frame', frameHook, onInvalidFrame } = options ?? {};
-  if (tracerProvider !== undefined && typeof tracerProvider?.getTracer !== 'function') throw optionError(PKG, 'tracerProvider', 'a TracerProvider', tracerProvider);
-  if (typeof spanName !== 'string' || spanName.length === 0) throw optionError(PKG, 'spanName', 'a non-empty string', spanName);
-  if (frameHook !== undefined && typeof frameHook !== 'function') throw optionError(PKG, 'frameHook', 'a function', frameHook);
-  if (onInvalidFrame !== undefined && typeof onInvalidFrame !== 'function') throw optionError(PKG, 'onInvalidFrame', 'a function', onInvalidFrame);
+  const { tracerProvider, spanName = 'process frame', frameHook, onInvalidFrame } = checkOptions(PKG, options, {
+    tracerProvider: 'tracerProvider',
+    spanName: 'non-empty string',
+    frameHook: 'function',
+    onInvalidFrame: 'function',
+  });
   const fixedTracer = tracerProvider?.getTracer(PKG);
 
   return function meshFrameListener(this: This, data: FrameData): R | undefined {
@@ -61,36 +58,12 @@ export function meshFrameHandler<This = unknown, R = unknown>(handler: FrameHand
     const attributes: Attributes = {
       'messaging.operation.type': 'process',
       'messaging.message.body.size': frame.payload.length,
-      'meshtrace.propagation.outcome': extracted.outcome.outcome,
     };
-    if (extracted.outcome.reason !== undefined) attributes['meshtrace.propagation.reason'] = extracted.outcome.reason;
+    outcomeAttributes(extracted.outcome, attributes);
     // CONSUMER, not SERVER: a frame is a one-way message, nobody waits on this span for a reply
     // (OpenTelemetry messaging conventions, span kind of "process" operations).
     const span = (fixedTracer ?? trace.getTracer(PKG)).startSpan(spanName, { kind: SpanKind.CONSUMER, attributes }, extracted.context);
     callHook('frameHook', frameHook, span, frame);
-    let result: R;
-    try {
-      result = context.with(trace.setSpan(extracted.context, span), handler, this, frame);
-    } catch (err) {
-      recordSpanError(span, err);
-      span.end();
-      throw err;
-    }
-    if (!isThenable(result)) {
-      span.end();
-      return result;
-    }
-    // The caller gets a promise that settles like the handler's, so an unhandled rejection stays unhandled.
-    return result.then(
-      (value) => {
-        span.end();
-        return value;
-      },
-      (err: unknown) => {
-        recordSpanError(span, err);
-        span.end();
-        throw err;
-      },
-    ) as R;
+    return runInSpan(span, trace.setSpan(extracted.context, span), handler, this, frame);
   };
 }

@@ -4,7 +4,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { createServerTracing } from '@meshtrace/core';
+import { createServerTracing } from '@meshtrace/core/adapter';
 import { HEADER_CASES, PARENT_ID, TRACE_ID, checkCase, delta, observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { contextCarrier, runWithCarrier } from '@meshtrace/carriers';
@@ -49,7 +49,7 @@ beforeAll(async () => {
   // A request handler that hands work to the worker, as a service moving CPU work off its event loop would.
   const serverTracing = createServerTracing(undefined, { name: 'thread.test' });
   server = createServer((req, res) => {
-    const t = serverTracing.start(req, res, req, res);
+    const t = serverTracing.start(req, res);
     const url = new URL(req.url ?? '/', 'http://localhost');
     void context.with(t.context, async () => {
       const result = await dispatch(url.pathname === '/span' ? 'span' : 'observe', url.searchParams.get('carrier') !== 'no');

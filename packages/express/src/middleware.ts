@@ -1,7 +1,8 @@
 import { subscribe } from 'node:diagnostics_channel';
 import { context } from '@opentelemetry/api';
-import { createRoutePolicy, createServerTracing, optionError, warner } from '@meshtrace/core';
-import type { MeshTraceOptions, MeshTraceRouteOptions, RequestTrace, RoutePolicy } from '@meshtrace/core';
+import { createRoutePolicy, createServerTracing, optionError, toDictionaryMode, warner } from '@meshtrace/core/adapter';
+import type { MeshTraceOptions, MeshTraceRouteOptions } from '@meshtrace/core';
+import type { RequestTrace, RoutePolicy } from '@meshtrace/core/adapter';
 import type { ErrorRequestHandler, Request as ExpressRequest, RequestHandler, Response as ExpressResponse } from 'express';
 import { routePolicyFor, routeTemplate } from './route';
 
@@ -40,45 +41,17 @@ const RECORDED = Symbol.for('meshtrace.express.recorded-error');
 
 type TracedRequest = ExpressRequest & { [RECORDED]?: unknown };
 
-/** The status Express's final handler answers an error with, when the error carries one (`err.status`). */
-function errorStatus(error: unknown): number | undefined {
-  if (typeof error !== 'object' || error === null) return undefined;
-  const { status, statusCode } = error as { status?: unknown; statusCode?: unknown };
-  if (typeof status === 'number' && status >= 400 && status < 600) return status;
-  if (typeof statusCode === 'number' && statusCode >= 400 && statusCode < 600) return statusCode;
-  return undefined;
-}
-
 function recordError(req: TracedRequest, error: unknown): void {
   const t = req.meshTrace;
   if (t === undefined || t.ended || req[RECORDED] === error) return;
   req[RECORDED] = error;
-  const status = errorStatus(error);
-  // HTTP semconv: a SERVER span answering 4xx keeps an unset status; the exception is still worth recording.
-  if (status !== undefined && status < 500) t.span.recordException(error as Error);
-  else t.recordException(error);
+  // Express's final handler answers with the status the error asks for: core's rule reads the same.
+  t.recordException(error);
 }
 
 function onRouterError(message: unknown): void {
   const req = (message as { req?: TracedRequest } | null)?.req;
   if (req !== undefined) recordError(req, (message as { error?: unknown }).error);
-}
-
-/** Moves Express's `req` and `res` to V8 dictionary mode, with the same properties and values. */
-function toDictionaryMode(req: ExpressRequest, res: ExpressResponse): void {
-  // Express gives both its app's prototypes (Object.setPrototypeOf), which leaves each on a hidden class
-  // of its own: every property added afterwards, by Express, the application or us, copies that class,
-  // and every read misses V8's inline caches. A deleted property makes the object a dictionary, where
-  // neither happens: on Express 5 this saves more CPU per request than tracing costs. Deleted and put back
-  // are the back-references Express sets on both before swapping the prototypes.
-  const request = req as { res?: unknown };
-  const response = res as { req?: unknown };
-  const back = request.res;
-  delete request.res;
-  request.res = back;
-  const forth = response.req;
-  delete response.req;
-  response.req = forth;
 }
 
 let observingRouter = false;
@@ -112,7 +85,7 @@ export function meshTrace(options?: ExpressMeshTraceOptions): RequestHandler {
       return;
     }
     toDictionaryMode(req, res);
-    const t = tracing.start(req, res, req, res, routePolicies > 0 ? routePolicyFor(req, policyOf) : undefined);
+    const t = tracing.start(req, res, routePolicies > 0 ? routePolicyFor(req, policyOf) : undefined);
     req.meshTrace = t;
     context.with(t.context, next);
   };

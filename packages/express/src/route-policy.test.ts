@@ -2,7 +2,7 @@ import { createServer } from 'node:http';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { DiagLogLevel, diag } from '@opentelemetry/api';
-import { warner } from '@meshtrace/core';
+import { warner } from '@meshtrace/core/adapter';
 import { PARENT_ID, SHARED_TRUST_ROWS, TRACE_ID, TRUST_SERVICE, observe, runTrustRow, setupTestTracing } from '@meshtrace/testkit';
 import type { TrustRow } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';

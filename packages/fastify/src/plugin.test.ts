@@ -4,7 +4,7 @@ import { fastify } from 'fastify';
 import type { FastifyInstance } from 'fastify';
 import { fastify as fastify4 } from 'fastify4';
 import { createServer, request as httpRequest } from 'node:http';
-import { warner } from '@meshtrace/core';
+import { warner } from '@meshtrace/core/adapter';
 import { HEADER_CASES, PARENT_ID, TRACE_ID, observe, runHttpCase, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed, TestTracing } from '@meshtrace/testkit';
 import { meshTrace } from '@meshtrace/fastify';

@@ -1,9 +1,11 @@
 import { context } from '@opentelemetry/api';
 import type { Context } from '@opentelemetry/api';
-import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core';
-import type { MeshTraceOptions, MeshTraceRouteOptions, RequestTrace, RoutePolicy } from '@meshtrace/core';
+import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core/adapter';
+import type { MeshTraceOptions, MeshTraceRouteOptions } from '@meshtrace/core';
+import type { RequestTrace, RoutePolicy } from '@meshtrace/core/adapter';
 import type { FastifyError, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteHandlerMethod } from 'fastify';
 import { fastifyPlugin } from 'fastify-plugin';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 
 /** Options of {@link meshTrace}: the core options with Fastify's request and reply. */
 export type FastifyMeshTraceOptions = MeshTraceOptions<FastifyRequest, FastifyReply>;
@@ -57,8 +59,11 @@ function route(request: FastifyRequest): string | undefined {
   return request.routeOptions?.url;
 }
 
+const rawRequest = (request: FastifyRequest): IncomingMessage => request.raw;
+const rawReply = (reply: FastifyReply): ServerResponse => reply.raw;
+
 /** The status Fastify's error handling will give `error` (fastify lib/error-handler.js `setErrorHeaders`). */
-function errorStatus(error: FastifyError & { status?: unknown }, replyStatus: number): number {
+function answerStatus(error: FastifyError & { status?: unknown }, replyStatus: number): number {
   const own = error.statusCode ?? error.status;
   if (typeof own === 'number' && own >= 400 && own <= 599) return own;
   return replyStatus >= 400 && replyStatus <= 599 ? replyStatus : 500;
@@ -149,7 +154,7 @@ function routeHooksInContext(options: Record<string, unknown>): Record<string, u
 }
 
 const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshTracePlugin(fastify, options) {
-  const tracing = createServerTracing<FastifyRequest, FastifyReply>(options, { name: PACKAGE, route });
+  const tracing = createServerTracing<FastifyRequest, FastifyReply>(options, { name: PACKAGE, incoming: rawRequest, outgoing: rawReply, route });
   const policies: Policies = new WeakMap();
 
   // Declared without a value (Fastify 5 refuses an object shared by all requests): each request sets its own.
@@ -157,7 +162,7 @@ const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshT
 
   // onRequest runs after routing, so the route's own policy decides before the SERVER span starts.
   fastify.addHook('onRequest', function meshTraceStart(request, reply, done) {
-    const trace = tracing.start(request.raw, reply.raw, request, reply, routePolicyOf(policies, request));
+    const trace = tracing.start(request, reply, routePolicyOf(policies, request));
     request.meshTrace = trace;
     // The rest of the lifecycle starts inside the context, so AsyncLocalStorage carries it into every later hook, await and timer.
     context.with(trace.context, done);
@@ -166,10 +171,8 @@ const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshT
   fastify.addHook('onError', function meshTraceError(request, reply, error, done) {
     const trace = request.meshTrace as RequestTrace<FastifyRequest, FastifyReply> | undefined;
     if (trace !== undefined) {
-      // onError runs before the error handler sets the status. A 4xx is the caller's fault: the exception
-      // is recorded, the status left unset (semantic conventions, HTTP span status for SERVER spans).
-      if (errorStatus(error, reply.statusCode) >= 500) trace.recordException(error);
-      else trace.span.recordException(error);
+      // onError runs before the error handler sets the status: pass the one Fastify will answer with.
+      trace.recordException(error, answerStatus(error, reply.statusCode));
     }
     resumeStage(request, reply, done);
   });

@@ -2,7 +2,7 @@ import { DiagLogLevel, diag } from '@opentelemetry/api';
 import { fastify } from 'fastify';
 import type { FastifyInstance } from 'fastify';
 import { fastify as fastify4 } from 'fastify4';
-import { warner } from '@meshtrace/core';
+import { warner } from '@meshtrace/core/adapter';
 import { PARENT_ID, SHARED_TRUST_ROWS, TRACE_ID, TRUST_SERVICE, observe, runTrustRow, setupTestTracing } from '@meshtrace/testkit';
 import type { TrustRow } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';

@@ -21,7 +21,8 @@ import type {
 } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { context, propagation } from '@opentelemetry/api';
-import { extractRequestContext, warner } from '@meshtrace/core';
+import { extractRequestContext } from '@meshtrace/core';
+import { warner } from '@meshtrace/core/adapter';
 import { PARENT_ID, SPELLINGS, TRACE_ID, callerHeaders, delta, observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { meshClientInterceptor, meshServerInterceptor, meshService } from '@meshtrace/grpc';

@@ -2,7 +2,8 @@ import { SpanKind, context, trace } from '@opentelemetry/api';
 import type { Span, TextMapGetter } from '@opentelemetry/api';
 import { InterceptingCall, status as Status } from '@grpc/grpc-js';
 import type { Interceptor, InterceptorOptions, NextCall, StatusObject } from '@grpc/grpc-js';
-import { callHook, headerGetter, outboundTrace, traceHeaders } from '@meshtrace/core';
+import { headerGetter } from '@meshtrace/core';
+import { callHook, outboundTrace, traceHeaders } from '@meshtrace/core/adapter';
 import { endSpan, metadataSetter, resolveOptions, rpcAttributes, setAddress, targetEndpoint, tracerOf } from './common';
 import type { MeshGrpcOptions } from './common';
 

@@ -1,7 +1,7 @@
 import { SpanStatusCode, trace } from '@opentelemetry/api';
 import type { Attributes, Span, TextMapSetter, Tracer, TracerProvider } from '@opentelemetry/api';
 import type { Metadata } from '@grpc/grpc-js';
-import { callHook, preview, resolveOptions as resolveCommon, warner } from '@meshtrace/core';
+import { callHook, preview, resolveOptions as resolveCommon, warner } from '@meshtrace/core/adapter';
 
 /** The package name configuration errors and diagnostics start with. */
 export const PACKAGE = '@meshtrace/grpc';

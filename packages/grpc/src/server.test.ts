@@ -301,6 +301,7 @@ describe('unary calls', () => {
         'network.peer.address': '127.0.0.1',
         'network.peer.port': expect.any(Number),
         'meshtrace.propagation.outcome': 'continued',
+        'meshtrace.propagation.format': 'w3c',
       },
     ]);
     expect([c.name, span.status.code]).toEqual([c.name, c.error ? SpanStatusCode.ERROR : SpanStatusCode.UNSET]);

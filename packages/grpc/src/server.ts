@@ -3,7 +3,8 @@ import { SpanKind, context, trace } from '@opentelemetry/api';
 import type { Context, Span } from '@opentelemetry/api';
 import { ServerInterceptingCall, status as Status } from '@grpc/grpc-js';
 import type { Metadata, ServerInterceptingCallInterface, ServerInterceptor, ServerMethodDefinition } from '@grpc/grpc-js';
-import { callHook, extractContext, headerGetter, optionError } from '@meshtrace/core';
+import { extractContext, headerGetter } from '@meshtrace/core';
+import { callHook, optionError, outcomeAttributes } from '@meshtrace/core/adapter';
 import { PACKAGE, endSpan, resolveOptions, rpcAttributes, setAddress, tracerOf } from './common';
 import type { GrpcStatus, MeshGrpcOptions, Resolved } from './common';
 
@@ -44,8 +45,7 @@ class ServerCall {
     const info = { path: this.path, metadata };
     if (this.o.ignored(info)) return (this.context = extracted.context);
     const [name, attributes] = rpcAttributes(this.path);
-    attributes['meshtrace.propagation.outcome'] = extracted.outcome.outcome;
-    if (extracted.outcome.reason !== undefined) attributes['meshtrace.propagation.reason'] = extracted.outcome.reason;
+    outcomeAttributes(extracted.outcome, attributes);
     setAddress(attributes, 'server', this.call.getHost());
     setAddress(attributes, 'network.peer', this.call.getPeer());
     const span = tracerOf(this.o).startSpan(name, { kind: SpanKind.SERVER, attributes, links: extracted.links ? [...extracted.links] : undefined }, extracted.context);

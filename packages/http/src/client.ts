@@ -1,7 +1,7 @@
 import { SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Span, Tracer, TracerProvider } from '@opentelemetry/api';
-import { httpMethod, isTracingSuppressed, optionError, outboundTrace, rewriteHeaders, traceHeaders, warner } from '@meshtrace/core';
-import type { OutboundTrace } from '@meshtrace/core';
+import { checkOptions, httpMethod, isTracingSuppressed, outboundTrace, rewriteHeaders, traceHeaders, warner } from '@meshtrace/core/adapter';
+import type { OutboundTrace } from '@meshtrace/core/adapter';
 import { errorMonitor } from 'node:events';
 // The module objects themselves, not namespace copies: `.request` must be whatever an instrumentation put there last.
 import http from 'node:http';
@@ -302,11 +302,7 @@ function requestWith(tracer: Tracer | undefined): MeshRequest {
  * const { fetch } = meshClient({ tracerProvider });
  */
 export function meshClient(options: MeshClientOptions = {}): MeshClient {
-  if (options === null || typeof options !== 'object') throw optionError(PACKAGE, 'options', 'an object', options);
-  const { tracerProvider } = options;
-  if (tracerProvider !== undefined && typeof tracerProvider?.getTracer !== 'function') {
-    throw optionError(PACKAGE, 'tracerProvider', 'a TracerProvider', tracerProvider);
-  }
+  const { tracerProvider } = checkOptions(PACKAGE, options, { tracerProvider: 'tracerProvider' });
   const tracer = tracerProvider?.getTracer(PACKAGE);
   return { fetch: fetchWith(tracer), request: requestWith(tracer) };
 }

@@ -1,7 +1,7 @@
 import { DiagLogLevel, SpanKind, diag } from '@opentelemetry/api';
 import { HttpInstrumentation } from '@opentelemetry/instrumentation-http';
 import { UndiciInstrumentation } from '@opentelemetry/instrumentation-undici';
-import { warner } from '@meshtrace/core';
+import { warner } from '@meshtrace/core/adapter';
 import { PARENT_ID, SPELLINGS, TRACE_ID, callerHeaders, inServerSpan, setupTestTracing, startHeaderRecorder } from '@meshtrace/testkit';
 import type { HeaderRecorder } from '@meshtrace/testkit';
 import { injectHeaders, meshFetch, meshRequest } from '@meshtrace/http';

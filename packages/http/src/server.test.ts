@@ -82,3 +82,34 @@ test('500 concurrent requests with distinct trace ids each see only their own', 
   expect(seen.map((s) => s.emitter)).toEqual(ids);
   expect(seen.map((s) => s.data)).toEqual(ids);
 });
+
+describe('a listener that throws: the rule every adapter follows', () => {
+  test.each([
+    ['a plain error is the server failing', new Error('boom'), 500, 2 /* ERROR */, 'Error'],
+    ['an error asking for a 4xx is the client failing: recorded, status left unset', Object.assign(new Error('not yours'), { status: 403 }), 403, 0 /* UNSET */, undefined],
+  ])('%s', async (_name, error, answer, code, errorType) => {
+    const traced = meshHttp(() => {
+      throw error;
+    });
+    const server = createServer((req, res) => {
+      try {
+        traced(req, res);
+      } catch (err) {
+        // Node would crash on this throw; the test answers instead, as an error-handling wrapper would.
+        res.statusCode = (err as { status?: number }).status ?? 500;
+        res.end();
+      }
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      tracing.reset();
+      const res = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/x`);
+      await res.arrayBuffer();
+      await new Promise((r) => setImmediate(r));
+      const [span] = tracing.spans();
+      expect({ status: res.status, code: span?.status.code, events: span?.events.map((e) => e.name), errorType: span?.attributes['error.type'] }).toEqual({ status: answer, code, events: ['exception'], errorType });
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+  });
+});

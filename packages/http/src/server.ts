@@ -1,12 +1,13 @@
 import { context } from '@opentelemetry/api';
-import { createServerTracing } from '@meshtrace/core';
-import type { MeshTraceOptions, RequestTrace } from '@meshtrace/core';
+import { createServerTracing } from '@meshtrace/core/adapter';
+import type { MeshTraceOptions } from '@meshtrace/core';
+import type { RequestTrace } from '@meshtrace/core/adapter';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
 /** Options of {@link meshHttp}: the core options with Node's own request and response. */
 export type HttpMeshTraceOptions = MeshTraceOptions<IncomingMessage, ServerResponse>;
 
-/** A `node:http` request listener. */
+/** A `node:http` request listener (an async one's promise is watched for a rejection). */
 export type Listener<Req extends IncomingMessage = IncomingMessage, Res extends ServerResponse = ServerResponse> = (req: Req, res: Res) => void;
 
 const TRACE = Symbol.for('meshtrace.http.trace');
@@ -26,8 +27,22 @@ export function meshHttp<Req extends IncomingMessage, Res extends ServerResponse
   if (typeof listener !== 'function') throw new TypeError(`@meshtrace/http: listener must be a function, got ${typeof listener}`);
   const tracing = createServerTracing<Req, Res>(options, { name: '@meshtrace/http' });
   return function meshHttpListener(this: unknown, req: Req, res: Res): void {
-    const t = tracing.start(req, res, req, res);
+    const t = tracing.start(req, res);
     (req as Req & { [TRACE]?: unknown })[TRACE] = t;
-    context.with(t.context, listener, this, req, res);
+    let result: unknown;
+    try {
+      result = context.with(t.context, listener, this, req, res);
+    } catch (err) {
+      // Recorded by the rule every adapter follows, then thrown on to Node as before.
+      t.recordException(err);
+      throw err;
+    }
+    // An async listener's rejection: recorded, and left as unhandled as Node (which ignores the promise) leaves it.
+    if (typeof (result as PromiseLike<unknown> | undefined)?.then === 'function') {
+      (result as PromiseLike<unknown>).then(undefined, (err: unknown) => {
+        t.recordException(err);
+        throw err;
+      });
+    }
   };
 }

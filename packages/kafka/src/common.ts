@@ -1,6 +1,7 @@
-import { SpanStatusCode, trace } from '@opentelemetry/api';
-import type { Attributes, Span, Tracer, TracerProvider } from '@opentelemetry/api';
-import { optionError } from '@meshtrace/core';
+import { trace } from '@opentelemetry/api';
+import type { Attributes, Span, Tracer } from '@opentelemetry/api';
+import { recordSpanError } from '@meshtrace/core/adapter';
+import type { SettleOptions } from '@meshtrace/core/adapter';
 
 /** The package name configuration errors start with, and the tracer's instrumentation scope. */
 export const PACKAGE = '@meshtrace/kafka';
@@ -28,27 +29,13 @@ export function keyAttribute(key: unknown): string | undefined {
 
 /** Marks the span failed; `error.type` is the Kafka error code name when there is one (semconv `KAFKA_STORAGE_ERROR`). */
 export function recordError(span: Span, error: unknown): void {
-  if (error instanceof Error) {
-    span.recordException(error);
-    const code = (error as { type?: unknown }).type;
-    span.setAttribute('error.type', typeof code === 'string' && code.length > 0 ? code : error.name || 'Error');
-    span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
-  } else {
-    span.setAttribute('error.type', '_OTHER');
-    span.setStatus({ code: SpanStatusCode.ERROR, message: String(error) });
-  }
+  const code = error instanceof Error ? (error as { type?: unknown }).type : undefined;
+  recordSpanError(span, error, typeof code === 'string' && code.length > 0 ? code : error instanceof Error ? undefined : '_OTHER');
 }
 
-/** Checks the options both factories share; returns the tracer of `tracerProvider`, if given. */
-export function checkCommon(options: unknown, hookName: string): Tracer | undefined {
-  if (options === null || typeof options !== 'object') throw optionError(PACKAGE, 'options', 'an object', options);
-  const o = options as { tracerProvider?: TracerProvider } & Record<string, unknown>;
-  if (o.tracerProvider !== undefined && typeof o.tracerProvider?.getTracer !== 'function') {
-    throw optionError(PACKAGE, 'tracerProvider', 'a TracerProvider', o.tracerProvider);
-  }
-  if (o[hookName] !== undefined && typeof o[hookName] !== 'function') throw optionError(PACKAGE, hookName, 'a function', o[hookName]);
-  return o.tracerProvider?.getTracer(PACKAGE);
-}
+/** How a consumer span records a failed handler and ends: with the Kafka error code. */
+export const KAFKA_ERRORS: SettleOptions = Object.freeze({ record: recordError });
+
 
 /** The fixed tracer, or the global provider's at call time so setup order does not matter. */
 export function tracerOf(fixed: Tracer | undefined): Tracer {

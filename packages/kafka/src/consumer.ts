@@ -1,8 +1,9 @@
-import { SpanKind, context, trace } from '@opentelemetry/api';
+import { SpanKind, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Link, Span, TimeInput, Tracer, TracerProvider } from '@opentelemetry/api';
-import { RANDOM_TRACE_ID_KEY, callHook, extractContext, headerGetter, optionError } from '@meshtrace/core';
+import { extractContext, headerGetter } from '@meshtrace/core';
+import { RANDOM_TRACE_ID_KEY, callHook, checkOptions, outcomeAttributes, runInSpan } from '@meshtrace/core/adapter';
 import type { Consumer, ConsumerRunConfig, EachBatchHandler, EachBatchPayload, EachMessageHandler, EachMessagePayload, KafkaMessage } from 'kafkajs';
-import { PACKAGE, SYSTEM, checkCommon, keyAttribute, recordError, tracerOf, typeName } from './common';
+import { KAFKA_ERRORS, PACKAGE, SYSTEM, keyAttribute, recordError, tracerOf, typeName } from './common';
 
 /** Options of {@link meshConsumer}; all optional. */
 export interface MeshConsumerOptions {
@@ -39,7 +40,6 @@ export type MeshConsumerRunConfig = Omit<ConsumerRunConfig, 'eachBatch'> & { eac
 export type MeshConsumer<C extends Consumer = Consumer> = Omit<C, 'run'> & { run(config?: MeshConsumerRunConfig): Promise<void> };
 
 const WRAPPED = Symbol.for('meshtrace.kafka.consumer');
-const MODES = ['parent', 'link'];
 
 class ConsumerTracing {
   /** `messaging.consumer.group.name`, learned when the consumer joins its group. */
@@ -62,15 +62,14 @@ class ConsumerTracing {
       'messaging.operation.type': 'process',
       'messaging.destination.name': topic,
       'messaging.destination.partition.id': String(partition),
-      'meshtrace.propagation.outcome': outcome.outcome,
     };
+    outcomeAttributes(outcome, attributes);
     const offset = Number(message.offset);
     if (Number.isSafeInteger(offset)) attributes['messaging.kafka.offset'] = offset;
     const key = keyAttribute(message.key);
     if (key !== undefined) attributes['messaging.kafka.message.key'] = key;
     if (message.value === null) attributes['messaging.kafka.message.tombstone'] = true;
     if (this.group !== undefined) attributes['messaging.consumer.group.name'] = this.group;
-    if (outcome.reason !== undefined) attributes['meshtrace.propagation.reason'] = outcome.reason;
 
     let parent = extracted.context;
     let links: Link[] | undefined;
@@ -87,14 +86,7 @@ class ConsumerTracing {
 
   /** Runs `fn(arg)` in `ctx`, ending `span` when it settles. */
   async run<A, T>(span: Span, ctx: Context, fn: (arg: A) => T | Promise<T>, arg: A): Promise<T> {
-    try {
-      return await context.with(ctx, fn, undefined, arg);
-    } catch (err) {
-      recordError(span, err);
-      throw err;
-    } finally {
-      span.end();
-    }
+    return runInSpan(span, ctx, fn, undefined, arg, KAFKA_ERRORS);
   }
 
   eachMessage(handler: EachMessageHandler): EachMessageHandler {
@@ -152,9 +144,8 @@ export function meshConsumer<C extends Consumer>(consumer: C, options: MeshConsu
   }
   const target = consumer as Consumer & { [WRAPPED]?: true };
   if (target[WRAPPED]) throw new TypeError(`${PACKAGE}: consumer is already traced by meshConsumer`);
-  const tracer = checkCommon(options, 'consumerHook');
-  if (options.mode !== undefined && !MODES.includes(options.mode)) throw optionError(PACKAGE, 'mode', `one of ${MODES.join(', ')}`, options.mode);
-  const tracing = new ConsumerTracing(tracer, options.mode === 'link', options.consumerHook);
+  const o = checkOptions(PACKAGE, options, { tracerProvider: 'tracerProvider', consumerHook: 'function', mode: ['parent', 'link'] });
+  const tracing = new ConsumerTracing(o.tracerProvider?.getTracer(PACKAGE), o.mode === 'link', o.consumerHook);
   target.on(target.events.GROUP_JOIN, (event) => {
     tracing.group = event.payload.groupId;
   });

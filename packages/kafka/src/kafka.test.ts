@@ -4,7 +4,7 @@ import { Kafka, Partitioners, logLevel } from 'kafkajs';
 import type { Consumer, IHeaders, KafkaMessage, Message, Producer } from 'kafkajs';
 import { HEADER_CASES, PARENT_ID, SPELLINGS, TRACE_ID, callerHeaders, checkCase, delta, observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
-import { warner } from '@meshtrace/core';
+import { warner } from '@meshtrace/core/adapter';
 import { meshConsumer, meshProducer } from '@meshtrace/kafka';
 import type { MeshConsumerOptions, MeshConsumerRunConfig, MeshProducerOptions } from '@meshtrace/kafka';
 import { TestKafkaBroker } from './broker.test-util';
@@ -153,6 +153,7 @@ describe('producer and consumer', () => {
       'messaging.kafka.message.key': 'order-1',
       'messaging.consumer.group.name': group,
       'meshtrace.propagation.outcome': 'continued',
+      'meshtrace.propagation.format': 'w3c',
     });
     expect(seen.spanId).toBe(process.spanContext().spanId);
     expect(Buffer.isBuffer(message.headers?.traceparent)).toBe(true);

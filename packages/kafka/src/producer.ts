@@ -1,9 +1,10 @@
 import { SpanKind, context, propagation, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Link, Span, TextMapGetter, Tracer, TracerProvider } from '@opentelemetry/api';
-import { callHook, headerGetter, optionError, outboundTrace, rewriteHeaders, traceHeaders } from '@meshtrace/core';
-import type { OutboundTrace } from '@meshtrace/core';
+import { headerGetter } from '@meshtrace/core';
+import { callHook, checkOptions, outboundTrace, rewriteHeaders, traceHeaders } from '@meshtrace/core/adapter';
+import type { OutboundTrace } from '@meshtrace/core/adapter';
 import type { IHeaders, Message, Producer, ProducerBatch, ProducerRecord, RecordMetadata, TopicMessages } from 'kafkajs';
-import { PACKAGE, SYSTEM, checkCommon, keyAttribute, recordError, tracerOf, typeName } from './common';
+import { PACKAGE, SYSTEM, keyAttribute, recordError, tracerOf, typeName } from './common';
 
 /** Options of {@link meshProducer}; all optional. */
 export interface MeshProducerOptions {
@@ -154,9 +155,8 @@ export function meshProducer<P extends Producer>(producer: P, options: MeshProdu
   }
   const target = producer as Producer & { [WRAPPED]?: true };
   if (target[WRAPPED]) throw new TypeError(`${PACKAGE}: producer is already traced by meshProducer`);
-  const tracer = checkCommon(options, 'producerHook');
-  if (options.createSpans !== undefined && typeof options.createSpans !== 'boolean') throw optionError(PACKAGE, 'createSpans', 'a boolean', options.createSpans);
-  const tracing = new ProducerTracing(tracer, options.createSpans ?? true, options.producerHook);
+  const o = checkOptions(PACKAGE, options, { tracerProvider: 'tracerProvider', producerHook: 'function', createSpans: 'boolean' });
+  const tracing = new ProducerTracing(o.tracerProvider?.getTracer(PACKAGE), o.createSpans ?? true, o.producerHook);
   const send = target.send;
   const sendBatch = target.sendBatch;
 

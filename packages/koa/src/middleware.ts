@@ -1,6 +1,7 @@
 import { context } from '@opentelemetry/api';
-import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core';
-import type { MeshTraceOptions, MeshTraceRouteOptions, RequestTrace, RoutePolicy } from '@meshtrace/core';
+import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core/adapter';
+import type { MeshTraceOptions, MeshTraceRouteOptions } from '@meshtrace/core';
+import type { RequestTrace, RoutePolicy } from '@meshtrace/core/adapter';
 import type { Context, Middleware, Next } from 'koa';
 
 /** Options of {@link meshTrace}: the core options, with Koa's `ctx` handed to `ignore` and both hooks. */
@@ -90,30 +91,21 @@ function routePolicyFor(ctx: Context): Policy | undefined {
 }
 
 /**
- * Koa answers a thrown error with its `status` (or `statusCode`) when that is set; a 4xx is the
- * client's error and leaves a server span's status unset (OTel semantic conventions, HTTP spans, Status).
- */
-function isClientError(err: unknown): boolean {
-  const e = err as { status?: unknown; statusCode?: unknown } | null | undefined;
-  const status = e?.status || e?.statusCode;
-  return typeof status === 'number' && status >= 400 && status < 500;
-}
-
-/**
  * Koa middleware that runs each request in its caller's trace, inside one SERVER span named after
  * the @koa/router route. Use it first, so every later middleware runs in the request's context.
  * @example
  * app.use(meshTrace({ ignore: ['/healthz'] }));
  */
 export function meshTrace(options?: KoaMeshTraceOptions): Middleware {
-  const tracing = createServerTracing<Context, Context>(options, { name: PACKAGE, route: routeOf });
+  const tracing = createServerTracing<Context, Context>(options, { name: PACKAGE, incoming: (ctx) => ctx.req, outgoing: (ctx) => ctx.res, route: routeOf });
   return function meshTraceMiddleware(ctx: Context, next: Next): Promise<unknown> {
     // Used twice on one request (a mounted sub-app with its own meshTrace()): the first one traces it.
     if (ctx.meshTrace !== undefined) return next();
-    const t = tracing.start(ctx.req, ctx.res, ctx, ctx, routePolicies > 0 ? routePolicyFor(ctx) : undefined);
+    const t = tracing.start(ctx, ctx, routePolicies > 0 ? routePolicyFor(ctx) : undefined);
     (ctx as { meshTrace?: KoaRequestTrace }).meshTrace = t;
     return context.with(t.context, next).catch((err: unknown) => {
-      if (!isClientError(err)) t.recordException(err);
+      // Koa answers with the status the error asks for, as core's rule reads it.
+      t.recordException(err);
       throw err;
     });
   };

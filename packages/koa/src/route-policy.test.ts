@@ -4,7 +4,7 @@ import { DiagLogLevel, diag } from '@opentelemetry/api';
 import Router from '@koa/router';
 import Koa from 'koa';
 import type { Context } from 'koa';
-import { warner } from '@meshtrace/core';
+import { warner } from '@meshtrace/core/adapter';
 import { PARENT_ID, SHARED_TRUST_ROWS, TRACE_ID, TRUST_SERVICE, observe, runTrustRow, setupTestTracing } from '@meshtrace/testkit';
 import type { TrustRow } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';

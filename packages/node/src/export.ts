@@ -1,7 +1,7 @@
 import { TraceFlags, diag } from '@opentelemetry/api';
 import type { Context } from '@opentelemetry/api';
 import type { Span } from '@opentelemetry/api';
-import { LazyCounter, optionError, warner } from '@meshtrace/core';
+import { LazyCounter, optionError, warner } from '@meshtrace/core/adapter';
 import { PACKAGE } from './options';
 import { ExportResultCode, traceSdk } from './sdk';
 import type { BufferConfig, ExportResult, ReadableSpan, SpanExporter, SpanProcessor } from './sdk';

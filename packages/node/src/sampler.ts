@@ -1,6 +1,7 @@
 import { SamplingDecision, diag, isSpanContextValid, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Link, Sampler, SamplingResult, SpanKind } from '@opentelemetry/api';
-import { FLAG_SAMPLED, TallyCounter, extractionOf } from '@meshtrace/core';
+import { FLAG_SAMPLED } from '@meshtrace/core';
+import { TallyCounter, extractionOf } from '@meshtrace/core/adapter';
 import { PACKAGE } from './options';
 import { traceSdk } from './sdk';
 

@@ -4,7 +4,8 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { DiagLogLevel, ROOT_CONTEXT, context, defaultTextMapGetter, diag, propagation, trace } from '@opentelemetry/api';
 import { InMemorySpanExporter } from '@opentelemetry/sdk-trace';
-import { checkPropagation, hasContextManager, warner } from '@meshtrace/core';
+import { checkPropagation } from '@meshtrace/core';
+import { hasContextManager, warner } from '@meshtrace/core/adapter';
 import { setupMeshTracing } from '@meshtrace/node';
 import { loadTraceSdk, optionalPeer } from './sdk';
 

@@ -4,7 +4,8 @@ import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-ho
 import type { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import type { Resource, ResourceDetector } from '@opentelemetry/resources';
-import { MeshPropagator, checkPropagation, hasContextManager, optionError, registeredGlobal } from '@meshtrace/core';
+import { MeshPropagator, checkPropagation } from '@meshtrace/core';
+import { hasContextManager, optionError, registeredGlobal } from '@meshtrace/core/adapter';
 import type { MeshPropagatorOptions } from '@meshtrace/core';
 import { MeshBatchSpanProcessor, otlpTimeoutMillis, resolveBatchConfig } from './export';
 import { kubernetesDetector } from './k8s';

@@ -157,6 +157,7 @@ describe('producer to consumer', () => {
         'messaging.message.id': messageId,
         'messaging.message.conversation_id': 'conv-1',
         'meshtrace.propagation.outcome': 'continued',
+        'meshtrace.propagation.format': 'w3c',
         'meshtrace.rabbitmq.settlement': 'ack',
       },
     ]);

@@ -1,6 +1,7 @@
 import { ROOT_CONTEXT, SpanKind, context, trace } from '@opentelemetry/api';
 import type { Attributes, Span, TextMapGetter, Tracer, TracerProvider } from '@opentelemetry/api';
-import { callHook, extractContext, headerGetter, optionError, outboundTrace, recordSpanError, rewriteHeaders, traceHeaders } from '@meshtrace/core';
+import { extractContext, headerGetter } from '@meshtrace/core';
+import { callHook, checkOptions, outboundTrace, outcomeAttributes, recordSpanError, rewriteHeaders, runInSpan, traceHeaders } from '@meshtrace/core/adapter';
 import type { HeaderCarrier } from '@meshtrace/core';
 import type { ConsumeMessage, Message, Options } from 'amqplib';
 
@@ -58,10 +59,6 @@ function isFunction(value: unknown): value is (...args: never[]) => unknown {
   return typeof value === 'function';
 }
 
-function isThenable(value: unknown): value is PromiseLike<unknown> {
-  return (typeof value === 'object' || typeof value === 'function') && value !== null && typeof (value as PromiseLike<unknown>).then === 'function';
-}
-
 /** Queue names starting `amq.` are the server's own (generated or reply-to): no good in a span name. */
 function nameable(name: string): boolean {
   return name.length > 0 && !name.startsWith('amq.');
@@ -102,12 +99,7 @@ export function instrumentChannel<C extends AmqpChannel>(channel: C, options?: R
   if (channel === null || typeof channel !== 'object' || !isFunction(channel.publish) || !isFunction(channel.consume) || !isFunction(channel.on)) {
     throw new TypeError(`${PACKAGE}: channel must be an amqplib Channel or ConfirmChannel, got ${channel === null ? 'null' : typeof channel}`);
   }
-  if (options === undefined || options === null) options = {};
-  if (typeof options !== 'object') throw optionError(PACKAGE, 'options', 'an object', options);
-  const { tracerProvider, publishHook, consumeHook } = options;
-  if (tracerProvider !== undefined && !isFunction(tracerProvider?.getTracer)) throw optionError(PACKAGE, 'tracerProvider', 'a TracerProvider', tracerProvider);
-  if (publishHook !== undefined && !isFunction(publishHook)) throw optionError(PACKAGE, 'publishHook', 'a function', publishHook);
-  if (consumeHook !== undefined && !isFunction(consumeHook)) throw optionError(PACKAGE, 'consumeHook', 'a function', consumeHook);
+  const { tracerProvider, publishHook, consumeHook } = checkOptions(PACKAGE, options ?? undefined, { tracerProvider: 'tracerProvider', publishHook: 'function', consumeHook: 'function' });
   if (instrumented.has(channel)) return channel;
   instrumented.add(channel);
 
@@ -147,10 +139,10 @@ export function instrumentChannel<C extends AmqpChannel>(channel: C, options?: R
     if (delivery.settled) delivery.span.end();
   }
 
-  function fail(delivery: Delivery, tag: number, error: unknown): void {
+  /** The handler threw or rejected (runInSpan recorded it): the span ends now, settled or not. */
+  function fail(delivery: Delivery, tag: number): void {
     delivery.running = false;
     if (pending.get(tag) === delivery) pending.delete(tag);
-    recordSpanError(delivery.span, error);
     delivery.span.end();
   }
 
@@ -170,40 +162,23 @@ export function instrumentChannel<C extends AmqpChannel>(channel: C, options?: R
           'messaging.operation.name': 'process',
           'messaging.destination.name': destination(fields.exchange, fields.routingKey, queue),
           'messaging.rabbitmq.message.delivery_tag': fields.deliveryTag,
-          'meshtrace.propagation.outcome': extracted.outcome.outcome,
         },
         fields.routingKey,
         properties.messageId,
         properties.correlationId,
       );
-      if (extracted.outcome.reason !== undefined) attributes['meshtrace.propagation.reason'] = extracted.outcome.reason;
+      outcomeAttributes(extracted.outcome, attributes);
       const span = tracer().startSpan(name, { kind: SpanKind.CONSUMER, attributes }, extracted.context);
       callHook('consumeHook', consumeHook, span, message, '@meshtrace/rabbitmq');
       const delivery: Delivery = { span, running: true, settled: noAck };
       if (noAck) settleOne(delivery, 'auto-ack', undefined);
       else pending.set(fields.deliveryTag, delivery);
 
-      let result: unknown;
-      try {
-        result = context.with(trace.setSpan(extracted.context, span), onMessage, this, message);
-      } catch (err) {
-        // amqplib closes the channel with this error, as it would without us.
-        fail(delivery, fields.deliveryTag, err);
-        throw err;
-      }
-      if (!isThenable(result)) {
-        finish(delivery);
-        return result;
-      }
-      // Rethrowing keeps a rejection as unhandled as amqplib (which ignores the promise) leaves it.
-      result.then(
-        () => finish(delivery),
-        (err: unknown) => {
-          fail(delivery, fields.deliveryTag, err);
-          throw err;
-        },
-      );
-      return result;
+      // A throw reaches amqplib, which closes the channel with it, as it would without us; a rejection
+      // stays as unhandled as amqplib (which ignores the promise) leaves it.
+      return runInSpan(span, trace.setSpan(extracted.context, span), onMessage, this, message, {
+        settled: (_span, failed) => (failed ? fail(delivery, fields.deliveryTag) : finish(delivery)),
+      });
     };
   }
 

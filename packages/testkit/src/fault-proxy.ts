@@ -3,7 +3,7 @@ import type { IncomingMessage } from 'node:http';
 import { connect, createServer } from 'node:net';
 import type { AddressInfo, Server, Socket } from 'node:net';
 import { gunzipSync } from 'node:zlib';
-import { optionError } from '@meshtrace/core';
+import { optionError } from '@meshtrace/core/adapter';
 
 const PACKAGE = '@meshtrace/testkit';
 

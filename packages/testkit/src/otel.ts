@@ -3,7 +3,8 @@ import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-ho
 import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace';
-import { MeshPropagator, hasContextManager } from '@meshtrace/core';
+import { MeshPropagator } from '@meshtrace/core';
+import { hasContextManager } from '@meshtrace/core/adapter';
 
 class CollectingReader extends MetricReader {
   constructor() {

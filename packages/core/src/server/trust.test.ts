@@ -2,8 +2,9 @@ import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { DiagLogLevel, context, diag } from '@opentelemetry/api';
-import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core';
-import type { MeshTraceOptions, RoutePolicy } from '@meshtrace/core';
+import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core/adapter';
+import type { MeshTraceOptions } from '@meshtrace/core';
+import type { RoutePolicy } from '@meshtrace/core/adapter';
 import { observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { inboundPolicy, peerAddress } from './trust';
@@ -152,7 +153,7 @@ describe('bad policies fail at setup with a TypeError naming the option', () => 
 async function serve(options: MeshTraceOptions, host = '127.0.0.1', route?: (req: IncomingMessage) => RoutePolicy<IncomingMessage> | undefined): Promise<number> {
   const t = createServerTracing<IncomingMessage, ServerResponse>(options, { name: '@meshtrace/trust-test' });
   const server = createServer((req, res) => {
-    const rt = t.start(req, res, req, res, route?.(req));
+    const rt = t.start(req, res, route?.(req));
     context.with(rt.context, () => res.end(JSON.stringify(observe())));
   });
   servers.push(server);

@@ -1,6 +1,6 @@
 import { context, diag, metrics, propagation } from '@opentelemetry/api';
 import type { Attributes, Context, Counter } from '@opentelemetry/api';
-import { registeredGlobal } from './otel-keys';
+import { registeredGlobal } from './otel-internals';
 
 /** The package name every diagnostic and configuration error starts with. */
 export const PACKAGE = '@meshtrace/core';

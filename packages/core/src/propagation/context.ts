@@ -1,6 +1,7 @@
 import { INVALID_SPAN_CONTEXT, createContextKey, propagation, trace } from '@opentelemetry/api';
 import type { Baggage, Context, Link, Span, SpanContext } from '@opentelemetry/api';
-import type { ExtractOutcome, Extraction } from './extract';
+import type { Extraction } from './extract';
+import type { ExtractOutcome } from './outcome';
 
 /** Catches the key the API sets, so the API's own keys are known without relying on how it makes them. */
 class KeyProbe implements Context {

@@ -110,6 +110,29 @@ export function parseTraceparent(value: unknown): Traceparent | TraceparentReaso
   return { version: hexAt(value, 0) * 16 + hexAt(value, 1), traceId: value.substring(3, 35), spanId: value.substring(36, 52), traceFlags: flags };
 }
 
+/** The ids and flags of a `traceparent` as a remote span context's fields (only the defined flags), or why there are none. */
+export interface RemoteTraceparent {
+  readonly traceId: string;
+  readonly spanId: string;
+  readonly traceFlags: number;
+  readonly isRemote: true;
+}
+
+/**
+ * The remote span context a `traceparent` names, or the reason it names none: the one reader of the
+ * header's layout beside {@link parseTraceparent}. A plain string (the usual case) is read in place.
+ * @internal the extraction's fast path.
+ */
+export function remoteTraceparent(raw: unknown): RemoteTraceparent | TraceparentReason {
+  if (typeof raw !== 'string') {
+    const tp = parseTraceparent(raw);
+    return typeof tp === 'string' ? tp : { traceId: tp.traceId, spanId: tp.spanId, traceFlags: tp.traceFlags & KNOWN_FLAGS, isRemote: true };
+  }
+  const flags = checkTraceparent(raw);
+  if (typeof flags === 'string') return flags;
+  return { traceId: raw.substring(3, 35), spanId: raw.substring(36, 52), traceFlags: flags & KNOWN_FLAGS, isRemote: true };
+}
+
 /** True when `id` is `length` lower-case hex digits and not all zeros. */
 export function isValidId(id: string, length: 32 | 16): boolean {
   return typeof id === 'string' && id.length === length && scanId(id, 0, length) === 1;

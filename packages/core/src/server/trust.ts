@@ -1,7 +1,7 @@
 import { BlockList, isIP } from 'node:net';
 import type { IncomingMessage } from 'node:http';
-import { warner } from './diagnostics';
-import { optionError } from './propagator';
+import { warner } from '../internal/diagnostics';
+import { optionError } from '../internal/options';
 
 /** What a server does with the trace context its callers send. */
 export type InboundTrust = 'continue' | 'restart' | 'ignore';

@@ -4,7 +4,9 @@ import type { AddressInfo } from 'node:net';
 import { DiagLogLevel, ROOT_CONTEXT, SpanKind, context, diag, propagation, trace } from '@opentelemetry/api';
 import type { TextMapPropagator } from '@opentelemetry/api';
 import { RPCType, setRPCMetadata } from '@opentelemetry/core';
-import { MeshPropagator, createServerTracing, warner } from '@meshtrace/core';
+import { MeshPropagator } from '@meshtrace/core';
+import { createServerTracing, warner } from '@meshtrace/core/adapter';
+import { usePublicApiOnly } from '../internal/otel-internals';
 import type { MeshTraceOptions } from '@meshtrace/core';
 import { observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
@@ -23,7 +25,7 @@ afterAll(async () => {
 async function serve(options: MeshTraceOptions): Promise<string> {
   const tracing = createServerTracing<IncomingMessage, ServerResponse>(options, { name: '@meshtrace/core-test' });
   const server = createServer((req, res) => {
-    const t = tracing.start(req, res, req, res);
+    const t = tracing.start(req, res);
     context.with(t.context, () => {
       const bag = propagation.getBaggage(context.active());
       // A handler that changes baggage makes a new context; it must not touch anyone else's.
@@ -127,7 +129,7 @@ describe('server-timing trace metric', () => {
   async function timed(options: MeshTraceOptions, how: (res: ServerResponse) => void): Promise<string> {
     const t = createServerTracing<IncomingMessage, ServerResponse>(options, { name: '@meshtrace/x' });
     const server = createServer((req, res) => {
-      const rt = t.start(req, res, req, res);
+      const rt = t.start(req, res);
       context.with(rt.context, () => {
         res.setHeader('x-span', rt.span.spanContext().spanId);
         how(res);
@@ -254,7 +256,7 @@ test('a span already active is enriched, not duplicated', async () => {
   const server = createServer((req, res) => {
     const outer = tracer.startSpan('GET outer', { kind: 1 });
     context.with(trace.setSpan(context.active(), outer), () => {
-      const rt = t.start(req, res, req, res);
+      const rt = t.start(req, res);
       context.with(rt.context, () => res.end(JSON.stringify(observe())));
       res.on('finish', () => outer.end());
     });
@@ -272,7 +274,7 @@ test("responseHook runs in the request's context even when the response ends fro
   const hooked: string[] = [];
   const t = createServerTracing<IncomingMessage, ServerResponse>({ responseHook: () => void hooked.push(trace.getActiveSpan()?.spanContext().spanId ?? 'none') }, { name: '@meshtrace/x' });
   const server = createServer((req, res) => {
-    const rt = t.start(req, res, req, res);
+    const rt = t.start(req, res);
     const spanId = rt.span.spanContext().spanId;
     // A pooled client's callback, say: the response is written from the root context.
     context.with(ROOT_CONTEXT, () => setImmediate(() => res.end(JSON.stringify({ spanId }))));
@@ -309,7 +311,7 @@ describe('beside an HTTP instrumentation that made the SERVER span', () => {
       res.on('finish', () => span.end());
       const middleware = tracer.startSpan('middleware - query', { kind: SpanKind.INTERNAL }, requestContext);
       context.with(trace.setSpan(requestContext, middleware), () => {
-        const rt = t.start(req, res, req, res);
+        const rt = t.start(req, res);
         middleware.end();
         context.with(rt.context, () => res.end(JSON.stringify(observe())));
       });
@@ -391,5 +393,41 @@ describe('beside an HTTP instrumentation that made the SERVER span', () => {
       propagation.setGlobalPropagator(new MeshPropagator());
       diag.disable();
     }
+  });
+});
+
+describe('the probe id of meshtrace probe', () => {
+  test.each([
+    ['a continued trace', { traceparent: VALID, baggage: 'tenant=acme,meshtrace.probe=p-42' }],
+    ['a lost trace: the id still ties the hop to its probe', { baggage: 'meshtrace.probe=p-42' }],
+    ['a distrusted trace: baggage is cut, the id is still recorded', { traceparent: VALID, baggage: 'meshtrace.probe=p-42', restart: '1' }],
+  ])('is copied from baggage onto the server span: %s', async (_name, headers) => {
+    const { restart, ...sent } = headers as Record<string, string>;
+    const base = await serve(restart ? { inbound: 'restart' } : {});
+    const { span } = await call(base, sent);
+    expect(span?.attributes['meshtrace.probe']).toBe('p-42');
+  });
+
+  test('is absent without the baggage entry', async () => {
+    const { span } = await call(await serve({}), { traceparent: VALID, baggage: 'tenant=acme' });
+    expect(span?.attributes).not.toHaveProperty('meshtrace.probe');
+  });
+});
+
+describe('with only the public API, as if the OpenTelemetry internals core reads had another shape', () => {
+  beforeAll(() => usePublicApiOnly(true));
+  afterAll(() => usePublicApiOnly(false));
+
+  test.each([
+    ['valid', { traceparent: VALID }, 'continued', T],
+    ['upper-case', { traceparent: VALID.toUpperCase().replace(/^00/, '00') }, 'malformed', undefined],
+    ['missing', {}, 'missing', undefined],
+  ])('%s traceparent: one SERVER span from the global provider, the outcome on it and counted', async (_name, headers, outcome, traceId) => {
+    const { seen, span, counted } = await call(await serve({}), headers as Record<string, string>);
+    expect(span?.kind).toBe(SpanKind.SERVER);
+    expect(span?.attributes['meshtrace.propagation.outcome']).toBe(outcome);
+    expect(counted.some((k) => k.includes(outcome))).toBe(true);
+    if (traceId !== undefined) expect(seen.traceId).toBe(traceId);
+    else expect(seen.traceId).not.toBe(T);
   });
 });

@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { ROOT_CONTEXT, defaultTextMapGetter, defaultTextMapSetter, propagation, trace } from '@opentelemetry/api';
-import { BAGGAGE_LIMITS, MeshPropagator, MeshTraceState, extractContext, headerGetter, parseBaggage, parseTracestate, serializeBaggage } from '@meshtrace/core';
+import { BAGGAGE_LIMITS, MeshPropagator, extractContext, headerGetter, parseBaggage, parseTracestate, serializeBaggage } from '@meshtrace/core';
+import { MeshTraceState } from '@meshtrace/core/adapter';
 import { setupTestTracing } from '@meshtrace/testkit';
 
 // Properties over arbitrary input: whatever comes in, nothing throws and only valid headers go out.

@@ -1,6 +1,6 @@
 import { DiagLogLevel, ROOT_CONTEXT, diag, trace } from '@opentelemetry/api';
 import { RPCType, setRPCMetadata, suppressTracing } from '@opentelemetry/core';
-import { httpRpcMetadata, isTracingSuppressed, registeredGlobal, withoutRpcMetadata } from './otel-keys';
+import { httpRpcMetadata, isTracingSuppressed, registeredGlobal, withoutRpcMetadata } from './otel-internals';
 
 // meshtrace reads these context entries without depending on an SDK line: checked here against the
 // real @opentelemetry/core, so a change of its keys fails this test instead of breaking in production.

@@ -1,6 +1,7 @@
 import { ROOT_CONTEXT, defaultTextMapGetter, defaultTextMapSetter, trace } from '@opentelemetry/api';
 import { B3InjectEncoding, B3Propagator } from '@opentelemetry/propagator-b3';
-import { B3_DENY, MeshPropagator, extractionOf, parseB3Multi, parseB3Single } from '@meshtrace/core';
+import { B3_DENY, MeshPropagator, parseB3Multi, parseB3Single } from '@meshtrace/core';
+import { extractionOf } from '@meshtrace/core/adapter';
 
 const T = '4bf92f3577b34da6a3ce929d0e0e4736';
 const T64 = 'a3ce929d0e0e4736';

@@ -5,6 +5,7 @@ import { EventEmitter } from 'node:events';
 import { IncomingMessage, ServerResponse } from 'node:http';
 import { Socket } from 'node:net';
 import { bindEmitter, bindingOf } from './emitter';
+import { usePublicApiOnly } from './otel-internals';
 
 const KEY = createContextKey('emitter-test');
 const named = (name: string): Context => ROOT_CONTEXT.setValue(KEY, name);
@@ -35,6 +36,17 @@ type Binder = (ctx: Context, ee: EventEmitter) => void;
 const BINDERS: ReadonlyArray<readonly [string, Binder]> = [
   ['bindEmitter', (ctx, ee) => void bindEmitter(ctx, ee)],
   ['context.bind', (ctx, ee) => void context.bind(ctx, ee)],
+  [
+    'bindEmitter on the public route (the shortcut switched off)',
+    (ctx, ee) => {
+      usePublicApiOnly(true);
+      try {
+        bindEmitter(ctx, ee);
+      } finally {
+        usePublicApiOnly(false);
+      }
+    },
+  ],
 ];
 
 /** Adds, removes and emits in every way there is, and records what each listener saw. */
@@ -80,6 +92,12 @@ describe.each(KINDS)('%s', (_kind, make) => {
     expect(mine).toContain('added before binding in emitter');
     expect(mine).not.toContain('once removed before it fired in request');
     expect(mine.filter((l) => l.startsWith('once in'))).toEqual(['once in request']);
+  });
+
+  test('bindEmitter on the public route does the same, and keeps its record for the caller', () => {
+    const ee = make();
+    expect(script(ee, BINDERS[2][1])).toEqual(script(make(), BINDERS[1][1]));
+    expect(bindingOf(ee)).toBeDefined();
   });
 
   test('the first context bound stays', () => {

@@ -1,14 +1,16 @@
 import { defaultTextMapSetter, propagation, trace } from '@opentelemetry/api';
 import type { Context, TextMapGetter, TextMapPropagator, TextMapSetter } from '@opentelemetry/api';
-import { formatB3Single } from './b3';
-import { BAGGAGE_LIMITS, serializeBaggage } from './baggage';
+import { formatB3Single } from '../w3c/b3';
+import { BAGGAGE_LIMITS, serializeBaggage } from '../w3c/baggage';
 import { RANDOM_TRACE_ID_KEY } from './context';
-import { PACKAGE, recordDropped } from './diagnostics';
+import { PACKAGE, recordDropped } from '../internal/diagnostics';
+import { optionError } from '../internal/options';
 import { extractWith, extractionOf } from './extract';
-import { isTracingSuppressed } from './otel-keys';
-import type { ExtractConfig, TraceFormat } from './extract';
-import { FLAG_RANDOM, FLAG_SAMPLED, formatTraceparent, isValidId } from './traceparent';
-import { serializeTracestate } from './tracestate';
+import { isTracingSuppressed } from '../internal/otel-internals';
+import type { ExtractConfig } from './extract';
+import type { TraceFormat } from './outcome';
+import { FLAG_RANDOM, FLAG_SAMPLED, formatTraceparent, isValidId } from '../w3c/traceparent';
+import { serializeTracestate } from '../w3c/tracestate';
 
 /** Options of {@link MeshPropagator}; all optional. */
 export interface MeshPropagatorOptions {
@@ -24,17 +26,6 @@ export interface MeshPropagatorOptions {
 
 const DEFAULTS: Required<MeshPropagatorOptions> = { extract: ['w3c', 'b3'], b3: false, baggage: true, maxBaggageBytes: BAGGAGE_LIMITS.maxBytes };
 const B3_FIELDS = ['b3', 'x-b3-traceid', 'x-b3-spanid', 'x-b3-sampled', 'x-b3-flags'];
-
-/** The `TypeError` a bad option deserves, named after the package and the option. */
-export function optionError(pkg: string, option: string, expected: string, got: unknown): TypeError {
-  let shown: string;
-  try {
-    shown = typeof got === 'string' ? JSON.stringify(got) : Array.isArray(got) ? `[${got.map(String).join(', ')}]` : String(got);
-  } catch {
-    shown = typeof got;
-  }
-  return new TypeError(`${pkg}: option "${option}" must be ${expected}, got ${shown}`);
-}
 
 /**
  * The W3C `traceparent` / `tracestate` / `baggage` propagator (and B3, for meshes that speak it),

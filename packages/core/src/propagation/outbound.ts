@@ -1,9 +1,9 @@
 import { isSpanContextValid, propagation, trace } from '@opentelemetry/api';
 import type { BaggageEntry, Context, SpanContext, TextMapGetter } from '@opentelemetry/api';
-import { parseBaggage } from './baggage';
+import { parseBaggage } from '../w3c/baggage';
 import { headerGetter } from './carrier';
 import type { HeaderCarrier } from './carrier';
-import { recordDropped } from './diagnostics';
+import { recordDropped } from '../internal/diagnostics';
 import { extractWith } from './extract';
 import type { ExtractConfig } from './extract';
 

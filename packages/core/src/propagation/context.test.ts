@@ -1,7 +1,8 @@
 import fc from 'fast-check';
 import { ROOT_CONTEXT, createContextKey, defaultTextMapGetter, defaultTextMapSetter, propagation, trace } from '@opentelemetry/api';
 import type { Context } from '@opentelemetry/api';
-import { MeshPropagator, MeshTraceState, extractionOf, serializeBaggage } from '@meshtrace/core';
+import { MeshPropagator, serializeBaggage } from '@meshtrace/core';
+import { MeshTraceState, extractionOf } from '@meshtrace/core/adapter';
 import { setupTestTracing } from '@meshtrace/testkit';
 
 // The context extraction returns adds its values in one layer instead of copying the parent's map:

@@ -1,27 +1,14 @@
 import { ROOT_CONTEXT, defaultTextMapGetter, propagation, trace } from '@opentelemetry/api';
-import type { Attributes, Context, Link, SpanContext, TextMapGetter } from '@opentelemetry/api';
-import { B3_DENY, parseB3Multi, parseB3Single } from './b3';
-import type { B3Context } from './b3';
-import { InboundBaggage } from './baggage';
+import type { Context, Link, SpanContext, TextMapGetter } from '@opentelemetry/api';
+import { B3_DENY, parseB3Multi, parseB3Single } from '../w3c/b3';
+import type { B3Context } from '../w3c/b3';
+import { InboundBaggage } from '../w3c/baggage';
+import { FLAG_RANDOM, FLAG_SAMPLED, parseTraceparent, remoteTraceparent } from '../w3c/traceparent';
+import type { TraceparentReason } from '../w3c/traceparent';
+import { MeshTraceState } from '../w3c/tracestate';
 import { EXTRACTION_KEY, ExtractedContext } from './context';
-import { PACKAGE, extractCounter, preview, warner } from './diagnostics';
-import { FLAG_RANDOM, FLAG_SAMPLED, KNOWN_FLAGS, checkTraceparent, parseTraceparent } from './traceparent';
-import type { Traceparent, TraceparentReason } from './traceparent';
-import { MeshTraceState } from './tracestate';
-import type { TrustReason } from './trust';
-
-/** A trace header format meshtrace reads. */
-export type TraceFormat = 'w3c' | 'b3';
-
-/** Why an inbound context was not continued. `bad-b3`: B3 headers present but invalid. */
-export type MalformedReason = TraceparentReason | 'bad-b3';
-
-/** What happened to the inbound trace context. */
-export type ExtractOutcome =
-  | { readonly outcome: 'continued'; readonly format: TraceFormat; readonly reason: undefined; readonly attributes: Attributes }
-  | { readonly outcome: 'missing'; readonly format: undefined; readonly reason: undefined; readonly attributes: Attributes }
-  | { readonly outcome: 'malformed'; readonly format: undefined; readonly reason: Exclude<MalformedReason, 'missing'>; readonly attributes: Attributes }
-  | { readonly outcome: 'restarted' | 'ignored'; readonly format: undefined; readonly reason: TrustReason | undefined; readonly attributes: Attributes };
+import { CONTINUED, MALFORMED, MISSING, outcomeOf, recordOutcome, recordUnreadable } from './outcome';
+import type { ExtractOutcome, TraceFormat } from './outcome';
 
 /** The context to run the request in, why it is what it is, and contexts to link to. */
 export interface ExtractResult {
@@ -29,54 +16,6 @@ export interface ExtractResult {
   readonly outcome: ExtractOutcome;
   /** Inbound contexts not continued but worth a span link (a disagreeing B3 context). */
   readonly links: readonly Link[] | undefined;
-}
-
-function outcome<O extends ExtractOutcome>(o: Omit<O, 'attributes'>): O {
-  const attributes: Attributes = { outcome: o.outcome };
-  if (o.reason !== undefined) attributes.reason = o.reason;
-  if (o.format !== undefined) attributes.format = o.format;
-  return Object.freeze({ ...o, attributes: Object.freeze(attributes) }) as O;
-}
-
-// Outcomes are constants: extracting allocates no outcome objects.
-const CONTINUED = { w3c: outcome({ outcome: 'continued', format: 'w3c', reason: undefined }), b3: outcome({ outcome: 'continued', format: 'b3', reason: undefined }) };
-const MISSING = outcome({ outcome: 'missing', format: undefined, reason: undefined });
-const TRUST_REASONS = ['untrusted-peer', 'route-policy', 'policy', 'policy-error'] as const;
-/** `restarted` / `ignored`, without a reason (every request, by configuration) and with each reason a policy gives. */
-const UNTRUSTED: Record<'restart' | 'ignore', Record<TrustReason | 'none', ExtractOutcome>> = { restart: {} as never, ignore: {} as never };
-for (const [action, name] of [['restart', 'restarted'], ['ignore', 'ignored']] as const) {
-  UNTRUSTED[action].none = outcome({ outcome: name, format: undefined, reason: undefined });
-  for (const reason of TRUST_REASONS) UNTRUSTED[action][reason] = outcome({ outcome: name, format: undefined, reason });
-}
-
-/** The outcome constant of a request whose inbound trace an inbound policy restarted or ignored, and why. */
-export function trustOutcome(action: 'restart' | 'ignore', reason: TrustReason | undefined): ExtractOutcome {
-  return UNTRUSTED[action][reason ?? 'none'];
-}
-const MALFORMED: Record<string, ExtractOutcome> = {};
-for (const r of ['bad-version', 'bad-trace-id', 'zero-trace-id', 'bad-parent-id', 'zero-parent-id', 'bad-flags', 'bad-format', 'multiple', 'bad-b3'] as const) {
-  MALFORMED[r] = outcome({ outcome: 'malformed', format: undefined, reason: r });
-}
-
-/** The outcome constant for a `traceparent` parse result; classifies a header without extracting it. */
-export function outcomeOf(parsed: ReturnType<typeof parseTraceparent>): ExtractOutcome {
-  if (typeof parsed !== 'string') return CONTINUED.w3c;
-  return parsed === 'missing' ? MISSING : MALFORMED[parsed];
-}
-
-/** The outcome constant equal to `o`: every series of the extract counter is one constant attribute object, whoever built the outcome. */
-function constantOf(o: ExtractOutcome): ExtractOutcome {
-  switch (o.outcome) {
-    case 'continued':
-      return o.format === 'b3' ? CONTINUED.b3 : CONTINUED.w3c;
-    case 'missing':
-      return MISSING;
-    case 'restarted':
-    case 'ignored':
-      return UNTRUSTED[o.outcome === 'restarted' ? 'restart' : 'ignore'][o.reason ?? 'none'] ?? UNTRUSTED.restart.none;
-    default:
-      return MALFORMED[o.reason] ?? MALFORMED['bad-format'];
-  }
 }
 
 /** What an extraction found, kept in the context it made. */
@@ -94,49 +33,10 @@ export function extractionOf(context: Context): Extraction | undefined {
   return context.getValue(EXTRACTION_KEY) as Extraction | undefined;
 }
 
-function traceparentWarning(reason: MalformedReason, raw: unknown): string {
-  if (reason === 'missing') return `${PACKAGE}: request without traceparent; started a fresh root trace. If a sidecar should forward one, check that nothing strips it.`;
-  if (reason === 'bad-b3') return `${PACKAGE}: malformed B3 headers; started a fresh root trace and will not forward them.`;
-  return `${PACKAGE}: malformed traceparent (${reason}) ${preview(raw)}; started a fresh root trace and will not forward it.`;
-}
-
-/**
- * Counts an outcome through `meshtrace.propagation.extract` and warns (rate-limited) when the
- * trace was lost (missing or malformed).
- */
-export function recordOutcome(result: ExtractOutcome, raw?: unknown): void {
-  extractCounter.add(1, constantOf(result).attributes);
-  if (result.outcome === 'missing' || result.outcome === 'malformed') {
-    const reason = result.reason ?? 'missing';
-    warner.warn(`traceparent:${reason}`, () => traceparentWarning(reason, raw));
-  }
-}
-
-/** Counts a carrier that could not be read at all as `malformed` / `bad-format`, warning with `what`. */
-export function recordUnreadable(what: string): void {
-  extractCounter.add(1, MALFORMED['bad-format'].attributes);
-  warner.warn(`unreadable:${what}`, () => `${PACKAGE}: could not read the trace context carrier (${what}); its context is lost.`);
-}
-
 /** How to extract; fixed when a propagator is built. */
 export interface ExtractConfig {
   readonly formats: readonly TraceFormat[];
   readonly baggage: boolean;
-}
-
-function fromW3c(tp: Traceparent): SpanContext {
-  return { traceId: tp.traceId, spanId: tp.spanId, traceFlags: tp.traceFlags & KNOWN_FLAGS, isRemote: true };
-}
-
-/** The remote span context of a `traceparent` value, or why there is none; a plain string (the usual case) is read in place. */
-function w3cContext(raw: unknown): SpanContext | TraceparentReason {
-  if (typeof raw !== 'string') {
-    const tp = parseTraceparent(raw);
-    return typeof tp === 'string' ? tp : fromW3c(tp);
-  }
-  const flags = checkTraceparent(raw);
-  if (typeof flags === 'string') return flags;
-  return { traceId: raw.substring(3, 35), spanId: raw.substring(36, 52), traceFlags: flags & KNOWN_FLAGS, isRemote: true };
 }
 
 function fromB3(b3: B3Context): SpanContext {
@@ -163,7 +63,7 @@ export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMa
   const h = getter === defaultTextMapGetter && typeof carrier === 'object' && carrier !== null ? (carrier as Record<string, unknown>) : undefined;
   try {
     if (readW3c) {
-      w3c = w3cContext((rawTraceparent = h !== undefined ? h.traceparent : getter.get(carrier, 'traceparent')));
+      w3c = remoteTraceparent((rawTraceparent = h !== undefined ? h.traceparent : getter.get(carrier, 'traceparent')));
       if (typeof w3c !== 'string') rawTracestate = h !== undefined ? h.tracestate : getter.get(carrier, 'tracestate');
     }
     if (readB3) {

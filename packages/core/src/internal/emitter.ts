@@ -1,5 +1,6 @@
 import { context } from '@opentelemetry/api';
 import type { Context } from '@opentelemetry/api';
+import { onlyPublicApi } from './otel-internals';
 
 // Binds a request's emitters the way the context manager's own `bind(context, emitter)` does:
 // listeners added afterwards run in the bound context, removeListener/off find them by the function
@@ -163,8 +164,9 @@ export function bindEmitter(ctx: Context, emitter: object): EmitterBinding {
   if (existing !== undefined) return existing;
   // On objects whose hidden class is their own every property read is a slow lookup: read as few as possible.
   const ownOn = Object.hasOwn(ee, 'on');
-  if (ownOn && !patched.has(ee.on as Method)) {
-    // Bound by another binder already (an HTTP instrumentation's): that binding stands, as the context manager would leave it.
+  if (onlyPublicApi() || (ownOn && !patched.has(ee.on as Method))) {
+    // The public route, or bound by another binder already (an HTTP instrumentation's): the context
+    // manager's own binding, which leaves an earlier one standing.
     context.bind(ctx, emitter);
     return (ee[STATE] = { context: undefined, listeners: undefined, attachment: undefined });
   }

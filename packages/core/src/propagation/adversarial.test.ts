@@ -2,7 +2,8 @@ import { createServer, request } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ROOT_CONTEXT, context, defaultTextMapGetter, defaultTextMapSetter } from '@opentelemetry/api';
-import { MeshPropagator, createServerTracing, extractRequestContext } from '@meshtrace/core';
+import { MeshPropagator, extractRequestContext } from '@meshtrace/core';
+import { createServerTracing } from '@meshtrace/core/adapter';
 import { observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 
@@ -53,7 +54,7 @@ describe('adversarial headers over a real socket', () => {
     const t = createServerTracing<IncomingMessage, ServerResponse>({}, { name: '@meshtrace/core-test' });
     // Node's own limit is 16 KiB; a proxy in front may allow more, so test past it.
     server = createServer({ maxHeaderSize: 256 * 1024 }, (req, res) => {
-      const rt = t.start(req, res, req, res);
+      const rt = t.start(req, res);
       context.with(rt.context, () => res.end(JSON.stringify(observe())));
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));

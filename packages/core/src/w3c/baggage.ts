@@ -1,6 +1,6 @@
 import { baggageEntryMetadataFromString, propagation } from '@opentelemetry/api';
 import type { Baggage, BaggageEntry, Context } from '@opentelemetry/api';
-import { recordDropped } from './diagnostics';
+import { recordDropped } from '../internal/diagnostics';
 
 /** W3C Baggage limits, as OpenTelemetry applies them. */
 export const BAGGAGE_LIMITS = Object.freeze({ maxBytes: 8192, maxMembers: 180, maxMemberBytes: 4096 });

@@ -1,5 +1,5 @@
 import type { TraceState } from '@opentelemetry/api';
-import { recordDropped } from './diagnostics';
+import { recordDropped } from '../internal/diagnostics';
 
 /** Why a `tracestate` header was dropped as a whole. */
 export type TracestateReason = 'bad-member' | 'too-many-members';
