@@ -160,7 +160,8 @@ describe('pnpm demo', () => {
     try {
       const run = await runCompiled(['--sidecar', 'node', '--otlp', url]);
       expect({ code: run.code, stderr: run.stderr, leftovers: run.leftovers }).toEqual({ code: 0, stderr: '', leftovers: [] });
-      expect(run.stdout).toMatch(new RegExp(`^spans went to OTLP ${url}/v1/traces: 24 exported$`, 'm'));
+      // 3 requests into each copy (15 + 9 spans), then one probe into each (5 + 3 spans).
+      expect(run.stdout).toMatch(new RegExp(`^spans went to OTLP ${url}/v1/traces: 32 exported$`, 'm'));
       expect(run.stdout).toMatch(/^with meshtrace: +3 requests → 3 traces, 15 spans, 0 orphaned roots$/m);
       expect(run.stdout).not.toContain('ORPHANED ROOT');
       expect(posts.length).toBeGreaterThan(0);

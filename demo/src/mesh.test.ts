@@ -3,14 +3,14 @@ import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DiagLogLevel, SpanKind, diag } from '@opentelemetry/api';
-import type { ReadableSpan } from '@opentelemetry/sdk-trace';
-import { warner } from '@meshtrace/core';
+import { DiagLogLevel, diag } from '@opentelemetry/api';
+import { warner } from '@meshtrace/core/adapter';
 import { selfSignedCert, setupTestTracing } from '@meshtrace/testkit';
 import type { TestTracing } from '@meshtrace/testkit';
+import type { Span, SpanKindName } from '@meshtrace/doctor';
 import { Stopper } from './lifecycle';
 import type { Sidecar } from './sidecar';
-import { createTelemetry, serviceOf } from './telemetry';
+import { createTelemetry } from './telemetry';
 import type { Telemetry } from './telemetry';
 import { startMesh } from './topology';
 import type { Mesh, MeshOptions } from './topology';
@@ -40,7 +40,7 @@ afterAll(async () => {
 
 /** A mesh with fresh per-service telemetry, stopped after the test whatever happens. */
 async function withMesh(options: Omit<MeshOptions, 'providers' | 'stopper'>, body: (mesh: Mesh, telemetry: Telemetry) => Promise<void>): Promise<void> {
-  const telemetry = createTelemetry();
+  const telemetry = await createTelemetry();
   const stopper = new Stopper();
   try {
     const mesh = await startMesh({ ...options, providers: telemetry.providers, stopper });
@@ -71,16 +71,15 @@ async function expectLogged(sidecar: Sidecar, text: string): Promise<void> {
   expect(sidecar.accessLog()).toContain(text);
 }
 
-const KIND: Record<number, string> = { [SpanKind.SERVER]: 'SERVER', [SpanKind.CLIENT]: 'CLIENT' };
-const label = (s: ReadableSpan): string => `${serviceOf(s)} ${KIND[s.kind] ?? s.kind}`;
+const label = (s: Span): string => `${s.service} ${s.kind.toUpperCase()}`;
 
-/** Each span as "service KIND <- its parent": a span of the set, the remote caller, or ROOT. */
-function parentage(spans: readonly ReadableSpan[]): string[] {
-  const byId = new Map(spans.map((s) => [s.spanContext().spanId, s]));
+/** Each span as "service KIND <- its parent": a span of the set, one outside it (the remote caller; OTLP does not say remote), or ROOT. */
+function parentage(spans: readonly Span[]): string[] {
+  const byId = new Map(spans.map((s) => [s.spanId, s]));
   return spans
     .map((s) => {
-      const parent = s.parentSpanContext;
-      const of = parent === undefined ? 'ROOT' : byId.has(parent.spanId) ? label(byId.get(parent.spanId)!) : `${parent.isRemote ? 'remote' : 'unrecorded'} ${parent.spanId}`;
+      const parent = s.parentSpanId;
+      const of = parent === undefined ? 'ROOT' : byId.has(parent) ? label(byId.get(parent)!) : `remote ${parent}`;
       return `${label(s)} <- ${of}`;
     })
     .sort();
@@ -94,9 +93,9 @@ const CHAIN = [
   `orders SERVER <- gateway CLIENT`,
 ].sort();
 
-const find = (spans: readonly ReadableSpan[], service: string, kind: SpanKind): ReadableSpan => {
-  const found = spans.find((s) => serviceOf(s) === service && s.kind === kind);
-  if (found === undefined) throw new Error(`no ${service} ${KIND[kind]} span among ${spans.map(label).join(', ')}`);
+const find = (spans: readonly Span[], service: string, kind: SpanKindName): Span => {
+  const found = spans.find((s) => s.service === service && s.kind === kind);
+  if (found === undefined) throw new Error(`no ${service} ${kind} span among ${spans.map(label).join(', ')}`);
   return found;
 };
 
@@ -106,9 +105,9 @@ describe('the three-service mesh', () => {
       expect(await get(`${mesh.entry}/checkout/42`, { traceparent: TRACEPARENT })).toBe(200);
       const spans = await telemetry.waitForServerSpans(3);
 
-      expect(new Set(spans.map((s) => s.spanContext().traceId))).toEqual(new Set([TRACE_ID]));
+      expect(new Set(spans.map((s) => s.traceId))).toEqual(new Set([TRACE_ID]));
       expect(parentage(spans)).toEqual(CHAIN);
-      expect(spans.filter((s) => s.kind === SpanKind.SERVER).map((s) => [serviceOf(s), s.name, s.attributes['meshtrace.propagation.outcome']])).toEqual(
+      expect(spans.filter((s) => s.kind === 'server').map((s) => [s.service, s.name, s.attributes['meshtrace.propagation.outcome']])).toEqual(
         expect.arrayContaining([
           ['gateway', 'GET /checkout/:id', 'continued'],
           ['orders', 'GET /orders/:id', 'continued'],
@@ -116,8 +115,8 @@ describe('the three-service mesh', () => {
         ]),
       );
       // Every hop went through its sidecar: it added x-request-id and saw the caller's CLIENT span in traceparent.
-      for (const s of spans.filter((x) => x.kind === SpanKind.SERVER)) expect(s.attributes['http.request.header.x-request-id']).toEqual([expect.stringMatching(/^[0-9a-f-]{32,36}$/)]);
-      const sentBy = (service: string): string => `traceparent="00-${TRACE_ID}-${find(spans, service, SpanKind.CLIENT).spanContext().spanId}-01"`;
+      for (const s of spans.filter((x) => x.kind === 'server')) expect(s.attributes['http.request.header.x-request-id']).toEqual([expect.stringMatching(/^[0-9a-f-]{32,36}$/)]);
+      const sentBy = (service: string): string => `traceparent="00-${TRACE_ID}-${find(spans, service, 'client').spanId}-01"`;
       await expectLogged(mesh.sidecars.gateway, `"GET /checkout/42 HTTP/1.1" 200 traceparent="${TRACEPARENT}"`);
       await expectLogged(mesh.sidecars.orders, `"GET /orders/42 HTTP/1.1" 200 ${sentBy('gateway')}`);
       await expectLogged(mesh.sidecars.inventory, `"GET /stock/sku-42 HTTP/1.1" 200 ${sentBy('orders')}`);
@@ -132,12 +131,12 @@ describe('the three-service mesh', () => {
       expect(await get(`${mesh.entry}/checkout/7`, { traceparent: TRACEPARENT, tracestate: 'vendor=abc', baggage: 'tenant=acme' }, readFileSync(cert.cert, 'utf8'))).toBe(200);
       const spans = await telemetry.waitForServerSpans(3);
 
-      expect(new Set(spans.map((s) => s.spanContext().traceId))).toEqual(new Set([TRACE_ID]));
+      expect(new Set(spans.map((s) => s.traceId))).toEqual(new Set([TRACE_ID]));
       expect(parentage(spans)).toEqual(CHAIN);
       await expectLogged(mesh.ingress!, `"GET /checkout/7 HTTP/1.1" 200 traceparent="${TRACEPARENT}"`);
       // What the ingress forwarded reached the gateway's sidecar unchanged.
       await expectLogged(mesh.sidecars.gateway, `traceparent="${TRACEPARENT}"`);
-      expect(find(spans, 'gateway', SpanKind.SERVER).attributes['meshtrace.propagation.outcome']).toBe('continued');
+      expect(find(spans, 'gateway', 'server').attributes['meshtrace.propagation.outcome']).toBe('continued');
     });
   });
 
@@ -150,7 +149,7 @@ describe('the three-service mesh', () => {
       const spans = await telemetry.waitForServerSpans(3);
       const after = await tracing.outcomeCounts();
 
-      const inventory = find(spans, 'inventory', SpanKind.SERVER);
+      const inventory = find(spans, 'inventory', 'server');
       expect(parentage(spans)).toEqual(
         [
           `gateway CLIENT <- gateway SERVER`,
@@ -160,11 +159,11 @@ describe('the three-service mesh', () => {
           `orders SERVER <- gateway CLIENT`,
         ].sort(),
       );
-      expect(inventory.spanContext().traceId).not.toBe(TRACE_ID);
-      expect(spans.filter((s) => s !== inventory).every((s) => s.spanContext().traceId === TRACE_ID)).toBe(true);
+      expect(inventory.traceId).not.toBe(TRACE_ID);
+      expect(spans.filter((s) => s !== inventory).every((s) => s.traceId === TRACE_ID)).toBe(true);
       expect(inventory.attributes['meshtrace.propagation.outcome']).toBe('missing');
       // The header reached the sidecar (its log shows it) and went no further.
-      await expectLogged(mesh.sidecars.inventory, `traceparent="00-${TRACE_ID}-${find(spans, 'orders', SpanKind.CLIENT).spanContext().spanId}-01"`);
+      await expectLogged(mesh.sidecars.inventory, `traceparent="00-${TRACE_ID}-${find(spans, 'orders', 'client').spanId}-01"`);
       expect(diagLines).toEqual([expect.stringContaining('request without traceparent; started a fresh root trace')]);
       const delta = (key: string): number => (after[key] ?? 0) - (before[key] ?? 0);
       expect({ continued: delta('continued'), missing: delta('missing') }).toEqual({ continued: 2, missing: 1 });

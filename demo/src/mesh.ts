@@ -1,7 +1,8 @@
 import { DiagLogLevel, context, diag, propagation } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
-import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { MeshPropagator } from '@meshtrace/core';
+import { receivedSpanSource, renderTraces, runProbe, summarize } from '@meshtrace/doctor';
+import type { AnalyzeOptions, Span } from '@meshtrace/doctor';
 import { hasNginx } from '@meshtrace/testkit';
 import { Stopper } from './lifecycle';
 import { defaultSidecarKind } from './sidecar';
@@ -10,7 +11,6 @@ import { FRAMEWORK, SERVICES, createTelemetry } from './telemetry';
 import type { Telemetry } from './telemetry';
 import { startMesh } from './topology';
 import type { Mesh } from './topology';
-import { renderTraces, traceStats } from './waterfall';
 
 /** What the command line asked for. */
 export interface DemoArgs {
@@ -84,12 +84,15 @@ const REQUESTS: ReadonlyArray<{ label: string; headers: Record<string, string> }
   { label: 'a malformed traceparent', headers: { traceparent: '00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01' } },
 ];
 
+// Requests enter at the gateway: a root anywhere else is a service starting a new trace mid-request.
+const ANALYSIS: AnalyzeOptions = { entryServices: [SERVICES[0]] };
+
 interface Run {
   readonly title: string;
   readonly propagate: boolean;
   readonly telemetry: Telemetry;
   mesh?: Mesh;
-  readonly results: Array<{ status: number; spans: ReadableSpan[] }>;
+  readonly results: Array<{ status: number; spans: Span[] }>;
 }
 
 /** Where the program writes and how. */
@@ -111,8 +114,8 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
   out.line('starting two copies: one with meshtrace, one whose services call each other with plain fetch');
 
   const runs: Run[] = [
-    { title: 'with meshtrace', propagate: true, telemetry: createTelemetry({ otlpUrl: args.otlpUrl, run: 'with-meshtrace' }), results: [] },
-    { title: 'without outbound propagation (plain fetch)', propagate: false, telemetry: createTelemetry({ otlpUrl: args.otlpUrl, run: 'plain-fetch' }), results: [] },
+    { title: 'with meshtrace', propagate: true, telemetry: await createTelemetry({ otlpUrl: args.otlpUrl, run: 'with-meshtrace' }), results: [] },
+    { title: 'without outbound propagation (plain fetch)', propagate: false, telemetry: await createTelemetry({ otlpUrl: args.otlpUrl, run: 'plain-fetch' }), results: [] },
   ];
   await Promise.all(
     runs.map(async (run) => {
@@ -135,6 +138,13 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
     }
   }
   const describe = (port: number): string | undefined => runs.map((r) => r.mesh!.describePort(port)).find((d) => d !== undefined);
+  // The doctor's verdict on each copy, printed last: what `npx meshtrace probe <entry>` answers.
+  const probes: Array<{ code: number; lines: string[] }> = [];
+  for (const run of runs) {
+    const lines: string[] = [];
+    const code = await runProbe({ url: `${run.mesh!.entry}/checkout/probe`, source: receivedSpanSource(run.telemetry.receiver), waitMs: 10_000, quietMs: 1_000 }, { line: (text = '') => void lines.push(text), color: out.color, width: out.width - 2 });
+    probes.push({ code, lines });
+  }
   await stopper.stop();
   if (args.otlpUrl !== undefined) out.line(`flushing the spans to OTLP ${args.otlpUrl}`);
   await Promise.all(runs.map((r) => r.telemetry.shutdown()));
@@ -147,9 +157,9 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
       out.line(`── request ${i + 1} of ${REQUESTS.length}: ${request.label}${tp ? ` ${tp}` : ''}`);
       for (const run of runs) {
         const { status, spans } = run.results[i];
-        const stats = traceStats(spans, SERVICES[0]);
-        out.line(`${run.title}: HTTP ${status}, ${plural(stats.traces, 'trace')}, ${plural(stats.orphanedRoots, 'orphaned root')}`);
-        for (const line of renderTraces(spans, { color: out.color, width: out.width - 2, entryService: SERVICES[0], describePort: describe })) out.line(`  ${line}`);
+        const summary = summarize(spans, ANALYSIS);
+        out.line(`${run.title}: HTTP ${status}, ${plural(summary.traces, 'trace')}, ${plural(summary.orphans.length, 'orphaned root')}`);
+        for (const line of renderTraces(spans, { color: out.color, width: out.width - 2, orphans: summary.orphans, describePort: describe })) out.line(`  ${line}`);
       }
     }
   }
@@ -157,10 +167,16 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
   out.line();
   const width = Math.max(...runs.map((r) => r.title.length)) + 1;
   for (const run of runs) {
-    const stats = traceStats(run.results.flatMap((r) => r.spans), SERVICES[0]);
-    out.line(`${`${run.title}:`.padEnd(width + 1)} ${REQUESTS.length} requests → ${plural(stats.traces, 'trace')}, ${plural(stats.spans, 'span')}, ${plural(stats.orphanedRoots, 'orphaned root')}`);
+    const summary = summarize(run.results.flatMap((r) => r.spans), ANALYSIS);
+    out.line(`${`${run.title}:`.padEnd(width + 1)} ${REQUESTS.length} requests → ${plural(summary.traces, 'trace')}, ${plural(summary.spans, 'span')}, ${plural(summary.orphans.length, 'orphaned root')}`);
   }
   out.line('(an orphaned root is a service inside the mesh starting a new trace although its caller was traced)');
+  out.line();
+  out.line('meshtrace probe, the doctor, against the entry of each copy (exit code 0 whole, 1 broken, 2 unknown):');
+  for (const [i, run] of runs.entries()) {
+    out.line(`${run.title}: exit ${probes[i].code}`);
+    for (const line of probes[i].lines) out.line(`  ${line}`);
+  }
   const otlp = runs[0].telemetry.otlp;
   if (otlp !== undefined) {
     const exported = runs.reduce((n, r) => n + r.telemetry.otlp!.exported, 0);
@@ -168,7 +184,7 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
     const error = runs.map((r) => r.telemetry.otlp!.lastError).find((e) => e !== undefined);
     out.line(`spans went to OTLP ${otlp.url}: ${exported} exported${lost > 0 ? `, ${lost} failed (${error ?? 'unknown error'})` : ''}`);
     out.line(`look for services ${SERVICES.join(', ')}; the resource attribute meshtrace.demo.run is with-meshtrace or plain-fetch`);
-    const ids = [...new Set(runs[0].results.flatMap((r) => r.spans.map((s) => s.spanContext().traceId)))];
+    const ids = [...new Set(runs[0].results.flatMap((r) => r.spans.map((s) => s.traceId)))];
     out.line(`traces with meshtrace: ${ids.join(', ')}`);
     if (lost > 0) return 1;
   }
@@ -176,7 +192,8 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
     out.line(`some requests failed: HTTP ${failed.join(', ')}`);
     return 1;
   }
-  return 0;
+  // The copy with meshtrace must come through whole; the plain copy breaking is the point of the demo.
+  return probes[0].code === 0 ? 0 : 1;
 }
 
 function plural(n: number, word: string): string {

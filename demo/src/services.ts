@@ -1,5 +1,7 @@
+import { createServer } from 'node:http';
+import type { IncomingHttpHeaders, Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Server } from 'node:http';
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, propagation, trace } from '@opentelemetry/api';
 import type { TracerProvider } from '@opentelemetry/api';
 import Router from '@koa/router';
 import express from 'express';
@@ -22,6 +24,11 @@ export interface ServiceOptions {
   propagate: boolean;
   /** The base URL of the next service's sidecar; read per request, since sidecars start after services. */
   downstream?: () => string;
+  /**
+   * Forward the inbound trace headers by hand with plain `fetch`, the `traceparent` upper-cased, as
+   * code that "normalises" header values does (upper-case hex is invalid, W3C trace-context §3.2.2.3).
+   */
+  uppercaseTraceparent?: boolean;
 }
 
 /** A service listening on 127.0.0.1. */
@@ -33,14 +40,25 @@ export interface RunningService {
 
 /** The client a service calls the next one with. */
 function outbound(options: ServiceOptions): typeof fetch {
-  return options.propagate ? meshClient({ tracerProvider: options.tracerProvider }).fetch : globalThis.fetch;
+  return options.propagate && !options.uppercaseTraceparent ? meshClient({ tracerProvider: options.tracerProvider }).fetch : globalThis.fetch;
+}
+
+/** The headers of a call downstream: `x-request-id` goes on, as Envoy-based meshes ask applications to, so one request's spans share it. */
+function downstreamHeaders(options: ServiceOptions, inbound: IncomingHttpHeaders): Record<string, string> {
+  const headers: Record<string, string> = { accept: 'application/json' };
+  const forwarded = options.uppercaseTraceparent ? ['x-request-id', 'traceparent', 'tracestate', 'baggage'] : ['x-request-id'];
+  for (const name of forwarded) {
+    const value = inbound[name];
+    if (typeof value === 'string') headers[name] = name === 'traceparent' ? value.toUpperCase() : value;
+  }
+  return headers;
 }
 
 /** GET `path` on the downstream sidecar and return its JSON body; a failed call is an Error with the status. */
-async function callDownstream(client: typeof fetch, options: ServiceOptions, path: string): Promise<unknown> {
+async function callDownstream(client: typeof fetch, options: ServiceOptions, path: string, inbound: IncomingHttpHeaders): Promise<unknown> {
   const base = options.downstream?.();
   if (base === undefined) throw new Error('no downstream configured');
-  const res = await client(`${base}${path}`, { headers: { accept: 'application/json' } });
+  const res = await client(`${base}${path}`, { headers: downstreamHeaders(options, inbound) });
   if (!res.ok) throw Object.assign(new Error(`downstream answered ${res.status}`), { status: 502 });
   return res.json();
 }
@@ -64,7 +82,7 @@ export async function startGateway(options: ServiceOptions): Promise<RunningServ
   const app = express();
   app.use(expressMeshTrace({ tracerProvider: options.tracerProvider }));
   app.get('/checkout/:id', async (req, res) => {
-    const order = await callDownstream(client, options, `/orders/${encodeURIComponent(req.params.id)}`);
+    const order = await callDownstream(client, options, `/orders/${encodeURIComponent(req.params.id)}`, req.headers);
     res.json({ checkout: req.params.id, order });
   });
   const server = app.listen(0, '127.0.0.1');
@@ -77,7 +95,7 @@ export async function startOrders(options: ServiceOptions): Promise<RunningServi
   const app = fastify();
   await app.register(fastifyMeshTrace, { tracerProvider: options.tracerProvider });
   app.get<{ Params: { id: string } }>('/orders/:id', async (request) => {
-    const stock = await callDownstream(client, options, `/stock/sku-${encodeURIComponent(request.params.id)}`);
+    const stock = await callDownstream(client, options, `/stock/sku-${encodeURIComponent(request.params.id)}`, request.headers);
     return { order: request.params.id, items: [{ sku: `sku-${request.params.id}`, quantity: 1 }], stock };
   });
   await app.listen({ port: 0, host: '127.0.0.1' });
@@ -95,4 +113,42 @@ export async function startInventory(options: ServiceOptions): Promise<RunningSe
   app.use(router.routes());
   const server = app.listen(0, '127.0.0.1');
   return { name: 'inventory', port: await listen(server), stop: closer(server) };
+}
+
+/**
+ * Orders without meshtrace: plain node:http with its own OpenTelemetry tracer that does not extract,
+ * so every request starts a new trace, which its CLIENT span carries on to inventory.
+ */
+export async function startPlainOrders(options: ServiceOptions): Promise<RunningService> {
+  const tracer = options.tracerProvider.getTracer('plain-orders');
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    const match = /^\/orders\/([^/]+)$/.exec(path);
+    if (req.method !== 'GET' || match === null) return void res.writeHead(404).end();
+    const requestId = typeof req.headers['x-request-id'] === 'string' ? req.headers['x-request-id'] : undefined;
+    // What instrumentation-http records with headersToSpanAttributes: the header as a one-element array.
+    const attributes = { 'http.request.method': 'GET', 'url.path': path, ...(requestId === undefined ? {} : { 'http.request.header.x-request-id': [requestId] }) };
+    const span = tracer.startSpan('GET /orders/:id', { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT);
+    const url = `${options.downstream?.() ?? ''}/stock/sku-${match[1]}`;
+    const client = tracer.startSpan('GET', { kind: SpanKind.CLIENT, attributes: { 'http.request.method': 'GET', 'url.full': url } }, trace.setSpan(ROOT_CONTEXT, span));
+    const headers: Record<string, string> = { accept: 'application/json', ...(requestId === undefined ? {} : { 'x-request-id': requestId }) };
+    propagation.inject(trace.setSpan(ROOT_CONTEXT, client), headers);
+    void fetch(url, { headers })
+      .then(async (answer) => {
+        client.setAttribute('http.response.status_code', answer.status);
+        const stock: unknown = await answer.json();
+        res.writeHead(answer.ok ? 200 : 502, { 'content-type': 'application/json' }).end(JSON.stringify({ order: match[1], stock }));
+      })
+      .catch((err: unknown) => {
+        client.setStatus({ code: SpanStatusCode.ERROR, message: String(err) });
+        res.writeHead(502).end();
+      })
+      .finally(() => {
+        client.end();
+        span.setAttribute('http.response.status_code', res.statusCode);
+        span.end();
+      });
+  });
+  server.listen(0, '127.0.0.1');
+  return { name: 'orders', port: await listen(server), stop: closer(server) };
 }

@@ -1,8 +1,8 @@
-import { SpanKind } from '@opentelemetry/api';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { resourceFromAttributes } from '@opentelemetry/resources';
-import { TracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace';
-import type { ReadableSpan, SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
+import { SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
+import { startReceiver } from '@meshtrace/doctor';
+import type { ReceivedSpans, Span } from '@meshtrace/doctor';
 
 /** The services of the mesh, in call order: the first one is where requests enter. */
 export const SERVICES = ['gateway', 'orders', 'inventory'] as const;
@@ -23,123 +23,89 @@ export interface OtlpReport {
 
 /** Options of {@link createTelemetry}; all optional. */
 export interface TelemetryOptions {
-  /** Also export every span over OTLP/HTTP (protobuf) to this URL (`.../v1/traces`). */
+  /** Also pass every export on, over OTLP/HTTP (protobuf), to this URL (`.../v1/traces`). */
   otlpUrl?: string;
   /** A resource attribute `meshtrace.demo.run` telling runs apart in a tracing backend. */
   run?: string;
 }
 
-/** One tracer provider per service, all recording into one list that can be waited on. */
+/** One tracer provider per service, all exporting over OTLP to one receiver in this process, whose spans can be waited on. */
 export interface Telemetry {
   /** Each service's provider, with its own `service.name` resource. */
   readonly providers: Readonly<Record<ServiceName, TracerProvider>>;
-  /** Set when spans are also exported over OTLP. */
+  /** Set when spans are also passed on over OTLP; filled in by `shutdown()`. */
   readonly otlp: OtlpReport | undefined;
-  /** Finished spans, in the order they ended. */
-  spans(): ReadableSpan[];
-  /** Forgets the finished spans. */
+  /** The receiver the providers export to, as `meshtrace probe` reads it. */
+  readonly receiver: ReceivedSpans;
+  /** The spans received since the last reset, in the order they arrived. */
+  spans(): Span[];
+  /** Forgets the received spans. */
   reset(): void;
-  /** Resolves with the finished spans once `count` SERVER spans have ended, or when `timeoutMs` passes. */
-  waitForServerSpans(count: number, timeoutMs?: number): Promise<ReadableSpan[]>;
-  /** Flushes the OTLP export (if any) and stops every provider; never rejects (failures are in `otlp`). */
+  /** Resolves with the received spans once `count` SERVER spans and every span exported before them arrived, or when `timeoutMs` passes. */
+  waitForServerSpans(count: number, timeoutMs?: number): Promise<Span[]>;
+  /** Flushes the exports, stops every provider and the receiver; never rejects (pass-on failures are in `otlp`). */
   shutdown(): Promise<void>;
-}
-
-/** Keeps finished spans in memory; the only processor the printed waterfalls need. */
-class Recorder implements SpanProcessor {
-  finished: ReadableSpan[] = [];
-  private servers = 0;
-  private waiters: Array<{ count: number; resolve: () => void }> = [];
-
-  onStart(): void {}
-
-  onEnd(span: ReadableSpan): void {
-    this.finished.push(span);
-    if (span.kind !== SpanKind.SERVER) return;
-    this.servers++;
-    const ready = this.waiters.filter((w) => this.servers >= w.count);
-    this.waiters = this.waiters.filter((w) => this.servers < w.count);
-    for (const w of ready) w.resolve();
-  }
-
-  reset(): void {
-    this.finished = [];
-    this.servers = 0;
-  }
-
-  async wait(count: number, timeoutMs: number): Promise<void> {
-    if (this.servers >= count) return;
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, timeoutMs);
-      this.waiters.push({ count, resolve: () => (clearTimeout(timer), resolve()) });
-    });
-  }
-
-  async forceFlush(): Promise<void> {}
-  async shutdown(): Promise<void> {}
-}
-
-/** Counts what the OTLP exporter managed to send, so the program can say so instead of guessing. */
-class CountingExporter implements SpanExporter {
-  constructor(
-    private readonly inner: SpanExporter,
-    private readonly report: OtlpReport,
-  ) {}
-
-  export(spans: ReadableSpan[], done: Parameters<SpanExporter['export']>[1]): void {
-    this.inner.export(spans, (result) => {
-      // ExportResultCode.SUCCESS is 0 (@opentelemetry/core).
-      if (result.code === 0) this.report.exported += spans.length;
-      else {
-        this.report.failed += spans.length;
-        const cause = (result.error as { cause?: { code?: string } } | undefined)?.cause?.code;
-        this.report.lastError = [result.error?.message, cause].filter(Boolean).join(': ') || 'export failed';
-      }
-      done(result);
-    });
-  }
-
-  shutdown(): Promise<void> {
-    return this.inner.shutdown();
-  }
-
-  forceFlush(): Promise<void> {
-    return this.inner.forceFlush?.() ?? Promise.resolve();
-  }
 }
 
 /**
  * Makes the tracer providers of the three services: each has its own `service.name`, as it would
- * in its own process, so a backend shows which service made each span.
+ * in its own process, and exports with the standard OTLP/HTTP protobuf exporter to a doctor
+ * receiver in this process, which passes every export on to `otlpUrl` when there is one.
  */
-export function createTelemetry(options: TelemetryOptions = {}): Telemetry {
-  const recorder = new Recorder();
+export async function createTelemetry(options: TelemetryOptions = {}): Promise<Telemetry> {
+  let received: Span[] = [];
+  let servers = 0;
+  let waiters: Array<{ count: number; resolve: () => void }> = [];
+  const receiver = await startReceiver({
+    port: 0,
+    forward: options.otlpUrl,
+    onSpans: (spans) => {
+      received.push(...spans);
+      servers += spans.filter((s) => s.kind === 'server').length;
+      const ready = waiters.filter((w) => servers >= w.count);
+      waiters = waiters.filter((w) => servers < w.count);
+      for (const w of ready) w.resolve();
+    },
+  });
   const otlp: OtlpReport | undefined = options.otlpUrl === undefined ? undefined : { url: options.otlpUrl, exported: 0, failed: 0, lastError: undefined };
   const make = (name: ServiceName): TracerProvider => {
-    const processors: SpanProcessor[] = [recorder];
-    if (otlp !== undefined) processors.push(new BatchSpanProcessor({ exporter: new CountingExporter(new OTLPTraceExporter({ url: otlp.url }), otlp) }));
+    // One export per span, so a span is at the receiver as soon as its export resolves.
+    const exporter = new OTLPTraceExporter({ url: `${receiver.url}/v1/traces` });
     const attributes: Record<string, string> = { 'service.name': name, 'service.namespace': 'meshtrace-demo' };
     if (options.run !== undefined) attributes['meshtrace.demo.run'] = options.run;
-    return new TracerProvider({ resource: resourceFromAttributes(attributes), spanProcessors: processors });
+    return new TracerProvider({ resource: resourceFromAttributes(attributes), spanProcessors: [new SimpleSpanProcessor({ exporter })] });
   };
   const providers = { gateway: make('gateway'), orders: make('orders'), inventory: make('inventory') };
+  const flush = (): Promise<unknown> => Promise.allSettled(Object.values(providers).map((p) => p.forceFlush()));
   return {
     providers,
     otlp,
-    spans: () => [...recorder.finished],
-    reset: () => recorder.reset(),
+    receiver,
+    spans: () => [...received],
+    reset: () => {
+      received = [];
+      servers = 0;
+    },
     waitForServerSpans: async (count, timeoutMs = 5000) => {
-      await recorder.wait(count, timeoutMs);
-      return [...recorder.finished];
+      if (servers < count) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, timeoutMs);
+          waiters.push({ count, resolve: () => (clearTimeout(timer), resolve()) });
+        });
+      }
+      // A CLIENT span ends before its SERVER parent does, but its export may still be on the way.
+      await flush();
+      return [...received];
     },
     shutdown: async () => {
-      // A collector that cannot be reached fails the flush; the report already says so.
       await Promise.allSettled(Object.values(providers).map((p) => p.shutdown()));
+      await receiver.close();
+      if (otlp !== undefined) {
+        const forward = receiver.stats().forward;
+        otlp.exported = forward.okSpans;
+        otlp.failed = forward.failedSpans;
+        otlp.lastError = forward.lastError;
+      }
     },
   };
-}
-
-/** The `service.name` of the provider that made `span`. */
-export function serviceOf(span: ReadableSpan): string {
-  return String(span.resource.attributes['service.name'] ?? 'unknown');
 }

@@ -1,6 +1,6 @@
 import type { TracerProvider } from '@opentelemetry/api';
 import { Stopper } from './lifecycle';
-import { startGateway, startInventory, startOrders } from './services';
+import { startGateway, startInventory, startOrders, startPlainOrders } from './services';
 import type { RunningService, ServiceOptions } from './services';
 import { startSidecar } from './sidecar';
 import type { Sidecar, SidecarKind } from './sidecar';
@@ -17,6 +17,10 @@ export interface MeshOptions {
   providers: Readonly<Record<ServiceName, TracerProvider>>;
   /** The sidecar in front of this service drops the trace headers. */
   stripAt?: ServiceName;
+  /** This service forwards the inbound trace headers itself, with the `traceparent` upper-cased. */
+  uppercaseAt?: 'gateway' | 'orders';
+  /** Orders is a plain node:http service without meshtrace, starting a new trace per request. */
+  plainOrders?: boolean;
   /** Put a TLS-terminating ingress with this certificate in front of the gateway's sidecar. */
   ingress?: { cert: string; key: string };
   /** Where everything started is registered; `Mesh.stop()` stops it. Default: a new one. */
@@ -51,7 +55,8 @@ export async function startMesh(options: MeshOptions): Promise<Mesh> {
       SERVICES.map((name) => {
         const after = next(name);
         const downstream = after === undefined ? undefined : () => sidecars[after]!.url;
-        return stopper.track(STARTERS[name]({ tracerProvider: options.providers[name], propagate: options.propagate, downstream }));
+        const start = name === 'orders' && options.plainOrders ? startPlainOrders : STARTERS[name];
+        return stopper.track(start({ tracerProvider: options.providers[name], propagate: options.propagate, downstream, uppercaseTraceparent: options.uppercaseAt === name }));
       }),
     );
     const services = Object.fromEntries(started.map((s) => [s.name, s])) as Record<ServiceName, RunningService>;

@@ -72,6 +72,14 @@ describe('module formats', () => {
     });
   });
 
+  test('formats: the installed meshtrace command (node_modules/.bin/meshtrace) explains a header, and its exit code says valid or not', async () => {
+    const bin = join(installed().dir, 'node_modules', '.bin', 'meshtrace');
+    const ok = await run(bin, ['check', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'], { cwd: installed().dir, timeoutMs: 30_000 });
+    const bad = await run(bin, ['check', '--json', '00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01'], { cwd: installed().dir, timeoutMs: 30_000 });
+    const report = JSON.parse(bad.stdout) as { valid: boolean; traceparent: { reason?: string } };
+    expect({ ok: ok.code, bad: bad.code, valid: report.valid, reason: report.traceparent.reason }).toEqual({ ok: 0, bad: 1, valid: false, reason: 'bad-trace-id' });
+  });
+
   /**
    * Compiles fixtures/types/public-api.ts, which imports every public package, with the app's
    * TypeScript; `as` names the copies it compiles, whose extensions set their module format. Every

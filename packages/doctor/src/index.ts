@@ -1,1 +1,26 @@
-export {};
+// What a program calls; the `meshtrace` command (cli.ts) is the usual way in.
+export { runProbe } from './probe/command';
+export type { ProbeBackend, ProbeOptions, ProbeOutput, ProbeResult } from './probe/command';
+export type { Break, ProbeVerdict, SpanRef, VerdictKind } from './probe/verdict';
+export { jaegerSource } from './backends/jaeger';
+export type { JaegerSourceOptions } from './backends/jaeger';
+export { tempoSource } from './backends/tempo';
+export type { TempoSourceOptions } from './backends/tempo';
+export { receivedSpanSource, receiverSource } from './backends/receiver';
+export type { ReceivedSpans, ReceiverSourceOptions } from './backends/receiver';
+export type { SpanSource, TimeWindow } from './backends/source';
+export { startReceiver } from './receive/receiver';
+export type { Receiver, ReceiverOptions, ReceiverStats } from './receive/receiver';
+export type { QuietTrace } from './receive/window';
+export { decodeTraces } from './otlp/decode';
+export { findOrphans, summarize } from './analyze';
+export type { AnalyzeOptions, Orphan, OrphanVia, Summary, Trace } from './analyze';
+export { renderTraces } from './waterfall';
+export type { WaterfallOptions } from './waterfall';
+export { scanLogs } from './logs/scan';
+export type { LogReport, NamedLogInput, ScanOptions } from './logs/scan';
+export type { LogInput } from './logs/lines';
+export type { LogFormat } from './logs/formats';
+export { explainHeaders } from './check';
+export type { CheckInput, CheckReport, HeaderVerdict } from './check';
+export type { AttributeValue, Attributes, Span, SpanKindName } from './model';

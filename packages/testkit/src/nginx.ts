@@ -73,7 +73,12 @@ pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
 events { worker_connections 256; }
 http {
-  log_format mesh '$request_id "$request" $status traceparent="$http_traceparent"';
+  # Keep an incoming X-Request-Id, as Envoy does; make one only when there is none.
+  map $http_x_request_id $mesh_request_id {
+    '' $request_id;
+    default $http_x_request_id;
+  }
+  log_format mesh '$mesh_request_id "$request" $status traceparent="$http_traceparent"';
   access_log ${dir}/access.log mesh;
   client_body_temp_path ${dir}/tmp/body;
   proxy_temp_path ${dir}/tmp/proxy;
@@ -89,7 +94,7 @@ http {
       proxy_set_header Connection "";
       proxy_set_header Host $host;
       # What a mesh proxy adds; trace headers pass through untouched unless stripped.
-      proxy_set_header X-Request-Id $request_id;
+      proxy_set_header X-Request-Id $mesh_request_id;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto $scheme;
       ${strip}

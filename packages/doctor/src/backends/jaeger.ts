@@ -1,0 +1,170 @@
+import { ATTR } from '../model';
+import type { AttributeValue, Span, SpanKindName } from '../model';
+import { badAnswer, baseUrl, getJson, otlpSpans, padId, tracesCarrying } from './source';
+import type { JsonAnswer, SpanSource, TimeWindow } from './source';
+
+/** Options of {@link jaegerSource}. */
+export interface JaegerSourceOptions {
+  /** Jaeger's query service, such as `http://jaeger:16686`. Required. */
+  endpoint: string;
+  /** How long one request may take. Default 5000 ms. */
+  timeoutMs?: number;
+}
+
+/**
+ * Reads spans from Jaeger's query service: API v3 (`/api/v3/traces/{id}`, OTLP JSON in `result`) and
+ * its attribute search; a Jaeger without API v3 is read over v1 (`/api/traces/{id}`, Jaeger's own model).
+ */
+export function jaegerSource(options: JaegerSourceOptions): SpanSource {
+  const base = baseUrl(options.endpoint, 'endpoint');
+  const timeoutMs = options.timeoutMs ?? 5000;
+  // Once one API has answered with a trace, only that one is asked.
+  let api: 'v3' | 'v1' | undefined;
+
+  const v3 = async (traceId: string): Promise<Span[] | undefined> => {
+    const url = `${base}/api/v3/traces/${traceId}`;
+    const answer = await getJson(url, timeoutMs);
+    if (answer.status === 404) return isGatewayError(answer) ? [] : undefined;
+    if (answer.status !== 200) throw badAnswer(url, answer);
+    return otlpSpans(url, resultOf(url, answer));
+  };
+  const v1 = async (traceId: string): Promise<Span[] | undefined> => {
+    const url = `${base}/api/traces/${traceId}`;
+    const answer = await getJson(url, timeoutMs);
+    if (answer.status === 404) return undefined;
+    if (answer.status !== 200) throw badAnswer(url, answer);
+    try {
+      return spansFromJaegerModel(answer.body);
+    } catch (err) {
+      throw new Error(`GET ${url} answered 200 with a body that is not Jaeger's JSON model: ${(err as Error).message}`);
+    }
+  };
+
+  return {
+    description: `Jaeger at ${base}`,
+    async trace(traceId) {
+      if (api !== 'v1') {
+        const spans = await v3(traceId);
+        // A 404 in API v3's error shape is "no such trace (yet)"; any other 404 means there is no API v3.
+        if (spans !== undefined) {
+          if (spans.length > 0) api = 'v3';
+          return spans;
+        }
+        if (api === 'v3') return [];
+      }
+      const spans = await v1(traceId);
+      if (spans !== undefined && spans.length > 0) api = 'v1';
+      return spans ?? [];
+    },
+    async probeTraces(probeId, window) {
+      // The attribute filter needs API v3 (Jaeger v2); v1's search needs a service name the probe does not know.
+      if (api === 'v1') return [];
+      return tracesCarrying(await search(base, timeoutMs, { [ATTR.probe]: probeId }, window), probeId);
+    },
+    close: async () => undefined,
+  };
+}
+
+/** API v3 `FindTraces` over HTTP: every span of the traces with a span having `attributes`. */
+async function search(base: string, timeoutMs: number, attributes: Record<string, string>, window: TimeWindow): Promise<Span[]> {
+  const min = new Date(window.startMs).toISOString();
+  const max = new Date(window.endMs).toISOString();
+  // Current Jaeger reads the camelCase names and takes attributes as a JSON object; older v2 releases read the snake_case ones.
+  const query = new URLSearchParams({ 'query.attributes': JSON.stringify(attributes), 'query.startTimeMin': min, 'query.startTimeMax': max, 'query.start_time_min': min, 'query.start_time_max': max, 'query.searchDepth': '20' });
+  const url = `${base}/api/v3/traces?${query}`;
+  const answer = await getJson(url, timeoutMs);
+  if (answer.status === 404 && isGatewayError(answer)) return [];
+  if (answer.status !== 200) throw badAnswer(url, answer);
+  return otlpSpans(url, resultOf(url, answer));
+}
+
+/** API v3 wraps its answers as grpc-gateway does: `{result: TracesData}`, errors as `{error: {httpCode, message}}`. */
+function resultOf(url: string, answer: JsonAnswer): unknown {
+  const result = (answer.body as { result?: unknown } | undefined)?.result;
+  if (typeof result !== 'object' || result === null) throw new Error(`GET ${url} answered 200 without the "result" object of Jaeger's API v3`);
+  return result;
+}
+
+function isGatewayError(answer: JsonAnswer): boolean {
+  return typeof (answer.body as { error?: unknown } | undefined)?.error === 'object';
+}
+
+interface JaegerTag {
+  key: string;
+  type?: string;
+  value: unknown;
+}
+
+interface JaegerSpan {
+  traceID: string;
+  spanID: string;
+  operationName: string;
+  references?: Array<{ refType: string; traceID: string; spanID: string }>;
+  /** Microseconds since the epoch. */
+  startTime: number;
+  /** Microseconds. */
+  duration: number;
+  tags?: JaegerTag[];
+  processID: string;
+}
+
+interface JaegerTrace {
+  spans: JaegerSpan[];
+  processes: Record<string, { serviceName: string; tags?: JaegerTag[] }>;
+}
+
+const KINDS: Readonly<Record<string, SpanKindName>> = { server: 'server', client: 'client', producer: 'producer', consumer: 'consumer', internal: 'internal' };
+// Tags Jaeger makes from OTLP fields rather than from attributes (OpenTelemetry's Jaeger translation).
+const FIELD_TAGS = new Set(['span.kind', 'otel.status_code', 'otel.status_description', 'error']);
+
+/**
+ * The spans of Jaeger's v1 JSON model (`{data: [{spans, processes}]}`, times in microseconds),
+ * as the doctor's {@link Span}; throws on a body of another shape.
+ */
+export function spansFromJaegerModel(body: unknown): Span[] {
+  const data = (body as { data?: unknown } | undefined)?.data;
+  if (!Array.isArray(data)) throw new Error('the answer is not Jaeger\'s JSON model: it has no "data" list');
+  return (data as JaegerTrace[]).flatMap((trace) => {
+    if (!Array.isArray(trace?.spans) || typeof trace.processes !== 'object' || trace.processes === null) throw new Error('a trace in Jaeger\'s answer has no "spans" list or "processes" map');
+    return trace.spans.map((s) => jaegerSpan(s, trace.processes));
+  });
+}
+
+function jaegerSpan(s: JaegerSpan, processes: JaegerTrace['processes']): Span {
+  const tags = new Map((s.tags ?? []).map((t) => [t.key, t.value]));
+  const process = processes[s.processID];
+  const parent = s.references?.find((r) => r.refType === 'CHILD_OF' && padId(r.traceID, 32) === padId(s.traceID, 32));
+  const statusCode = String(tags.get('otel.status_code') ?? '').toLowerCase();
+  const message = tags.get('otel.status_description');
+  const attributes: Record<string, AttributeValue> = {};
+  for (const t of s.tags ?? []) if (!FIELD_TAGS.has(t.key)) attributes[t.key] = tagValue(t);
+  const resource: Record<string, AttributeValue> = { 'service.name': process?.serviceName ?? 'unknown' };
+  for (const t of process?.tags ?? []) resource[t.key] = tagValue(t);
+  return {
+    traceId: padId(s.traceID, 32),
+    spanId: padId(s.spanID, 16),
+    parentSpanId: parent === undefined ? undefined : padId(parent.spanID, 16),
+    name: s.operationName,
+    kind: KINDS[String(tags.get('span.kind'))] ?? 'unspecified',
+    service: process?.serviceName ?? 'unknown',
+    startMs: s.startTime / 1000,
+    endMs: (s.startTime + s.duration) / 1000,
+    attributes,
+    resource,
+    status: statusCode === 'error' || tags.get('error') === true ? { code: 'error', ...(typeof message === 'string' ? { message } : {}) } : { code: statusCode === 'ok' ? 'ok' : 'unset' },
+  };
+}
+
+/** A tag's value; OpenTelemetry's Jaeger translation writes array attributes as JSON text, which is read back as the array. */
+function tagValue(tag: JaegerTag): AttributeValue {
+  const v = tag.value;
+  if (typeof v === 'string' && v.startsWith('[')) {
+    try {
+      const parsed: unknown = JSON.parse(v);
+      if (Array.isArray(parsed) && parsed.every((x) => ['string', 'number', 'boolean'].includes(typeof x))) return parsed as Array<string | number | boolean>;
+    } catch {
+      // Plain text that starts with a bracket.
+    }
+  }
+  return typeof v === 'number' || typeof v === 'boolean' ? v : String(v);
+}

@@ -1,0 +1,85 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Span } from '../model';
+import { startReceiver } from '../receive/receiver';
+import { badAnswer, baseUrl, getJson, tracesCarrying } from './source';
+import type { SpanSource } from './source';
+
+/** Where a running receiver answers span queries: `?trace=<id>` or `?probe=<id>`, with `{spans: Span[]}`. */
+export const SPAN_QUERY_PATH = '/api/doctor/spans';
+
+/** What {@link receivedSpanSource} needs of a receiver: the spans it has received so far. */
+export interface ReceivedSpans {
+  readonly url: string;
+  spans(): readonly Span[];
+}
+
+/** Options of {@link receiverSource}; all optional. */
+export interface ReceiverSourceOptions {
+  /** A receiver already running (`meshtrace receive`) to ask over HTTP. Default: start one in this process. */
+  endpoint?: string;
+  /** The port of the receiver started in this process, where the services export OTLP/HTTP to. Default 4318. */
+  port?: number;
+  /** How long one request to a running receiver may take. Default 5000 ms. */
+  timeoutMs?: number;
+}
+
+/** Reads the spans a receiver in this process holds; closing the source leaves the receiver to its owner. */
+export function receivedSpanSource(receiver: ReceivedSpans): SpanSource {
+  return {
+    description: `the receiver at ${receiver.url}`,
+    trace: async (traceId) => receiver.spans().filter((s) => s.traceId === traceId),
+    probeTraces: async (probeId) => tracesCarrying(receiver.spans(), probeId),
+    close: async () => undefined,
+  };
+}
+
+/** A receiver to read from: one started here on `options.port` (closed with the source), or a running one at `options.endpoint`. */
+export async function receiverSource(options: ReceiverSourceOptions = {}): Promise<SpanSource> {
+  const timeoutMs = options.timeoutMs ?? 5000;
+  if (options.endpoint === undefined) {
+    const port = options.port ?? 4318;
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new TypeError(`@meshtrace/doctor: port must be an integer from 0 to 65535, not ${JSON.stringify(options.port)}`);
+    const receiver = await startReceiver({ port });
+    return { ...receivedSpanSource(receiver), close: () => receiver.close() };
+  }
+  const base = baseUrl(options.endpoint, 'endpoint');
+  const ask = async (query: string): Promise<Span[]> => {
+    const url = `${base}${SPAN_QUERY_PATH}?${query}`;
+    const answer = await getJson(url, timeoutMs);
+    if (answer.status === 404) throw new Error(`${base} has no span query (${SPAN_QUERY_PATH} answered 404): is it a meshtrace receiver?`);
+    if (answer.status !== 200) throw badAnswer(url, answer);
+    const spans = (answer.body as { spans?: unknown } | undefined)?.spans;
+    if (!Array.isArray(spans) || !spans.every(isSpan)) throw new Error(`GET ${url} answered 200 without a "spans" list of spans`);
+    return spans;
+  };
+  return {
+    description: `the receiver at ${base}`,
+    trace: (traceId) => ask(`trace=${encodeURIComponent(traceId)}`),
+    probeTraces: (probeId) => ask(`probe=${encodeURIComponent(probeId)}`),
+    close: async () => undefined,
+  };
+}
+
+function isSpan(x: unknown): x is Span {
+  const s = x as Partial<Span> | null;
+  return typeof s === 'object' && s !== null && typeof s.traceId === 'string' && typeof s.spanId === 'string' && typeof s.service === 'string' && typeof s.attributes === 'object' && s.attributes !== null;
+}
+
+/**
+ * Answers `GET /api/doctor/spans?trace=<id>` and `?probe=<id>` from `spans()`; returns false for any
+ * other request, which the receiver then answers itself.
+ */
+export function answerSpanQuery(req: IncomingMessage, res: ServerResponse, spans: () => readonly Span[]): boolean {
+  const url = new URL(req.url ?? '/', 'http://receiver');
+  if (url.pathname !== SPAN_QUERY_PATH) return false;
+  const trace = url.searchParams.get('trace');
+  const probe = url.searchParams.get('probe');
+  let status = 200;
+  let body: unknown;
+  if (req.method !== 'GET') [status, body] = [405, { error: 'use GET' }];
+  else if (trace !== null) body = { spans: spans().filter((s) => s.traceId === trace.toLowerCase()) };
+  else if (probe !== null) body = { spans: tracesCarrying(spans(), probe) };
+  else [status, body] = [400, { error: 'give trace=<trace id> or probe=<probe id>' }];
+  res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+  return true;
+}

@@ -1,0 +1,105 @@
+import { ATTR } from '../model';
+import type { Span } from '../model';
+import { spansFromOtlpJson } from '../otlp/decode';
+
+/** The time range a probe's spans fall in, in milliseconds since the epoch; backends that index by time need it. */
+export interface TimeWindow {
+  readonly startMs: number;
+  readonly endMs: number;
+}
+
+/**
+ * Where the probe reads spans from. Methods reject with an Error whose message says what went wrong
+ * (unreachable, an answer that is not what the backend documents); "nothing found" is an empty list.
+ */
+export interface SpanSource {
+  /** What is asked, for messages: "Jaeger at http://jaeger:16686". */
+  readonly description: string;
+  /** The spans of one trace (lower-case hex id) the backend has so far. */
+  trace(traceId: string, window: TimeWindow): Promise<Span[]>;
+  /** Every span of every trace in which a span carries `probeId` (as `meshtrace.probe` or `x-request-id`). */
+  probeTraces(probeId: string, window: TimeWindow): Promise<Span[]>;
+  /** Stops what the source started (an in-process receiver); a no-op for the others. */
+  close(): Promise<void>;
+}
+
+/** Whether `span` carries the probe id: the baggage copy meshtrace records, or the captured `x-request-id`. */
+export function carriesProbe(span: Span, probeId: string): boolean {
+  if (span.attributes[ATTR.probe] === probeId) return true;
+  const requestId = span.attributes[ATTR.requestId];
+  return requestId === probeId || (Array.isArray(requestId) && requestId.includes(probeId));
+}
+
+/** The spans of those traces in `spans` that hold a span carrying `probeId`: a backend may ignore a filter it does not know. */
+export function tracesCarrying(spans: readonly Span[], probeId: string): Span[] {
+  const traces = new Set(spans.filter((s) => carriesProbe(s, probeId)).map((s) => s.traceId));
+  return spans.filter((s) => traces.has(s.traceId));
+}
+
+/** A JSON answer: its status, and the parsed body (`undefined` for an empty one). */
+export interface JsonAnswer {
+  readonly status: number;
+  readonly body: unknown;
+}
+
+/**
+ * GETs `url` and parses a JSON body. Rejects with a readable message when the server cannot be
+ * reached, does not answer within `timeoutMs`, or answers 2xx with something that is not JSON.
+ * A non-2xx answer resolves with its status (and its body, when that is JSON) for the caller to judge.
+ */
+export async function getJson(url: string, timeoutMs: number): Promise<JsonAnswer> {
+  let res: Response;
+  let text: string;
+  try {
+    res = await fetch(url, { headers: { accept: 'application/json' }, signal: AbortSignal.timeout(timeoutMs) });
+    text = await res.text();
+  } catch (err) {
+    throw new Error(`GET ${url} failed: ${describeFetchError(err)}`);
+  }
+  if (text.trim() === '') return { status: res.status, body: undefined };
+  try {
+    return { status: res.status, body: JSON.parse(text) as unknown };
+  } catch {
+    if (res.ok) throw new Error(`GET ${url} answered ${res.status} with a body that is not JSON: ${JSON.stringify(text.slice(0, 80))}`);
+    return { status: res.status, body: text };
+  }
+}
+
+/** The message of a failed fetch, with undici's cause code (ECONNREFUSED) when it has one. */
+function describeFetchError(err: unknown): string {
+  if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError')) return 'no answer in time';
+  const cause = (err as { cause?: { code?: string; message?: string } } | undefined)?.cause;
+  return cause?.code ?? cause?.message ?? (err instanceof Error ? err.message : String(err));
+}
+
+/** Why an answer is unusable: "answered 500: <start of the body>". */
+export function badAnswer(url: string, answer: JsonAnswer): Error {
+  const body = typeof answer.body === 'string' ? answer.body : JSON.stringify(answer.body ?? '');
+  return new Error(`GET ${url} answered ${answer.status}${body ? `: ${body.slice(0, 120)}` : ''}`);
+}
+
+/** `endpoint` without trailing slashes, checked to be an http(s) URL; `option` names the option in the TypeError. */
+export function baseUrl(endpoint: unknown, option: string): string {
+  let url: URL | undefined;
+  try {
+    url = typeof endpoint === 'string' ? new URL(endpoint) : undefined;
+  } catch {
+    url = undefined;
+  }
+  if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) throw new TypeError(`@meshtrace/doctor: ${option} must be an http(s) URL, not ${JSON.stringify(endpoint)}`);
+  return String(endpoint).replace(/\/+$/, '');
+}
+
+/** A hex id left-padded to `length`: Tempo's search and Jaeger's v1 model drop leading zeros. */
+export function padId(id: string, length: number): string {
+  return id.toLowerCase().padStart(length, '0');
+}
+
+/** The spans of an OTLP JSON document `url` answered with; a document of another shape is an Error naming the URL. */
+export function otlpSpans(url: string, doc: unknown): Span[] {
+  try {
+    return spansFromOtlpJson(doc);
+  } catch (err) {
+    throw new Error(`GET ${url} answered 200 with a body that is not OTLP JSON: ${(err as Error).message}`);
+  }
+}
