@@ -1,7 +1,7 @@
 // The whole benchmark: propagators, per-request throughput against the bare frameworks and the
 // official OpenTelemetry instrumentation, memory while the collector refuses, parse linearity.
 // Writes bench/RESULTS.md.
-//   node bench/dist/run.js [--quick] [--only micro,requests,memory,linear] [--outage] [--frameworks express,fastify,koa,http] [--write]
+//   node bench/dist/run.js [--quick] [--only micro,requests,memory,linear,doctor,instructions] [--outage] [--frameworks express,fastify,koa,http] [--write]
 // --quick gives rough numbers in about two minutes; --only runs the parts named. Either prints only and
 // leaves RESULTS.md to full runs, unless --write is given. --outage adds the collector outage table
 // (every collector failure mode under load, about a minute more).
@@ -11,13 +11,16 @@ import { FINDINGS } from './findings';
 import { runLinear } from './linear';
 import { MICRO_FULL, MICRO_QUICK, runMicro } from './micro';
 import { memorySection, outageSection, runOutage, runOutageMemory } from './outage';
+import { INSTRUCTIONS_FULL, runInstructions } from './instructions';
+import { LOGS_FULL, LOGS_QUICK, benchLogs } from './logs';
+import { RECEIVE_FULL, RECEIVE_QUICK, benchReceive } from './receive';
 import { REQUESTS_FULL, REQUESTS_QUICK, runRequests } from './requests';
 import { FRAMEWORKS } from './server';
 import type { Framework } from './server';
 import { machine, table } from './stats';
 import type { Section } from './stats';
 
-const PARTS = ['micro', 'requests', 'memory', 'linear'] as const;
+const PARTS = ['micro', 'requests', 'memory', 'linear', 'doctor', 'instructions'] as const;
 type Part = (typeof PARTS)[number];
 
 function option(name: string): string | undefined {
@@ -71,6 +74,17 @@ async function main(): Promise<void> {
     sections.push({ title: 'Parse cost per byte (linearity)', lines: runLinear(), checks: [] });
   }
 
+  if (parts.includes('doctor')) {
+    log('meshtrace receive and meshtrace logs throughput');
+    sections.push(await benchReceive(quick ? RECEIVE_QUICK : RECEIVE_FULL, log));
+    sections.push(await benchLogs(quick ? LOGS_QUICK : LOGS_FULL, log));
+  }
+
+  if (parts.includes('instructions')) {
+    log(`instructions per request under valgrind: ${frameworks.join(', ')}, two servers at a time`);
+    sections.push(await runInstructions({ ...INSTRUCTIONS_FULL, frameworks, ...(quick ? { requests: 1000 } : {}) }, log));
+  }
+
   const seconds = Math.round((Date.now() - started) / 1000);
   const m = machine();
   const checks = sections.flatMap((s) => s.checks);
@@ -94,7 +108,9 @@ async function main(): Promise<void> {
   ].join('\n');
 
   console.log(`\n${report}`);
-  const file = resolve(__dirname, '..', 'RESULTS.md');
+  // Node 24 is the headline (RESULTS.md); another version writes beside it (RESULTS-node22.md).
+  const major = Number(process.versions.node.split('.')[0]);
+  const file = resolve(__dirname, '..', major === 24 ? 'RESULTS.md' : `RESULTS-node${major}.md`);
   if ((only === undefined && !quick) || process.argv.includes('--write')) {
     writeFileSync(file, `${report.trimEnd()}\n`);
     log(`wrote ${relative(process.cwd(), file)}`);

@@ -11,7 +11,7 @@ import type { ExportResult } from '@opentelemetry/core';
 
 export const FRAMEWORKS = ['express', 'fastify', 'koa', 'http'] as const;
 export type Framework = (typeof FRAMEWORKS)[number];
-export const CANDIDATES = ['bare', 'context', 'floor', 'meshtrace', 'otel'] as const;
+export const CANDIDATES = ['bare', 'context', 'floor', 'meshtrace', 'public-api', 'sdk-disabled', 'in-nodesdk', 'otel'] as const;
 export type Candidate = (typeof CANDIDATES)[number];
 
 /** Parent to child. */
@@ -61,6 +61,31 @@ function provider(propagator: 'meshtrace' | 'default'): Tracing {
   }
   api.trace.setGlobalTracerProvider(p);
   return { exporter, forceFlush: () => p.forceFlush() };
+}
+
+/**
+ * meshtrace as an application that already starts NodeSDK has it: NodeSDK with instrumentation-http and
+ * instrumentation-undici, `MeshPropagator` as its propagator, the same processor and exporter.
+ */
+function inNodeSdk(): Tracing {
+  const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
+  const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
+  const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http') as typeof import('@opentelemetry/instrumentation-http');
+  const { UndiciInstrumentation } = require('@opentelemetry/instrumentation-undici') as typeof import('@opentelemetry/instrumentation-undici');
+  const { MeshPropagator } = require('@meshtrace/core') as typeof import('@meshtrace/core');
+  const api = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
+  const exporter = new DiscardingExporter();
+  const sdk = new NodeSDK({ spanProcessors: [new BatchSpanProcessor({ exporter })], textMapPropagator: new MeshPropagator(), instrumentations: [new HttpInstrumentation(), new UndiciInstrumentation()] });
+  sdk.start();
+  const provider = api.trace.getTracerProvider() as { forceFlush?: () => Promise<void>; getDelegate?: () => { forceFlush?: () => Promise<void> } };
+  return { exporter, forceFlush: async () => void (await provider.getDelegate?.().forceFlush?.()) };
+}
+
+/** meshtrace with `OTEL_SDK_DISABLED=true`: `setupMeshTracing` registers the context manager and propagator and no SDK, so context flows and no span is made. */
+function sdkDisabled(): undefined {
+  const { setupMeshTracing } = require('@meshtrace/node') as typeof import('@meshtrace/node');
+  setupMeshTracing({ log: false, env: { OTEL_SDK_DISABLED: 'true' } });
+  return undefined;
 }
 
 /** The official route: the HTTP instrumentation plus the framework's own, registered before anything is required. */
@@ -131,9 +156,14 @@ async function start(framework: Framework, candidate: Candidate): Promise<{ serv
     // AsyncLocalStorage installs its async hooks on first use; from then on every async resource pays for them.
     api.context.with(api.ROOT_CONTEXT.setValue(api.createContextKey('bench'), true), () => undefined);
   }
-  const tracing = candidate === 'bare' || candidate === 'context' ? undefined : provider(candidate === 'meshtrace' ? 'meshtrace' : 'default');
+  if (candidate === 'public-api') process.env.MESHTRACE_PUBLIC_API_ONLY = '1';
+  let tracing: Tracing | undefined;
+  if (candidate === 'in-nodesdk') tracing = inNodeSdk();
+  else if (candidate === 'sdk-disabled') tracing = sdkDisabled();
+  else if (candidate !== 'bare' && candidate !== 'context') tracing = provider(candidate === 'otel' || candidate === 'floor' ? 'default' : 'meshtrace');
   const otel = candidate === 'otel' ? otelInstrumentations(framework) : undefined;
-  const mesh = candidate === 'meshtrace';
+  // Every candidate but the yardsticks and the official route runs meshtrace's adapter.
+  const mesh = candidate === 'meshtrace' || candidate === 'public-api' || candidate === 'sdk-disabled' || candidate === 'in-nodesdk';
   const floor = candidate === 'floor';
   const http = require('node:http') as typeof import('node:http');
 

@@ -47,3 +47,17 @@ export function machine(): { cpu: string; cores: number; memoryGiB: number; node
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** For a part run alone (`node bench/dist/<part>.js`): prints its lines and targets, or the error with exit code 1. */
+export function printSection(section: Promise<Section>): void {
+  section.then(
+    (s) => {
+      console.log(s.lines.join('\n'));
+      for (const c of s.checks) console.log(`${c.met ? 'met' : 'MISSED'}: ${c.target}: ${c.measured}`);
+    },
+    (err: unknown) => {
+      console.error(err);
+      process.exitCode = 1;
+    },
+  );
+}

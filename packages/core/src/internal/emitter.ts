@@ -4,8 +4,8 @@ import { onlyPublicApi } from './otel-internals';
 
 // Binds a request's emitters the way the context manager's own `bind(context, emitter)` does:
 // listeners added afterwards run in the bound context, removeListener/off find them by the function
-// the caller passed, removeAllListeners forgets them, and an emitter keeps the first context it was
-// bound to. It differs in how, for the per-request path:
+// the caller passed, and an emitter keeps the first context it was bound to. It differs in how, for
+// the per-request path:
 // - The patched methods are shared functions, made once per method patched, so binding allocates no
 //   closures per emitter; the state is one Symbol-keyed record on the emitter, which also carries what
 //   the caller keeps with it (the request's trace). A WeakMap keyed by the emitter would cost more:
@@ -16,7 +16,8 @@ import { onlyPublicApi } from './otel-internals';
 //   methods are patched once on the framework's prototype next to the class's, and only the state
 //   record is added to the object.
 // - A listener's wrapper does not copy the listener's `length`: the context manager's
-//   `Object.defineProperty` for it costs several times the wrapping.
+//   `Object.defineProperty` for it costs several times the wrapping. It points at the listener through
+//   `.listener`, as Node's once() wrappers do, instead of a table from listener to wrapper.
 
 type Listener = (...args: unknown[]) => unknown;
 type Method = (this: Bindable, ...args: unknown[]) => unknown;
@@ -27,8 +28,6 @@ const STATE = Symbol('meshtrace.bound-context');
 export interface EmitterBinding {
   /** The context listeners run in; undefined when another binder had bound the emitter first. */
   readonly context: Context | undefined;
-  /** The wrapped listener of each listener added since binding, by event (weakly, as the context manager keeps them). */
-  listeners: Record<string | symbol, WeakMap<Listener, Listener>> | undefined;
   /** Whatever the caller keeps with the emitter, in the same record so the object gains one property only. */
   attachment: unknown;
 }
@@ -38,7 +37,7 @@ type Binding = EmitterBinding;
 type Bindable = Record<string | symbol, unknown> & { [STATE]?: Binding };
 
 const ADD_METHODS: readonly string[] = ['addListener', 'on', 'prependListener', 'prependOnceListener', 'once'];
-const METHODS: readonly string[] = [...ADD_METHODS, 'removeListener', 'off', 'removeAllListeners'];
+const METHODS: readonly string[] = [...ADD_METHODS, 'removeListener', 'off'];
 
 /** Patched method by the method it wraps, so each original is wrapped once and shared by every emitter. */
 const patches = new WeakMap<Method, Method>();
@@ -58,9 +57,10 @@ function patchAdd(original: Method): Method {
     const binding = this[STATE];
     // Not a function: the original method throws as it would have.
     if (binding?.context === undefined || adding || typeof listener !== 'function') return original.call(this, event, listener);
-    const wrapped = bindListener(binding.context, listener as Listener);
-    const byEvent = (binding.listeners ??= Object.create(null) as Record<string | symbol, WeakMap<Listener, Listener>>);
-    (byEvent[event as string] ??= new WeakMap()).set(listener as Listener, wrapped);
+    const wrapped = bindListener(binding.context, listener as Listener) as Listener & { listener?: Listener };
+    // Node's own removeListener and listeners() look through `.listener`, as for its once() wrappers:
+    // no table from listener to wrapper is needed (a WeakMap entry per listener costs the GC more).
+    wrapped.listener = listener as Listener;
     adding = true;
     try {
       return original.call(this, event, wrapped);
@@ -70,28 +70,29 @@ function patchAdd(original: Method): Method {
   };
 }
 
+type Wrapped = Listener & { listener?: Wrapped };
+
+/**
+ * A listener added with once() after binding sits in Node's once wrapper around ours, two `.listener`
+ * steps from the caller's function, where Node does not look: remove the last entry that leads to it,
+ * as Node removes the last match.
+ */
 function patchRemove(original: Method): Method {
   return function removeBound(this: Bindable, event: unknown, listener: unknown): unknown {
-    const wrapped = this[STATE]?.listeners?.[event as string]?.get(listener as Listener);
-    return original.call(this, event, wrapped ?? listener);
-  };
-}
-
-function patchRemoveAll(original: Method): Method {
-  return function removeAllBound(this: Bindable, ...args: unknown[]): unknown {
-    const binding = this[STATE];
-    if (binding?.listeners !== undefined) {
-      if (args.length === 0) binding.listeners = undefined;
-      else delete binding.listeners[args[0] as string];
+    if (this[STATE]?.context === undefined || typeof listener !== 'function') return original.call(this, event, listener);
+    const raw = (this as unknown as { rawListeners(event: unknown): Wrapped[] }).rawListeners(event);
+    for (let i = raw.length - 1; i >= 0; i--) {
+      const entry = raw[i];
+      if (entry === listener || entry.listener === listener || entry.listener?.listener === listener) return original.call(this, event, entry);
     }
-    return original.apply(this, args);
+    return original.call(this, event, listener);
   };
 }
 
 function patchOf(name: string, original: Method): Method {
   let p = patches.get(original);
   if (p === undefined) {
-    p = ADD_METHODS.includes(name) ? patchAdd(original) : name === 'removeAllListeners' ? patchRemoveAll(original) : patchRemove(original);
+    p = ADD_METHODS.includes(name) ? patchAdd(original) : patchRemove(original);
     patches.set(original, p);
     patched.add(p);
   }
@@ -135,7 +136,7 @@ function installOnInstance(ee: Bindable, proto: Bindable): void {
   const plan = planOf(proto);
   const o = plan?.originals;
   // Someone may have replaced a method on the prototype since the plan was made.
-  if (plan == null || o === undefined || proto.addListener !== o[0] || proto.on !== o[1] || proto.prependListener !== o[2] || proto.prependOnceListener !== o[3] || proto.once !== o[4] || proto.removeListener !== o[5] || proto.off !== o[6] || proto.removeAllListeners !== o[7]) {
+  if (plan == null || o === undefined || proto.addListener !== o[0] || proto.on !== o[1] || proto.prependListener !== o[2] || proto.prependOnceListener !== o[3] || proto.once !== o[4] || proto.removeListener !== o[5] || proto.off !== o[6]) {
     install(ee);
     return;
   }
@@ -147,7 +148,6 @@ function installOnInstance(ee: Bindable, proto: Bindable): void {
   ee.once = p[4];
   ee.removeListener = p[5];
   ee.off = p[6];
-  ee.removeAllListeners = p[7];
 }
 
 /** Prototypes, put in front of a class's by a framework, whose chain routes every listener method through the patched ones. */
@@ -168,9 +168,9 @@ export function bindEmitter(ctx: Context, emitter: object): EmitterBinding {
     // The public route, or bound by another binder already (an HTTP instrumentation's): the context
     // manager's own binding, which leaves an earlier one standing.
     context.bind(ctx, emitter);
-    return (ee[STATE] = { context: undefined, listeners: undefined, attachment: undefined });
+    return (ee[STATE] = { context: undefined, attachment: undefined });
   }
-  const binding: Binding = (ee[STATE] = { context: ctx, listeners: undefined, attachment: undefined });
+  const binding: Binding = (ee[STATE] = { context: ctx, attachment: undefined });
   const proto = Object.getPrototypeOf(ee) as Bindable | null;
   if (!ownOn && proto !== null && routedPrototypes.has(proto)) return binding;
   const classProto = (ee.constructor as { prototype?: unknown } | undefined)?.prototype;

@@ -38,12 +38,13 @@ export function registeredGlobal(name: 'metrics' | 'diag'): unknown {
 }
 
 /**
- * The tracer provider registered with the API: the SDK's behind the API's proxy (`getDelegate`), so a
- * caller can cache a tracer until the registration changes. Public route: the proxy, which never changes.
+ * The tracer provider registered with the API, behind the API's proxy (`getDelegate`), so a caller can
+ * cache a tracer until the registration changes. Undefined on the public route: ask `trace.getTracer` each time.
  */
-export function globalTracerProvider(): TracerProvider {
+export function globalTracerProvider(): TracerProvider | undefined {
+  if (publicApiOnly) return undefined;
   const proxy = trace.getTracerProvider() as TracerProvider & { getDelegate?: () => TracerProvider };
-  return !publicApiOnly && typeof proxy.getDelegate === 'function' ? proxy.getDelegate() : proxy;
+  return typeof proxy.getDelegate === 'function' ? proxy.getDelegate() : undefined;
 }
 
 /** True when `suppressTracing` (from `@opentelemetry/core`) marked the context: exporters' own requests. */

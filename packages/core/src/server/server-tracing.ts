@@ -197,7 +197,8 @@ export class ServerTracing<Req, Res> {
   /** The tracer named after the adapter (its instrumentation scope), cached per registered provider (the SDK hands out one tracer per name anyway). */
   private tracerOfGlobal(): Tracer {
     const provider = globalTracerProvider();
-    if (provider !== this.globalProvider || this.globalTracer === undefined || provider === trace.getTracerProvider()) {
+    if (provider === undefined) return trace.getTracer(this.adapter.name);
+    if (provider !== this.globalProvider || this.globalTracer === undefined) {
       this.globalProvider = provider;
       this.globalTracer = trace.getTracer(this.adapter.name);
     }
