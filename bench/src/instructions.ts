@@ -59,6 +59,16 @@ function count(framework: Framework, candidate: Candidate, requests: number): Pr
   });
 }
 
+/** A count again once when it failed: under valgrind a loaded machine can time a request out. */
+async function retried(run: () => Promise<number>, log: (line: string) => void): Promise<number> {
+  try {
+    return await run();
+  } catch (err) {
+    log(`  ${(err as Error).message}; counting again`);
+    return run();
+  }
+}
+
 /** Runs `jobs` two at a time. */
 async function pairwise<T>(jobs: ReadonlyArray<() => Promise<T>>): Promise<T[]> {
   const results: T[] = new Array(jobs.length);
@@ -91,8 +101,8 @@ export async function runInstructions(options: InstructionsOptions, log: (line: 
   const perRequest = new Map<string, number>();
   await pairwise(
     pairs.map(([f, c]) => async () => {
-      const first = await count(f, c, options.base);
-      const second = await count(f, c, options.base + options.requests);
+      const first = await retried(() => count(f, c, options.base), log);
+      const second = await retried(() => count(f, c, options.base + options.requests), log);
       const n = (second - first) / options.requests;
       perRequest.set(`${f}/${c}`, n);
       log(`  ${f}/${c}: ${fmt(n)} instructions per request`);
