@@ -147,7 +147,8 @@ program()
     // --help and --version end here too, with exit code 0; usage errors were already printed.
     if (err instanceof CommanderError) process.exitCode = err.exitCode === 0 ? 0 : USAGE;
     else {
-      console.error(err);
+      // A failure no command expected: its stack, for a bug report.
+      process.stderr.write(`meshtrace: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
       process.exitCode = USAGE;
     }
   });
