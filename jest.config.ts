@@ -5,7 +5,10 @@ const config: Config = {
   roots: ['<rootDir>/packages', '<rootDir>/demo', '<rootDir>/e2e'],
   testMatch: ['**/src/**/*.test.ts'],
   transform: {
-    '^.+\\.ts$': ['@swc/jest', { jsc: { target: 'es2022', parser: { syntax: 'typescript' } }, module: { type: 'commonjs' } }],
+    '^.+\\.ts$': [
+      '@swc/jest',
+      { jsc: { target: 'es2022', parser: { syntax: 'typescript' } }, module: { type: 'commonjs' } },
+    ],
   },
   // Tests run against sources, so no build is needed between an edit and a test run.
   moduleNameMapper: {

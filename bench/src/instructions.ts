@@ -23,7 +23,12 @@ export interface InstructionsOptions {
   readonly candidates: readonly Candidate[];
 }
 
-export const INSTRUCTIONS_FULL: InstructionsOptions = { base: 1000, requests: 3000, frameworks: FRAMEWORKS, candidates: CANDIDATES };
+export const INSTRUCTIONS_FULL: InstructionsOptions = {
+  base: 1000,
+  requests: 3000,
+  frameworks: FRAMEWORKS,
+  candidates: CANDIDATES,
+};
 
 const TRACEPARENT = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
 
@@ -31,16 +36,39 @@ const TRACEPARENT = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
 function count(framework: Framework, candidate: Candidate, requests: number): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), 'meshtrace-instructions-'));
   const out = join(dir, 'cachegrind.out');
-  const child = spawn('valgrind', ['--tool=cachegrind', '--cache-sim=no', `--cachegrind-out-file=${out}`, process.execPath, '--single-threaded', require.resolve('./server'), framework, candidate], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
+  const child = spawn(
+    'valgrind',
+    [
+      '--tool=cachegrind',
+      '--cache-sim=no',
+      `--cachegrind-out-file=${out}`,
+      process.execPath,
+      '--single-threaded',
+      require.resolve('./server'),
+      framework,
+      candidate,
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] },
+  );
   let stderr = '';
   child.stderr?.on('data', (c: Buffer) => void (stderr = (stderr + c.toString()).slice(-4000)));
   return new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => (child.kill('SIGKILL'), reject(new Error(`${framework}/${candidate}: no answer within 10 min`))), 600_000);
+    const timer = setTimeout(
+      () => (child.kill('SIGKILL'), reject(new Error(`${framework}/${candidate}: no answer within 10 min`))),
+      600_000,
+    );
     child.on('message', (m: FromServer) => {
       if (m.type === 'error') reject(new Error(`${framework}/${candidate}: ${m.message}`));
       if (m.type !== 'ready') return;
-      void autocannon({ url: `http://127.0.0.1:${m.port}${PATH}`, connections: 4, amount: requests, headers: { traceparent: TRACEPARENT }, timeout: 60 }).then((result) => {
-        if (result.non2xx + result.errors + result.timeouts > 0) reject(new Error(`${framework}/${candidate}: ${result.non2xx} non-2xx, ${result.errors} errors`));
+      void autocannon({
+        url: `http://127.0.0.1:${m.port}${PATH}`,
+        connections: 4,
+        amount: requests,
+        headers: { traceparent: TRACEPARENT },
+        timeout: 60,
+      }).then((result) => {
+        if (result.non2xx + result.errors + result.timeouts > 0)
+          reject(new Error(`${framework}/${candidate}: ${result.non2xx} non-2xx, ${result.errors} errors`));
         child.send({ type: 'stop' });
       }, reject);
     });
@@ -51,7 +79,11 @@ function count(framework: Framework, candidate: Candidate, requests: number): Pr
         if (summary === null) throw new Error('no summary line');
         resolve(Number(summary[1]));
       } catch (err) {
-        reject(new Error(`${framework}/${candidate}: cachegrind wrote no count (${(err as Error).message}); valgrind said: ${stderr}`));
+        reject(
+          new Error(
+            `${framework}/${candidate}: cachegrind wrote no count (${(err as Error).message}); valgrind said: ${stderr}`,
+          ),
+        );
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
@@ -93,10 +125,18 @@ const LABELS: Record<Candidate, string> = {
   'in-nodesdk': 'meshtrace in NodeSDK (+ http, undici)',
   otel: 'OTel (official route)',
 };
-const NAMES: Record<Framework, string> = { express: 'Express 5', fastify: 'Fastify 5', koa: 'Koa 3 + @koa/router', http: 'node:http' };
+const NAMES: Record<Framework, string> = {
+  express: 'Express 5',
+  fastify: 'Fastify 5',
+  koa: 'Koa 3 + @koa/router',
+  http: 'node:http',
+};
 
 /** Instructions per request of every candidate on every framework, and the targets on them. */
-export async function runInstructions(options: InstructionsOptions, log: (line: string) => void = () => undefined): Promise<Section> {
+export async function runInstructions(
+  options: InstructionsOptions,
+  log: (line: string) => void = () => undefined,
+): Promise<Section> {
   const pairs = options.frameworks.flatMap((f) => options.candidates.map((c) => [f, c] as const));
   const perRequest = new Map<string, number>();
   await pairwise(
@@ -114,19 +154,52 @@ export async function runInstructions(options: InstructionsOptions, log: (line: 
     const of = (c: Candidate) => perRequest.get(`${f}/${c}`) ?? NaN;
     const added = (c: Candidate) => of(c) - of('bare');
     for (const c of options.candidates) {
-      rows.push([NAMES[f], LABELS[c], fmt(of(c) / 1000, 1), c === 'bare' ? '—' : fmt(added(c) / 1000, 1), c === 'bare' || c === 'floor' ? '' : `${fmt(added(c) / added('floor'), 2)}x`, c === 'bare' || c === 'otel' ? '' : `${fmt(added(c) / added('otel'), 2)}x`]);
+      rows.push([
+        NAMES[f],
+        LABELS[c],
+        fmt(of(c) / 1000, 1),
+        c === 'bare' ? '—' : fmt(added(c) / 1000, 1),
+        c === 'bare' || c === 'floor' ? '' : `${fmt(added(c) / added('floor'), 2)}x`,
+        c === 'bare' || c === 'otel' ? '' : `${fmt(added(c) / added('otel'), 2)}x`,
+      ]);
     }
     const toFloor = added('meshtrace') / added('floor');
     const toOtel = added('meshtrace') / added('otel');
     const disabled = added('sdk-disabled') / added('context');
-    checks.push({ target: `${NAMES[f]}: meshtrace's added instructions per request ≤ 1.2x the floor's`, measured: `${fmt(toFloor, 2)}x`, met: toFloor <= 1.2 });
-    checks.push({ target: `${NAMES[f]}: meshtrace's added instructions per request ≤ 1/3 of the official route's`, measured: fmt(toOtel, 2), met: toOtel <= 1 / 3 });
+    checks.push({
+      target: `${NAMES[f]}: meshtrace's added instructions per request ≤ 1.2x the floor's`,
+      measured: `${fmt(toFloor, 2)}x`,
+      met: toFloor <= 1.2,
+    });
+    checks.push({
+      target: `${NAMES[f]}: meshtrace's added instructions per request ≤ 1/3 of the official route's`,
+      measured: fmt(toOtel, 2),
+      met: toOtel <= 1 / 3,
+    });
     // The context manager alone may add nothing over bare (or less than nothing): the ratio then means nothing, and the
     // target is met only if the SDK-disabled row adds nothing either.
-    checks.push({ target: `${NAMES[f]}: SDK disabled, added instructions ≤ 1.1x those of bare + context manager`, measured: added('context') > 0 ? `${fmt(disabled, 2)}x` : `${fmt(added('sdk-disabled') / 1000, 1)}k against ${fmt(added('context') / 1000, 1)}k`, met: added('context') > 0 ? disabled <= 1.1 : added('sdk-disabled') <= 0 });
+    checks.push({
+      target: `${NAMES[f]}: SDK disabled, added instructions ≤ 1.1x those of bare + context manager`,
+      measured:
+        added('context') > 0
+          ? `${fmt(disabled, 2)}x`
+          : `${fmt(added('sdk-disabled') / 1000, 1)}k against ${fmt(added('context') / 1000, 1)}k`,
+      met: added('context') > 0 ? disabled <= 1.1 : added('sdk-disabled') <= 0,
+    });
   }
   const lines = [
-    ...table(['framework', 'candidate', 'instructions per request (thousands)', 'added over bare', 'added ÷ floor\'s', 'added ÷ OTel\'s'], ['l', 'l', 'r', 'r', 'r', 'r'], rows),
+    ...table(
+      [
+        'framework',
+        'candidate',
+        'instructions per request (thousands)',
+        'added over bare',
+        "added ÷ floor's",
+        "added ÷ OTel's",
+      ],
+      ['l', 'l', 'r', 'r', 'r', 'r'],
+      rows,
+    ),
     '',
     `valgrind's cachegrind counts the instructions each server process executes (JIT-compiled code included) while it answers ${options.base} requests, and again in a fresh process answering ${options.base + options.requests}; the difference over ${options.requests} requests is one request's count, start-up and warm-up subtracted. The candidates are those of the CPU table, with the same servers. A count is the same whatever else the machine runs, so these rows decide what a change saves; the CPU table says what that is in time.`,
   ];
@@ -134,8 +207,21 @@ export async function runInstructions(options: InstructionsOptions, log: (line: 
 }
 
 if (require.main === module) {
-  const only = process.argv.find((a) => a.startsWith('--frameworks='))?.slice('--frameworks='.length).split(',') as Framework[] | undefined;
-  const candidates = process.argv.find((a) => a.startsWith('--candidates='))?.slice('--candidates='.length).split(',') as Candidate[] | undefined;
-  const requests = Number(process.argv.find((a) => a.startsWith('--requests='))?.slice('--requests='.length) ?? INSTRUCTIONS_FULL.requests);
-  printSection(runInstructions({ ...INSTRUCTIONS_FULL, requests, ...(only ? { frameworks: only } : {}), ...(candidates ? { candidates } : {}) }, console.log));
+  const only = process.argv
+    .find((a) => a.startsWith('--frameworks='))
+    ?.slice('--frameworks='.length)
+    .split(',') as Framework[] | undefined;
+  const candidates = process.argv
+    .find((a) => a.startsWith('--candidates='))
+    ?.slice('--candidates='.length)
+    .split(',') as Candidate[] | undefined;
+  const requests = Number(
+    process.argv.find((a) => a.startsWith('--requests='))?.slice('--requests='.length) ?? INSTRUCTIONS_FULL.requests,
+  );
+  printSection(
+    runInstructions(
+      { ...INSTRUCTIONS_FULL, requests, ...(only ? { frameworks: only } : {}), ...(candidates ? { candidates } : {}) },
+      console.log,
+    ),
+  );
 }

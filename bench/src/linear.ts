@@ -15,7 +15,11 @@ const shapes: Record<string, (bytes: number) => string> = {
   'baggage, over the limit': (n) => `a=${'x'.repeat(n - 2)}`,
   'baggage, percent-encoded': (n) => `a=${'%41'.repeat(Math.min(n, 8000) / 3)}`,
 };
-const parsers: Record<string, (s: string) => unknown> = { traceparent: parseTraceparent, tracestate: parseTracestate, baggage: parseBaggage };
+const parsers: Record<string, (s: string) => unknown> = {
+  traceparent: parseTraceparent,
+  tracestate: parseTracestate,
+  baggage: parseBaggage,
+};
 
 function nsPerByte(parse: (s: string) => unknown, input: string): number {
   const rounds = Math.max(20, Math.floor(2_000_000 / input.length));
@@ -30,7 +34,10 @@ function nsPerByte(parse: (s: string) => unknown, input: string): number {
 }
 
 export function runLinear(): string[] {
-  const lines = ['| input | ' + SIZES.map((s) => `${s / 1024} KiB`).join(' | ') + ' | 64 KiB / 1 KiB |', '|---|' + SIZES.map(() => '---:').join('|') + '|---:|'];
+  const lines = [
+    '| input | ' + SIZES.map((s) => `${s / 1024} KiB`).join(' | ') + ' | 64 KiB / 1 KiB |',
+    '|---|' + SIZES.map(() => '---:').join('|') + '|---:|',
+  ];
   let worst = 0;
   for (const [name, make] of Object.entries(shapes)) {
     const parse = parsers[name.split(',')[0]];
@@ -39,7 +46,10 @@ export function runLinear(): string[] {
     worst = Math.max(worst, ratio);
     lines.push(`| ${name} | ${costs.map((c) => c.toFixed(2)).join(' | ')} | ${ratio.toFixed(2)} |`);
   }
-  lines.push('', `ns per byte; the worst ratio is ${worst.toFixed(2)} (1.00 is perfectly linear; a backtracking parser grows with the size).`);
+  lines.push(
+    '',
+    `ns per byte; the worst ratio is ${worst.toFixed(2)} (1.00 is perfectly linear; a backtracking parser grows with the size).`,
+  );
   return lines;
 }
 

@@ -26,7 +26,10 @@ function traceparent(i: number): string {
   const kind = i % 100;
   if (kind < 5) return '-';
   // About one request in three shares its trace with the one before: the next hop of the same trace.
-  const trace = Math.floor(i / 3).toString(16).padStart(32, '0').replace(/^0/, 'a');
+  const trace = Math.floor(i / 3)
+    .toString(16)
+    .padStart(32, '0')
+    .replace(/^0/, 'a');
   const flags = kind < 8 ? '0x' : '01';
   return `00-${trace}-${(i + 1).toString(16).padStart(16, '0')}-${flags}`;
 }
@@ -84,7 +87,10 @@ function generate(format: Format, megabytes: number): { chunks: Buffer[]; bytes:
 }
 
 /** Reads a generated multi-MB log in each format with `scanLogs` and reports MB per second (median of the rounds). */
-export async function benchLogs(options: LogsBenchOptions = LOGS_FULL, log: (line: string) => void = () => undefined): Promise<Section> {
+export async function benchLogs(
+  options: LogsBenchOptions = LOGS_FULL,
+  log: (line: string) => void = () => undefined,
+): Promise<Section> {
   const rows: string[][] = [];
   for (const format of ['envoy', 'istio', 'nginx'] as const) {
     const { chunks, bytes, lines } = generate(format, options.megabytes);

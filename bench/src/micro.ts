@@ -38,10 +38,20 @@ function meshHeaders(extra: Record<string, string>): Record<string, string> {
 const CARRIERS = {
   traceparent: meshHeaders({ traceparent: TRACEPARENT }),
   'traceparent + tracestate': meshHeaders({ traceparent: TRACEPARENT, tracestate: TRACESTATE }),
-  'traceparent + tracestate + baggage': meshHeaders({ traceparent: TRACEPARENT, tracestate: TRACESTATE, baggage: BAGGAGE }),
+  'traceparent + tracestate + baggage': meshHeaders({
+    traceparent: TRACEPARENT,
+    tracestate: TRACESTATE,
+    baggage: BAGGAGE,
+  }),
 };
 type CaseName = keyof typeof CARRIERS | 'inject' | 'round trip';
-const CASES: CaseName[] = ['traceparent', 'traceparent + tracestate', 'traceparent + tracestate + baggage', 'inject', 'round trip'];
+const CASES: CaseName[] = [
+  'traceparent',
+  'traceparent + tracestate',
+  'traceparent + tracestate + baggage',
+  'inject',
+  'round trip',
+];
 
 interface Candidate {
   readonly name: string;
@@ -52,7 +62,12 @@ function candidates(): Candidate[] {
   return [
     { name: 'meshtrace `MeshPropagator`', propagator: new MeshPropagator() },
     { name: 'OTel `W3CTraceContextPropagator`', propagator: new W3CTraceContextPropagator() },
-    { name: 'OTel composite (trace context + baggage)', propagator: new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }) },
+    {
+      name: 'OTel composite (trace context + baggage)',
+      propagator: new CompositePropagator({
+        propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()],
+      }),
+    },
   ];
 }
 
@@ -103,7 +118,11 @@ function calibrate(op: () => unknown, ms: number): number {
 function injected(c: Candidate): string {
   const out: Record<string, string> = {};
   operation(c, 'inject')();
-  c.propagator.inject(c.propagator.extract(ROOT_CONTEXT, CARRIERS['traceparent + tracestate + baggage'], defaultTextMapGetter), out, defaultTextMapSetter);
+  c.propagator.inject(
+    c.propagator.extract(ROOT_CONTEXT, CARRIERS['traceparent + tracestate + baggage'], defaultTextMapGetter),
+    out,
+    defaultTextMapSetter,
+  );
   return Object.keys(out).join(', ');
 }
 
@@ -131,7 +150,11 @@ export function runMicro(options: MicroOptions, log: (line: string) => void = ()
     const s = samples.get(name)!;
     const w3cComparable = name !== 'traceparent + tracestate + baggage' && name !== 'round trip';
     return [
-      name === 'inject' ? 'inject (again, same context)' : name === 'round trip' ? 'extract all three, then inject once' : `extract ${name}`,
+      name === 'inject'
+        ? 'inject (again, same context)'
+        : name === 'round trip'
+          ? 'extract all three, then inject once'
+          : `extract ${name}`,
       fmt(median(s[0])),
       fmt(median(s[1])) + (w3cComparable ? '' : ' ¹'),
       fmt(median(s[2])),
@@ -140,7 +163,11 @@ export function runMicro(options: MicroOptions, log: (line: string) => void = ()
     ];
   });
   const checks: Check[] = [
-    { target: 'extract of traceparent (strict check kept): ≥ 2x faster than `W3CTraceContextPropagator`', measured: `${fmt(ratio('traceparent', 1), 1)}x`, met: ratio('traceparent', 1) >= 2 },
+    {
+      target: 'extract of traceparent (strict check kept): ≥ 2x faster than `W3CTraceContextPropagator`',
+      measured: `${fmt(ratio('traceparent', 1), 1)}x`,
+      met: ratio('traceparent', 1) >= 2,
+    },
     {
       target: 'extract of all three headers: ≥ 5x faster than the OTel composite propagator',
       measured: `${fmt(ratio('traceparent + tracestate + baggage', 2), 1)}x`,
@@ -149,7 +176,14 @@ export function runMicro(options: MicroOptions, log: (line: string) => void = ()
   ];
   const lines = [
     ...table(
-      ['operation', 'meshtrace (ns)', 'OTel W3C (ns)', 'OTel composite (ns)', 'W3C / meshtrace', 'composite / meshtrace'],
+      [
+        'operation',
+        'meshtrace (ns)',
+        'OTel W3C (ns)',
+        'OTel composite (ns)',
+        'W3C / meshtrace',
+        'composite / meshtrace',
+      ],
       ['l', 'r', 'r', 'r', 'r', 'r'],
       rows,
     ),

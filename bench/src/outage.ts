@@ -35,8 +35,15 @@ export interface ServiceProcess {
 }
 
 /** Forks `script` with `args`; the child calls {@link serveChild} and reports its port. */
-export async function startService(script: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<ServiceProcess> {
-  const child: ChildProcess = fork(script, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+export async function startService(
+  script: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+): Promise<ServiceProcess> {
+  const child: ChildProcess = fork(script, args, {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
   const waiting = new Map<number, (s: ServiceStats) => void>();
   let next = 0;
   const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
@@ -66,12 +73,20 @@ export async function startService(script: string, args: string[], env: NodeJS.P
 }
 
 /** In the child: listens on 127.0.0.1, tells the parent its port and answers stats requests. */
-export function serveChild(server: ReturnType<typeof createServer>, extra: () => Record<string, number> = () => ({}), onStop: () => Promise<void> = async () => undefined): void {
+export function serveChild(
+  server: ReturnType<typeof createServer>,
+  extra: () => Record<string, number> = () => ({}),
+  onStop: () => Promise<void> = async () => undefined,
+): void {
   server.listen(0, '127.0.0.1', () => process.send?.({ type: 'ready', port: (server.address() as AddressInfo).port }));
   process.on('message', (m: { type: string; id: number }) => {
     if (m.type !== 'stats') return;
     const { rss, heapUsed } = process.memoryUsage();
-    process.send?.({ type: 'stats', id: m.id, stats: { rss, heapUsed, export: exportStats(), extra: extra() } satisfies ServiceStats });
+    process.send?.({
+      type: 'stats',
+      id: m.id,
+      stats: { rss, heapUsed, export: exportStats(), extra: extra() } satisfies ServiceStats,
+    });
   });
   const stop = () => {
     server.closeAllConnections();
@@ -146,14 +161,20 @@ interface Run {
  * Runs the service under load in every collector mode, `rounds` times with the order rotated, and
  * returns a row per mode (healthy first).
  */
-export async function runOutage(options: OutageOptions = {}, log: (line: string) => void = () => undefined): Promise<OutageRow[]> {
+export async function runOutage(
+  options: OutageOptions = {},
+  log: (line: string) => void = () => undefined,
+): Promise<OutageRow[]> {
   const seconds = options.seconds ?? 5;
   const rounds = options.rounds ?? 2;
   const connections = options.connections ?? 50;
   const collector = await startCollector();
   const proxy = await startFaultProxy({ targetPort: collector.port });
   // A short schedule, so the healthy run really exports while it is measured.
-  const service = await startService(__filename, ['--serve'], { OTEL_EXPORTER_OTLP_ENDPOINT: proxy.url, OTEL_BSP_SCHEDULE_DELAY: process.env.OTEL_BSP_SCHEDULE_DELAY ?? '1000' });
+  const service = await startService(__filename, ['--serve'], {
+    OTEL_EXPORTER_OTLP_ENDPOINT: proxy.url,
+    OTEL_BSP_SCHEDULE_DELAY: process.env.OTEL_BSP_SCHEDULE_DELAY ?? '1000',
+  });
   const url = `http://127.0.0.1:${service.port}/`;
   const runs = new Map<string, Run[]>(MODES.map((m) => [m.name, []]));
   try {
@@ -190,7 +211,8 @@ export async function runOutage(options: OutageOptions = {}, log: (line: string)
     await collector.close();
   }
   const healthy = runs.get('healthy')!;
-  const sum = (list: Run[], key: 'non2xx' | 'errors' | 'exported' | 'failed' | 'dropped') => list.reduce((n, x) => n + x[key], 0);
+  const sum = (list: Run[], key: 'non2xx' | 'errors' | 'exported' | 'failed' | 'dropped') =>
+    list.reduce((n, x) => n + x[key], 0);
   return MODES.map(({ name }) => {
     const list = runs.get(name)!;
     return {
@@ -214,16 +236,47 @@ export async function runOutage(options: OutageOptions = {}, log: (line: string)
 export function outageSection(rows: readonly OutageRow[], options: OutageOptions = {}): Section {
   const checks: Check[] = [];
   const body = rows.map((r) => {
-    if (r.mode !== 'healthy') checks.push({ target: `collector ${r.mode}: p99 within 10% of the healthy run`, measured: `${fmt(r.p99Ratio, 2)}x`, met: r.p99Ratio <= 1.1 });
-    return [r.mode, fmt(r.requestsPerSecond), fmt(r.requestsRatio, 2), fmt(r.p99Ms, 1), fmt(r.p99Ratio, 2), fmt(r.non2xx + r.errors), fmt(r.rssMb), fmt(r.exported), fmt(r.failed), fmt(r.dropped)];
+    if (r.mode !== 'healthy')
+      checks.push({
+        target: `collector ${r.mode}: p99 within 10% of the healthy run`,
+        measured: `${fmt(r.p99Ratio, 2)}x`,
+        met: r.p99Ratio <= 1.1,
+      });
+    return [
+      r.mode,
+      fmt(r.requestsPerSecond),
+      fmt(r.requestsRatio, 2),
+      fmt(r.p99Ms, 1),
+      fmt(r.p99Ratio, 2),
+      fmt(r.non2xx + r.errors),
+      fmt(r.rssMb),
+      fmt(r.exported),
+      fmt(r.failed),
+      fmt(r.dropped),
+    ];
   });
   const lines = [
-    ...table(['collector', 'req/s', 'of healthy', 'p99 (ms)', 'of healthy', 'errors + non-2xx', 'RSS (MB)', 'exported', 'failed', 'dropped'], ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'], body),
+    ...table(
+      [
+        'collector',
+        'req/s',
+        'of healthy',
+        'p99 (ms)',
+        'of healthy',
+        'errors + non-2xx',
+        'RSS (MB)',
+        'exported',
+        'failed',
+        'dropped',
+      ],
+      ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+      body,
+    ),
     '',
     `node:http with \`meshHttp\` and \`setupMeshTracing\` (OTLP/HTTP through a fault proxy to a loopback collector; batch processor defaults but a 1 s schedule), autocannon with ${options.connections ?? 50} connections, ${options.rounds ?? 2} rounds of ${options.seconds ?? 5} s per collector mode in one service process, the mode order rotated every round and the pipeline drained before every run. req/s and p99 are medians over rounds, "of healthy" the median of the ratios to the healthy run of the same round; exported, failed and dropped are totals over rounds. Spans are counted by \`exportStats()\` in the service: exported, failed (export error or timeout) and dropped (queue full).`,
     '',
     '- During an outage the queue fills within a second and later spans are dropped before they are serialized, so the service does less work than when healthy: an outage mode slower than healthy would point at retry storms, pile-ups of hung exports or memory pressure.',
-    '- The fault proxy and the collector run in the load generator\'s process; the service has a process of its own.',
+    "- The fault proxy and the collector run in the load generator's process; the service has a process of its own.",
     '- Failed counts stay low in short runs: the OTLP exporter retries one batch for up to its 10 s timeout, and a batch still retrying when the proxy heals is delivered.',
   ];
   return { title: 'Collector outage (req/s, p99 latency, spans lost)', lines, checks };
@@ -250,7 +303,10 @@ export interface MemoryResult {
 }
 
 /** Sustained load while the OTLP endpoint refuses connections, sampling the service's RSS every second. */
-export async function runOutageMemory(options: OutageOptions = {}, log: (line: string) => void = () => undefined): Promise<MemoryResult> {
+export async function runOutageMemory(
+  options: OutageOptions = {},
+  log: (line: string) => void = () => undefined,
+): Promise<MemoryResult> {
   const seconds = options.seconds ?? 60;
   const connections = options.connections ?? 50;
   const warmupSeconds = Math.max(1, Math.min(10, Math.floor(seconds / 4)));
@@ -269,7 +325,9 @@ export async function runOutageMemory(options: OutageOptions = {}, log: (line: s
       rssMb.push(s.rss / MB);
       heapMb.push(s.heapUsed / MB);
       const e = s.export;
-      log(`  ${i} s: RSS ${fmt(s.rss / MB)} MB, heap ${fmt(s.heapUsed / MB)} MB, queued ${e.queued}, in flight ${e.inFlight}, failed ${e.failed - before.failed}, dropped ${e.dropped - before.dropped}`);
+      log(
+        `  ${i} s: RSS ${fmt(s.rss / MB)} MB, heap ${fmt(s.heapUsed / MB)} MB, queued ${e.queued}, in flight ${e.inFlight}, failed ${e.failed - before.failed}, dropped ${e.dropped - before.dropped}`,
+      );
     }
     const result = await load;
     const after = (await service.stats()).export;
@@ -298,21 +356,41 @@ export async function runOutageMemory(options: OutageOptions = {}, log: (line: s
 /** The memory result as a section for the bench report; growth of at most 64 MB after warm-up meets the target. */
 export function memorySection(r: MemoryResult, options: OutageOptions = {}): Section {
   const every = Math.max(1, Math.round(r.seconds / 12));
-  const samples = r.rssMb.map((v, i) => [i + 1, v, r.heapMb[i]] as const).filter(([second]) => second % every === 0 || second === r.warmupSeconds);
+  const samples = r.rssMb
+    .map((v, i) => [i + 1, v, r.heapMb[i]] as const)
+    .filter(([second]) => second % every === 0 || second === r.warmupSeconds);
   const lines = [
-    ...table(['second', ...samples.map(([second]) => (second === r.warmupSeconds ? `${second} (warm)` : String(second)))], ['l', ...samples.map(() => 'r' as const)], [
-      ['RSS (MB)', ...samples.map(([, v]) => fmt(v))],
-      ['heap used (MB)', ...samples.map(([, , h]) => fmt(h))],
-    ]),
+    ...table(
+      ['second', ...samples.map(([second]) => (second === r.warmupSeconds ? `${second} (warm)` : String(second)))],
+      ['l', ...samples.map(() => 'r' as const)],
+      [
+        ['RSS (MB)', ...samples.map(([, v]) => fmt(v))],
+        ['heap used (MB)', ...samples.map(([, , h]) => fmt(h))],
+      ],
+    ),
     '',
     `The OTLP endpoint refuses connections for ${r.seconds} s of autocannon load (${options.connections ?? 50} connections): ${fmt(r.requests)} requests, ${fmt(r.dropped)} spans dropped, ${fmt(r.failed)} failed (last: ${r.lastError ?? 'none'}), queue peak ${fmt(r.peakQueued)} spans. RSS growth after the ${r.warmupSeconds} s warm-up: ${fmt(r.growthMb, 1)} MB at the end, ${fmt(r.peakGrowthMb, 1)} MB at most.`,
   ];
-  const checks: Check[] = [{ target: 'collector refusing under sustained load: RSS growth after warm-up ≤ 64 MB', measured: `${fmt(r.peakGrowthMb, 1)} MB`, met: r.peakGrowthMb <= 64 }];
+  const checks: Check[] = [
+    {
+      target: 'collector refusing under sustained load: RSS growth after warm-up ≤ 64 MB',
+      measured: `${fmt(r.peakGrowthMb, 1)} MB`,
+      met: r.peakGrowthMb <= 64,
+    },
+  ];
   return { title: 'Memory while the collector refuses', lines, checks };
 }
 
 function print(section: Section): void {
-  console.log([`## ${section.title}`, '', ...section.lines, '', ...section.checks.map((c) => `${c.met ? 'met' : 'MISSED'}: ${c.target}: ${c.measured}`)].join('\n'));
+  console.log(
+    [
+      `## ${section.title}`,
+      '',
+      ...section.lines,
+      '',
+      ...section.checks.map((c) => `${c.met ? 'met' : 'MISSED'}: ${c.target}: ${c.measured}`),
+    ].join('\n'),
+  );
 }
 
 function serve(): void {
@@ -329,7 +407,8 @@ function flag(name: string, fallback: number): number {
   const i = process.argv.indexOf(name);
   if (i < 0) return fallback;
   const value = Number(process.argv[i + 1]);
-  if (!Number.isFinite(value) || value <= 0) throw new TypeError(`${name} must be a positive number, got ${process.argv[i + 1]}`);
+  if (!Number.isFinite(value) || value <= 0)
+    throw new TypeError(`${name} must be a positive number, got ${process.argv[i + 1]}`);
   return value;
 }
 

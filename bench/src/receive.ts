@@ -14,7 +14,9 @@ interface Serializer {
   serializeRequest(spans: ReadableSpan[]): Uint8Array | undefined;
 }
 const fromDoctor = createRequire(require.resolve('@meshtrace/doctor/package.json'));
-const { ProtobufTraceSerializer } = fromDoctor('@opentelemetry/otlp-transformer') as { ProtobufTraceSerializer: Serializer };
+const { ProtobufTraceSerializer } = fromDoctor('@opentelemetry/otlp-transformer') as {
+  ProtobufTraceSerializer: Serializer;
+};
 
 /** Options of {@link benchReceive}. */
 export interface ReceiveBenchOptions {
@@ -36,16 +38,48 @@ function body(traces: number): Buffer {
   const exporter = new InMemorySpanExporter();
   // One resource for all (bench has no @opentelemetry/resources); the analysis does not need service names to differ.
   const provider = new TracerProvider({ spanProcessors: [new SimpleSpanProcessor({ exporter })] });
-  const tracers = { gateway: provider.getTracer('gateway'), orders: provider.getTracer('orders'), inventory: provider.getTracer('inventory') };
+  const tracers = {
+    gateway: provider.getTracer('gateway'),
+    orders: provider.getTracer('orders'),
+    inventory: provider.getTracer('inventory'),
+  };
   for (let t = 0; t < traces; t++) {
     const i = request++;
-    const attrs = (path: string) => ({ 'url.path': path, 'server.address': '10.0.0.1', 'server.port': 8080, 'meshtrace.propagation.outcome': 'continued', 'http.request.header.x-request-id': [`r-${i}`] });
-    const g = tracers.gateway.startSpan('GET /checkout/:id', { kind: SpanKind.SERVER, attributes: attrs(`/checkout/${i}`) });
-    const gc = tracers.gateway.startSpan('GET', { kind: SpanKind.CLIENT, attributes: { 'url.full': `http://orders:80/orders/${i}`, 'http.response.status_code': 200 } }, trace.setSpan(ROOT_CONTEXT, g));
-    const o = tracers.orders.startSpan('GET /orders/:id', { kind: SpanKind.SERVER, attributes: attrs(`/orders/${i}`) }, trace.setSpan(ROOT_CONTEXT, gc));
-    const oc = tracers.orders.startSpan('GET', { kind: SpanKind.CLIENT, attributes: { 'url.full': `http://inventory:80/stock/${i}` } }, trace.setSpan(ROOT_CONTEXT, o));
+    const attrs = (path: string) => ({
+      'url.path': path,
+      'server.address': '10.0.0.1',
+      'server.port': 8080,
+      'meshtrace.propagation.outcome': 'continued',
+      'http.request.header.x-request-id': [`r-${i}`],
+    });
+    const g = tracers.gateway.startSpan('GET /checkout/:id', {
+      kind: SpanKind.SERVER,
+      attributes: attrs(`/checkout/${i}`),
+    });
+    const gc = tracers.gateway.startSpan(
+      'GET',
+      {
+        kind: SpanKind.CLIENT,
+        attributes: { 'url.full': `http://orders:80/orders/${i}`, 'http.response.status_code': 200 },
+      },
+      trace.setSpan(ROOT_CONTEXT, g),
+    );
+    const o = tracers.orders.startSpan(
+      'GET /orders/:id',
+      { kind: SpanKind.SERVER, attributes: attrs(`/orders/${i}`) },
+      trace.setSpan(ROOT_CONTEXT, gc),
+    );
+    const oc = tracers.orders.startSpan(
+      'GET',
+      { kind: SpanKind.CLIENT, attributes: { 'url.full': `http://inventory:80/stock/${i}` } },
+      trace.setSpan(ROOT_CONTEXT, o),
+    );
     // Every fourth inventory call loses its trace: a root the analysis has to tie to its caller.
-    const inv = tracers.inventory.startSpan('GET /stock/:sku', { kind: SpanKind.SERVER, attributes: attrs(`/stock/${i}`) }, i % 4 === 0 ? ROOT_CONTEXT : trace.setSpan(ROOT_CONTEXT, oc));
+    const inv = tracers.inventory.startSpan(
+      'GET /stock/:sku',
+      { kind: SpanKind.SERVER, attributes: attrs(`/stock/${i}`) },
+      i % 4 === 0 ? ROOT_CONTEXT : trace.setSpan(ROOT_CONTEXT, oc),
+    );
     for (const s of [inv, oc, o, gc, g]) s.end();
   }
   return Buffer.from(ProtobufTraceSerializer.serializeRequest(exporter.getFinishedSpans())!);
@@ -57,7 +91,10 @@ const mib = (bytes: number): string => fmt(bytes / 2 ** 20, 0);
  * Spans per second decoded and analysed, in process and through a receiver over loopback, with
  * the process's RSS after each; a Markdown section like the other parts of the benchmark.
  */
-export async function benchReceive(options: ReceiveBenchOptions = RECEIVE_FULL, log: (line: string) => void = () => undefined): Promise<Section> {
+export async function benchReceive(
+  options: ReceiveBenchOptions = RECEIVE_FULL,
+  log: (line: string) => void = () => undefined,
+): Promise<Section> {
   const bodies = Array.from({ length: options.bodies }, () => body(options.tracesPerBody));
   const spansPerBody = options.tracesPerBody * 5;
   const total = options.bodies * spansPerBody;
@@ -72,8 +109,18 @@ export async function benchReceive(options: ReceiveBenchOptions = RECEIVE_FULL, 
   start = performance.now();
   const summary = summarize(all);
   const analyseMs = performance.now() - start;
-  rows.push(['decode in process (`decodeTraces`)', fmt(decoded), fmt(decoded / (decodeMs / 1000)), mib(process.memoryUsage().rss)]);
-  rows.push([`analyse a window of ${fmt(all.length)} spans (\`summarize\`, ${summary.orphans.length} orphans tied)`, fmt(all.length), fmt(all.length / (analyseMs / 1000)), mib(process.memoryUsage().rss)]);
+  rows.push([
+    'decode in process (`decodeTraces`)',
+    fmt(decoded),
+    fmt(decoded / (decodeMs / 1000)),
+    mib(process.memoryUsage().rss),
+  ]);
+  rows.push([
+    `analyse a window of ${fmt(all.length)} spans (\`summarize\`, ${summary.orphans.length} orphans tied)`,
+    fmt(all.length),
+    fmt(all.length / (analyseMs / 1000)),
+    mib(process.memoryUsage().rss),
+  ]);
 
   log(`receive: posting ${fmt(options.bodies)} bodies over loopback, ${options.concurrency} at a time`);
   const receiver = await startReceiver({ port: 0 });
@@ -84,7 +131,11 @@ export async function benchReceive(options: ReceiveBenchOptions = RECEIVE_FULL, 
     await Promise.all(
       Array.from({ length: options.concurrency }, async () => {
         while (next < bodies.length) {
-          const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/x-protobuf' }, body: bodies[next++] });
+          const res = await fetch(url, {
+            method: 'POST',
+            headers: { 'content-type': 'application/x-protobuf' },
+            body: bodies[next++],
+          });
           await res.arrayBuffer();
           if (res.status !== 200) throw new Error(`the receiver answered ${res.status}`);
         }
@@ -93,7 +144,12 @@ export async function benchReceive(options: ReceiveBenchOptions = RECEIVE_FULL, 
     const windowSummary = summarize(receiver.spans());
     const ms = performance.now() - start;
     const stats = receiver.stats();
-    rows.push([`POST over loopback, then analyse the window (${fmt(windowSummary.spans)} spans kept, ${fmt(stats.evictedSpans)} evicted)`, fmt(stats.spans), fmt(stats.spans / (ms / 1000)), mib(process.memoryUsage().rss)]);
+    rows.push([
+      `POST over loopback, then analyse the window (${fmt(windowSummary.spans)} spans kept, ${fmt(stats.evictedSpans)} evicted)`,
+      fmt(stats.spans),
+      fmt(stats.spans / (ms / 1000)),
+      mib(process.memoryUsage().rss),
+    ]);
   } finally {
     await receiver.close();
   }

@@ -34,7 +34,9 @@ function list<T extends string>(name: string, allowed: readonly T[]): T[] | unde
   const value = option(name);
   if (value === undefined) return undefined;
   const items = value.split(',').filter((s) => s.length > 0);
-  for (const item of items) if (!allowed.includes(item as T)) throw new TypeError(`${name}: unknown ${JSON.stringify(item)}; expected ${allowed.join(', ')}`);
+  for (const item of items)
+    if (!allowed.includes(item as T))
+      throw new TypeError(`${name}: unknown ${JSON.stringify(item)}; expected ${allowed.join(', ')}`);
   return items as T[];
 }
 
@@ -82,7 +84,9 @@ async function main(): Promise<void> {
 
   if (parts.includes('instructions')) {
     log(`instructions per request under valgrind: ${frameworks.join(', ')}, two servers at a time`);
-    sections.push(await runInstructions({ ...INSTRUCTIONS_FULL, frameworks, ...(quick ? { requests: 1000 } : {}) }, log));
+    sections.push(
+      await runInstructions({ ...INSTRUCTIONS_FULL, frameworks, ...(quick ? { requests: 1000 } : {}) }, log),
+    );
   }
 
   const seconds = Math.round((Date.now() - started) / 1000);

@@ -11,13 +11,25 @@ import type { ExportResult } from '@opentelemetry/core';
 
 export const FRAMEWORKS = ['express', 'fastify', 'koa', 'http'] as const;
 export type Framework = (typeof FRAMEWORKS)[number];
-export const CANDIDATES = ['bare', 'context', 'floor', 'meshtrace', 'public-api', 'sdk-disabled', 'in-nodesdk', 'otel'] as const;
+export const CANDIDATES = [
+  'bare',
+  'context',
+  'floor',
+  'meshtrace',
+  'public-api',
+  'sdk-disabled',
+  'in-nodesdk',
+  'otel',
+] as const;
 export type Candidate = (typeof CANDIDATES)[number];
 
 /** Parent to child. */
 export type ToServer = { type: 'stats'; flush: boolean } | { type: 'stop' };
 /** Child to parent. */
-export type FromServer = { type: 'ready'; port: number } | { type: 'stats'; served: number; spans: number; rssBytes: number; cpuMicros: number } | { type: 'error'; message: string };
+export type FromServer =
+  | { type: 'ready'; port: number }
+  | { type: 'stats'; served: number; spans: number; rssBytes: number; cpuMicros: number }
+  | { type: 'error'; message: string };
 
 export const ROUTE = '/users/:id';
 export const PATH = '/users/42';
@@ -44,8 +56,10 @@ interface Tracing {
 
 /** The SDK as every traced candidate uses it: one provider, a BatchSpanProcessor with its defaults, the discarding exporter. */
 function provider(propagator: 'meshtrace' | 'default'): Tracing {
-  const { TracerProvider, BatchSpanProcessor } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
-  const { AsyncLocalStorageContextManager } = require('@opentelemetry/context-async-hooks') as typeof import('@opentelemetry/context-async-hooks');
+  const { TracerProvider, BatchSpanProcessor } =
+    require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
+  const { AsyncLocalStorageContextManager } =
+    require('@opentelemetry/context-async-hooks') as typeof import('@opentelemetry/context-async-hooks');
   const api = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
   const exporter = new DiscardingExporter();
   const p = new TracerProvider({ spanProcessors: [new BatchSpanProcessor({ exporter })] });
@@ -56,8 +70,11 @@ function provider(propagator: 'meshtrace' | 'default'): Tracing {
     api.propagation.setGlobalPropagator(new MeshPropagator());
   } else {
     // The SDK's default: W3C trace context and baggage.
-    const { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } = require('@opentelemetry/core') as typeof import('@opentelemetry/core');
-    api.propagation.setGlobalPropagator(new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }));
+    const { CompositePropagator, W3CBaggagePropagator, W3CTraceContextPropagator } =
+      require('@opentelemetry/core') as typeof import('@opentelemetry/core');
+    api.propagation.setGlobalPropagator(
+      new CompositePropagator({ propagators: [new W3CTraceContextPropagator(), new W3CBaggagePropagator()] }),
+    );
   }
   api.trace.setGlobalTracerProvider(p);
   return { exporter, forceFlush: () => p.forceFlush() };
@@ -70,14 +87,23 @@ function provider(propagator: 'meshtrace' | 'default'): Tracing {
 function inNodeSdk(): Tracing {
   const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
   const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
-  const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http') as typeof import('@opentelemetry/instrumentation-http');
-  const { UndiciInstrumentation } = require('@opentelemetry/instrumentation-undici') as typeof import('@opentelemetry/instrumentation-undici');
+  const { HttpInstrumentation } =
+    require('@opentelemetry/instrumentation-http') as typeof import('@opentelemetry/instrumentation-http');
+  const { UndiciInstrumentation } =
+    require('@opentelemetry/instrumentation-undici') as typeof import('@opentelemetry/instrumentation-undici');
   const { MeshPropagator } = require('@meshtrace/core') as typeof import('@meshtrace/core');
   const api = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
   const exporter = new DiscardingExporter();
-  const sdk = new NodeSDK({ spanProcessors: [new BatchSpanProcessor({ exporter })], textMapPropagator: new MeshPropagator(), instrumentations: [new HttpInstrumentation(), new UndiciInstrumentation()] });
+  const sdk = new NodeSDK({
+    spanProcessors: [new BatchSpanProcessor({ exporter })],
+    textMapPropagator: new MeshPropagator(),
+    instrumentations: [new HttpInstrumentation(), new UndiciInstrumentation()],
+  });
   sdk.start();
-  const provider = api.trace.getTracerProvider() as { forceFlush?: () => Promise<void>; getDelegate?: () => { forceFlush?: () => Promise<void> } };
+  const provider = api.trace.getTracerProvider() as {
+    forceFlush?: () => Promise<void>;
+    getDelegate?: () => { forceFlush?: () => Promise<void> };
+  };
   return { exporter, forceFlush: async () => void (await provider.getDelegate?.().forceFlush?.()) };
 }
 
@@ -90,15 +116,19 @@ function sdkDisabled(): undefined {
 
 /** The official route: the HTTP instrumentation plus the framework's own, registered before anything is required. */
 function otelInstrumentations(framework: Framework): { fastifyPlugin?: unknown } {
-  const { registerInstrumentations } = require('@opentelemetry/instrumentation') as typeof import('@opentelemetry/instrumentation');
-  const { HttpInstrumentation } = require('@opentelemetry/instrumentation-http') as typeof import('@opentelemetry/instrumentation-http');
+  const { registerInstrumentations } =
+    require('@opentelemetry/instrumentation') as typeof import('@opentelemetry/instrumentation');
+  const { HttpInstrumentation } =
+    require('@opentelemetry/instrumentation-http') as typeof import('@opentelemetry/instrumentation-http');
   const instrumentations: import('@opentelemetry/instrumentation').Instrumentation[] = [new HttpInstrumentation()];
   let fastifyPlugin: unknown;
   if (framework === 'express') {
-    const { ExpressInstrumentation } = require('@opentelemetry/instrumentation-express') as typeof import('@opentelemetry/instrumentation-express');
+    const { ExpressInstrumentation } =
+      require('@opentelemetry/instrumentation-express') as typeof import('@opentelemetry/instrumentation-express');
     instrumentations.push(new ExpressInstrumentation());
   } else if (framework === 'koa') {
-    const { KoaInstrumentation } = require('@opentelemetry/instrumentation-koa') as typeof import('@opentelemetry/instrumentation-koa');
+    const { KoaInstrumentation } =
+      require('@opentelemetry/instrumentation-koa') as typeof import('@opentelemetry/instrumentation-koa');
     instrumentations.push(new KoaInstrumentation());
   } else if (framework === 'fastify') {
     const { FastifyOtelInstrumentation } = require('@fastify/otel') as typeof import('@fastify/otel');
@@ -119,7 +149,8 @@ type Listener = (req: IncomingMessage, res: ServerResponse) => void;
  * costs less than any such tracer can; a yardstick, not a tracer to use.
  */
 function floorListener(listener: Listener): Listener {
-  const { context, propagation, trace, ROOT_CONTEXT, SpanKind } = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
+  const { context, propagation, trace, ROOT_CONTEXT, SpanKind } =
+    require('@opentelemetry/api') as typeof import('@opentelemetry/api');
   const tracer = trace.getTracer('bench-floor');
   return function floor(req, res) {
     const ctx = propagation.extract(ROOT_CONTEXT, req.headers);
@@ -147,10 +178,14 @@ function httpHandler(req: IncomingMessage, res: ServerResponse): void {
   res.end(JSON.stringify({ id: (req.url ?? '').slice(7) }));
 }
 
-async function start(framework: Framework, candidate: Candidate): Promise<{ server: Server; tracing: Tracing | undefined }> {
+async function start(
+  framework: Framework,
+  candidate: Candidate,
+): Promise<{ server: Server; tracing: Tracing | undefined }> {
   if (candidate === 'context') {
     // The floor under any tracer: a context manager carrying the request's context across await.
-    const { AsyncLocalStorageContextManager } = require('@opentelemetry/context-async-hooks') as typeof import('@opentelemetry/context-async-hooks');
+    const { AsyncLocalStorageContextManager } =
+      require('@opentelemetry/context-async-hooks') as typeof import('@opentelemetry/context-async-hooks');
     const api = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
     api.context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
     // AsyncLocalStorage installs its async hooks on first use; from then on every async resource pays for them.
@@ -160,10 +195,15 @@ async function start(framework: Framework, candidate: Candidate): Promise<{ serv
   let tracing: Tracing | undefined;
   if (candidate === 'in-nodesdk') tracing = inNodeSdk();
   else if (candidate === 'sdk-disabled') tracing = sdkDisabled();
-  else if (candidate !== 'bare' && candidate !== 'context') tracing = provider(candidate === 'otel' || candidate === 'floor' ? 'default' : 'meshtrace');
+  else if (candidate !== 'bare' && candidate !== 'context')
+    tracing = provider(candidate === 'otel' || candidate === 'floor' ? 'default' : 'meshtrace');
   const otel = candidate === 'otel' ? otelInstrumentations(framework) : undefined;
   // Every candidate but the yardsticks and the official route runs meshtrace's adapter.
-  const mesh = candidate === 'meshtrace' || candidate === 'public-api' || candidate === 'sdk-disabled' || candidate === 'in-nodesdk';
+  const mesh =
+    candidate === 'meshtrace' ||
+    candidate === 'public-api' ||
+    candidate === 'sdk-disabled' ||
+    candidate === 'in-nodesdk';
   const floor = candidate === 'floor';
   const http = require('node:http') as typeof import('node:http');
 
@@ -204,7 +244,9 @@ async function start(framework: Framework, candidate: Candidate): Promise<{ serv
     app.use(router.routes());
     listener = app.callback();
   } else {
-    listener = mesh ? (require('@meshtrace/http') as typeof import('@meshtrace/http')).meshHttp(httpHandler) : httpHandler;
+    listener = mesh
+      ? (require('@meshtrace/http') as typeof import('@meshtrace/http')).meshHttp(httpHandler)
+      : httpHandler;
   }
   const server = http.createServer(floor ? floorListener(listener) : listener);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -217,7 +259,8 @@ function send(message: FromServer): void {
 
 async function main(): Promise<void> {
   const [framework, candidate] = process.argv.slice(2) as [Framework, Candidate];
-  if (!FRAMEWORKS.includes(framework) || !CANDIDATES.includes(candidate)) throw new Error(`usage: server.js <${FRAMEWORKS.join('|')}> <${CANDIDATES.join('|')}>`);
+  if (!FRAMEWORKS.includes(framework) || !CANDIDATES.includes(candidate))
+    throw new Error(`usage: server.js <${FRAMEWORKS.join('|')}> <${CANDIDATES.join('|')}>`);
   const { server, tracing } = await start(framework, candidate);
   // Never outlive the runner, whatever happens to it.
   process.on('disconnect', () => process.exit(0));
@@ -228,7 +271,13 @@ async function main(): Promise<void> {
     } else if (message.type === 'stats') {
       const report = () => {
         const cpu = process.cpuUsage();
-        send({ type: 'stats', served, spans: tracing?.exporter.spans ?? 0, rssBytes: process.memoryUsage.rss(), cpuMicros: cpu.user + cpu.system });
+        send({
+          type: 'stats',
+          served,
+          spans: tracing?.exporter.spans ?? 0,
+          rssBytes: process.memoryUsage.rss(),
+          cpuMicros: cpu.user + cpu.system,
+        });
       };
       if (message.flush && tracing !== undefined) void tracing.forceFlush().then(report);
       else report();
@@ -239,7 +288,7 @@ async function main(): Promise<void> {
 
 if (require.main === module) {
   main().catch((err: unknown) => {
-    send({ type: 'error', message: err instanceof Error ? err.stack ?? err.message : String(err) });
+    send({ type: 'error', message: err instanceof Error ? (err.stack ?? err.message) : String(err) });
     process.exit(1);
   });
 }

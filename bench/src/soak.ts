@@ -20,7 +20,12 @@ import type { Check, Section } from './stats';
 
 export const ADAPTERS = ['http', 'express', 'fastify', 'koa'] as const;
 export type Adapter = (typeof ADAPTERS)[number];
-const NAMES: Record<Adapter, string> = { http: 'node:http (meshHttp)', express: 'Express', fastify: 'Fastify', koa: 'Koa' };
+const NAMES: Record<Adapter, string> = {
+  http: 'node:http (meshHttp)',
+  express: 'Express',
+  fastify: 'Fastify',
+  koa: 'Koa',
+};
 
 /** Options of {@link runSoak}; all optional. */
 export interface SoakOptions {
@@ -84,7 +89,12 @@ function abortingRequest(port: number): Promise<void> {
   });
 }
 
-async function soakOne(adapter: Adapter, seconds: number, connections: number, log: (line: string) => void): Promise<SoakRow> {
+async function soakOne(
+  adapter: Adapter,
+  seconds: number,
+  connections: number,
+  log: (line: string) => void,
+): Promise<SoakRow> {
   const service = await startService(__filename, ['--serve', adapter]);
   const warmupSeconds = Math.max(1, Math.min(10, Math.floor(seconds / 4)));
   let sent = 0;
@@ -166,7 +176,9 @@ async function soakOne(adapter: Adapter, seconds: number, connections: number, l
       rssWarmMb: base,
       rssGrowthMb: Math.max(0, ...rss.slice(warmupSeconds).map((v) => v - base)),
     };
-    log(`  ${NAMES[adapter]}: ${fmt(row.requestsPerSecond)} req/s, p99 ${row.p99Ms} ms, ${row.leaks} leaks, ${row.spansOpen} spans open, RSS +${fmt(row.rssGrowthMb, 1)} MB`);
+    log(
+      `  ${NAMES[adapter]}: ${fmt(row.requestsPerSecond)} req/s, p99 ${row.p99Ms} ms, ${row.leaks} leaks, ${row.spansOpen} spans open, RSS +${fmt(row.rssGrowthMb, 1)} MB`,
+    );
     return row;
   } finally {
     await service.stop();
@@ -174,9 +186,13 @@ async function soakOne(adapter: Adapter, seconds: number, connections: number, l
 }
 
 /** Soaks each adapter in turn, each in a fresh service process. */
-export async function runSoak(options: SoakOptions = {}, log: (line: string) => void = () => undefined): Promise<SoakRow[]> {
+export async function runSoak(
+  options: SoakOptions = {},
+  log: (line: string) => void = () => undefined,
+): Promise<SoakRow[]> {
   const rows: SoakRow[] = [];
-  for (const adapter of options.adapters ?? ADAPTERS) rows.push(await soakOne(adapter, options.seconds ?? 60, options.connections ?? 50, log));
+  for (const adapter of options.adapters ?? ADAPTERS)
+    rows.push(await soakOne(adapter, options.seconds ?? 60, options.connections ?? 50, log));
   return rows;
 }
 
@@ -186,11 +202,31 @@ export function soakChecks(r: SoakRow, seconds: number): Check[] {
   // The warner logs at most once per interval, plus the first one.
   const maxWarnings = Math.ceil(seconds / HOOK_INTERVAL_S) + 1;
   return [
-    { target: `${name}: every response 2xx, no connection errors`, measured: `${r.non2xx} non-2xx, ${r.errors} errors`, met: r.non2xx === 0 && r.errors === 0 },
-    { target: `${name}: every response carries its own request's trace id`, measured: `${fmt(r.verified)} verified, ${r.leaks} leaked`, met: r.leaks === 0 && r.verified > 0 && r.verified === r.requests },
-    { target: `${name}: every span ends exactly once, aborted requests included`, measured: `${r.spansStarted} started, ${r.spansEnded} ended, ${r.spansOpen} open, ${r.doubleEnds} ended twice, ${r.abortedSpans} ended as aborted`, met: r.spansOpen === 0 && r.doubleEnds === 0 && r.spansStarted === r.spansEnded && r.abortedSpans > 0 },
-    { target: `${name}: a throwing requestHook is reported through diag, rate-limited`, measured: `${r.hookThrows} throws, ${r.hookWarnings} warnings`, met: r.hookThrows > 0 && r.hookWarnings >= 1 && r.hookWarnings <= maxWarnings },
-    { target: `${name}: RSS growth after warm-up ≤ 64 MB`, measured: `${fmt(r.rssGrowthMb, 1)} MB`, met: r.rssGrowthMb <= 64 },
+    {
+      target: `${name}: every response 2xx, no connection errors`,
+      measured: `${r.non2xx} non-2xx, ${r.errors} errors`,
+      met: r.non2xx === 0 && r.errors === 0,
+    },
+    {
+      target: `${name}: every response carries its own request's trace id`,
+      measured: `${fmt(r.verified)} verified, ${r.leaks} leaked`,
+      met: r.leaks === 0 && r.verified > 0 && r.verified === r.requests,
+    },
+    {
+      target: `${name}: every span ends exactly once, aborted requests included`,
+      measured: `${r.spansStarted} started, ${r.spansEnded} ended, ${r.spansOpen} open, ${r.doubleEnds} ended twice, ${r.abortedSpans} ended as aborted`,
+      met: r.spansOpen === 0 && r.doubleEnds === 0 && r.spansStarted === r.spansEnded && r.abortedSpans > 0,
+    },
+    {
+      target: `${name}: a throwing requestHook is reported through diag, rate-limited`,
+      measured: `${r.hookThrows} throws, ${r.hookWarnings} warnings`,
+      met: r.hookThrows > 0 && r.hookWarnings >= 1 && r.hookWarnings <= maxWarnings,
+    },
+    {
+      target: `${name}: RSS growth after warm-up ≤ 64 MB`,
+      measured: `${fmt(r.rssGrowthMb, 1)} MB`,
+      met: r.rssGrowthMb <= 64,
+    },
   ];
 }
 
@@ -211,14 +247,29 @@ export function soakSection(rows: readonly SoakRow[], options: SoakOptions = {})
   ]);
   const lines = [
     ...table(
-      ['adapter', 'req/s', 'p99 (ms)', 'errors + non-2xx', 'verified / leaked', 'aborts sent / spans aborted', 'spans started / ended / open / twice', 'hook throws / warnings', 'RSS warm (MB)', 'RSS growth (MB)'],
+      [
+        'adapter',
+        'req/s',
+        'p99 (ms)',
+        'errors + non-2xx',
+        'verified / leaked',
+        'aborts sent / spans aborted',
+        'spans started / ended / open / twice',
+        'hook throws / warnings',
+        'RSS warm (MB)',
+        'RSS growth (MB)',
+      ],
       ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
       body,
     ),
     '',
     `autocannon, ${options.connections ?? 50} connections, no pipelining, ${seconds} s per adapter, each in a fresh process with \`setupMeshTracing\` and a span processor that tracks open spans by id; a random sampled traceparent per request, the handler answering with the trace id active after an await. Alongside, 5 clients every 50 ms send a request to a 200 ms route and disconnect after 20 ms; one request in ${HOOK_EVERY} makes the requestHook throw. RSS growth is the highest sample after the warm-up minus the sample at its end.`,
   ];
-  return { title: 'Soak per adapter (context leaks, span ends, hook errors, RSS)', lines, checks: rows.flatMap((r) => soakChecks(r, seconds)) };
+  return {
+    title: 'Soak per adapter (context leaks, span ends, hook errors, RSS)',
+    lines,
+    checks: rows.flatMap((r) => soakChecks(r, seconds)),
+  };
 }
 
 /** Tracks open spans by span id: an end of a span not open is a double end. Memory stays at the requests in flight. */
@@ -322,7 +373,9 @@ async function serve(adapter: Adapter): Promise<void> {
       if (req.url === '/slow') void slow().then(() => res.end('slow'));
       else void hop().then(() => res.end(traceId()));
     };
-    server = http.createServer(meshHttp(listener, { requestHook: (_span, req) => throwsFor(req.headers['x-hook-throw']) }));
+    server = http.createServer(
+      meshHttp(listener, { requestHook: (_span, req) => throwsFor(req.headers['x-hook-throw']) }),
+    );
   }
   serveChild(
     server,
@@ -348,10 +401,13 @@ function flag(name: string): string | undefined {
 async function main(): Promise<void> {
   const seconds = Number(flag('--seconds') ?? 60);
   const connections = Number(flag('--connections') ?? 50);
-  if (!(Number.isInteger(seconds) && seconds >= 2)) throw new TypeError(`--seconds must be an integer of at least 2, got ${flag('--seconds')}`);
-  if (!(Number.isInteger(connections) && connections > 0)) throw new TypeError(`--connections must be a positive integer, got ${flag('--connections')}`);
+  if (!(Number.isInteger(seconds) && seconds >= 2))
+    throw new TypeError(`--seconds must be an integer of at least 2, got ${flag('--seconds')}`);
+  if (!(Number.isInteger(connections) && connections > 0))
+    throw new TypeError(`--connections must be a positive integer, got ${flag('--connections')}`);
   const adapters = (flag('--adapters')?.split(',') ?? ADAPTERS) as Adapter[];
-  for (const a of adapters) if (!ADAPTERS.includes(a)) throw new TypeError(`unknown adapter ${a}: ${ADAPTERS.join(', ')}`);
+  for (const a of adapters)
+    if (!ADAPTERS.includes(a)) throw new TypeError(`unknown adapter ${a}: ${ADAPTERS.join(', ')}`);
   const options = { seconds, connections, adapters };
   const section = soakSection(await runSoak(options, console.log), options);
   console.log([`## ${section.title}`, '', ...section.lines, ''].join('\n'));

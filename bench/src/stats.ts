@@ -15,7 +15,11 @@ export function rotate<T>(items: readonly T[], by: number): T[] {
 }
 
 /** A Markdown table: the header row, the alignment row, then the rows. */
-export function table(header: readonly string[], align: readonly ('l' | 'r')[], rows: readonly (readonly string[])[]): string[] {
+export function table(
+  header: readonly string[],
+  align: readonly ('l' | 'r')[],
+  rows: readonly (readonly string[])[],
+): string[] {
   const line = (cells: readonly string[]) => `| ${cells.join(' | ')} |`;
   return [line(header), `|${align.map((a) => (a === 'r' ? '---:' : '---')).join('|')}|`, ...rows.map(line)];
 }
@@ -43,7 +47,13 @@ export function fmt(n: number, digits = 0): string {
 export function machine(): { cpu: string; cores: number; memoryGiB: number; node: string; platform: string } {
   const list = cpus();
   const cpu = list[0]?.model?.trim() || 'unknown CPU';
-  return { cpu, cores: list.length, memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, platform: `${process.platform} ${process.arch}` };
+  return {
+    cpu,
+    cores: list.length,
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+  };
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));

@@ -63,8 +63,15 @@ function processesInGroup(pgid: number): string[] {
 async function runCompiled(args: string[], interrupt?: Interrupt): Promise<Finished> {
   const tmp = mkdtempSync(join(tmpdir(), 'meshtrace-demo-run-'));
   const env: NodeJS.ProcessEnv = { ...process.env, TMPDIR: tmp };
-  for (const name of Object.keys(env)) if (name.startsWith('OTEL_') || name === 'NODE_OPTIONS' || name === 'NO_COLOR' || name === 'FORCE_COLOR') delete env[name];
-  const child = spawn(process.execPath, [ENTRY, ...args], { cwd: ROOT, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  for (const name of Object.keys(env))
+    if (name.startsWith('OTEL_') || name === 'NODE_OPTIONS' || name === 'NO_COLOR' || name === 'FORCE_COLOR')
+      delete env[name];
+  const child = spawn(process.execPath, [ENTRY, ...args], {
+    cwd: ROOT,
+    env,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const pgid = child.pid!;
   let stdout = '';
   let stderr = '';
@@ -87,7 +94,9 @@ async function runCompiled(args: string[], interrupt?: Interrupt): Promise<Finis
   };
   // A hung demo is killed with its whole group (nginx included) before jest's own timeout.
   const timer = setTimeout(() => kill(-pgid), 20_000);
-  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.once('close', (c, s) => resolve([c, s])));
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
+    child.once('close', (c, s) => resolve([c, s])),
+  );
   clearTimeout(timer);
   const leftovers = processesInGroup(pgid);
   // Never leave anything behind, even when the assertion below is about to fail.
@@ -98,30 +107,51 @@ async function runCompiled(args: string[], interrupt?: Interrupt): Promise<Finis
 }
 
 describe('pnpm demo', () => {
-  test.each(['nginx', 'node'])('runs to completion with %s sidecars: 0 orphaned roots with meshtrace, plain text, nothing left', async (sidecar) => {
-    const run = await runCompiled(['--sidecar', sidecar]);
-    expect({ code: run.code, stderr: run.stderr, leftovers: run.leftovers, leftoverFiles: run.leftoverFiles }).toEqual({ code: 0, stderr: '', leftovers: [], leftoverFiles: [] });
-    expect(run.stdout).toMatch(/^with meshtrace: +3 requests → 3 traces, 15 spans, 0 orphaned roots$/m);
-    expect(run.stdout).toMatch(/^without outbound propagation \(plain fetch\): +3 requests → 9 traces, 9 spans, 6 orphaned roots$/m);
-    expect(run.stdout).toContain(`each behind its own ${sidecar === 'nginx' ? 'nginx' : 'Node'} sidecar`);
-    // The waterfall: the caller's trace continued through all three services, hop by hop.
-    expect(run.stdout).toContain("trace 4bf92f3577b34da6a3ce929d0e0e4736  continues the caller's span 00f067aa0ba902b7");
-    expect(run.stdout).toMatch(/^ {8}orders +GET \/orders\/:id +server +continued +\|[ █]+\| +\d+\.\d ms$/m);
-    expect(run.stdout).toMatch(/^ {4}inventory +GET \/stock\/:sku +server +missing +\|[ █]+\| +\d+\.\d ms$/m);
-    expect(run.stdout).toContain('new trace at the edge (malformed: bad-trace-id)');
-    expect(run.stdout).toContain('ORPHANED ROOT: orders started a new trace (missing)');
-    expect(run.stdout).toContain('request without traceparent; started a fresh root trace');
-    // stdout is a pipe here: no colour codes.
-    expect(run.stdout).not.toContain('\u001b[');
-  });
+  test.each(['nginx', 'node'])(
+    'runs to completion with %s sidecars: 0 orphaned roots with meshtrace, plain text, nothing left',
+    async (sidecar) => {
+      const run = await runCompiled(['--sidecar', sidecar]);
+      expect({
+        code: run.code,
+        stderr: run.stderr,
+        leftovers: run.leftovers,
+        leftoverFiles: run.leftoverFiles,
+      }).toEqual({ code: 0, stderr: '', leftovers: [], leftoverFiles: [] });
+      expect(run.stdout).toMatch(/^with meshtrace: +3 requests → 3 traces, 15 spans, 0 orphaned roots$/m);
+      expect(run.stdout).toMatch(
+        /^without outbound propagation \(plain fetch\): +3 requests → 9 traces, 9 spans, 6 orphaned roots$/m,
+      );
+      expect(run.stdout).toContain(`each behind its own ${sidecar === 'nginx' ? 'nginx' : 'Node'} sidecar`);
+      // The waterfall: the caller's trace continued through all three services, hop by hop.
+      expect(run.stdout).toContain(
+        "trace 4bf92f3577b34da6a3ce929d0e0e4736  continues the caller's span 00f067aa0ba902b7",
+      );
+      expect(run.stdout).toMatch(/^ {8}orders +GET \/orders\/:id +server +continued +\|[ █]+\| +\d+\.\d ms$/m);
+      expect(run.stdout).toMatch(/^ {4}inventory +GET \/stock\/:sku +server +missing +\|[ █]+\| +\d+\.\d ms$/m);
+      expect(run.stdout).toContain('new trace at the edge (malformed: bad-trace-id)');
+      expect(run.stdout).toContain('ORPHANED ROOT: orders started a new trace (missing)');
+      expect(run.stdout).toContain('request without traceparent; started a fresh root trace');
+      // stdout is a pipe here: no colour codes.
+      expect(run.stdout).not.toContain('\u001b[');
+    },
+  );
 
   test.each<[string, Interrupt & { signal: NodeJS.Signals }]>([
     ['SIGINT to the demo while the sidecars start', { signal: 'SIGINT', to: 'demo', when: /starting two copies/ }],
-    ['SIGINT to the whole process group (Ctrl-C) while requests are in flight', { signal: 'SIGINT', to: 'group', when: /sending 3 requests/ }],
+    [
+      'SIGINT to the whole process group (Ctrl-C) while requests are in flight',
+      { signal: 'SIGINT', to: 'group', when: /sending 3 requests/ },
+    ],
     ['SIGTERM to the demo while requests are in flight', { signal: 'SIGTERM', to: 'demo', when: /sending 3 requests/ }],
   ])('%s: exits 0 and leaves no nginx or server behind', async (_name, interrupt) => {
     const run = await runCompiled(['--sidecar', 'nginx'], interrupt);
-    expect({ interrupted: run.interrupted, code: run.code, signal: run.signal, leftovers: run.leftovers, leftoverFiles: run.leftoverFiles }).toEqual({
+    expect({
+      interrupted: run.interrupted,
+      code: run.code,
+      signal: run.signal,
+      leftovers: run.leftovers,
+      leftoverFiles: run.leftoverFiles,
+    }).toEqual({
       interrupted: true,
       code: 0,
       signal: null,
@@ -135,8 +165,18 @@ describe('pnpm demo', () => {
   });
 
   test('a reader that goes away (pnpm demo | head -1) ends the demo quietly, with nothing left behind', async () => {
-    const run = await runCompiled(['--sidecar', 'nginx'], { signal: 'close-stdout', to: 'demo', when: /starting two copies/ });
-    expect({ interrupted: run.interrupted, code: run.code, stderr: run.stderr, leftovers: run.leftovers, leftoverFiles: run.leftoverFiles }).toEqual({
+    const run = await runCompiled(['--sidecar', 'nginx'], {
+      signal: 'close-stdout',
+      to: 'demo',
+      when: /starting two copies/,
+    });
+    expect({
+      interrupted: run.interrupted,
+      code: run.code,
+      stderr: run.stderr,
+      leftovers: run.leftovers,
+      leftoverFiles: run.leftoverFiles,
+    }).toEqual({
       interrupted: true,
       code: 0,
       stderr: '',
@@ -159,7 +199,11 @@ describe('pnpm demo', () => {
     const url = `http://127.0.0.1:${(collector.address() as AddressInfo).port}`;
     try {
       const run = await runCompiled(['--sidecar', 'node', '--otlp', url]);
-      expect({ code: run.code, stderr: run.stderr, leftovers: run.leftovers }).toEqual({ code: 0, stderr: '', leftovers: [] });
+      expect({ code: run.code, stderr: run.stderr, leftovers: run.leftovers }).toEqual({
+        code: 0,
+        stderr: '',
+        leftovers: [],
+      });
       // 3 requests into each copy (15 + 9 spans), then one probe into each (5 + 3 spans).
       expect(run.stdout).toMatch(new RegExp(`^spans went to OTLP ${url}/v1/traces: 32 exported$`, 'm'));
       expect(run.stdout).toMatch(/^with meshtrace: +3 requests → 3 traces, 15 spans, 0 orphaned roots$/m);
@@ -186,14 +230,54 @@ describe('pnpm demo', () => {
 describe('parseArgs', () => {
   test.each<[string, string[], Record<string, string>, ReturnType<typeof parseArgs>]>([
     ['defaults', [], {}, { otlpUrl: undefined, sidecars: 'auto', help: false }],
-    ['pnpm passes "--" through', ['--', '--sidecar', 'node'], {}, { otlpUrl: undefined, sidecars: 'node', help: false }],
-    ['--otlp base URL gets /v1/traces', ['--otlp', 'http://localhost:4318/'], {}, { otlpUrl: 'http://localhost:4318/v1/traces', sidecars: 'auto', help: false }],
-    ['--otlp=URL already ending in /v1/traces', ['--otlp=http://tempo:4318/v1/traces'], {}, { otlpUrl: 'http://tempo:4318/v1/traces', sidecars: 'auto', help: false }],
-    ['OTEL_EXPORTER_OTLP_ENDPOINT', [], { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://jaeger:4318' }, { otlpUrl: 'http://jaeger:4318/v1/traces', sidecars: 'auto', help: false }],
-    ['the signal-specific variable is used as is', [], { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://c:4318/custom', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://x:4318' }, { otlpUrl: 'http://c:4318/custom', sidecars: 'auto', help: false }],
-    ['the flag wins over the environment', ['--otlp', 'http://a:4318'], { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://b:4318' }, { otlpUrl: 'http://a:4318/v1/traces', sidecars: 'auto', help: false }],
-    ['not an http URL', ['--otlp', 'localhost:4317'], {}, 'the OTLP endpoint must be an http(s) URL, not "localhost:4317/v1/traces"'],
-    ['--otlp without a URL', ['--otlp'], { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://b:4318' }, '--otlp needs a URL, such as http://localhost:4318'],
+    [
+      'pnpm passes "--" through',
+      ['--', '--sidecar', 'node'],
+      {},
+      { otlpUrl: undefined, sidecars: 'node', help: false },
+    ],
+    [
+      '--otlp base URL gets /v1/traces',
+      ['--otlp', 'http://localhost:4318/'],
+      {},
+      { otlpUrl: 'http://localhost:4318/v1/traces', sidecars: 'auto', help: false },
+    ],
+    [
+      '--otlp=URL already ending in /v1/traces',
+      ['--otlp=http://tempo:4318/v1/traces'],
+      {},
+      { otlpUrl: 'http://tempo:4318/v1/traces', sidecars: 'auto', help: false },
+    ],
+    [
+      'OTEL_EXPORTER_OTLP_ENDPOINT',
+      [],
+      { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://jaeger:4318' },
+      { otlpUrl: 'http://jaeger:4318/v1/traces', sidecars: 'auto', help: false },
+    ],
+    [
+      'the signal-specific variable is used as is',
+      [],
+      { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://c:4318/custom', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://x:4318' },
+      { otlpUrl: 'http://c:4318/custom', sidecars: 'auto', help: false },
+    ],
+    [
+      'the flag wins over the environment',
+      ['--otlp', 'http://a:4318'],
+      { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://b:4318' },
+      { otlpUrl: 'http://a:4318/v1/traces', sidecars: 'auto', help: false },
+    ],
+    [
+      'not an http URL',
+      ['--otlp', 'localhost:4317'],
+      {},
+      'the OTLP endpoint must be an http(s) URL, not "localhost:4317/v1/traces"',
+    ],
+    [
+      '--otlp without a URL',
+      ['--otlp'],
+      { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://b:4318' },
+      '--otlp needs a URL, such as http://localhost:4318',
+    ],
     ['unknown flag', ['--verbose'], {}, 'unknown argument "--verbose"'],
   ])('%s', (_name, argv, env, expected) => {
     expect(parseArgs(argv, env)).toEqual(expected);

@@ -21,7 +21,10 @@ const TRACEPARENT = `00-${TRACE_ID}-${PARENT_ID}-01`;
 
 const diagLines: string[] = [];
 const log = (message: string): void => void diagLines.push(message);
-diag.setLogger({ error: log, warn: log, info: () => undefined, debug: () => undefined, verbose: () => undefined }, DiagLogLevel.WARN);
+diag.setLogger(
+  { error: log, warn: log, info: () => undefined, debug: () => undefined, verbose: () => undefined },
+  DiagLogLevel.WARN,
+);
 
 // Globals once (context manager, MeshPropagator, metrics); spans go to each service's own provider.
 let tracing: TestTracing;
@@ -39,7 +42,10 @@ afterAll(async () => {
 });
 
 /** A mesh with fresh per-service telemetry, stopped after the test whatever happens. */
-async function withMesh(options: Omit<MeshOptions, 'providers' | 'stopper'>, body: (mesh: Mesh, telemetry: Telemetry) => Promise<void>): Promise<void> {
+async function withMesh(
+  options: Omit<MeshOptions, 'providers' | 'stopper'>,
+  body: (mesh: Mesh, telemetry: Telemetry) => Promise<void>,
+): Promise<void> {
   const telemetry = await createTelemetry();
   const stopper = new Stopper();
   try {
@@ -100,35 +106,52 @@ const find = (spans: readonly Span[], service: string, kind: SpanKindName): Span
 };
 
 describe('the three-service mesh', () => {
-  test.each(['nginx', 'node'] as const)('continues one trace through %s sidecars, parent by parent', async (sidecars) => {
-    await withMesh({ sidecars, propagate: true }, async (mesh, telemetry) => {
-      expect(await get(`${mesh.entry}/checkout/42`, { traceparent: TRACEPARENT })).toBe(200);
-      const spans = await telemetry.waitForServerSpans(3);
+  test.each(['nginx', 'node'] as const)(
+    'continues one trace through %s sidecars, parent by parent',
+    async (sidecars) => {
+      await withMesh({ sidecars, propagate: true }, async (mesh, telemetry) => {
+        expect(await get(`${mesh.entry}/checkout/42`, { traceparent: TRACEPARENT })).toBe(200);
+        const spans = await telemetry.waitForServerSpans(3);
 
-      expect(new Set(spans.map((s) => s.traceId))).toEqual(new Set([TRACE_ID]));
-      expect(parentage(spans)).toEqual(CHAIN);
-      expect(spans.filter((s) => s.kind === 'server').map((s) => [s.service, s.name, s.attributes['meshtrace.propagation.outcome']])).toEqual(
-        expect.arrayContaining([
-          ['gateway', 'GET /checkout/:id', 'continued'],
-          ['orders', 'GET /orders/:id', 'continued'],
-          ['inventory', 'GET /stock/:sku', 'continued'],
-        ]),
-      );
-      // Every hop went through its sidecar: it added x-request-id and saw the caller's CLIENT span in traceparent.
-      for (const s of spans.filter((x) => x.kind === 'server')) expect(s.attributes['http.request.header.x-request-id']).toEqual([expect.stringMatching(/^[0-9a-f-]{32,36}$/)]);
-      const sentBy = (service: string): string => `traceparent="00-${TRACE_ID}-${find(spans, service, 'client').spanId}-01"`;
-      await expectLogged(mesh.sidecars.gateway, `"GET /checkout/42 HTTP/1.1" 200 traceparent="${TRACEPARENT}"`);
-      await expectLogged(mesh.sidecars.orders, `"GET /orders/42 HTTP/1.1" 200 ${sentBy('gateway')}`);
-      await expectLogged(mesh.sidecars.inventory, `"GET /stock/sku-42 HTTP/1.1" 200 ${sentBy('orders')}`);
-      // Each adapter and the client used the provider they were given, none the global one.
-      expect(tracing.spans()).toEqual([]);
-    });
-  });
+        expect(new Set(spans.map((s) => s.traceId))).toEqual(new Set([TRACE_ID]));
+        expect(parentage(spans)).toEqual(CHAIN);
+        expect(
+          spans
+            .filter((s) => s.kind === 'server')
+            .map((s) => [s.service, s.name, s.attributes['meshtrace.propagation.outcome']]),
+        ).toEqual(
+          expect.arrayContaining([
+            ['gateway', 'GET /checkout/:id', 'continued'],
+            ['orders', 'GET /orders/:id', 'continued'],
+            ['inventory', 'GET /stock/:sku', 'continued'],
+          ]),
+        );
+        // Every hop went through its sidecar: it added x-request-id and saw the caller's CLIENT span in traceparent.
+        for (const s of spans.filter((x) => x.kind === 'server'))
+          expect(s.attributes['http.request.header.x-request-id']).toEqual([
+            expect.stringMatching(/^[0-9a-f-]{32,36}$/),
+          ]);
+        const sentBy = (service: string): string =>
+          `traceparent="00-${TRACE_ID}-${find(spans, service, 'client').spanId}-01"`;
+        await expectLogged(mesh.sidecars.gateway, `"GET /checkout/42 HTTP/1.1" 200 traceparent="${TRACEPARENT}"`);
+        await expectLogged(mesh.sidecars.orders, `"GET /orders/42 HTTP/1.1" 200 ${sentBy('gateway')}`);
+        await expectLogged(mesh.sidecars.inventory, `"GET /stock/sku-42 HTTP/1.1" 200 ${sentBy('orders')}`);
+        // Each adapter and the client used the provider they were given, none the global one.
+        expect(tracing.spans()).toEqual([]);
+      });
+    },
+  );
 
   test('the chain holds through a TLS-terminating nginx ingress', async () => {
     await withMesh({ sidecars: 'nginx', propagate: true, ingress: cert }, async (mesh, telemetry) => {
       expect(mesh.entry).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
-      expect(await get(`${mesh.entry}/checkout/7`, { traceparent: TRACEPARENT, tracestate: 'vendor=abc', baggage: 'tenant=acme' }, readFileSync(cert.cert, 'utf8'))).toBe(200);
+      expect(
+        await get(
+          `${mesh.entry}/checkout/7`,
+          { traceparent: TRACEPARENT, tracestate: 'vendor=abc', baggage: 'tenant=acme' },
+          readFileSync(cert.cert, 'utf8'),
+        ),
+      ).toBe(200);
       const spans = await telemetry.waitForServerSpans(3);
 
       expect(new Set(spans.map((s) => s.traceId))).toEqual(new Set([TRACE_ID]));
@@ -163,7 +186,10 @@ describe('the three-service mesh', () => {
       expect(spans.filter((s) => s !== inventory).every((s) => s.traceId === TRACE_ID)).toBe(true);
       expect(inventory.attributes['meshtrace.propagation.outcome']).toBe('missing');
       // The header reached the sidecar (its log shows it) and went no further.
-      await expectLogged(mesh.sidecars.inventory, `traceparent="00-${TRACE_ID}-${find(spans, 'orders', 'client').spanId}-01"`);
+      await expectLogged(
+        mesh.sidecars.inventory,
+        `traceparent="00-${TRACE_ID}-${find(spans, 'orders', 'client').spanId}-01"`,
+      );
       expect(diagLines).toEqual([expect.stringContaining('request without traceparent; started a fresh root trace')]);
       const delta = (key: string): number => (after[key] ?? 0) - (before[key] ?? 0);
       expect({ continued: delta('continued'), missing: delta('missing') }).toEqual({ continued: 2, missing: 1 });

@@ -40,22 +40,28 @@ function tracesUrl(base: string): string {
 }
 
 /** Reads the command line and the OTLP environment variables; returns an error message for bad input. */
-export function parseArgs(argv: readonly string[], env: Readonly<Record<string, string | undefined>>): DemoArgs | string {
+export function parseArgs(
+  argv: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+): DemoArgs | string {
   let otlp: string | undefined;
   let sidecars: DemoArgs['sidecars'] = 'auto';
   let help = false;
   for (let i = 0; i < argv.length; i++) {
-    const [flag, inline] = argv[i].startsWith('--') && argv[i].includes('=') ? [argv[i].slice(0, argv[i].indexOf('=')), argv[i].slice(argv[i].indexOf('=') + 1)] : [argv[i], undefined];
+    const [flag, inline] =
+      argv[i].startsWith('--') && argv[i].includes('=')
+        ? [argv[i].slice(0, argv[i].indexOf('=')), argv[i].slice(argv[i].indexOf('=') + 1)]
+        : [argv[i], undefined];
     const value = (): string | undefined => inline ?? argv[++i];
     if (flag === '--') continue;
     if (flag === '--help' || flag === '-h') help = true;
     else if (flag === '--otlp') {
       otlp = value();
       if (!otlp) return '--otlp needs a URL, such as http://localhost:4318';
-    }
-    else if (flag === '--sidecar') {
+    } else if (flag === '--sidecar') {
       const v = value();
-      if (v !== 'auto' && v !== 'nginx' && v !== 'node') return `--sidecar takes auto, nginx or node, not ${JSON.stringify(v)}`;
+      if (v !== 'auto' && v !== 'nginx' && v !== 'node')
+        return `--sidecar takes auto, nginx or node, not ${JSON.stringify(v)}`;
       sidecars = v;
     } else return `unknown argument ${JSON.stringify(argv[i])}`;
   }
@@ -67,7 +73,8 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
   }
   if (otlp !== undefined) {
     try {
-      if (!/^https?:$/.test(new URL(otlp).protocol)) return `the OTLP endpoint must be an http(s) URL, not ${JSON.stringify(otlp)}`;
+      if (!/^https?:$/.test(new URL(otlp).protocol))
+        return `the OTLP endpoint must be an http(s) URL, not ${JSON.stringify(otlp)}`;
     } catch {
       return `the OTLP endpoint must be an http(s) URL, not ${JSON.stringify(otlp)}`;
     }
@@ -78,10 +85,16 @@ export function parseArgs(argv: readonly string[], env: Readonly<Record<string, 
 /** The requests sent into each copy of the mesh. */
 const REQUESTS: ReadonlyArray<{ label: string; headers: Record<string, string> }> = [
   // The example of W3C trace-context §3.2.4, so it is easy to find in a backend.
-  { label: "a caller's traceparent", headers: { traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' } },
+  {
+    label: "a caller's traceparent",
+    headers: { traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' },
+  },
   { label: 'no traceparent', headers: {} },
   // Upper-case hex is invalid (W3C trace-context §3.2.2.3): a proxy that "normalises" headers breaks traces this way.
-  { label: 'a malformed traceparent', headers: { traceparent: '00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01' } },
+  {
+    label: 'a malformed traceparent',
+    headers: { traceparent: '00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01' },
+  },
 ];
 
 // Requests enter at the gateway: a root anywhere else is a service starting a new trace mid-request.
@@ -110,24 +123,44 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
   const kind = args.sidecars === 'auto' ? defaultSidecarKind() : args.sidecars;
   const chain = SERVICES.map((s) => `${s} (${FRAMEWORK[s]})`).join(' → ');
   out.line(`meshtrace demo: ${chain}, each behind its own ${kind === 'nginx' ? 'nginx' : 'Node'} sidecar on 127.0.0.1`);
-  if (kind === 'node' && args.sidecars === 'auto') out.line('nginx is not on the PATH, so the sidecars are the embedded Node reverse proxy');
+  if (kind === 'node' && args.sidecars === 'auto')
+    out.line('nginx is not on the PATH, so the sidecars are the embedded Node reverse proxy');
   out.line('starting two copies: one with meshtrace, one whose services call each other with plain fetch');
 
   const runs: Run[] = [
-    { title: 'with meshtrace', propagate: true, telemetry: await createTelemetry({ otlpUrl: args.otlpUrl, run: 'with-meshtrace' }), results: [] },
-    { title: 'without outbound propagation (plain fetch)', propagate: false, telemetry: await createTelemetry({ otlpUrl: args.otlpUrl, run: 'plain-fetch' }), results: [] },
+    {
+      title: 'with meshtrace',
+      propagate: true,
+      telemetry: await createTelemetry({ otlpUrl: args.otlpUrl, run: 'with-meshtrace' }),
+      results: [],
+    },
+    {
+      title: 'without outbound propagation (plain fetch)',
+      propagate: false,
+      telemetry: await createTelemetry({ otlpUrl: args.otlpUrl, run: 'plain-fetch' }),
+      results: [],
+    },
   ];
   await Promise.all(
     runs.map(async (run) => {
-      run.mesh = await startMesh({ sidecars: kind, propagate: run.propagate, providers: run.telemetry.providers, stopper });
+      run.mesh = await startMesh({
+        sidecars: kind,
+        propagate: run.propagate,
+        providers: run.telemetry.providers,
+        stopper,
+      });
     }),
   );
   for (const run of runs) {
     const m = run.mesh!;
-    out.line(`  ${(run.propagate ? 'with meshtrace' : 'plain fetch').padEnd(16)}${SERVICES.map((s) => `${s} :${m.services[s].port} (sidecar :${m.sidecars[s].port})`).join(', ')}`);
+    out.line(
+      `  ${(run.propagate ? 'with meshtrace' : 'plain fetch').padEnd(16)}${SERVICES.map((s) => `${s} :${m.services[s].port} (sidecar :${m.sidecars[s].port})`).join(', ')}`,
+    );
   }
 
-  out.line(`sending ${REQUESTS.length} requests to each copy; a CLIENT span shows the service it called (through that service's sidecar)`);
+  out.line(
+    `sending ${REQUESTS.length} requests to each copy; a CLIENT span shows the service it called (through that service's sidecar)`,
+  );
   for (const [i, request] of REQUESTS.entries()) {
     for (const run of runs) {
       run.telemetry.reset();
@@ -137,12 +170,21 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
       run.results.push({ status: res.status, spans: await run.telemetry.waitForServerSpans(SERVICES.length) });
     }
   }
-  const describe = (port: number): string | undefined => runs.map((r) => r.mesh!.describePort(port)).find((d) => d !== undefined);
+  const describe = (port: number): string | undefined =>
+    runs.map((r) => r.mesh!.describePort(port)).find((d) => d !== undefined);
   // The doctor's verdict on each copy, printed last: what `npx meshtrace probe <entry>` answers.
   const probes: Array<{ code: number; lines: string[] }> = [];
   for (const run of runs) {
     const lines: string[] = [];
-    const code = await runProbe({ url: `${run.mesh!.entry}/checkout/probe`, source: receivedSpanSource(run.telemetry.receiver), waitMs: 10_000, quietMs: 1_000 }, { line: (text = '') => void lines.push(text), color: out.color, width: out.width - 2 });
+    const code = await runProbe(
+      {
+        url: `${run.mesh!.entry}/checkout/probe`,
+        source: receivedSpanSource(run.telemetry.receiver),
+        waitMs: 10_000,
+        quietMs: 1_000,
+      },
+      { line: (text = '') => void lines.push(text), color: out.color, width: out.width - 2 },
+    );
     probes.push({ code, lines });
   }
   await stopper.stop();
@@ -158,8 +200,16 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
       for (const run of runs) {
         const { status, spans } = run.results[i];
         const summary = summarize(spans, ANALYSIS);
-        out.line(`${run.title}: HTTP ${status}, ${plural(summary.traces, 'trace')}, ${plural(summary.orphans.length, 'orphaned root')}`);
-        for (const line of renderTraces(spans, { color: out.color, width: out.width - 2, orphans: summary.orphans, describePort: describe })) out.line(`  ${line}`);
+        out.line(
+          `${run.title}: HTTP ${status}, ${plural(summary.traces, 'trace')}, ${plural(summary.orphans.length, 'orphaned root')}`,
+        );
+        for (const line of renderTraces(spans, {
+          color: out.color,
+          width: out.width - 2,
+          orphans: summary.orphans,
+          describePort: describe,
+        }))
+          out.line(`  ${line}`);
       }
     }
   }
@@ -167,8 +217,13 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
   out.line();
   const width = Math.max(...runs.map((r) => r.title.length)) + 1;
   for (const run of runs) {
-    const summary = summarize(run.results.flatMap((r) => r.spans), ANALYSIS);
-    out.line(`${`${run.title}:`.padEnd(width + 1)} ${REQUESTS.length} requests → ${plural(summary.traces, 'trace')}, ${plural(summary.spans, 'span')}, ${plural(summary.orphans.length, 'orphaned root')}`);
+    const summary = summarize(
+      run.results.flatMap((r) => r.spans),
+      ANALYSIS,
+    );
+    out.line(
+      `${`${run.title}:`.padEnd(width + 1)} ${REQUESTS.length} requests → ${plural(summary.traces, 'trace')}, ${plural(summary.spans, 'span')}, ${plural(summary.orphans.length, 'orphaned root')}`,
+    );
   }
   out.line('(an orphaned root is a service inside the mesh starting a new trace although its caller was traced)');
   out.line();
@@ -182,8 +237,12 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
     const exported = runs.reduce((n, r) => n + r.telemetry.otlp!.exported, 0);
     const lost = runs.reduce((n, r) => n + r.telemetry.otlp!.failed, 0);
     const error = runs.map((r) => r.telemetry.otlp!.lastError).find((e) => e !== undefined);
-    out.line(`spans went to OTLP ${otlp.url}: ${exported} exported${lost > 0 ? `, ${lost} failed (${error ?? 'unknown error'})` : ''}`);
-    out.line(`look for services ${SERVICES.join(', ')}; the resource attribute meshtrace.demo.run is with-meshtrace or plain-fetch`);
+    out.line(
+      `spans went to OTLP ${otlp.url}: ${exported} exported${lost > 0 ? `, ${lost} failed (${error ?? 'unknown error'})` : ''}`,
+    );
+    out.line(
+      `look for services ${SERVICES.join(', ')}; the resource attribute meshtrace.demo.run is with-meshtrace or plain-fetch`,
+    );
     const ids = [...new Set(runs[0].results.flatMap((r) => r.spans.map((s) => s.traceId)))];
     out.line(`traces with meshtrace: ${ids.join(', ')}`);
     if (lost > 0) return 1;
@@ -207,7 +266,10 @@ function registerGlobals(): string[] {
   // meshtrace reports lost traces through diag; they are shown after the waterfalls, not in between.
   const logged: string[] = [];
   const keep = (message: string): void => void (logged.includes(message) || logged.push(message));
-  diag.setLogger({ error: keep, warn: keep, info: () => undefined, debug: () => undefined, verbose: () => undefined }, DiagLogLevel.WARN);
+  diag.setLogger(
+    { error: keep, warn: keep, info: () => undefined, debug: () => undefined, verbose: () => undefined },
+    DiagLogLevel.WARN,
+  );
   return logged;
 }
 
@@ -261,7 +323,10 @@ function main(): void {
     stdoutOpen = false;
     leave('stdout closed', 0, () => undefined);
   });
-  const fatal = (err: unknown): void => leave('error', 1, () => process.stderr.write(`demo failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`));
+  const fatal = (err: unknown): void =>
+    leave('error', 1, () =>
+      process.stderr.write(`demo failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`),
+    );
   process.on('uncaughtException', fatal);
   process.on('unhandledRejection', fatal);
 

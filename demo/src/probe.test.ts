@@ -10,7 +10,10 @@ import type { MeshOptions } from './topology';
 
 // The sidecars are real nginx: CI installs it, so its absence fails here instead of skipping.
 beforeAll(() => {
-  if (!hasNginx()) throw new Error('nginx is not installed (apt-get install -y nginx): the probe tests run the mesh behind real nginx sidecars');
+  if (!hasNginx())
+    throw new Error(
+      'nginx is not installed (apt-get install -y nginx): the probe tests run the mesh behind real nginx sidecars',
+    );
 });
 
 let tracing: TestTracing;
@@ -25,7 +28,13 @@ interface Probed {
       verdict: string;
       status: number;
       services: string[];
-      breaks: Array<{ hop: { from?: string; to: string }; outcome?: string; reason?: string; detail: string; lastCarrier?: { service: string; kind: string } }>;
+      breaks: Array<{
+        hop: { from?: string; to: string };
+        outcome?: string;
+        reason?: string;
+        detail: string;
+        lastCarrier?: { service: string; kind: string };
+      }>;
     }>;
   };
   readonly text: string;
@@ -35,7 +44,9 @@ interface Probed {
  * Starts the three-service mesh behind nginx sidecars, exporting OTLP into a receiver, and runs
  * `meshtrace probe` against its entry twice: as JSON (returned, parsed) and as text.
  */
-async function probeMesh(variant: Partial<Pick<MeshOptions, 'stripAt' | 'uppercaseAt' | 'plainOrders'>>): Promise<Probed> {
+async function probeMesh(
+  variant: Partial<Pick<MeshOptions, 'stripAt' | 'uppercaseAt' | 'plainOrders'>>,
+): Promise<Probed> {
   const stopper = new Stopper();
   let receiver: Receiver | undefined;
   let telemetry: Telemetry | undefined;
@@ -43,7 +54,13 @@ async function probeMesh(variant: Partial<Pick<MeshOptions, 'stripAt' | 'upperca
     receiver = await startReceiver({ port: 0 });
     // The demo's services export to a receiver of the demo's own, which passes every export on to this one.
     telemetry = await createTelemetry({ otlpUrl: `${receiver.url}/v1/traces` });
-    const mesh = await startMesh({ sidecars: 'nginx', propagate: true, providers: telemetry.providers, stopper, ...variant });
+    const mesh = await startMesh({
+      sidecars: 'nginx',
+      propagate: true,
+      providers: telemetry.providers,
+      stopper,
+      ...variant,
+    });
     const source = receivedSpanSource(receiver);
     const lines: string[] = [];
     const out = { line: (s = '') => void lines.push(s), color: false, width: 120 };
@@ -65,15 +82,24 @@ describe('meshtrace probe over the three-service mesh behind nginx sidecars', ()
     const { code, report, text } = await probeMesh({});
     expect(code).toBe(0);
     expect(report.verdict).toBe('whole');
-    expect(report.probes[0]).toMatchObject({ verdict: 'whole', status: 200, services: ['gateway', 'inventory', 'orders'], breaks: [] });
+    expect(report.probes[0]).toMatchObject({
+      verdict: 'whole',
+      status: 200,
+      services: ['gateway', 'inventory', 'orders'],
+      breaks: [],
+    });
     expect(text).toMatch(/WHOLE {2}5 spans from gateway, inventory, orders in one trace/);
   }, 60_000);
 
-  test("a sidecar that strips traceparent: broken at that hop, outcome missing", async () => {
+  test('a sidecar that strips traceparent: broken at that hop, outcome missing', async () => {
     const { code, report, text } = await probeMesh({ stripAt: 'orders' });
     expect(code).toBe(1);
     const [first] = report.probes[0].breaks;
-    expect(first).toMatchObject({ hop: { from: 'gateway', to: 'orders' }, outcome: 'missing', lastCarrier: { service: 'gateway', kind: 'client' } });
+    expect(first).toMatchObject({
+      hop: { from: 'gateway', to: 'orders' },
+      outcome: 'missing',
+      lastCarrier: { service: 'gateway', kind: 'client' },
+    });
     expect(report.probes[0].breaks).toHaveLength(1);
     expect(text).toContain('BROKEN  gateway → orders');
     expect(text).toContain('orders recorded outcome missing: no traceparent reached it');
@@ -82,7 +108,13 @@ describe('meshtrace probe over the three-service mesh behind nginx sidecars', ()
   test('a service that forwards an upper-case traceparent: broken at the next hop, malformed with the reason', async () => {
     const { code, report, text } = await probeMesh({ uppercaseAt: 'orders' });
     expect(code).toBe(1);
-    expect(report.probes[0].breaks).toEqual([expect.objectContaining({ hop: { from: 'orders', to: 'inventory' }, outcome: 'malformed', reason: 'bad-trace-id' })]);
+    expect(report.probes[0].breaks).toEqual([
+      expect.objectContaining({
+        hop: { from: 'orders', to: 'inventory' },
+        outcome: 'malformed',
+        reason: 'bad-trace-id',
+      }),
+    ]);
     const { reason } = report.probes[0].breaks[0];
     expect(text).toContain('BROKEN  orders → inventory');
     expect(text).toContain(`inventory recorded outcome malformed (${reason})`);
@@ -91,7 +123,12 @@ describe('meshtrace probe over the three-service mesh behind nginx sidecars', ()
   test('a plain service without meshtrace in the middle: broken at the hop into it, no outcome recorded', async () => {
     const { code, report, text } = await probeMesh({ plainOrders: true });
     expect(code).toBe(1);
-    expect(report.probes[0].breaks).toEqual([expect.objectContaining({ hop: { from: 'gateway', to: 'orders' }, lastCarrier: expect.objectContaining({ service: 'gateway', kind: 'client' }) })]);
+    expect(report.probes[0].breaks).toEqual([
+      expect.objectContaining({
+        hop: { from: 'gateway', to: 'orders' },
+        lastCarrier: expect.objectContaining({ service: 'gateway', kind: 'client' }),
+      }),
+    ]);
     expect(report.probes[0].breaks[0].outcome).toBeUndefined();
     expect(text).toContain('BROKEN  gateway → orders');
     expect(text).toContain('orders recorded no propagation outcome (meshtrace does not run there)');
@@ -102,7 +139,10 @@ test('nothing exporting: unknown, exit 2, naming the source asked and what to ch
   const receiver = await startReceiver({ port: 0 });
   try {
     const lines: string[] = [];
-    const code = await runProbe({ url: `${receiver.url}/nowhere`, source: receivedSpanSource(receiver), waitMs: 1_000 }, { line: (s = '') => void lines.push(s), color: false, width: 100 });
+    const code = await runProbe(
+      { url: `${receiver.url}/nowhere`, source: receivedSpanSource(receiver), waitMs: 1_000 },
+      { line: (s = '') => void lines.push(s), color: false, width: 100 },
+    );
     expect(code).toBe(2);
     const text = lines.join('\n');
     expect(text).toContain(`UNKNOWN  no spans of trace`);

@@ -40,13 +40,17 @@ export interface RunningService {
 
 /** The client a service calls the next one with. */
 function outbound(options: ServiceOptions): typeof fetch {
-  return options.propagate && !options.uppercaseTraceparent ? meshClient({ tracerProvider: options.tracerProvider }).fetch : globalThis.fetch;
+  return options.propagate && !options.uppercaseTraceparent
+    ? meshClient({ tracerProvider: options.tracerProvider }).fetch
+    : globalThis.fetch;
 }
 
 /** The headers of a call downstream: `x-request-id` goes on, as Envoy-based meshes ask applications to, so one request's spans share it. */
 function downstreamHeaders(options: ServiceOptions, inbound: IncomingHttpHeaders): Record<string, string> {
   const headers: Record<string, string> = { accept: 'application/json' };
-  const forwarded = options.uppercaseTraceparent ? ['x-request-id', 'traceparent', 'tracestate', 'baggage'] : ['x-request-id'];
+  const forwarded = options.uppercaseTraceparent
+    ? ['x-request-id', 'traceparent', 'tracestate', 'baggage']
+    : ['x-request-id'];
   for (const name of forwarded) {
     const value = inbound[name];
     if (typeof value === 'string') headers[name] = name === 'traceparent' ? value.toUpperCase() : value;
@@ -55,7 +59,12 @@ function downstreamHeaders(options: ServiceOptions, inbound: IncomingHttpHeaders
 }
 
 /** GET `path` on the downstream sidecar and return its JSON body; a failed call is an Error with the status. */
-async function callDownstream(client: typeof fetch, options: ServiceOptions, path: string, inbound: IncomingHttpHeaders): Promise<unknown> {
+async function callDownstream(
+  client: typeof fetch,
+  options: ServiceOptions,
+  path: string,
+  inbound: IncomingHttpHeaders,
+): Promise<unknown> {
   const base = options.downstream?.();
   if (base === undefined) throw new Error('no downstream configured');
   const res = await client(`${base}${path}`, { headers: downstreamHeaders(options, inbound) });
@@ -64,7 +73,8 @@ async function callDownstream(client: typeof fetch, options: ServiceOptions, pat
 }
 
 async function listen(server: Server): Promise<number> {
-  if (!server.listening) await new Promise<void>((resolve, reject) => server.once('listening', resolve).once('error', reject));
+  if (!server.listening)
+    await new Promise<void>((resolve, reject) => server.once('listening', resolve).once('error', reject));
   return (server.address() as AddressInfo).port;
 }
 
@@ -95,7 +105,12 @@ export async function startOrders(options: ServiceOptions): Promise<RunningServi
   const app = fastify();
   await app.register(fastifyMeshTrace, { tracerProvider: options.tracerProvider });
   app.get<{ Params: { id: string } }>('/orders/:id', async (request) => {
-    const stock = await callDownstream(client, options, `/stock/sku-${encodeURIComponent(request.params.id)}`, request.headers);
+    const stock = await callDownstream(
+      client,
+      options,
+      `/stock/sku-${encodeURIComponent(request.params.id)}`,
+      request.headers,
+    );
     return { order: request.params.id, items: [{ sku: `sku-${request.params.id}`, quantity: 1 }], stock };
   });
   await app.listen({ port: 0, host: '127.0.0.1' });
@@ -127,17 +142,30 @@ export async function startPlainOrders(options: ServiceOptions): Promise<Running
     if (req.method !== 'GET' || match === null) return void res.writeHead(404).end();
     const requestId = typeof req.headers['x-request-id'] === 'string' ? req.headers['x-request-id'] : undefined;
     // What instrumentation-http records with headersToSpanAttributes: the header as a one-element array.
-    const attributes = { 'http.request.method': 'GET', 'url.path': path, ...(requestId === undefined ? {} : { 'http.request.header.x-request-id': [requestId] }) };
+    const attributes = {
+      'http.request.method': 'GET',
+      'url.path': path,
+      ...(requestId === undefined ? {} : { 'http.request.header.x-request-id': [requestId] }),
+    };
     const span = tracer.startSpan('GET /orders/:id', { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT);
     const url = `${options.downstream?.() ?? ''}/stock/sku-${match[1]}`;
-    const client = tracer.startSpan('GET', { kind: SpanKind.CLIENT, attributes: { 'http.request.method': 'GET', 'url.full': url } }, trace.setSpan(ROOT_CONTEXT, span));
-    const headers: Record<string, string> = { accept: 'application/json', ...(requestId === undefined ? {} : { 'x-request-id': requestId }) };
+    const client = tracer.startSpan(
+      'GET',
+      { kind: SpanKind.CLIENT, attributes: { 'http.request.method': 'GET', 'url.full': url } },
+      trace.setSpan(ROOT_CONTEXT, span),
+    );
+    const headers: Record<string, string> = {
+      accept: 'application/json',
+      ...(requestId === undefined ? {} : { 'x-request-id': requestId }),
+    };
     propagation.inject(trace.setSpan(ROOT_CONTEXT, client), headers);
     void fetch(url, { headers })
       .then(async (answer) => {
         client.setAttribute('http.response.status_code', answer.status);
         const stock: unknown = await answer.json();
-        res.writeHead(answer.ok ? 200 : 502, { 'content-type': 'application/json' }).end(JSON.stringify({ order: match[1], stock }));
+        res
+          .writeHead(answer.ok ? 200 : 502, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ order: match[1], stock }));
       })
       .catch((err: unknown) => {
         client.setStatus({ code: SpanStatusCode.ERROR, message: String(err) });

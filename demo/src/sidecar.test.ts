@@ -23,7 +23,8 @@ const upstream: Server = createServer((req, res) => {
   req.setEncoding('utf8').on('data', (c: string) => (body += c));
   req.on('end', () => {
     const headers: Array<[string, string]> = [];
-    for (let i = 0; i < req.rawHeaders.length; i += 2) headers.push([req.rawHeaders[i].toLowerCase(), req.rawHeaders[i + 1]]);
+    for (let i = 0; i < req.rawHeaders.length; i += 2)
+      headers.push([req.rawHeaders[i].toLowerCase(), req.rawHeaders[i + 1]]);
     res.setHeader('x-upstream', 'yes');
     res.end(JSON.stringify({ method: req.method ?? '', url: req.url ?? '', headers, body } satisfies Echo));
   });
@@ -41,7 +42,11 @@ afterAll(async () => {
 });
 const upstreamPort = (): number => (upstream.address() as AddressInfo).port;
 
-async function withSidecar(kind: SidecarKind, options: Partial<SidecarOptions>, body: (sidecar: Sidecar) => Promise<void>): Promise<void> {
+async function withSidecar(
+  kind: SidecarKind,
+  options: Partial<SidecarOptions>,
+  body: (sidecar: Sidecar) => Promise<void>,
+): Promise<void> {
   const sidecar = await startSidecar(kind, { upstreamPort: upstreamPort(), ...options });
   try {
     await body(sidecar);
@@ -51,38 +56,59 @@ async function withSidecar(kind: SidecarKind, options: Partial<SidecarOptions>, 
 }
 
 /** Sends a request (raw header pairs keep duplicates) and returns status, response headers and the upstream's echo. */
-function send(url: string, init: { method?: string; headers?: string[]; body?: string; ca?: string } = {}): Promise<{ status: number; headers: Record<string, unknown>; echo: Echo | undefined }> {
+function send(
+  url: string,
+  init: { method?: string; headers?: string[]; body?: string; ca?: string } = {},
+): Promise<{ status: number; headers: Record<string, unknown>; echo: Echo | undefined }> {
   const go = url.startsWith('https:') ? httpsRequest : httpRequest;
   return new Promise((resolve, reject) => {
     // Node adds no Host header to a raw header list.
     const headers = ['host', new URL(url).host, ...(init.headers ?? [])];
-    const req = go(url, { method: init.method ?? 'GET', headers: headers as unknown as OutgoingHttpHeaders, ca: init.ca }, (res) => {
-      let text = '';
-      res.setEncoding('utf8').on('data', (c: string) => (text += c));
-      res.on('end', () => {
-        let echo: Echo | undefined;
-        try {
-          echo = JSON.parse(text) as Echo;
-        } catch {
-          echo = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, echo });
-      });
-    });
+    const req = go(
+      url,
+      { method: init.method ?? 'GET', headers: headers as unknown as OutgoingHttpHeaders, ca: init.ca },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8').on('data', (c: string) => (text += c));
+        res.on('end', () => {
+          let echo: Echo | undefined;
+          try {
+            echo = JSON.parse(text) as Echo;
+          } catch {
+            echo = undefined;
+          }
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, echo });
+        });
+      },
+    );
     req.once('error', reject);
     req.end(init.body);
   });
 }
 
-const values = (echo: Echo | undefined, name: string): string[] => (echo?.headers ?? []).filter(([n]) => n === name).map(([, v]) => v);
+const values = (echo: Echo | undefined, name: string): string[] =>
+  (echo?.headers ?? []).filter(([n]) => n === name).map(([, v]) => v);
 
-const TRACE = ['traceparent', '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', 'TraceState', 'congo=t61rcWkgMzE', 'baggage', 'tenant=acme'];
+const TRACE = [
+  'traceparent',
+  '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+  'TraceState',
+  'congo=t61rcWkgMzE',
+  'baggage',
+  'tenant=acme',
+];
 
 describe.each(['nginx', 'node'] as const)('%s sidecar', (kind) => {
   test('forwards every end-to-end header untouched, duplicates included, and adds x-request-id and x-forwarded-for', async () => {
     await withSidecar(kind, {}, async (sidecar) => {
-      const { status, headers, echo } = await send(`${sidecar.url}/a/b?c=d`, { headers: [...TRACE, 'X-Custom', 'One', 'x-dup', '1', 'x-dup', '2'] });
-      expect({ status, upstream: headers['x-upstream'], url: echo?.url }).toEqual({ status: 200, upstream: 'yes', url: '/a/b?c=d' });
+      const { status, headers, echo } = await send(`${sidecar.url}/a/b?c=d`, {
+        headers: [...TRACE, 'X-Custom', 'One', 'x-dup', '1', 'x-dup', '2'],
+      });
+      expect({ status, upstream: headers['x-upstream'], url: echo?.url }).toEqual({
+        status: 200,
+        upstream: 'yes',
+        url: '/a/b?c=d',
+      });
       expect({
         traceparent: values(echo, 'traceparent'),
         tracestate: values(echo, 'tracestate'),
@@ -105,7 +131,12 @@ describe.each(['nginx', 'node'] as const)('%s sidecar', (kind) => {
   test('with stripTraceContext drops traceparent, tracestate and baggage, and nothing else', async () => {
     await withSidecar(kind, { stripTraceContext: true }, async (sidecar) => {
       const { echo } = await send(sidecar.url, { headers: [...TRACE, 'x-custom', 'kept'] });
-      expect({ traceparent: values(echo, 'traceparent'), tracestate: values(echo, 'tracestate'), baggage: values(echo, 'baggage'), custom: values(echo, 'x-custom') }).toEqual({
+      expect({
+        traceparent: values(echo, 'traceparent'),
+        tracestate: values(echo, 'tracestate'),
+        baggage: values(echo, 'baggage'),
+        custom: values(echo, 'x-custom'),
+      }).toEqual({
         traceparent: [],
         tracestate: [],
         baggage: [],
@@ -143,8 +174,29 @@ describe.each(['nginx', 'node'] as const)('%s sidecar', (kind) => {
 describe('node sidecar', () => {
   test('drops hop-by-hop headers and those the Connection header names (RFC 9110 §7.6.1), keeps an inbound x-request-id', async () => {
     await withSidecar('node', {}, async (sidecar) => {
-      const { echo } = await send(sidecar.url, { headers: ['Connection', 'keep-alive, x-hop', 'Keep-Alive', 'timeout=5', 'x-hop', 'secret', 'TE', 'trailers', 'x-request-id', 'abc', 'x-forwarded-for', '10.0.0.1'] });
-      expect({ hop: values(echo, 'x-hop'), keepAlive: values(echo, 'keep-alive'), te: values(echo, 'te'), requestId: values(echo, 'x-request-id'), forwardedFor: values(echo, 'x-forwarded-for') }).toEqual({
+      const { echo } = await send(sidecar.url, {
+        headers: [
+          'Connection',
+          'keep-alive, x-hop',
+          'Keep-Alive',
+          'timeout=5',
+          'x-hop',
+          'secret',
+          'TE',
+          'trailers',
+          'x-request-id',
+          'abc',
+          'x-forwarded-for',
+          '10.0.0.1',
+        ],
+      });
+      expect({
+        hop: values(echo, 'x-hop'),
+        keepAlive: values(echo, 'keep-alive'),
+        te: values(echo, 'te'),
+        requestId: values(echo, 'x-request-id'),
+        forwardedFor: values(echo, 'x-forwarded-for'),
+      }).toEqual({
         hop: [],
         keepAlive: [],
         te: [],

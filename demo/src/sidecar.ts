@@ -42,7 +42,9 @@ export async function startSidecar(kind: SidecarKind, options: SidecarOptions): 
     tls: options.tls,
     stripTraceContext: options.stripTraceContext,
     // An ingress restates the trace headers, as ingress controllers with header allow-lists need to.
-    extra: options.tls ? 'proxy_set_header traceparent $http_traceparent;\n      proxy_set_header tracestate $http_tracestate;\n      proxy_set_header baggage $http_baggage;' : undefined,
+    extra: options.tls
+      ? 'proxy_set_header traceparent $http_traceparent;\n      proxy_set_header tracestate $http_tracestate;\n      proxy_set_header baggage $http_baggage;'
+      : undefined,
   });
   return { kind: 'nginx', port: nginx.port, url: nginx.url, accessLog: nginx.accessLog, stop: nginx.stop };
 }
@@ -55,7 +57,8 @@ const TRACE_HEADERS = new Set(['traceparent', 'tracestate', 'baggage']);
 function forwardable(raw: readonly string[], drop?: ReadonlySet<string>): string[] {
   const named = new Set<string>();
   for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i].toLowerCase() === 'connection') for (const token of raw[i + 1].split(',')) named.add(token.trim().toLowerCase());
+    if (raw[i].toLowerCase() === 'connection')
+      for (const token of raw[i + 1].split(',')) named.add(token.trim().toLowerCase());
   }
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
@@ -94,7 +97,14 @@ export async function startNodeSidecar(options: SidecarOptions): Promise<Sidecar
     const seen = header(req.rawHeaders, 'traceparent') ?? '';
     res.once('finish', () => log.push(`${line} ${res.statusCode} traceparent="${seen}"`));
 
-    const upstream = http.request({ host: '127.0.0.1', port: options.upstreamPort, method: req.method, path: req.url, headers: rest as unknown as OutgoingHttpHeaders, agent });
+    const upstream = http.request({
+      host: '127.0.0.1',
+      port: options.upstreamPort,
+      method: req.method,
+      path: req.url,
+      headers: rest as unknown as OutgoingHttpHeaders,
+      agent,
+    });
     upstream.once('response', (answer) => {
       res.writeHead(answer.statusCode ?? 502, answer.statusMessage, forwardable(answer.rawHeaders));
       answer.pipe(res);
@@ -110,7 +120,9 @@ export async function startNodeSidecar(options: SidecarOptions): Promise<Sidecar
     req.pipe(upstream);
   };
 
-  const server: Server = options.tls ? https.createServer({ cert: readFileSync(options.tls.cert), key: readFileSync(options.tls.key) }, forward) : http.createServer(forward);
+  const server: Server = options.tls
+    ? https.createServer({ cert: readFileSync(options.tls.cert), key: readFileSync(options.tls.key) }, forward)
+    : http.createServer(forward);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve());

@@ -11,7 +11,11 @@ export const SERVICES = ['gateway', 'orders', 'inventory'] as const;
 export type ServiceName = (typeof SERVICES)[number];
 
 /** The framework each service is written with. */
-export const FRAMEWORK: Readonly<Record<ServiceName, string>> = { gateway: 'Express', orders: 'Fastify', inventory: 'Koa' };
+export const FRAMEWORK: Readonly<Record<ServiceName, string>> = {
+  gateway: 'Express',
+  orders: 'Fastify',
+  inventory: 'Koa',
+};
 
 /** How the OTLP export of one run went. */
 export interface OtlpReport {
@@ -67,13 +71,17 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<T
       for (const w of ready) w.resolve();
     },
   });
-  const otlp: OtlpReport | undefined = options.otlpUrl === undefined ? undefined : { url: options.otlpUrl, exported: 0, failed: 0, lastError: undefined };
+  const otlp: OtlpReport | undefined =
+    options.otlpUrl === undefined ? undefined : { url: options.otlpUrl, exported: 0, failed: 0, lastError: undefined };
   const make = (name: ServiceName): TracerProvider => {
     // One export per span, so a span is at the receiver as soon as its export resolves.
     const exporter = new OTLPTraceExporter({ url: `${receiver.url}/v1/traces` });
     const attributes: Record<string, string> = { 'service.name': name, 'service.namespace': 'meshtrace-demo' };
     if (options.run !== undefined) attributes['meshtrace.demo.run'] = options.run;
-    return new TracerProvider({ resource: resourceFromAttributes(attributes), spanProcessors: [new SimpleSpanProcessor({ exporter })] });
+    return new TracerProvider({
+      resource: resourceFromAttributes(attributes),
+      spanProcessors: [new SimpleSpanProcessor({ exporter })],
+    });
   };
   const providers = { gateway: make('gateway'), orders: make('orders'), inventory: make('inventory') };
   const flush = (): Promise<unknown> => Promise.allSettled(Object.values(providers).map((p) => p.forceFlush()));

@@ -39,7 +39,11 @@ export interface Mesh {
   stop(): Promise<void>;
 }
 
-const STARTERS: Record<ServiceName, (o: ServiceOptions) => Promise<RunningService>> = { gateway: startGateway, orders: startOrders, inventory: startInventory };
+const STARTERS: Record<ServiceName, (o: ServiceOptions) => Promise<RunningService>> = {
+  gateway: startGateway,
+  orders: startOrders,
+  inventory: startInventory,
+};
 
 /**
  * Starts gateway (Express) → orders (Fastify) → inventory (Koa) on 127.0.0.1, each behind a sidecar
@@ -56,17 +60,31 @@ export async function startMesh(options: MeshOptions): Promise<Mesh> {
         const after = next(name);
         const downstream = after === undefined ? undefined : () => sidecars[after]!.url;
         const start = name === 'orders' && options.plainOrders ? startPlainOrders : STARTERS[name];
-        return stopper.track(start({ tracerProvider: options.providers[name], propagate: options.propagate, downstream, uppercaseTraceparent: options.uppercaseAt === name }));
+        return stopper.track(
+          start({
+            tracerProvider: options.providers[name],
+            propagate: options.propagate,
+            downstream,
+            uppercaseTraceparent: options.uppercaseAt === name,
+          }),
+        );
       }),
     );
     const services = Object.fromEntries(started.map((s) => [s.name, s])) as Record<ServiceName, RunningService>;
     await Promise.all(
       SERVICES.map(async (name) => {
-        sidecars[name] = await stopper.track(startSidecar(options.sidecars, { upstreamPort: services[name].port, stripTraceContext: options.stripAt === name }));
+        sidecars[name] = await stopper.track(
+          startSidecar(options.sidecars, {
+            upstreamPort: services[name].port,
+            stripTraceContext: options.stripAt === name,
+          }),
+        );
       }),
     );
     const all = sidecars as Record<ServiceName, Sidecar>;
-    const ingress = options.ingress ? await stopper.track(startSidecar(options.sidecars, { upstreamPort: all.gateway.port, tls: options.ingress })) : undefined;
+    const ingress = options.ingress
+      ? await stopper.track(startSidecar(options.sidecars, { upstreamPort: all.gateway.port, tls: options.ingress }))
+      : undefined;
     const ports = new Map<number, string>();
     for (const name of SERVICES) {
       // Services call each other through the callee's sidecar, so its port names the callee.

@@ -15,7 +15,9 @@ const SDK_CODE = /^(@opentelemetry\/(sdk-|exporter-|otlp-)|protobufjs$)/;
 function apiOnlyPackages(): string[] {
   return publishablePackages()
     .filter((p) => p.name !== '@meshtrace/node')
-    .filter((p) => (JSON.parse(readFileSync(join(p.dir, 'package.json'), 'utf8')) as { bin?: unknown }).bin === undefined)
+    .filter(
+      (p) => (JSON.parse(readFileSync(join(p.dir, 'package.json'), 'utf8')) as { bin?: unknown }).bin === undefined,
+    )
     .map((p) => p.name);
 }
 
@@ -23,8 +25,11 @@ function apiOnlyPackages(): string[] {
 function boundary(names: readonly string[]): Set<string> {
   const out = new Set(Object.keys(FRAMEWORKS));
   for (const p of publishablePackages().filter((p) => names.includes(p.name))) {
-    const manifest = JSON.parse(readFileSync(join(p.dir, 'package.json'), 'utf8')) as { peerDependencies?: Record<string, string> };
-    for (const peer of Object.keys(manifest.peerDependencies ?? {})) if (!peer.startsWith('@opentelemetry/')) out.add(peer);
+    const manifest = JSON.parse(readFileSync(join(p.dir, 'package.json'), 'utf8')) as {
+      peerDependencies?: Record<string, string>;
+    };
+    for (const peer of Object.keys(manifest.peerDependencies ?? {}))
+      if (!peer.startsWith('@opentelemetry/')) out.add(peer);
   }
   return out;
 }
@@ -35,7 +40,11 @@ describe('API only', () => {
 
   beforeAll(async () => {
     const tarballs = await packTarballs();
-    app = await installApp('api-only', { ...tarballSpecs(tarballs, names), ...FRAMEWORKS, '@opentelemetry/api': API_ONLY_API });
+    app = await installApp('api-only', {
+      ...tarballSpecs(tarballs, names),
+      ...FRAMEWORKS,
+      '@opentelemetry/api': API_ONLY_API,
+    });
   }, 300_000);
 
   afterAll(() => removeApp(app));
@@ -49,7 +58,10 @@ describe('API only', () => {
     const tree = new InstalledTree(app.dir);
     // The walk must account for every folder npm installed, or an offender could hide from it.
     const unaccounted = tree.copiesOf(/./).filter((p) => p.via === NOT_REQUIRED);
-    if (unaccounted.length > 0) throw new Error(`installed, yet reached by no dependency chain from the app:\n${unaccounted.map((p) => `- ${p.path}`).join('\n')}`);
+    if (unaccounted.length > 0)
+      throw new Error(
+        `installed, yet reached by no dependency chain from the app:\n${unaccounted.map((p) => `- ${p.path}`).join('\n')}`,
+      );
     const outside = boundary(names);
     const offenders = tree.reachable(outside).filter((p) => SDK_CODE.test(p.name));
     if (offenders.length > 0) {

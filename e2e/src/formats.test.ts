@@ -24,7 +24,12 @@ const ADAPTERS = ['express', 'fastify', 'koa'] as const;
 const CASES = FORMATS.flatMap((f) => ADAPTERS.map((framework) => ({ ...f, framework })));
 
 /** What the SDK 3 line's app installs to run @meshtrace/node's setup without NodeSDK. */
-const SDK_3 = ['@opentelemetry/api', '@opentelemetry/sdk-trace', '@opentelemetry/resources', '@opentelemetry/context-async-hooks'];
+const SDK_3 = [
+  '@opentelemetry/api',
+  '@opentelemetry/sdk-trace',
+  '@opentelemetry/resources',
+  '@opentelemetry/context-async-hooks',
+];
 
 /** Without client instrumentations in these apps, only meshtrace's own outbound ways carry the trace. */
 const EXPECT: Expect = { meshtrace: true, ways: ['meshFetch', 'injectHeaders'] };
@@ -32,7 +37,13 @@ const EXPECT: Expect = { meshtrace: true, ways: ['meshFetch', 'injectHeaders'] }
 describe('module formats', () => {
   const names = publishablePackages().map((p) => p.name);
   const sdk = Object.fromEntries(SDK_3.map((name) => [name, OTEL_3.dependencies[name]]));
-  const suite = appSuite('formats', OTEL_3, (tarballs) => ({ ...tarballSpecs(tarballs, names), ...sdk, ...FRAMEWORKS, ...TYPE_CHECK_PEERS, typescript: TYPESCRIPT }));
+  const suite = appSuite('formats', OTEL_3, (tarballs) => ({
+    ...tarballSpecs(tarballs, names),
+    ...sdk,
+    ...FRAMEWORKS,
+    ...TYPE_CHECK_PEERS,
+    typescript: TYPESCRIPT,
+  }));
   const { installed } = suite;
 
   test(`formats: every public package (${names.join(', ')}) installs with a plain npm install beside SDK ${OTEL_3.name}, the frameworks and TypeScript ${TYPESCRIPT}`, () => {
@@ -48,7 +59,11 @@ describe('module formats', () => {
     beforeAll(async () => {
       try {
         // The batch processor's 5 s default delay would outlast the wait for spans.
-        started = await startApp(installed().dir, entry, { DOWNSTREAM_URL: suite.downstream.url, FRAMEWORK: framework, OTEL_BSP_SCHEDULE_DELAY: '50' });
+        started = await startApp(installed().dir, entry, {
+          DOWNSTREAM_URL: suite.downstream.url,
+          FRAMEWORK: framework,
+          OTEL_BSP_SCHEDULE_DELAY: '50',
+        });
       } catch (err) {
         failed = err;
       }
@@ -74,10 +89,21 @@ describe('module formats', () => {
 
   test('formats: the installed meshtrace command (node_modules/.bin/meshtrace) explains a header, and its exit code says valid or not', async () => {
     const bin = join(installed().dir, 'node_modules', '.bin', 'meshtrace');
-    const ok = await run(bin, ['check', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'], { cwd: installed().dir, timeoutMs: 30_000 });
-    const bad = await run(bin, ['check', '--json', '00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01'], { cwd: installed().dir, timeoutMs: 30_000 });
+    const ok = await run(bin, ['check', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'], {
+      cwd: installed().dir,
+      timeoutMs: 30_000,
+    });
+    const bad = await run(bin, ['check', '--json', '00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01'], {
+      cwd: installed().dir,
+      timeoutMs: 30_000,
+    });
     const report = JSON.parse(bad.stdout) as { valid: boolean; traceparent: { reason?: string } };
-    expect({ ok: ok.code, bad: bad.code, valid: report.valid, reason: report.traceparent.reason }).toEqual({ ok: 0, bad: 1, valid: false, reason: 'bad-trace-id' });
+    expect({ ok: ok.code, bad: bad.code, valid: report.valid, reason: report.traceparent.reason }).toEqual({
+      ok: 0,
+      bad: 1,
+      valid: false,
+      reason: 'bad-trace-id',
+    });
   });
 
   /**
@@ -92,7 +118,18 @@ describe('module formats', () => {
     const dir = installed().dir;
     for (const file of as) copyFileSync(join(dir, 'types', 'public-api.ts'), join(dir, 'types', file));
     const tsc = join(dir, 'node_modules', 'typescript', 'bin', 'tsc');
-    const args = ['--noEmit', '--pretty', 'false', '--strict', '--target', 'es2022', '--types', 'node', ...options, ...as.map((f) => join('types', f))];
+    const args = [
+      '--noEmit',
+      '--pretty',
+      'false',
+      '--strict',
+      '--target',
+      'es2022',
+      '--types',
+      'node',
+      ...options,
+      ...as.map((f) => join('types', f)),
+    ];
     const result = await run(process.execPath, [tsc, ...args], { cwd: dir, env: userEnv(), timeoutMs: 120_000 });
     const output = `${result.stdout}\n${result.stderr}`;
     // One diagnostic per line that starts `file(line,col): error TS…` or `error TS…`; what follows, indented, is its detail.
@@ -100,7 +137,10 @@ describe('module formats', () => {
     const theirs = (line: string) => /^node_modules\//.test(line) && !line.startsWith('node_modules/@meshtrace/');
     const ours = errors.filter((line) => !theirs(line));
     if (ours.length === 0 && (result.code === 0 || errors.length > 0)) return [];
-    const what = ours.length > 0 ? `${ours.length} error(s) in meshtrace's declarations or the file importing them` : `tsc exited ${result.code} without a diagnostic`;
+    const what =
+      ours.length > 0
+        ? `${ours.length} error(s) in meshtrace's declarations or the file importing them`
+        : `tsc exited ${result.code} without a diagnostic`;
     return [`${what}\n\n$ tsc ${args.join(' ')}  (in ${dir})\n${output}`];
   }
 

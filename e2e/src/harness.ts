@@ -44,7 +44,8 @@ export async function startDownstream(): Promise<Downstream> {
   const server = createServer((req, res) => {
     // rawHeaders keeps repeated lines apart, where req.headers would have joined them.
     const traceparents: string[] = [];
-    for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i].toLowerCase() === 'traceparent') traceparents.push(req.rawHeaders[i + 1]);
+    for (let i = 0; i < req.rawHeaders.length; i += 2)
+      if (req.rawHeaders[i].toLowerCase() === 'traceparent') traceparents.push(req.rawHeaders[i + 1]);
     seen.push({ url: req.url ?? '', traceparents });
     req.resume();
     res.writeHead(200, { 'content-type': 'application/json' }).end('{"stock":1}');
@@ -74,7 +75,12 @@ export interface RunningApp {
  * Starts `file` of an installed app with the Node that runs the tests, as `node file` in the app's
  * folder, and waits for the line that says which port it listens on.
  */
-export function startApp(dir: string, file: string, env: Readonly<Record<string, string>>, timeoutMs = 30_000): Promise<RunningApp> {
+export function startApp(
+  dir: string,
+  file: string,
+  env: Readonly<Record<string, string>>,
+  timeoutMs = 30_000,
+): Promise<RunningApp> {
   const child = spawn(process.execPath, [join(dir, file)], {
     cwd: dir,
     // The SDK's metric and log pipelines are not under test; left on, they would try an OTLP
@@ -125,7 +131,14 @@ export interface Answer {
  * repeated or written in any case, as a proxy might send it.
  */
 export function rawGet(port: number, path: string, headers: ReadonlyArray<readonly [string, string]>): Promise<Answer> {
-  const lines = [`GET ${path} HTTP/1.1`, `host: 127.0.0.1:${port}`, ...headers.map(([k, v]) => `${k}: ${v}`), 'connection: close', '', ''];
+  const lines = [
+    `GET ${path} HTTP/1.1`,
+    `host: 127.0.0.1:${port}`,
+    ...headers.map(([k, v]) => `${k}: ${v}`),
+    'connection: close',
+    '',
+    '',
+  ];
   return new Promise((resolve, reject) => {
     const socket = connect(port, '127.0.0.1');
     const chunks: Buffer[] = [];
@@ -163,7 +176,11 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * Waits until `ready` holds for the spans seen so far (or `timeoutMs` passes), then a little
  * longer, so that a second span of the same kind, if the app made one, has arrived too.
  */
-export async function settle(app: RunningApp, ready: (spans: readonly SpanRecord[]) => boolean, timeoutMs = 5000): Promise<void> {
+export async function settle(
+  app: RunningApp,
+  ready: (spans: readonly SpanRecord[]) => boolean,
+  timeoutMs = 5000,
+): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (Date.now() < until && !ready(app.spans)) await sleep(25);
   await sleep(300);

@@ -11,7 +11,14 @@ const WAYS = ['meshFetch', 'fetch', 'http.request', 'injectHeaders'] as const;
 type Way = (typeof WAYS)[number];
 
 /** meshtrace packages an app on the official SDK installs. */
-const APP_PACKAGES = ['@meshtrace/core', '@meshtrace/express', '@meshtrace/fastify', '@meshtrace/koa', '@meshtrace/http', '@meshtrace/node'];
+const APP_PACKAGES = [
+  '@meshtrace/core',
+  '@meshtrace/express',
+  '@meshtrace/fastify',
+  '@meshtrace/koa',
+  '@meshtrace/http',
+  '@meshtrace/node',
+];
 
 const FRAMEWORK_APPS = [
   { framework: 'express', file: 'express-app.js' },
@@ -42,7 +49,11 @@ export interface AppSuite {
  * and an app installed with npm from `dependencies` (given the packed tarballs) when `line` can run
  * on this Node. Both are set up before the block's tests and removed after them.
  */
-export function appSuite(label: string, line: OtelLine, dependencies: (tarballs: ReadonlyMap<string, string>) => Record<string, string>): AppSuite {
+export function appSuite(
+  label: string,
+  line: OtelLine,
+  dependencies: (tarballs: ReadonlyMap<string, string>) => Record<string, string>,
+): AppSuite {
   const suite: AppSuite = {
     downstream: undefined as unknown as Downstream,
     app: undefined,
@@ -51,14 +62,19 @@ export function appSuite(label: string, line: OtelLine, dependencies: (tarballs:
       if (suite.unusable !== undefined) throw suite.unusable;
       const { app } = suite;
       if (app === undefined) throw new Error('the app was not installed');
-      if (!app.ok) throw new Error(`the app did not install, so it cannot run (the install test shows npm's output): ${app.report.split('\n').find((l) => /npm error/.test(l)) ?? `npm exit ${app.install.code}`}`);
+      if (!app.ok)
+        throw new Error(
+          `the app did not install, so it cannot run (the install test shows npm's output): ${app.report.split('\n').find((l) => /npm error/.test(l)) ?? `npm exit ${app.install.code}`}`,
+        );
       return app;
     },
   };
   beforeAll(async () => {
     suite.downstream = await startDownstream();
     if (!nodeAtLeast(line.minNode)) {
-      suite.unusable = new Error(`the OpenTelemetry ${line.name} line needs Node >= ${line.minNode} (its engines); this is Node ${process.versions.node}`);
+      suite.unusable = new Error(
+        `the OpenTelemetry ${line.name} line needs Node >= ${line.minNode} (its engines); this is Node ${process.versions.node}`,
+      );
       return;
     }
     suite.app = await installApp(label, dependencies(await packTarballs()));
@@ -94,12 +110,25 @@ function describeSpan(s: SpanRecord): string {
 }
 
 /** What a failure message shows: the answer, the spans of the traces involved and what the downstream got. */
-function observed(app: RunningApp, downstream: Downstream, id: string, answer: Answer, traceIds: readonly string[]): string {
+function observed(
+  app: RunningApp,
+  downstream: Downstream,
+  id: string,
+  answer: Answer,
+  traceIds: readonly string[],
+): string {
   const traces = new Set(traceIds);
-  for (const s of app.spans) if (pathOf(s).includes(`/orders/${id}`) || pathOf(s).includes(`/stock/${id}`)) traces.add(s.traceId);
-  for (const r of downstream.requestsWith(`/stock/${id}/`)) for (const tp of r.traceparents) traces.add(tp.split('-')[1] ?? '');
+  for (const s of app.spans)
+    if (pathOf(s).includes(`/orders/${id}`) || pathOf(s).includes(`/stock/${id}`)) traces.add(s.traceId);
+  for (const r of downstream.requestsWith(`/stock/${id}/`))
+    for (const tp of r.traceparents) traces.add(tp.split('-')[1] ?? '');
   const spans = app.spans.filter((s) => traces.has(s.traceId));
-  const calls = downstream.requestsWith(`/stock/${id}/`).map((r) => `  ${r.url}: traceparent ${r.traceparents.length === 0 ? '(none)' : r.traceparents.map((t) => JSON.stringify(t)).join(', ')}`);
+  const calls = downstream
+    .requestsWith(`/stock/${id}/`)
+    .map(
+      (r) =>
+        `  ${r.url}: traceparent ${r.traceparents.length === 0 ? '(none)' : r.traceparents.map((t) => JSON.stringify(t)).join(', ')}`,
+    );
   return [
     `answer: ${answer.status} ${answer.body.slice(0, 300)}`,
     // None at all points at the app's SDK set-up (the harness), not at meshtrace.
@@ -122,7 +151,14 @@ const parse = (tp: string) => {
 };
 
 /** Checks the downstream calls of order `id` against the trace they should be in; returns what is wrong. */
-function checkOutbound(app: RunningApp, downstream: Downstream, id: string, ways: readonly Way[], traceId: string | undefined, forbidden: readonly string[]): string[] {
+function checkOutbound(
+  app: RunningApp,
+  downstream: Downstream,
+  id: string,
+  ways: readonly Way[],
+  traceId: string | undefined,
+  forbidden: readonly string[],
+): string[] {
   const problems: string[] = [];
   for (const way of ways) {
     const calls = downstream.requestsWith(`/stock/${id}/${way}`);
@@ -131,14 +167,26 @@ function checkOutbound(app: RunningApp, downstream: Downstream, id: string, ways
       continue;
     }
     const { traceparents } = calls[0];
-    if (traceparents.length !== 1) problems.push(`${way}: expected exactly one traceparent header line, got ${traceparents.length}: ${JSON.stringify(traceparents)}`);
+    if (traceparents.length !== 1)
+      problems.push(
+        `${way}: expected exactly one traceparent header line, got ${traceparents.length}: ${JSON.stringify(traceparents)}`,
+      );
     for (const value of traceparents) {
-      if (forbidden.some((f) => f.toLowerCase() === value.toLowerCase() || value.toLowerCase().includes(parse(f).traceId.toLowerCase()))) {
+      if (
+        forbidden.some(
+          (f) =>
+            f.toLowerCase() === value.toLowerCase() || value.toLowerCase().includes(parse(f).traceId.toLowerCase()),
+        )
+      ) {
         problems.push(`${way}: the downstream received the inbound malformed context: ${JSON.stringify(value)}`);
       }
       const tp = parse(value);
-      if (traceId !== undefined && tp.traceId !== traceId) problems.push(`${way}: traceparent ${JSON.stringify(value)} is not in trace ${traceId}`);
-      if (!app.spans.some((s) => s.traceId === tp.traceId && s.spanId === tp.parentId)) problems.push(`${way}: traceparent ${JSON.stringify(value)} names parent ${tp.parentId}, which is no span of its trace`);
+      if (traceId !== undefined && tp.traceId !== traceId)
+        problems.push(`${way}: traceparent ${JSON.stringify(value)} is not in trace ${traceId}`);
+      if (!app.spans.some((s) => s.traceId === tp.traceId && s.spanId === tp.parentId))
+        problems.push(
+          `${way}: traceparent ${JSON.stringify(value)} names parent ${tp.parentId}, which is no span of its trace`,
+        );
     }
   }
   return problems;
@@ -148,7 +196,9 @@ function checkOutbound(app: RunningApp, downstream: Downstream, id: string, ways
 function exported(downstream: Downstream, id: string, traceId?: string) {
   return (spans: readonly SpanRecord[]) =>
     serverSpansOf(spans, id, traceId).length > 0 &&
-    downstream.requestsWith(`/stock/${id}/`).every((r) => r.traceparents.every((tp) => spans.some((s) => s.spanId === parse(tp).parentId)));
+    downstream
+      .requestsWith(`/stock/${id}/`)
+      .every((r) => r.traceparents.every((tp) => spans.some((s) => s.spanId === parse(tp).parentId)));
 }
 
 export interface Expect {
@@ -159,7 +209,12 @@ export interface Expect {
 }
 
 /** Sends a valid traceparent and checks the SERVER span(s), the outbound calls or both; throws with everything wrong. */
-export async function continued(app: RunningApp, downstream: Downstream, expect: Expect, part: 'server' | 'outbound' | 'both'): Promise<void> {
+export async function continued(
+  app: RunningApp,
+  downstream: Downstream,
+  expect: Expect,
+  part: 'server' | 'outbound' | 'both',
+): Promise<void> {
   const id = orderId();
   const from = caller();
   const answer = await rawGet(app.port, `/orders/${id}`, [['traceparent', from.traceparent]]);
@@ -171,22 +226,40 @@ export async function continued(app: RunningApp, downstream: Downstream, expect:
     if (server.length !== 1) problems.push(`expected exactly one SERVER span for the request, got ${server.length}`);
     for (const s of server) {
       const which = `SERVER span ${s.spanId} (${s.scope})`;
-      if (s.traceId !== from.traceId) problems.push(`${which}: trace ${s.traceId}, expected the caller's ${from.traceId}`);
-      if (s.parentSpanId !== from.spanId) problems.push(`${which}: parent ${s.parentSpanId ?? '(none)'}, expected the caller's span ${from.spanId}`);
+      if (s.traceId !== from.traceId)
+        problems.push(`${which}: trace ${s.traceId}, expected the caller's ${from.traceId}`);
+      if (s.parentSpanId !== from.spanId)
+        problems.push(`${which}: parent ${s.parentSpanId ?? '(none)'}, expected the caller's span ${from.spanId}`);
       if (expect.meshtrace) {
-        if (s.attributes['meshtrace.propagation.outcome'] !== 'continued') problems.push(`${which}: meshtrace.propagation.outcome=${String(s.attributes['meshtrace.propagation.outcome'])}, expected continued`);
-        if (s.attributes['http.route'] !== '/orders/:id') problems.push(`${which}: http.route=${String(s.attributes['http.route'])}, expected /orders/:id`);
+        if (s.attributes['meshtrace.propagation.outcome'] !== 'continued')
+          problems.push(
+            `${which}: meshtrace.propagation.outcome=${String(s.attributes['meshtrace.propagation.outcome'])}, expected continued`,
+          );
+        if (s.attributes['http.route'] !== '/orders/:id')
+          problems.push(`${which}: http.route=${String(s.attributes['http.route'])}, expected /orders/:id`);
       }
     }
   }
   if (part !== 'server') problems.push(...checkOutbound(app, downstream, id, expect.ways, from.traceId, []));
-  expectNone(problems, () => `sent traceparent ${from.traceparent}\n${observed(app, downstream, id, answer, [from.traceId])}`);
+  expectNone(
+    problems,
+    () => `sent traceparent ${from.traceparent}\n${observed(app, downstream, id, answer, [from.traceId])}`,
+  );
 }
 
 /** Sends malformed traceparent header lines and checks for a fresh root recorded as malformed that does not pass the bad value on; throws with everything wrong. */
-export async function freshRoot(app: RunningApp, downstream: Downstream, expect: Expect, lines: readonly string[]): Promise<void> {
+export async function freshRoot(
+  app: RunningApp,
+  downstream: Downstream,
+  expect: Expect,
+  lines: readonly string[],
+): Promise<void> {
   const id = orderId();
-  const answer = await rawGet(app.port, `/orders/${id}`, lines.map((v) => ['traceparent', v] as const));
+  const answer = await rawGet(
+    app.port,
+    `/orders/${id}`,
+    lines.map((v) => ['traceparent', v] as const),
+  );
   const inbound = parse(lines[0]).traceId.toLowerCase();
   await settle(app, exported(downstream, id));
   const problems: string[] = [];
@@ -198,14 +271,21 @@ export async function freshRoot(app: RunningApp, downstream: Downstream, expect:
     if (s.traceId === inbound) problems.push(`${which}: continued the malformed inbound trace ${inbound}`);
     if (s.parentSpanId !== undefined) problems.push(`${which}: has parent ${s.parentSpanId}, expected a root`);
     if (expect.meshtrace) {
-      if (s.attributes['meshtrace.propagation.outcome'] !== 'malformed') problems.push(`${which}: meshtrace.propagation.outcome=${String(s.attributes['meshtrace.propagation.outcome'])}, expected malformed`);
+      if (s.attributes['meshtrace.propagation.outcome'] !== 'malformed')
+        problems.push(
+          `${which}: meshtrace.propagation.outcome=${String(s.attributes['meshtrace.propagation.outcome'])}, expected malformed`,
+        );
       const reason = s.attributes['meshtrace.propagation.reason'];
       if (typeof reason !== 'string' || reason.length === 0) problems.push(`${which}: no meshtrace.propagation.reason`);
     }
   }
   const root = server.length === 1 ? server[0].traceId : undefined;
   problems.push(...checkOutbound(app, downstream, id, expect.ways, root, lines));
-  expectNone(problems, () => `sent ${lines.map((l) => `traceparent: ${l}`).join(' / ')}\n${observed(app, downstream, id, answer, [inbound])}`);
+  expectNone(
+    problems,
+    () =>
+      `sent ${lines.map((l) => `traceparent: ${l}`).join(' / ')}\n${observed(app, downstream, id, answer, [inbound])}`,
+  );
 }
 
 /** A valid traceparent with its hex digits in upper case: W3C trace-context §3.2.2 allows lower case only. */
@@ -240,14 +320,19 @@ export function describeOtelLine(line: OtelLine): void {
     test(`${label}: meshtrace's tarballs (${APP_PACKAGES.join(', ')}) install beside sdk-node and auto-instrumentations with a plain npm install`, () => {
       if (suite.unusable !== undefined) throw suite.unusable;
       const problems: string[] = [];
-      if (missing.length > 0) problems.push(`no publishable package in packages/ for ${missing.join(', ')}, so the app was installed without it`);
+      if (missing.length > 0)
+        problems.push(
+          `no publishable package in packages/ for ${missing.join(', ')}, so the app was installed without it`,
+        );
       if (!suite.app?.ok) problems.push(`npm install failed or reported ERESOLVE`);
       expectNone(problems, () => suite.app?.report ?? '');
     });
 
     test(`${label}: exactly one @opentelemetry/api is installed in the app's tree`, () => {
       const copies = new InstalledTree(installed().dir).copiesOf('@opentelemetry/api');
-      expectNone(copies.length === 1 ? [] : [`expected one @opentelemetry/api, found ${copies.length}`], () => copies.map((c) => `${c.path} ${c.version}: ${c.via}`).join('\n'));
+      expectNone(copies.length === 1 ? [] : [`expected one @opentelemetry/api, found ${copies.length}`], () =>
+        copies.map((c) => `${c.path} ${c.version}: ${c.via}`).join('\n'),
+      );
     });
 
     describe.each(FRAMEWORK_APPS)(`${label} $framework`, ({ framework, file }) => {
@@ -259,7 +344,10 @@ export function describeOtelLine(line: OtelLine): void {
       beforeAll(async () => {
         try {
           const dir = installed().dir;
-          [withMesh, without] = await Promise.all([startApp(dir, file, appEnv()), startApp(dir, file, appEnv({ MESHTRACE: 'off' }))]);
+          [withMesh, without] = await Promise.all([
+            startApp(dir, file, appEnv()),
+            startApp(dir, file, appEnv({ MESHTRACE: 'off' })),
+          ]);
         } catch (err) {
           failed = err;
         }
@@ -309,7 +397,8 @@ export function describeOtelLine(line: OtelLine): void {
       beforeAll(async () => {
         try {
           const dir = installed().dir;
-          if (missing.includes('@meshtrace/node')) throw new Error('pending: there is no packages/node yet, so @meshtrace/node was not packed');
+          if (missing.includes('@meshtrace/node'))
+            throw new Error('pending: there is no packages/node yet, so @meshtrace/node was not packed');
           // The batch processor's 5 s default delay would outlast the wait for spans.
           started = await startApp(dir, 'express-setup-app.js', appEnv({ OTEL_BSP_SCHEDULE_DELAY: '50' }));
         } catch (err) {
@@ -324,7 +413,12 @@ export function describeOtelLine(line: OtelLine): void {
       test(`${label} setupMeshTracing + express: a valid traceparent gives one SERVER span in the caller's trace, and meshFetch and injectHeaders carry it on`, async () => {
         if (failed !== undefined) throw failed;
         // Without auto-instrumentations, plain fetch and http.request carry no context at all.
-        await continued(started as RunningApp, suite.downstream, { meshtrace: true, ways: ['meshFetch', 'injectHeaders'] }, 'both');
+        await continued(
+          started as RunningApp,
+          suite.downstream,
+          { meshtrace: true, ways: ['meshFetch', 'injectHeaders'] },
+          'both',
+        );
       });
     });
   });

@@ -24,7 +24,10 @@ export interface InstalledApp {
  */
 export async function installApp(label: string, dependencies: Readonly<Record<string, string>>): Promise<InstalledApp> {
   const dir = mkdtempSync(join(tmpdir(), `meshtrace-e2e-${label}-`));
-  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: `meshtrace-e2e-${label}`, version: '1.0.0', private: true, dependencies }, null, 2) + '\n');
+  writeFileSync(
+    join(dir, 'package.json'),
+    JSON.stringify({ name: `meshtrace-e2e-${label}`, version: '1.0.0', private: true, dependencies }, null, 2) + '\n',
+  );
   cpSync(FIXTURES, dir, { recursive: true });
   const args = ['install', '--no-audit', '--no-fund', '--loglevel=error', '--prefer-offline'];
   const install = await run('npm', args, { cwd: dir, env: userEnv(), timeoutMs: 290_000 });
@@ -127,12 +130,26 @@ export class InstalledTree {
     const matches = (n: string) => (typeof name === 'string' ? n === name : name.test(n));
     return Object.keys(this.packages)
       .filter((p) => p !== '' && matches(this.nameOf(p)))
-      .map((p) => reached.get(p) ?? { name: this.nameOf(p), version: this.packages[p].version ?? '?', path: p, via: NOT_REQUIRED });
+      .map(
+        (p) =>
+          reached.get(p) ?? {
+            name: this.nameOf(p),
+            version: this.packages[p].version ?? '?',
+            path: p,
+            via: NOT_REQUIRED,
+          },
+      );
   }
 
   private describe(path: string, parent: ReadonlyMap<string, string>): InstalledPackage {
     const chain: string[] = [];
-    for (let at = path; at !== ''; at = parent.get(at) ?? '') chain.unshift(`${this.nameOf(at)}@${this.packages[at].version ?? '?'}`);
-    return { name: this.nameOf(path), version: this.packages[path].version ?? '?', path, via: ['app', ...chain].join(' > ') };
+    for (let at = path; at !== ''; at = parent.get(at) ?? '')
+      chain.unshift(`${this.nameOf(at)}@${this.packages[at].version ?? '?'}`);
+    return {
+      name: this.nameOf(path),
+      version: this.packages[path].version ?? '?',
+      path,
+      via: ['app', ...chain].join(' > '),
+    };
   }
 }

@@ -1,5 +1,14 @@
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join, relative, resolve } from 'node:path';
 import { run, userEnv } from './run';
@@ -46,7 +55,8 @@ function contentHash(packages: readonly WorkspacePackage[]): string {
   const hash = createHash('sha256');
   for (const pkg of packages) {
     const files = [join(pkg.dir, 'package.json'), ...filesUnder(join(pkg.dir, 'dist'))];
-    for (const name of readdirSync(pkg.dir)) if (/^(readme|license|changelog)/i.test(name)) files.push(join(pkg.dir, name));
+    for (const name of readdirSync(pkg.dir))
+      if (/^(readme|license|changelog)/i.test(name)) files.push(join(pkg.dir, name));
     for (const file of files) {
       hash.update(relative(ROOT, file)).update('\0').update(readFileSync(file)).update('\0');
     }
@@ -60,7 +70,8 @@ function contentHash(packages: readonly WorkspacePackage[]): string {
  */
 function pnpm(): [string, string[]] {
   const execpath = process.env.npm_execpath;
-  if (execpath && /pnpm/i.test(basename(execpath))) return /\.[cm]?js$/.test(execpath) ? [process.execPath, [execpath]] : [execpath, []];
+  if (execpath && /pnpm/i.test(basename(execpath)))
+    return /\.[cm]?js$/.test(execpath) ? [process.execPath, [execpath]] : [execpath, []];
   return ['npx', ['-y', 'pnpm@10']];
 }
 
@@ -80,7 +91,8 @@ export function packTarballs(): Promise<ReadonlyMap<string, string>> {
 async function doPack(): Promise<ReadonlyMap<string, string>> {
   const packages = publishablePackages();
   const unbuilt = packages.filter((p) => !existsSync(join(p.dir, 'dist', 'index.js')));
-  if (unbuilt.length > 0) throw new Error(`e2e: build first (tsc -b); no dist/index.js in ${unbuilt.map((p) => p.name).join(', ')}`);
+  if (unbuilt.length > 0)
+    throw new Error(`e2e: build first (tsc -b); no dist/index.js in ${unbuilt.map((p) => p.name).join(', ')}`);
   const dest = join(tmpdir(), `meshtrace-e2e-pack-${contentHash(packages)}`);
   const index = join(dest, 'tarballs.json');
   if (!existsSync(index)) {
@@ -88,7 +100,11 @@ async function doPack(): Promise<ReadonlyMap<string, string>> {
     const work = mkdtempSync(join(tmpdir(), 'meshtrace-e2e-packing-'));
     const [command, prefix] = pnpm();
     const filters = packages.flatMap((p) => ['--filter', `./${relative(ROOT, p.dir)}`]);
-    const result = await run(command, [...prefix, '--recursive', ...filters, 'pack', '--pack-destination', work], { cwd: ROOT, env: userEnv(), timeoutMs: 180_000 });
+    const result = await run(command, [...prefix, '--recursive', ...filters, 'pack', '--pack-destination', work], {
+      cwd: ROOT,
+      env: userEnv(),
+      timeoutMs: 180_000,
+    });
     if (result.code !== 0) {
       rmSync(work, { recursive: true, force: true });
       throw new Error(`e2e: pnpm pack exited ${result.code}\n${result.stdout}\n${result.stderr}`);
@@ -97,7 +113,8 @@ async function doPack(): Promise<ReadonlyMap<string, string>> {
     for (const pkg of packages) {
       // pnpm names a tarball after the package: @scope/name@1.2.3 -> scope-name-1.2.3.tgz
       const file = `${pkg.name.replace(/^@/, '').replace('/', '-')}-${pkg.version}.tgz`;
-      if (!existsSync(join(work, file))) throw new Error(`e2e: pnpm pack made no ${file} for ${pkg.name}; it made ${readdirSync(work).join(', ')}`);
+      if (!existsSync(join(work, file)))
+        throw new Error(`e2e: pnpm pack made no ${file} for ${pkg.name}; it made ${readdirSync(work).join(', ')}`);
       tarballs[pkg.name] = file;
     }
     writeFileSync(join(work, 'tarballs.json'), JSON.stringify(tarballs, null, 2));

@@ -58,13 +58,19 @@ interface Manifest {
 const MAP_URL = /\/\/# sourceMappingURL=(\S+)\s*$/;
 
 /** What is wrong with one unpacked tarball (its `package/` folder), as lines for the assertion. */
-function contentProblems(unpacked: string, folder: string, root: Manifest, versions: ReadonlyMap<string, string>): string[] {
+function contentProblems(
+  unpacked: string,
+  folder: string,
+  root: Manifest,
+  versions: ReadonlyMap<string, string>,
+): string[] {
   const problems: string[] = [];
   const files = packageFiles(unpacked);
   const shipped = new Set(files);
   const pkg = JSON.parse(readFileSync(join(unpacked, 'package.json'), 'utf8')) as Manifest;
 
-  for (const required of ['package.json', 'README.md', 'LICENSE', 'dist/index.js', 'dist/index.d.ts']) if (!shipped.has(required)) problems.push(`ships no ${required}`);
+  for (const required of ['package.json', 'README.md', 'LICENSE', 'dist/index.js', 'dist/index.d.ts'])
+    if (!shipped.has(required)) problems.push(`ships no ${required}`);
   for (const file of files) {
     if (file.endsWith('.tsbuildinfo')) problems.push(`ships build info: ${file}`);
     if (/\.test(-util)?\.|__tests__/.test(file)) problems.push(`ships a test file: ${file}`);
@@ -72,25 +78,40 @@ function contentProblems(unpacked: string, folder: string, root: Manifest, versi
     // A map, or a comment pointing at one, is only honest when what it points at ships too.
     if (file.endsWith('.map')) {
       const { sources = [] } = JSON.parse(readFileSync(join(unpacked, file), 'utf8')) as { sources?: string[] };
-      for (const source of sources) if (!shipped.has(posix.join(posix.dirname(file), source))) problems.push(`${file} maps to ${source}, which does not ship`);
+      for (const source of sources)
+        if (!shipped.has(posix.join(posix.dirname(file), source)))
+          problems.push(`${file} maps to ${source}, which does not ship`);
     }
     if (/\.(d\.)?[cm]?js$|\.d\.[cm]?ts$/.test(file)) {
       const url = MAP_URL.exec(readFileSync(join(unpacked, file), 'utf8'))?.[1];
-      if (url !== undefined && !shipped.has(posix.join(posix.dirname(file), url))) problems.push(`${file} names the source map ${url}, which does not ship`);
+      if (url !== undefined && !shipped.has(posix.join(posix.dirname(file), url)))
+        problems.push(`${file} names the source map ${url}, which does not ship`);
     }
   }
 
   // pnpm pack writes real versions over `workspace:`; `workspace:^` on a package at 1.2.3 gives ^1.2.3.
   const manifestText = readFileSync(join(unpacked, 'package.json'), 'utf8');
-  if (manifestText.includes('workspace:')) problems.push(`package.json still says workspace: ${manifestText.match(/"[^"]+": "workspace:[^"]*"/g)?.join(', ')}`);
-  for (const [dep, range] of Object.entries({ ...pkg.dependencies, ...pkg.optionalDependencies, ...pkg.peerDependencies })) {
+  if (manifestText.includes('workspace:'))
+    problems.push(
+      `package.json still says workspace: ${manifestText.match(/"[^"]+": "workspace:[^"]*"/g)?.join(', ')}`,
+    );
+  for (const [dep, range] of Object.entries({
+    ...pkg.dependencies,
+    ...pkg.optionalDependencies,
+    ...pkg.peerDependencies,
+  })) {
     const version = versions.get(dep);
-    if (version !== undefined && range !== `^${version}`) problems.push(`depends on ${dep} ${JSON.stringify(range)}, expected ^${version} (the workspace's version, as workspace:^ packs)`);
+    if (version !== undefined && range !== `^${version}`)
+      problems.push(
+        `depends on ${dep} ${JSON.stringify(range)}, expected ^${version} (the workspace's version, as workspace:^ packs)`,
+      );
   }
 
   if (pkg.license !== root.license) problems.push(`license ${pkg.license}, expected the root's ${root.license}`);
-  if (pkg.engines?.node !== root.engines?.node) problems.push(`engines.node ${pkg.engines?.node}, expected the root's ${root.engines?.node} (what CI runs)`);
-  if (pkg.repository?.directory !== `packages/${folder}`) problems.push(`repository.directory ${pkg.repository?.directory}, expected packages/${folder}`);
+  if (pkg.engines?.node !== root.engines?.node)
+    problems.push(`engines.node ${pkg.engines?.node}, expected the root's ${root.engines?.node} (what CI runs)`);
+  if (pkg.repository?.directory !== `packages/${folder}`)
+    problems.push(`repository.directory ${pkg.repository?.directory}, expected packages/${folder}`);
   if (pkg.repository?.url === undefined || pkg.homepage === undefined) problems.push('no repository.url or homepage');
   if (typeof pkg.sideEffects !== 'boolean' && !Array.isArray(pkg.sideEffects)) problems.push('no sideEffects');
   if ((pkg.keywords ?? []).length === 0) problems.push('no keywords');
@@ -115,9 +136,28 @@ describe('packed packages', () => {
       { name, into: publint, bin: tool('publint'), args: ['run', '--strict', tarballs.get(name) as string] },
       // The strict profile: node10, node16 from CommonJS and from ESM, and bundler must all resolve
       // working types. No @types look-ups: every package ships its own.
-      { name, into: attw, bin: tool('@arethetypeswrong/cli'), args: [tarballs.get(name) as string, '--profile', 'strict', '--no-definitely-typed', '--format', 'table-flipped', '--no-color', '--no-emoji'] },
+      {
+        name,
+        into: attw,
+        bin: tool('@arethetypeswrong/cli'),
+        args: [
+          tarballs.get(name) as string,
+          '--profile',
+          'strict',
+          '--no-definitely-typed',
+          '--format',
+          'table-flipped',
+          '--no-color',
+          '--no-emoji',
+        ],
+      },
     ]);
-    await inPool(jobs, async (job) => job.into.set(job.name, await run(process.execPath, [job.bin, ...job.args], { cwd: work, env, timeoutMs: 120_000 })));
+    await inPool(jobs, async (job) =>
+      job.into.set(
+        job.name,
+        await run(process.execPath, [job.bin, ...job.args], { cwd: work, env, timeoutMs: 120_000 }),
+      ),
+    );
   }, 300_000);
 
   afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -131,19 +171,31 @@ describe('packed packages', () => {
     expectNone(report('publint', publint.get(name)), () => tarballs.get(name) ?? '');
   });
 
-  test.each(names)('%s: attw finds working types for CommonJS and ESM importers under node10, node16/nodenext and bundler', (name) => {
-    expectNone(report('attw', attw.get(name)), () => tarballs.get(name) ?? '');
-  });
+  test.each(names)(
+    '%s: attw finds working types for CommonJS and ESM importers under node10, node16/nodenext and bundler',
+    (name) => {
+      expectNone(report('attw', attw.get(name)), () => tarballs.get(name) ?? '');
+    },
+  );
 
-  test.each(packages.map((p) => [p.name, basename(p.dir)] as const))('%s: the tarball ships README, LICENSE and dist without build info, maps to missing sources or tests, with real version ranges and release metadata', async (name, folder) => {
-    const tarball = tarballs.get(name);
-    if (tarball === undefined) throw new Error(`no tarball for ${name}`);
-    const into = join(work, folder);
-    mkdirSync(into);
-    const untar = await run('tar', ['-xzf', tarball, '-C', into], { cwd: work, timeoutMs: 30_000 });
-    if (untar.code !== 0) throw new Error(`tar -xzf ${tarball} exited ${untar.code}: ${untar.stderr}`);
-    const unpacked = join(into, 'package');
-    if (!existsSync(unpacked)) throw new Error(`${tarball} has no package/ folder: ${packageFiles(into).join(', ')}`);
-    expectNone(contentProblems(unpacked, folder, root, versions), () => `${tarball}:\n${packageFiles(unpacked).map((f) => `  ${f}`).join('\n')}`);
-  });
+  test.each(packages.map((p) => [p.name, basename(p.dir)] as const))(
+    '%s: the tarball ships README, LICENSE and dist without build info, maps to missing sources or tests, with real version ranges and release metadata',
+    async (name, folder) => {
+      const tarball = tarballs.get(name);
+      if (tarball === undefined) throw new Error(`no tarball for ${name}`);
+      const into = join(work, folder);
+      mkdirSync(into);
+      const untar = await run('tar', ['-xzf', tarball, '-C', into], { cwd: work, timeoutMs: 30_000 });
+      if (untar.code !== 0) throw new Error(`tar -xzf ${tarball} exited ${untar.code}: ${untar.stderr}`);
+      const unpacked = join(into, 'package');
+      if (!existsSync(unpacked)) throw new Error(`${tarball} has no package/ folder: ${packageFiles(into).join(', ')}`);
+      expectNone(
+        contentProblems(unpacked, folder, root, versions),
+        () =>
+          `${tarball}:\n${packageFiles(unpacked)
+            .map((f) => `  ${f}`)
+            .join('\n')}`,
+      );
+    },
+  );
 });

@@ -68,7 +68,10 @@ describe('bindToActive', () => {
     const seen: Record<string, string> = {};
     const a = inRequest('request a', (span) => {
       jobs.once('done', () => (seen.plain = activeSpanId()));
-      jobs.once('done', bindToActive(() => (seen.bound = activeSpanId())));
+      jobs.once(
+        'done',
+        bindToActive(() => (seen.bound = activeSpanId())),
+      );
       return span.spanContext().spanId;
     });
     const b = inRequest('request b', (span) => {
@@ -80,14 +83,23 @@ describe('bindToActive', () => {
 
   test("a listener on a pooled connection runs in the context that opened it without it, in the request's with it", async () => {
     const warmUpId = warmUp.spanContext().spanId;
-    const [requestId, plain] = await inRequest('request c', async (span) => [span.spanContext().spanId, await roundTrip((l) => pooled.once('data', l))] as const);
-    const [otherId, bound] = await inRequest('request d', async (span) => [span.spanContext().spanId, await roundTrip((l) => pooled.once('data', bindToActive(l)))] as const);
+    const [requestId, plain] = await inRequest(
+      'request c',
+      async (span) => [span.spanContext().spanId, await roundTrip((l) => pooled.once('data', l))] as const,
+    );
+    const [otherId, bound] = await inRequest(
+      'request d',
+      async (span) =>
+        [span.spanContext().spanId, await roundTrip((l) => pooled.once('data', bindToActive(l)))] as const,
+    );
     expect({ plain, bound }).toEqual({ plain: warmUpId, bound: otherId });
     expect(plain).not.toBe(requestId);
   });
 
   test('refuses what is not a function', () => {
-    expect(() => bindToActive('x' as unknown as () => void)).toThrow(new TypeError('@meshtrace/carriers: bindToActive expects a function, got string'));
+    expect(() => bindToActive('x' as unknown as () => void)).toThrow(
+      new TypeError('@meshtrace/carriers: bindToActive expects a function, got string'),
+    );
   });
 });
 
@@ -104,8 +116,14 @@ describe('bindEmitterToActive', () => {
 
   test("listeners added after binding run in the request's context, not the connection's", async () => {
     const warmUpId = warmUp.spanContext().spanId;
-    const [plainRequest, plain] = await inRequest('request e', async (span) => [span.spanContext().spanId, await query(false)] as const);
-    const [boundRequest, bound] = await inRequest('request f', async (span) => [span.spanContext().spanId, await query(true)] as const);
+    const [plainRequest, plain] = await inRequest(
+      'request e',
+      async (span) => [span.spanContext().spanId, await query(false)] as const,
+    );
+    const [boundRequest, bound] = await inRequest(
+      'request f',
+      async (span) => [span.spanContext().spanId, await query(true)] as const,
+    );
     expect({ plain, bound }).toEqual({ plain: warmUpId, bound: boundRequest });
     expect(plain).not.toBe(plainRequest);
   });
@@ -123,6 +141,8 @@ describe('bindEmitterToActive', () => {
   });
 
   test('refuses what is not an EventEmitter', () => {
-    expect(() => bindEmitterToActive({ on() {} } as unknown as EventEmitter)).toThrow(new TypeError('@meshtrace/carriers: bindEmitterToActive expects an EventEmitter, got object'));
+    expect(() => bindEmitterToActive({ on() {} } as unknown as EventEmitter)).toThrow(
+      new TypeError('@meshtrace/carriers: bindEmitterToActive expects an EventEmitter, got object'),
+    );
   });
 });

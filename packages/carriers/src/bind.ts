@@ -25,6 +25,7 @@ export function bindToActive<F extends (...args: never[]) => unknown>(fn: F): F 
  * query.on('row', (row) => rows.push(row));
  */
 export function bindEmitterToActive<E extends EventEmitter>(emitter: E): E {
-  if (!(emitter instanceof EventEmitter)) throw new TypeError(`${PKG}: bindEmitterToActive expects an EventEmitter, got ${typeof emitter}`);
+  if (!(emitter instanceof EventEmitter))
+    throw new TypeError(`${PKG}: bindEmitterToActive expects an EventEmitter, got ${typeof emitter}`);
   return context.bind(context.active(), emitter);
 }

@@ -75,7 +75,14 @@ describe('header cases over a WebSocket', () => {
     // ROOT_CONTEXT: the case's headers go out raw, nothing injected over them.
     const reply = await exchange(encodeFrame(name, c.headers, ROOT_CONTEXT));
     expect({ name, payload: reply.payload }).toEqual({ name, payload: name });
-    const problems = checkCase(c, reply.seen!, tracing.spans(), delta(before, await tracing.outcomeCounts()), delta(droppedBefore, await tracing.droppedCounts()), SpanKind.CONSUMER);
+    const problems = checkCase(
+      c,
+      reply.seen!,
+      tracing.spans(),
+      delta(before, await tracing.outcomeCounts()),
+      delta(droppedBefore, await tracing.droppedCounts()),
+      SpanKind.CONSUMER,
+    );
     expect(problems).toEqual([]);
   });
 });
@@ -95,7 +102,12 @@ describe('end to end', () => {
     expect(consumer.parentSpanContext?.spanId).toBe(producer.spanContext().spanId);
     expect(reply.seen!.spanId).toBe(consumer.spanContext().spanId);
     expect(consumer.name).toBe('process frame');
-    expect(consumer.attributes).toEqual({ 'messaging.operation.type': 'process', 'messaging.message.body.size': 2, 'meshtrace.propagation.outcome': 'continued', 'meshtrace.propagation.format': 'w3c' });
+    expect(consumer.attributes).toEqual({
+      'messaging.operation.type': 'process',
+      'messaging.message.body.size': 2,
+      'meshtrace.propagation.outcome': 'continued',
+      'meshtrace.propagation.format': 'w3c',
+    });
   });
 
   test('a frame without context on a connection bound to a span starts a fresh root, not a child of that span', async () => {
@@ -127,7 +139,13 @@ describe('bad input over the socket', () => {
     ['non-UTF-8 key', Buffer.from([0x4d, 0x54, 1, 0, 4, 0, 0, 0, 0, 1, 0xe9, 0, 0]), 'bad-header'],
   ];
   const lines: string[] = [];
-  const logger: DiagLogger = { error: () => undefined, warn: (m) => void lines.push(m), info: () => undefined, debug: () => undefined, verbose: () => undefined };
+  const logger: DiagLogger = {
+    error: () => undefined,
+    warn: (m) => void lines.push(m),
+    info: () => undefined,
+    debug: () => undefined,
+    verbose: () => undefined,
+  };
   beforeAll(() => diag.setLogger(logger, DiagLogLevel.WARN));
   afterAll(() => diag.disable());
 
@@ -137,9 +155,19 @@ describe('bad input over the socket', () => {
     const calls = handled;
     const before = await tracing.outcomeCounts();
     const reply = await exchange(data);
-    expect({ name, reply, handlerRan: handled !== calls }).toEqual({ name, reply: { rejected: reason }, handlerRan: false });
-    expect({ name, counted: delta(before, await tracing.outcomeCounts()) }).toEqual({ name, counted: { 'malformed:bad-format': 1 } });
-    expect({ name, lines }).toEqual({ name, lines: [expect.stringContaining(`could not read the trace context carrier (undecodable frame: ${reason})`)] });
+    expect({ name, reply, handlerRan: handled !== calls }).toEqual({
+      name,
+      reply: { rejected: reason },
+      handlerRan: false,
+    });
+    expect({ name, counted: delta(before, await tracing.outcomeCounts()) }).toEqual({
+      name,
+      counted: { 'malformed:bad-format': 1 },
+    });
+    expect({ name, lines }).toEqual({
+      name,
+      lines: [expect.stringContaining(`could not read the trace context carrier (undecodable frame: ${reason})`)],
+    });
   });
 
   test('the connection still works after every bad frame', async () => {
@@ -148,10 +176,30 @@ describe('bad input over the socket', () => {
 
   const latin = (s: string) => Buffer.from(s, 'latin1');
   const nonUtf8: ReadonlyArray<[string, Record<string, Buffer>, string, Record<string, number>]> = [
-    ['traceparent with a 0xff byte', { traceparent: latin(`00-\xff${TRACE_ID.slice(1)}-${PARENT_ID}-01`) }, 'malformed:bad-trace-id', {}],
-    ['traceparent in Latin-1 with an accent', { traceparent: latin(`00-${TRACE_ID}-${PARENT_ID}-0\xe9`) }, 'malformed:bad-flags', {}],
-    ['baggage member with invalid UTF-8', { traceparent: latin(VALID), baggage: latin('a=\xc3(,b=2') }, 'continued', { 'baggage:bad-member': 1 }],
-    ['tracestate with a 0xff byte', { traceparent: latin(VALID), tracestate: latin('congo=\xff') }, 'continued', { 'tracestate:bad-member': 1 }],
+    [
+      'traceparent with a 0xff byte',
+      { traceparent: latin(`00-\xff${TRACE_ID.slice(1)}-${PARENT_ID}-01`) },
+      'malformed:bad-trace-id',
+      {},
+    ],
+    [
+      'traceparent in Latin-1 with an accent',
+      { traceparent: latin(`00-${TRACE_ID}-${PARENT_ID}-0\xe9`) },
+      'malformed:bad-flags',
+      {},
+    ],
+    [
+      'baggage member with invalid UTF-8',
+      { traceparent: latin(VALID), baggage: latin('a=\xc3(,b=2') },
+      'continued',
+      { 'baggage:bad-member': 1 },
+    ],
+    [
+      'tracestate with a 0xff byte',
+      { traceparent: latin(VALID), tracestate: latin('congo=\xff') },
+      'continued',
+      { 'tracestate:bad-member': 1 },
+    ],
   ];
   test.each(nonUtf8)('%s: the handler runs with the right outcome', async (name, headers, outcome, dropped) => {
     tracing.reset();
@@ -160,7 +208,10 @@ describe('bad input over the socket', () => {
     const reply = await exchange(encodeFrame('x', headers, ROOT_CONTEXT));
     const continued = outcome === 'continued';
     expect({ name, continued: reply.seen!.traceId === TRACE_ID }).toEqual({ name, continued });
-    expect({ name, counted: delta(before, await tracing.outcomeCounts()) }).toEqual({ name, counted: { [outcome]: 1 } });
+    expect({ name, counted: delta(before, await tracing.outcomeCounts()) }).toEqual({
+      name,
+      counted: { [outcome]: 1 },
+    });
     expect({ name, dropped: delta(droppedBefore, await tracing.droppedCounts()) }).toEqual({ name, dropped });
   });
 });
@@ -221,7 +272,9 @@ describe('the handler and its hooks', () => {
   test('spans come from the tracerProvider option, named by spanName', () => {
     tracing.reset();
     const names: string[] = [];
-    const provider: TracerProvider = { getTracer: (name, ...rest) => (names.push(name), tracing.provider.getTracer(name, ...rest)) };
+    const provider: TracerProvider = {
+      getTracer: (name, ...rest) => (names.push(name), tracing.provider.getTracer(name, ...rest)),
+    };
     const listener = meshFrameHandler(() => undefined, { tracerProvider: provider, spanName: 'process chat' });
     listener(frame);
     listener(frame);
@@ -233,10 +286,20 @@ describe('the handler and its hooks', () => {
     ['handler', 'nope', undefined, 'option "handler" must be a function, got "nope"'],
     ['options', () => undefined, 'x', 'option "options" must be an object, got "x"'],
     ['options null', () => undefined, null, 'option "options" must be an object, got null'],
-    ['tracerProvider', () => undefined, { tracerProvider: {} }, 'option "tracerProvider" must be a TracerProvider, got {}'],
+    [
+      'tracerProvider',
+      () => undefined,
+      { tracerProvider: {} },
+      'option "tracerProvider" must be a TracerProvider, got {}',
+    ],
     ['spanName', () => undefined, { spanName: '' }, 'option "spanName" must be a non-empty string, got ""'],
     ['frameHook', () => undefined, { frameHook: 1 }, 'option "frameHook" must be a function, got 1'],
-    ['onInvalidFrame', () => undefined, { onInvalidFrame: true }, 'option "onInvalidFrame" must be a function, got true'],
+    [
+      'onInvalidFrame',
+      () => undefined,
+      { onInvalidFrame: true },
+      'option "onInvalidFrame" must be a function, got true',
+    ],
   ];
   test.each(bad)('bad %s throws a TypeError naming it', (name, handler, options, message) => {
     let error: unknown;
@@ -245,6 +308,10 @@ describe('the handler and its hooks', () => {
     } catch (err) {
       error = err;
     }
-    expect({ name, error: String(error), type: error instanceof TypeError }).toEqual({ name, error: `TypeError: @meshtrace/carriers: ${message}`, type: true });
+    expect({ name, error: String(error), type: error instanceof TypeError }).toEqual({
+      name,
+      error: `TypeError: @meshtrace/carriers: ${message}`,
+      type: true,
+    });
   });
 });

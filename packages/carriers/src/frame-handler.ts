@@ -1,7 +1,14 @@
 import { SpanKind, trace } from '@opentelemetry/api';
 import type { Attributes, Span, TracerProvider } from '@opentelemetry/api';
 import { extractContext, headerGetter } from '@meshtrace/core';
-import { callHook, checkOptions, optionError, outcomeAttributes, recordUnreadable, runInSpan } from '@meshtrace/core/adapter';
+import {
+  callHook,
+  checkOptions,
+  optionError,
+  outcomeAttributes,
+  recordUnreadable,
+  runInSpan,
+} from '@meshtrace/core/adapter';
 import { decodeFrame } from './frame';
 import type { Frame, FrameData, FrameError } from './frame';
 
@@ -35,9 +42,17 @@ export type FrameHandler<This, R> = (this: This, frame: Frame) => R;
  *   ws.on('message', meshFrameHandler((frame) => chat(ws, frame.payload), { onInvalidFrame: () => ws.close(1002) }));
  * });
  */
-export function meshFrameHandler<This = unknown, R = unknown>(handler: FrameHandler<This, R>, options?: FrameHandlerOptions): (this: This, data: FrameData) => R | undefined {
+export function meshFrameHandler<This = unknown, R = unknown>(
+  handler: FrameHandler<This, R>,
+  options?: FrameHandlerOptions,
+): (this: This, data: FrameData) => R | undefined {
   if (typeof handler !== 'function') throw optionError(PKG, 'handler', 'a function', handler);
-  const { tracerProvider, spanName = 'process frame', frameHook, onInvalidFrame } = checkOptions(PKG, options, {
+  const {
+    tracerProvider,
+    spanName = 'process frame',
+    frameHook,
+    onInvalidFrame,
+  } = checkOptions(PKG, options, {
     tracerProvider: 'tracerProvider',
     spanName: 'non-empty string',
     frameHook: 'function',
@@ -62,7 +77,11 @@ export function meshFrameHandler<This = unknown, R = unknown>(handler: FrameHand
     outcomeAttributes(extracted.outcome, attributes);
     // CONSUMER, not SERVER: a frame is a one-way message, nobody waits on this span for a reply
     // (OpenTelemetry messaging conventions, span kind of "process" operations).
-    const span = (fixedTracer ?? trace.getTracer(PKG)).startSpan(spanName, { kind: SpanKind.CONSUMER, attributes }, extracted.context);
+    const span = (fixedTracer ?? trace.getTracer(PKG)).startSpan(
+      spanName,
+      { kind: SpanKind.CONSUMER, attributes },
+      extracted.context,
+    );
     callHook('frameHook', frameHook, span, frame);
     return runInSpan(span, trace.setSpan(extracted.context, span), handler, this, frame);
   };

@@ -38,7 +38,9 @@ const MAX_PAYLOAD = 0xffffffff;
 export type FrameData = Uint8Array | ArrayBuffer | readonly Uint8Array[];
 
 /** Headers to write: text is written as UTF-8, bytes as they are, a list as one entry per value. */
-export type FrameHeaderInput = Readonly<Record<string, string | Uint8Array | ReadonlyArray<string | Uint8Array> | undefined>>;
+export type FrameHeaderInput = Readonly<
+  Record<string, string | Uint8Array | ReadonlyArray<string | Uint8Array> | undefined>
+>;
 
 /** Decoded headers, keys as sent: a key sent once maps to its bytes, a repeated key to all of them. */
 export type FrameHeaders = Readonly<Record<string, Buffer | Buffer[]>>;
@@ -50,14 +52,21 @@ export interface Frame {
 }
 
 /** Why bytes are not a frame. */
-export type FrameError = 'not-a-frame' | 'unsupported-version' | 'truncated' | 'trailing-bytes' | 'header-too-large' | 'bad-header';
+export type FrameError =
+  | 'not-a-frame'
+  | 'unsupported-version'
+  | 'truncated'
+  | 'trailing-bytes'
+  | 'header-too-large'
+  | 'bad-header';
 
 function isKeyByte(c: number): boolean {
   return c >= 0x21 && c <= 0x7e;
 }
 
 function asBuffer(data: FrameData): Buffer | undefined {
-  if (data instanceof Uint8Array) return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  if (data instanceof Uint8Array)
+    return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   if (data instanceof ArrayBuffer) return Buffer.from(data);
   if (Array.isArray(data)) {
     for (const part of data) if (!(part instanceof Uint8Array)) return undefined;
@@ -121,7 +130,11 @@ function bytes(value: unknown): Uint8Array | undefined {
  * @example
  * ws.send(encodeFrame(JSON.stringify(message), { 'content-type': 'application/json' }));
  */
-export function encodeFrame(payload: Uint8Array | string, headers?: FrameHeaderInput, ctx: Context = context.active()): Buffer {
+export function encodeFrame(
+  payload: Uint8Array | string,
+  headers?: FrameHeaderInput,
+  ctx: Context = context.active(),
+): Buffer {
   const all: HeaderCarrier = Object.create(null);
   if (headers !== undefined) for (const key of Object.keys(headers)) all[key] = headers[key];
   propagation.inject(ctx, all, headerSetter);
@@ -131,22 +144,31 @@ export function encodeFrame(payload: Uint8Array | string, headers?: FrameHeaderI
   for (const key of Object.keys(all)) {
     const value = all[key];
     if (value === undefined) continue;
-    if (key.length === 0 || key.length > MAX_KEY) throw new TypeError(`${PKG}: frame header key must be 1 to ${MAX_KEY} characters, got ${JSON.stringify(key)}`);
+    if (key.length === 0 || key.length > MAX_KEY)
+      throw new TypeError(`${PKG}: frame header key must be 1 to ${MAX_KEY} characters, got ${JSON.stringify(key)}`);
     for (let k = 0; k < key.length; k++) {
-      if (!isKeyByte(key.charCodeAt(k))) throw new TypeError(`${PKG}: frame header key must be visible ASCII, got ${JSON.stringify(key)}`);
+      if (!isKeyByte(key.charCodeAt(k)))
+        throw new TypeError(`${PKG}: frame header key must be visible ASCII, got ${JSON.stringify(key)}`);
     }
     for (const one of Array.isArray(value) ? value : [value]) {
       const b = bytes(one);
-      if (b === undefined) throw new TypeError(`${PKG}: frame header "${key}" must be a string, a Uint8Array or a list of them, got ${typeof one}`);
-      if (b.byteLength > MAX_VALUE) throw new RangeError(`${PKG}: frame header "${key}" is ${b.byteLength} bytes, more than ${MAX_VALUE}`);
+      if (b === undefined)
+        throw new TypeError(
+          `${PKG}: frame header "${key}" must be a string, a Uint8Array or a list of them, got ${typeof one}`,
+        );
+      if (b.byteLength > MAX_VALUE)
+        throw new RangeError(`${PKG}: frame header "${key}" is ${b.byteLength} bytes, more than ${MAX_VALUE}`);
       entries.push([key, b]);
       headerBytes += 3 + key.length + b.byteLength;
     }
   }
-  if (headerBytes > MAX_FRAME_HEADER_BYTES) throw new RangeError(`${PKG}: frame header block is ${headerBytes} bytes, more than ${MAX_FRAME_HEADER_BYTES}`);
+  if (headerBytes > MAX_FRAME_HEADER_BYTES)
+    throw new RangeError(`${PKG}: frame header block is ${headerBytes} bytes, more than ${MAX_FRAME_HEADER_BYTES}`);
   const body = bytes(payload);
-  if (body === undefined) throw new TypeError(`${PKG}: frame payload must be a string or a Uint8Array, got ${typeof payload}`);
-  if (body.byteLength > MAX_PAYLOAD) throw new RangeError(`${PKG}: frame payload is ${body.byteLength} bytes, more than ${MAX_PAYLOAD}`);
+  if (body === undefined)
+    throw new TypeError(`${PKG}: frame payload must be a string or a Uint8Array, got ${typeof payload}`);
+  if (body.byteLength > MAX_PAYLOAD)
+    throw new RangeError(`${PKG}: frame payload is ${body.byteLength} bytes, more than ${MAX_PAYLOAD}`);
 
   const out = Buffer.allocUnsafe(PREFIX + headerBytes + body.byteLength);
   out[0] = MAGIC_0;

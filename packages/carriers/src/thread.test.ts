@@ -52,7 +52,10 @@ beforeAll(async () => {
     const t = serverTracing.start(req, res);
     const url = new URL(req.url ?? '/', 'http://localhost');
     void context.with(t.context, async () => {
-      const result = await dispatch(url.pathname === '/span' ? 'span' : 'observe', url.searchParams.get('carrier') !== 'no');
+      const result = await dispatch(
+        url.pathname === '/span' ? 'span' : 'observe',
+        url.searchParams.get('carrier') !== 'no',
+      );
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify({ result, serverSpanId: t.span.spanContext().spanId }));
     });
@@ -66,7 +69,10 @@ afterAll(async () => {
   await tracing.shutdown();
 });
 
-async function request(path: string, headers: Readonly<Record<string, string | readonly string[]>>): Promise<{ result: unknown; serverSpanId: string }> {
+async function request(
+  path: string,
+  headers: Readonly<Record<string, string | readonly string[]>>,
+): Promise<{ result: unknown; serverSpanId: string }> {
   const h = new Headers();
   for (const [k, v] of Object.entries(headers)) for (const one of Array.isArray(v) ? v : [v]) h.append(k, one);
   const res = await fetch(`${base}${path}`, { headers: h });
@@ -82,7 +88,13 @@ describe('header cases through a worker thread', () => {
     const before = await tracing.outcomeCounts();
     const droppedBefore = await tracing.droppedCounts();
     const { result } = await request('/observe', c.headers);
-    const problems = checkCase(c, result as Observed, tracing.spans(), delta(before, await tracing.outcomeCounts()), delta(droppedBefore, await tracing.droppedCounts()));
+    const problems = checkCase(
+      c,
+      result as Observed,
+      tracing.spans(),
+      delta(before, await tracing.outcomeCounts()),
+      delta(droppedBefore, await tracing.droppedCounts()),
+    );
     expect(problems).toEqual([]);
   });
 });
@@ -91,13 +103,22 @@ describe('spans made in the worker', () => {
   test('with the carrier they join the request: its trace id, the dispatching span as parent', async () => {
     workerSpans.length = 0;
     const { result, serverSpanId } = await request('/span', { traceparent: VALID });
-    expect(workerSpans).toEqual([{ name: 'resize image', traceId: TRACE_ID, spanId: result, parentSpanId: serverSpanId }]);
+    expect(workerSpans).toEqual([
+      { name: 'resize image', traceId: TRACE_ID, spanId: result, parentSpanId: serverSpanId },
+    ]);
   });
 
   test('without it they are roots of new traces', async () => {
     workerSpans.length = 0;
     const { result } = await request('/span?carrier=no', { traceparent: VALID });
-    expect(workerSpans).toEqual([{ name: 'resize image', traceId: expect.stringMatching(/^[0-9a-f]{32}$/), spanId: result, parentSpanId: undefined }]);
+    expect(workerSpans).toEqual([
+      {
+        name: 'resize image',
+        traceId: expect.stringMatching(/^[0-9a-f]{32}$/),
+        spanId: result,
+        parentSpanId: undefined,
+      },
+    ]);
     expect(workerSpans[0].traceId).not.toBe(TRACE_ID);
   });
 });
@@ -128,14 +149,23 @@ describe('carriers that are not one', () => {
     const before = await tracing.outcomeCounts();
     runWithCarrier(carrier, () => trace.getTracer('test').startSpan('work').end());
     const [span] = tracing.spans();
-    expect({ name, parent: span.parentSpanContext, other: span.spanContext().traceId !== TRACE_ID }).toEqual({ name, parent: undefined, other: true });
-    expect({ name, counted: delta(before, await tracing.outcomeCounts()) }).toEqual({ name, counted: { [outcome]: 1 } });
+    expect({ name, parent: span.parentSpanContext, other: span.spanContext().traceId !== TRACE_ID }).toEqual({
+      name,
+      parent: undefined,
+      other: true,
+    });
+    expect({ name, counted: delta(before, await tracing.outcomeCounts()) }).toEqual({
+      name,
+      counted: { [outcome]: 1 },
+    });
   });
 
   test('runWithCarrier passes arguments and returns the result, inside the captured context', () => {
     const span = trace.getTracer('test').startSpan('request');
     const bag = propagation.createBaggage({ tenant: { value: 'acme' } });
-    const carrier = context.with(propagation.setBaggage(trace.setSpan(context.active(), span), bag), () => contextCarrier());
+    const carrier = context.with(propagation.setBaggage(trace.setSpan(context.active(), span), bag), () =>
+      contextCarrier(),
+    );
     span.end();
     const [seen, sum] = runWithCarrier(carrier, (a: number, b: number) => [observe(), a + b] as const, 2, 3);
     expect(sum).toBe(5);

@@ -5,11 +5,20 @@ const Module = require('node:module');
 const path = require('node:path');
 const { parentPort } = require('node:worker_threads');
 
-require('ts-node').register({ transpileOnly: true, swc: true, skipProject: true, compilerOptions: { module: 'commonjs', target: 'es2022' } });
+require('ts-node').register({
+  transpileOnly: true,
+  swc: true,
+  skipProject: true,
+  compilerOptions: { module: 'commonjs', target: 'es2022' },
+});
 const resolveFilename = Module._resolveFilename;
 Module._resolveFilename = function (request, ...rest) {
   const workspace = /^@meshtrace\/([a-z0-9-]+)$/.exec(request);
-  return resolveFilename.call(this, workspace ? path.join(__dirname, '..', '..', workspace[1], 'src', 'index.ts') : request, ...rest);
+  return resolveFilename.call(
+    this,
+    workspace ? path.join(__dirname, '..', '..', workspace[1], 'src', 'index.ts') : request,
+    ...rest,
+  );
 };
 
 const { trace } = require('@opentelemetry/api');
@@ -27,7 +36,9 @@ setupMeshTracing({
       onStart() {},
       onEnd(span) {
         const { traceId, spanId } = span.spanContext();
-        parentPort.postMessage({ span: { name: span.name, traceId, spanId, parentSpanId: span.parentSpanContext?.spanId } });
+        parentPort.postMessage({
+          span: { name: span.name, traceId, spanId, parentSpanId: span.parentSpanContext?.spanId },
+        });
       },
       forceFlush: () => Promise.resolve(),
       shutdown: () => Promise.resolve(),

@@ -17,6 +17,16 @@ export { runInSpan } from './internal/settle';
 export type { SettleOptions } from './internal/settle';
 export { checkOptions, optionError } from './internal/options';
 export type { OptionRule } from './internal/options';
-export { LazyCounter, PACKAGE, RateLimitedWarner, TallyCounter, callHook, hasContextManager, preview, recordDropped, warner } from './internal/diagnostics';
+export {
+  LazyCounter,
+  PACKAGE,
+  RateLimitedWarner,
+  TallyCounter,
+  callHook,
+  hasContextManager,
+  preview,
+  recordDropped,
+  warner,
+} from './internal/diagnostics';
 export { isTracingSuppressed, registeredGlobal } from './internal/otel-internals';
 export { toDictionaryMode } from './internal/dictionary';

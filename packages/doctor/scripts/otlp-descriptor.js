@@ -9,7 +9,11 @@ const { dirname, join } = require('node:path');
 const protobuf = require('protobufjs');
 
 const PACKAGE = join(__dirname, '..');
-const PROTOS = join(dirname(require.resolve('@opentelemetry/otlp-grpc-exporter-base/package.json', { paths: [PACKAGE] })), 'build', 'protos');
+const PROTOS = join(
+  dirname(require.resolve('@opentelemetry/otlp-grpc-exporter-base/package.json', { paths: [PACKAGE] })),
+  'build',
+  'protos',
+);
 // trace_service.proto imports the other three by their path under the protos directory.
 const FILES = ['opentelemetry/proto/collector/trace/v1/trace_service.proto'];
 

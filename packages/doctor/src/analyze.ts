@@ -53,7 +53,10 @@ export function groupTraces(spans: readonly Span[]): Trace[] {
     if (members === undefined) byTrace.set(span.traceId, [span]);
     else members.push(span);
   }
-  const traces = [...byTrace].map(([traceId, members]) => ({ traceId, spans: members.sort((a, b) => a.startMs - b.startMs) }));
+  const traces = [...byTrace].map(([traceId, members]) => ({
+    traceId,
+    spans: members.sort((a, b) => a.startMs - b.startMs),
+  }));
   return traces.sort((a, b) => a.spans[0].startMs - b.spans[0].startMs);
 }
 
@@ -113,7 +116,8 @@ export function addressOf(span: Span): string | undefined {
   }
 }
 
-const within = (orphan: Span, client: Span): boolean => orphan.startMs >= client.startMs && orphan.startMs <= client.endMs;
+const within = (orphan: Span, client: Span): boolean =>
+  orphan.startMs >= client.startMs && orphan.startMs <= client.endMs;
 
 /**
  * Roots that are orphans (see {@link AnalyzeOptions.entryServices}), each tied to its caller by, in
@@ -145,17 +149,25 @@ export function findOrphans(spans: readonly Span[], options: AnalyzeOptions = {}
 
   /** The caller among spans of other traces that share the orphan's value of attribute `name`. */
   const byKey = (orphan: Span, index: Map<string, Span[]>, name: string): Span | undefined => {
-    const sharing = (index.get(key(orphan, name) ?? '') ?? []).filter((s) => s.traceId !== orphan.traceId && s.startMs < orphan.startMs);
+    const sharing = (index.get(key(orphan, name) ?? '') ?? []).filter(
+      (s) => s.traceId !== orphan.traceId && s.startMs < orphan.startMs,
+    );
     if (sharing.length === 0) return undefined;
     const traces = new Set(sharing.map((s) => s.traceId));
-    const client = best(orphan, openClients(orphan, (c) => traces.has(c.traceId) && within(orphan, c)));
+    const client = best(
+      orphan,
+      openClients(orphan, (c) => traces.has(c.traceId) && within(orphan, c)),
+    );
     // Without an open CLIENT span to the same path, the latest span of the caller's request that began before the orphan.
     return client ?? sharing.reduce((a, b) => (b.startMs > a.startMs ? b : a));
   };
 
   const byClient = (orphan: Span): Span | undefined => {
     const address = addressOf(orphan);
-    return best(orphan, openClients(orphan, (c) => (address !== undefined && addressOf(c) === address) || within(orphan, c)));
+    return best(
+      orphan,
+      openClients(orphan, (c) => (address !== undefined && addressOf(c) === address) || within(orphan, c)),
+    );
   };
 
   const orphans: Orphan[] = [];

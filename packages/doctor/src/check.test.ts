@@ -8,7 +8,16 @@ const VALID = `00-${T}-${P}-01`;
 
 describe('explainHeaders', () => {
   it('gives a valid traceparent its fields', () => {
-    expect(explainHeaders({ traceparent: `00-${T}-${P}-03` }).traceparent).toEqual({ valid: true, value: `00-${T}-${P}-03`, version: 0, traceId: T, parentId: P, flags: '03', sampled: true, random: true });
+    expect(explainHeaders({ traceparent: `00-${T}-${P}-03` }).traceparent).toEqual({
+      valid: true,
+      value: `00-${T}-${P}-03`,
+      version: 0,
+      traceId: T,
+      parentId: P,
+      flags: '03',
+      sampled: true,
+      random: true,
+    });
   });
 
   // Every reason core's parseTraceparent returns for a string, and the character that caused it.
@@ -35,26 +44,52 @@ describe('explainHeaders', () => {
     // The reason is core's; the position is ours and must be about that reason.
     expect(parseTraceparent(value)).toBe(reason);
     expect(traceparentOffence(value, reason)).toEqual({ index, length });
-    expect(explainHeaders({ traceparent: value })).toMatchObject({ valid: false, traceparent: { valid: false, reason, at: { index, length } } });
+    expect(explainHeaders({ traceparent: value })).toMatchObject({
+      valid: false,
+      traceparent: { valid: false, reason, at: { index, length } },
+    });
   });
 
   it('covers every reason core can give for a string', () => {
-    const all: TraceparentReason[] = ['missing', 'bad-version', 'bad-trace-id', 'zero-trace-id', 'bad-parent-id', 'zero-parent-id', 'bad-flags', 'bad-format', 'multiple'];
+    const all: TraceparentReason[] = [
+      'missing',
+      'bad-version',
+      'bad-trace-id',
+      'zero-trace-id',
+      'bad-parent-id',
+      'zero-parent-id',
+      'bad-flags',
+      'bad-format',
+      'multiple',
+    ];
     expect(new Set(cases.map((c) => c[2]))).toEqual(new Set(all));
   });
 
   it('points at the first tracestate member core rejects', () => {
     const value = 'congo=t61rcWkgMzE, rojo=00f067aa0ba902b7,Bad=1,also bad';
-    expect(explainHeaders({ traceparent: VALID, tracestate: value }).tracestate).toEqual({ valid: false, value, reason: 'bad-member', at: { index: 41, length: 5 } });
+    expect(explainHeaders({ traceparent: VALID, tracestate: value }).tracestate).toEqual({
+      valid: false,
+      value,
+      reason: 'bad-member',
+      at: { index: 41, length: 5 },
+    });
   });
 
   it('points at the 33rd tracestate member', () => {
     const value = Array.from({ length: 33 }, (_, i) => `k${i}=v`).join(',');
-    expect(explainHeaders({ traceparent: VALID, tracestate: value }).tracestate).toMatchObject({ reason: 'too-many-members', at: { index: value.indexOf('k32=v'), length: 5 } });
+    expect(explainHeaders({ traceparent: VALID, tracestate: value }).tracestate).toMatchObject({
+      reason: 'too-many-members',
+      at: { index: value.indexOf('k32=v'), length: 5 },
+    });
   });
 
   it('counts tracestate members and repeated keys', () => {
-    expect(explainHeaders({ traceparent: VALID, tracestate: 'a=1,b=2,a=3' }).tracestate).toEqual({ valid: true, value: 'a=1,b=2,a=3', members: 2, duplicates: 1 });
+    expect(explainHeaders({ traceparent: VALID, tracestate: 'a=1,b=2,a=3' }).tracestate).toEqual({
+      valid: true,
+      value: 'a=1,b=2,a=3',
+      members: 2,
+      duplicates: 1,
+    });
   });
 
   it('lists baggage entries, or points at the first member core drops', () => {
@@ -67,13 +102,25 @@ describe('explainHeaders', () => {
       ],
     });
     const bad = 'userId=alice, no-equals ,x=%zz';
-    expect(explainHeaders({ traceparent: VALID, baggage: bad })).toMatchObject({ valid: false, baggage: { reason: 'bad-member', at: { index: 14, length: 9 } } });
+    expect(explainHeaders({ traceparent: VALID, baggage: bad })).toMatchObject({
+      valid: false,
+      baggage: { reason: 'bad-member', at: { index: 14, length: 9 } },
+    });
     const big = `a=1,b=${'x'.repeat(4100)}`;
-    expect(explainHeaders({ traceparent: VALID, baggage: big }).baggage).toMatchObject({ reason: 'member-too-large', at: { index: 4, length: 4102 } });
+    expect(explainHeaders({ traceparent: VALID, baggage: big }).baggage).toMatchObject({
+      reason: 'member-too-large',
+      at: { index: 4, length: 4102 },
+    });
     const many = Array.from({ length: 181 }, (_, i) => `k${i}=v`).join(',');
-    expect(explainHeaders({ traceparent: VALID, baggage: many }).baggage).toMatchObject({ reason: 'too-many-members', at: { index: many.indexOf('k180=v') } });
+    expect(explainHeaders({ traceparent: VALID, baggage: many }).baggage).toMatchObject({
+      reason: 'too-many-members',
+      at: { index: many.indexOf('k180=v') },
+    });
     const huge = `a=${'x'.repeat(9000)}`;
-    expect(explainHeaders({ traceparent: VALID, baggage: huge }).baggage).toMatchObject({ reason: 'too-large', at: { index: 0, length: huge.length } });
+    expect(explainHeaders({ traceparent: VALID, baggage: huge }).baggage).toMatchObject({
+      reason: 'too-large',
+      at: { index: 0, length: huge.length },
+    });
   });
 });
 
@@ -86,7 +133,10 @@ describe('runCheck', () => {
 
   it('prints a caret under the first offending character and exits 1', () => {
     const value = `00-${T}-${P}-0x`;
-    expect(run({ traceparent: value })).toEqual({ code: 1, text: `✗ traceparent invalid: bad-flags at index 54\n    ${value}\n    ${' '.repeat(54)}^` });
+    expect(run({ traceparent: value })).toEqual({
+      code: 1,
+      text: `✗ traceparent invalid: bad-flags at index 54\n    ${value}\n    ${' '.repeat(54)}^`,
+    });
   });
 
   it('prints the fields of valid headers and exits 0', () => {
@@ -101,6 +151,9 @@ describe('runCheck', () => {
   it('prints JSON', () => {
     const { code, text } = run({ traceparent: '', json: true });
     expect(code).toBe(1);
-    expect(JSON.parse(text)).toEqual({ traceparent: { valid: false, value: '', reason: 'missing', at: { index: 0, length: 0 } }, valid: false });
+    expect(JSON.parse(text)).toEqual({
+      traceparent: { valid: false, value: '', reason: 'missing', at: { index: 0, length: 0 } },
+      valid: false,
+    });
   });
 });

@@ -1,4 +1,12 @@
-import { BAGGAGE_LIMITS, FLAG_RANDOM, FLAG_SAMPLED, MAX_TRACESTATE_MEMBERS, parseBaggage, parseTraceparent, parseTracestate } from '@meshtrace/core';
+import {
+  BAGGAGE_LIMITS,
+  FLAG_RANDOM,
+  FLAG_SAMPLED,
+  MAX_TRACESTATE_MEMBERS,
+  parseBaggage,
+  parseTraceparent,
+  parseTracestate,
+} from '@meshtrace/core';
 import type { BaggageDropReason, TraceparentReason, TracestateReason } from '@meshtrace/core';
 
 /** The header values to explain; tracestate and baggage only when given. */
@@ -36,7 +44,10 @@ export interface CheckReport {
   /** Members kept, and later members repeating a key that core drops. */
   readonly tracestate?: HeaderVerdict<TracestateReason, { readonly members: number; readonly duplicates: number }>;
   /** Entries kept; invalid when core drops any member. */
-  readonly baggage?: HeaderVerdict<BaggageDropReason, { readonly entries: ReadonlyArray<{ readonly key: string; readonly value: string }> }>;
+  readonly baggage?: HeaderVerdict<
+    BaggageDropReason,
+    { readonly entries: ReadonlyArray<{ readonly key: string; readonly value: string }> }
+  >;
   readonly valid: boolean;
 }
 
@@ -85,7 +96,8 @@ export function traceparentOffence(value: string, reason: TraceparentReason): Of
         return { index: dash ?? LENGTH, length: 1 };
       }
       // The first character that breaks the shape `vv-<32 hex>-<16 hex>-ff`: a dash out of place, or the early end.
-      for (let i = 0; i < value.length; i++) if ((value.charCodeAt(i) === 45) !== DASHES.includes(i)) return { index: i, length: 1 };
+      for (let i = 0; i < value.length; i++)
+        if ((value.charCodeAt(i) === 45) !== DASHES.includes(i)) return { index: i, length: 1 };
       return { index: value.length, length: 1 };
     }
   }
@@ -124,14 +136,20 @@ function explainTracestate(value: string): NonNullable<CheckReport['tracestate']
   if (typeof ts !== 'string') return { valid: true, value, members: ts?.size ?? 0, duplicates: ts?.duplicates ?? 0 };
   const list = members(value);
   // The member core rejects on its own, or for too-many-members the first past the limit.
-  const bad = ts === 'bad-member' ? list.find((m) => parseTracestate(m.text) === 'bad-member') : list[MAX_TRACESTATE_MEMBERS];
+  const bad =
+    ts === 'bad-member' ? list.find((m) => parseTracestate(m.text) === 'bad-member') : list[MAX_TRACESTATE_MEMBERS];
   const at = bad === undefined ? { index: 0, length: value.length } : { index: bad.index, length: bad.text.length };
   return { valid: false, value, reason: ts, at };
 }
 
 function explainBaggage(value: string): NonNullable<CheckReport['baggage']> {
   const parsed = parseBaggage(value);
-  if (parsed.reason === undefined) return { valid: true, value, entries: parsed.baggage?.getAllEntries().map(([key, e]) => ({ key, value: e.value })) ?? [] };
+  if (parsed.reason === undefined)
+    return {
+      valid: true,
+      value,
+      entries: parsed.baggage?.getAllEntries().map(([key, e]) => ({ key, value: e.value })) ?? [],
+    };
   let at: Offence = { index: 0, length: value.length };
   if (parsed.reason !== 'too-large') {
     // Core drops members in order and reports the first reason: the first member it drops is the one to show.
@@ -170,7 +188,11 @@ export function runCheck(options: CheckOptions, out: { line(text?: string): void
     return report.valid ? 0 : 1;
   }
   const paint = (code: number, text: string) => (out.color ? `\u001b[${code}m${text}\u001b[0m` : text);
-  const verdict = (name: string, v: { valid: boolean; value: string; reason?: string; at?: Offence }, details: string[]): void => {
+  const verdict = (
+    name: string,
+    v: { valid: boolean; value: string; reason?: string; at?: Offence },
+    details: string[],
+  ): void => {
     if (v.valid) {
       out.line(`${paint(32, '✓')} ${name} valid`);
       for (const d of details) out.line(`    ${d}`);
@@ -181,9 +203,29 @@ export function runCheck(options: CheckOptions, out: { line(text?: string): void
     out.line(`    ${' '.repeat(v.at!.index)}${paint(31, '^'.repeat(Math.max(1, v.at!.length)))}`);
   };
   const tp = report.traceparent;
-  verdict('traceparent', tp, tp.valid ? [`version  ${tp.version.toString(16).padStart(2, '0')}`, `trace id ${tp.traceId}`, `parent   ${tp.parentId}`, `flags    ${tp.flags} (sampled: ${tp.sampled ? 'yes' : 'no'}, random: ${tp.random ? 'yes' : 'no'})`] : []);
+  verdict(
+    'traceparent',
+    tp,
+    tp.valid
+      ? [
+          `version  ${tp.version.toString(16).padStart(2, '0')}`,
+          `trace id ${tp.traceId}`,
+          `parent   ${tp.parentId}`,
+          `flags    ${tp.flags} (sampled: ${tp.sampled ? 'yes' : 'no'}, random: ${tp.random ? 'yes' : 'no'})`,
+        ]
+      : [],
+  );
   const ts = report.tracestate;
-  if (ts) verdict('tracestate', ts, ts.valid ? [`${ts.members} ${ts.members === 1 ? 'member' : 'members'}${ts.duplicates > 0 ? `, ${ts.duplicates} repeated ${ts.duplicates === 1 ? 'key' : 'keys'} dropped` : ''}`] : []);
+  if (ts)
+    verdict(
+      'tracestate',
+      ts,
+      ts.valid
+        ? [
+            `${ts.members} ${ts.members === 1 ? 'member' : 'members'}${ts.duplicates > 0 ? `, ${ts.duplicates} repeated ${ts.duplicates === 1 ? 'key' : 'keys'} dropped` : ''}`,
+          ]
+        : [],
+    );
   const bg = report.baggage;
   if (bg) verdict('baggage', bg, bg.valid ? bg.entries.map((e) => `${e.key} = ${JSON.stringify(e.value)}`) : []);
   return report.valid ? 0 : 1;

@@ -51,7 +51,10 @@ describe('meshtrace', () => {
   it('check --json', () => {
     const { code, out } = meshtrace(['check', '--json', TP]);
     expect(code).toBe(0);
-    expect(JSON.parse(out)).toMatchObject({ valid: true, traceparent: { traceId: '0af7651916cd43dd8448eb211c80319c', sampled: true } });
+    expect(JSON.parse(out)).toMatchObject({
+      valid: true,
+      traceparent: { traceId: '0af7651916cd43dd8448eb211c80319c', sampled: true },
+    });
   });
 
   it('logs -: 0 when every request carried a valid traceparent, 1 with findings', () => {
@@ -66,7 +69,10 @@ describe('meshtrace', () => {
     const a = join(dir, 'gateway.log');
     const b = join(dir, 'orders.log');
     writeFileSync(a, envoy('10.0.0.1:80', TP));
-    writeFileSync(b, JSON.stringify({ method: 'GET', path: '/orders', upstream_cluster: 'inbound|8080||', traceparent: TP }) + '\n');
+    writeFileSync(
+      b,
+      JSON.stringify({ method: 'GET', path: '/orders', upstream_cluster: 'inbound|8080||', traceparent: TP }) + '\n',
+    );
     const { code, out } = meshtrace(['logs', '--json', a, b]);
     expect(code).toBe(0);
     const report = JSON.parse(out);

@@ -72,7 +72,11 @@ function program(): Command {
     .command('probe')
     .description('Send requests with a fresh trace, wait for their spans and name the hop where the trace breaks.')
     .argument('<url>', 'the entry URL requests are sent to (GET)')
-    .addOption(new Option('--backend <backend>', 'where spans are read from').choices(['receive', 'jaeger', 'tempo']).default('receive'))
+    .addOption(
+      new Option('--backend <backend>', 'where spans are read from')
+        .choices(['receive', 'jaeger', 'tempo'])
+        .default('receive'),
+    )
     .option('--endpoint <url>', "Jaeger's or Tempo's query URL, or a running receiver's URL")
     .option('--port <n>', 'port of the receiver started here (default: 4318)', positiveInteger)
     .option('--count <n>', 'requests to send, each its own trace (default: 1)', positiveInteger)
@@ -80,31 +84,84 @@ function program(): Command {
     .option('--wait <ms>', 'how long to wait for spans after a request (default: 30000)', positiveInteger)
     .option('--quiet <ms>', 'spans are complete once none arrived for this long (default: 2000)', positiveInteger)
     .option('--json', 'print the result as JSON')
-    .addHelpText('after', '\nExamples:\n  meshtrace probe http://shop.example.com/orders\n  meshtrace probe --backend jaeger --endpoint http://jaeger:16686 --count 5 http://shop.example.com/orders\n\nExit codes: 0 whole, 1 broken, 2 unknown.')
-    .action((url: string, opts: { backend: ProbeBackend; endpoint?: string; port?: number; count?: number; timeout?: number; wait?: number; quiet?: number; json?: boolean }) =>
-      run(() => runProbe(defined({ url, backend: opts.backend, endpoint: opts.endpoint, port: opts.port, count: opts.count, timeoutMs: opts.timeout, waitMs: opts.wait, quietMs: opts.quiet, json: opts.json }), output())),
+    .addHelpText(
+      'after',
+      '\nExamples:\n  meshtrace probe http://shop.example.com/orders\n  meshtrace probe --backend jaeger --endpoint http://jaeger:16686 --count 5 http://shop.example.com/orders\n\nExit codes: 0 whole, 1 broken, 2 unknown.',
+    )
+    .action(
+      (
+        url: string,
+        opts: {
+          backend: ProbeBackend;
+          endpoint?: string;
+          port?: number;
+          count?: number;
+          timeout?: number;
+          wait?: number;
+          quiet?: number;
+          json?: boolean;
+        },
+      ) =>
+        run(() =>
+          runProbe(
+            defined({
+              url,
+              backend: opts.backend,
+              endpoint: opts.endpoint,
+              port: opts.port,
+              count: opts.count,
+              timeoutMs: opts.timeout,
+              waitMs: opts.wait,
+              quietMs: opts.quiet,
+              json: opts.json,
+            }),
+            output(),
+          ),
+        ),
     );
 
   cli
     .command('receive')
-    .description('Receive OTLP/HTTP traces and print each one as a waterfall, with orphaned roots and broken hops, until stopped.')
+    .description(
+      'Receive OTLP/HTTP traces and print each one as a waterfall, with orphaned roots and broken hops, until stopped.',
+    )
     .option('--host <host>', 'interface to listen on', '127.0.0.1')
     .option('--port <n>', 'port to listen on (0: any free one)', (v) => (v === '0' ? 0 : positiveInteger(v)), 4318)
     .option('--forward <url>', 'pass every request on, unchanged, to this collector')
     .option('--max-spans <n>', 'spans kept before the oldest traces are evicted (default: 100000)', positiveInteger)
-    .option('--quiet <ms>', 'a trace is printed once no span of it arrived for this long (default: 2000)', positiveInteger)
-    .option('--entry <services>', 'services requests enter at, comma-separated', (v) => v.split(',').filter((s) => s.length > 0))
-    .addHelpText('after', '\nExample:\n  meshtrace receive --port 4318 --forward http://otel-collector:4318\n\nStops on Ctrl-C (exit code 0); 2 when it cannot listen.')
-    .action((opts: { host: string; port: number; forward?: string; maxSpans?: number; quiet?: number; entry?: string[] }) =>
-      run(async () => {
-        const receiver = await runReceive(defined({ host: opts.host, port: opts.port, forward: opts.forward, maxSpans: opts.maxSpans, quietMs: opts.quiet, entryServices: opts.entry }), output());
-        await new Promise<void>((resolve) => {
-          process.once('SIGINT', resolve);
-          process.once('SIGTERM', resolve);
-        });
-        await receiver.close();
-        return 0;
-      }),
+    .option(
+      '--quiet <ms>',
+      'a trace is printed once no span of it arrived for this long (default: 2000)',
+      positiveInteger,
+    )
+    .option('--entry <services>', 'services requests enter at, comma-separated', (v) =>
+      v.split(',').filter((s) => s.length > 0),
+    )
+    .addHelpText(
+      'after',
+      '\nExample:\n  meshtrace receive --port 4318 --forward http://otel-collector:4318\n\nStops on Ctrl-C (exit code 0); 2 when it cannot listen.',
+    )
+    .action(
+      (opts: { host: string; port: number; forward?: string; maxSpans?: number; quiet?: number; entry?: string[] }) =>
+        run(async () => {
+          const receiver = await runReceive(
+            defined({
+              host: opts.host,
+              port: opts.port,
+              forward: opts.forward,
+              maxSpans: opts.maxSpans,
+              quietMs: opts.quiet,
+              entryServices: opts.entry,
+            }),
+            output(),
+          );
+          await new Promise<void>((resolve) => {
+            process.once('SIGINT', resolve);
+            process.once('SIGTERM', resolve);
+          });
+          await receiver.close();
+          return 0;
+        }),
     );
 
   cli
@@ -114,29 +171,44 @@ function program(): Command {
     .argument('[tracestate]', 'a tracestate value')
     .argument('[baggage]', 'a baggage value')
     .option('--json', 'print the result as JSON')
-    .addHelpText('after', "\nExample:\n  meshtrace check 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 'congo=t61rcWkgMzE' 'userId=alice'")
-    .action((traceparent: string, tracestate: string | undefined, baggage: string | undefined, opts: { json?: boolean }) => {
-      process.exitCode = runCheck({ traceparent, tracestate, baggage, json: opts.json }, output());
-    });
+    .addHelpText(
+      'after',
+      "\nExample:\n  meshtrace check 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 'congo=t61rcWkgMzE' 'userId=alice'",
+    )
+    .action(
+      (traceparent: string, tracestate: string | undefined, baggage: string | undefined, opts: { json?: boolean }) => {
+        process.exitCode = runCheck({ traceparent, tracestate, baggage, json: opts.json }, output());
+      },
+    );
 
   cli
     .command('logs')
-    .description('Read proxy access logs (Envoy, Istio JSON, nginx) and report, per upstream or route, requests without a traceparent, malformed ones and trace ids seen at one hop only.')
+    .description(
+      'Read proxy access logs (Envoy, Istio JSON, nginx) and report, per upstream or route, requests without a traceparent, malformed ones and trace ids seen at one hop only.',
+    )
     .argument('[files...]', 'access logs, one per proxy; - for stdin', ['-'])
     .addOption(new Option('--format <format>', 'the log format').choices([...LOG_FORMATS, 'auto']).default('auto'))
     .option('--json', 'print the report as JSON')
     .option('--max-traces <n>', 'trace ids remembered for the one-hop check', positiveInteger, 100_000)
     .option('--max-groups <n>', 'upstreams or routes reported apart', positiveInteger, 1_000)
-    .addHelpText('after', '\nExamples:\n  kubectl logs deploy/orders -c istio-proxy | meshtrace logs -\n  meshtrace logs --format nginx gateway.log orders-sidecar.log')
-    .action(async (files: string[], opts: { format: LogFormat | 'auto'; json?: boolean; maxTraces: number; maxGroups: number }) => {
-      const out = output();
-      if (files.includes('-') && process.stdin.isTTY) {
-        out.line('meshtrace logs: stdin is a terminal; pipe a log in or name the files (meshtrace logs --help)');
-        process.exitCode = USAGE;
-        return;
-      }
-      process.exitCode = await runLogs({ files, ...opts }, out);
-    });
+    .addHelpText(
+      'after',
+      '\nExamples:\n  kubectl logs deploy/orders -c istio-proxy | meshtrace logs -\n  meshtrace logs --format nginx gateway.log orders-sidecar.log',
+    )
+    .action(
+      async (
+        files: string[],
+        opts: { format: LogFormat | 'auto'; json?: boolean; maxTraces: number; maxGroups: number },
+      ) => {
+        const out = output();
+        if (files.includes('-') && process.stdin.isTTY) {
+          out.line('meshtrace logs: stdin is a terminal; pipe a log in or name the files (meshtrace logs --help)');
+          process.exitCode = USAGE;
+          return;
+        }
+        process.exitCode = await runLogs({ files, ...opts }, out);
+      },
+    );
 
   return cli;
 }

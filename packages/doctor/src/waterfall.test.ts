@@ -5,7 +5,19 @@ import { renderTraces } from './waterfall';
 
 const T = 1_700_000_000_000;
 /** One span as OTLP/JSON, times in ms after T. */
-function otlp(service: string, spans: Array<{ trace: string; id: string; parent?: string; name: string; kind: number; from: number; to: number; attributes?: Record<string, string | number> }>): unknown {
+function otlp(
+  service: string,
+  spans: Array<{
+    trace: string;
+    id: string;
+    parent?: string;
+    name: string;
+    kind: number;
+    from: number;
+    to: number;
+    attributes?: Record<string, string | number>;
+  }>,
+): unknown {
   return {
     resource: { attributes: [{ key: 'service.name', value: { stringValue: service } }] },
     scopeSpans: [
@@ -18,7 +30,10 @@ function otlp(service: string, spans: Array<{ trace: string; id: string; parent?
           kind: s.kind,
           startTimeUnixNano: String((T + s.from) * 1e6),
           endTimeUnixNano: String((T + s.to) * 1e6),
-          attributes: Object.entries(s.attributes ?? {}).map(([key, v]) => ({ key, value: typeof v === 'number' ? { intValue: v } : { stringValue: v } })),
+          attributes: Object.entries(s.attributes ?? {}).map(([key, v]) => ({
+            key,
+            value: typeof v === 'number' ? { intValue: v } : { stringValue: v },
+          })),
         })),
       },
     ],
@@ -28,15 +43,48 @@ function otlp(service: string, spans: Array<{ trace: string; id: string; parent?
 const spans: Span[] = spansFromOtlpJson({
   resourceSpans: [
     otlp('gateway', [
-      { trace: 'a', id: '1', parent: 'f', name: 'GET /checkout/:id', kind: 2, from: 0, to: 40, attributes: { 'meshtrace.propagation.outcome': 'continued' } },
-      { trace: 'a', id: '2', parent: '1', name: 'GET', kind: 3, from: 5, to: 35, attributes: { 'server.port': 9001, 'http.response.status_code': 200 } },
+      {
+        trace: 'a',
+        id: '1',
+        parent: 'f',
+        name: 'GET /checkout/:id',
+        kind: 2,
+        from: 0,
+        to: 40,
+        attributes: { 'meshtrace.propagation.outcome': 'continued' },
+      },
+      {
+        trace: 'a',
+        id: '2',
+        parent: '1',
+        name: 'GET',
+        kind: 3,
+        from: 5,
+        to: 35,
+        attributes: { 'server.port': 9001, 'http.response.status_code': 200 },
+      },
     ]),
-    otlp('orders', [{ trace: 'b', id: '3', name: 'GET /orders/:id', kind: 2, from: 10, to: 30, attributes: { 'meshtrace.propagation.outcome': 'missing' } }]),
+    otlp('orders', [
+      {
+        trace: 'b',
+        id: '3',
+        name: 'GET /orders/:id',
+        kind: 2,
+        from: 10,
+        to: 30,
+        attributes: { 'meshtrace.propagation.outcome': 'missing' },
+      },
+    ]),
   ],
 });
 
 test('a headline per trace, rows indented under their parent, outcome or callee, bars on one time axis, durations', () => {
-  const lines = renderTraces(spans, { color: false, width: 110, orphans: findOrphans(spans, { entryServices: ['gateway'] }), describePort: (p) => (p === 9001 ? 'orders' : undefined) });
+  const lines = renderTraces(spans, {
+    color: false,
+    width: 110,
+    orphans: findOrphans(spans, { entryServices: ['gateway'] }),
+    describePort: (p) => (p === 9001 ? 'orders' : undefined),
+  });
   expect(lines).toEqual([
     `trace ${'a'.repeat(32)}  continues the caller's span ${'f'.repeat(16)}`,
     '  gateway             GET /checkout/:id  server  continued                |████████████████████████|  40.0 ms',

@@ -63,8 +63,11 @@ function headline(p: Palette, traceId: string, top: Span, orphan: boolean): stri
   const parent = top.parentSpanId;
   let what: string;
   // OTLP does not say whether a parent was remote; a SERVER span's parent is its caller's span by definition.
-  if (parent !== undefined) what = top.kind === 'server' ? p.good(`continues the caller's span ${parent}`) : `parent ${parent} was not recorded`;
-  else if (orphan) what = p.bad(`ORPHANED ROOT: ${top.service} started a new trace (${outcomeText(top) || 'no outcome'})`);
+  if (parent !== undefined)
+    what =
+      top.kind === 'server' ? p.good(`continues the caller's span ${parent}`) : `parent ${parent} was not recorded`;
+  else if (orphan)
+    what = p.bad(`ORPHANED ROOT: ${top.service} started a new trace (${outcomeText(top) || 'no outcome'})`);
   else what = p.warn(`new trace at the edge (${outcomeText(top) || 'no outcome'})`);
   return `${p.dim('trace')} ${traceId}  ${what}`;
 }
@@ -113,10 +116,13 @@ export function renderTraces(spans: readonly Span[], options: WaterfallOptions):
       const length = Math.max(1, Math.min(barWidth - span0, Math.round((duration / total) * barWidth)));
       const bar = ' '.repeat(span0) + '█'.repeat(length) + ' '.repeat(barWidth - span0 - length);
       const text = note(span);
-      const painted = span.kind === 'server' ? outcomePaint(p, text, orphan)(pad(text, noteWidth)) : p.dim(pad(text, noteWidth));
+      const painted =
+        span.kind === 'server' ? outcomePaint(p, text, orphan)(pad(text, noteWidth)) : p.dim(pad(text, noteWidth));
       const label = pad(' '.repeat(2 * depth) + span.service, labelWidth);
       const ms = `${duration.toFixed(1)} ms`.padStart(9);
-      lines.push(`  ${p.bold(label)}${pad(span.name, nameWidth)}${pad(span.kind, 8)}${painted}${p.dim('|')}${p.bar(bar)}${p.dim('|')}${ms}`);
+      lines.push(
+        `  ${p.bold(label)}${pad(span.name, nameWidth)}${pad(span.kind, 8)}${painted}${p.dim('|')}${p.bar(bar)}${p.dim('|')}${ms}`,
+      );
     }
   }
   return lines;

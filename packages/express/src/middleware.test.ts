@@ -80,8 +80,24 @@ describe.each(MAJORS)('%s', (_major, express) => {
       }),
     );
     app.get('/cases', (_req, res) => void res.json(observe()));
-    app.get('/users/:id', (req, res) => void res.json({ id: req.params.id, traceId: req.meshTrace?.span.spanContext().traceId, outcome: req.meshTrace?.outcome.outcome }));
-    app.get('/refs', (req, res) => void res.json({ res: req.res === res, req: res.req === req, own: Object.hasOwn(req, 'res') && Object.hasOwn(res, 'req') }));
+    app.get(
+      '/users/:id',
+      (req, res) =>
+        void res.json({
+          id: req.params.id,
+          traceId: req.meshTrace?.span.spanContext().traceId,
+          outcome: req.meshTrace?.outcome.outcome,
+        }),
+    );
+    app.get(
+      '/refs',
+      (req, res) =>
+        void res.json({
+          res: req.res === res,
+          req: res.req === req,
+          own: Object.hasOwn(req, 'res') && Object.hasOwn(res, 'req'),
+        }),
+    );
     app.get('/healthz', (req, res) => void res.json({ seen: observe(), ended: req.meshTrace?.ended }));
     app.post('/json', express.json(), async (req, res) => {
       const seen: Record<string, string> = { 'after express.json()': activeTraceId() };
@@ -131,7 +147,11 @@ describe.each(MAJORS)('%s', (_major, express) => {
   test('context survives await, timers, promise chains and EventEmitters after express.json() read the body', async () => {
     const traceId = newTraceId();
     const body = JSON.stringify({ pad: 'x'.repeat(60_000) });
-    const res = await fetch(`${base}/json`, { method: 'POST', body, headers: { traceparent: traceparent(traceId), 'content-type': 'application/json' } });
+    const res = await fetch(`${base}/json`, {
+      method: 'POST',
+      body,
+      headers: { traceparent: traceparent(traceId), 'content-type': 'application/json' },
+    });
     const got = (await res.json()) as { bytes: number; seen: Record<string, string> };
     expect(got.bytes).toBe(body.length);
     const want = ['after express.json()', 'await', 'setTimeout', 'setImmediate', 'promise chain', 'EventEmitter'];
@@ -141,23 +161,35 @@ describe.each(MAJORS)('%s', (_major, express) => {
 
   test("context reaches the request's own 'data' and 'end' listeners", async () => {
     const traceId = newTraceId();
-    const res = await fetch(`${base}/raw`, { method: 'POST', body: 'y'.repeat(300_000), headers: { traceparent: traceparent(traceId) } });
+    const res = await fetch(`${base}/raw`, {
+      method: 'POST',
+      body: 'y'.repeat(300_000),
+      headers: { traceparent: traceparent(traceId) },
+    });
     const got = (await res.json()) as { chunks: number; seen: Record<string, string> };
     expect(got.chunks).toBeGreaterThan(1);
-    for (const where of ["request 'data'", "request 'end'"]) expect(`${where}: ${got.seen[where]}`).toBe(`${where}: ${traceId}`);
+    for (const where of ["request 'data'", "request 'end'"])
+      expect(`${where}: ${got.seen[where]}`).toBe(`${where}: ${traceId}`);
   });
 
   test('500 concurrent requests each see only their own trace', async () => {
     const ids = Array.from({ length: 500 }, newTraceId);
     // node:http rather than fetch: a socket each, with less client work between them.
-    const answers = await Promise.all(ids.map(async (id) => ((await getJson(`${base}/concurrent`, { traceparent: traceparent(id) })) as { traceId: string }).traceId));
+    const answers = await Promise.all(
+      ids.map(
+        async (id) =>
+          ((await getJson(`${base}/concurrent`, { traceparent: traceparent(id) })) as { traceId: string }).traceId,
+      ),
+    );
     const mixedUp = ids.map((sent, i) => ({ sent, seen: answers[i] })).filter((a) => a.sent !== a.seen);
     expect(mixedUp).toEqual([]);
     const perTrace = new Map<string, number>();
     for (let i = 0; i < 400 && perTrace.size < ids.length; i++) {
       await sleep(5);
       perTrace.clear();
-      for (const s of tracing.spans()) if (s.kind === SpanKind.SERVER) perTrace.set(s.spanContext().traceId, (perTrace.get(s.spanContext().traceId) ?? 0) + 1);
+      for (const s of tracing.spans())
+        if (s.kind === SpanKind.SERVER)
+          perTrace.set(s.spanContext().traceId, (perTrace.get(s.spanContext().traceId) ?? 0) + 1);
       for (const id of perTrace.keys()) if (!ids.includes(id)) perTrace.delete(id);
     }
     expect(ids.filter((id) => perTrace.get(id) !== 1)).toEqual([]);
@@ -165,7 +197,9 @@ describe.each(MAJORS)('%s', (_major, express) => {
 
   test('span attributes, name and status; the handler reaches its trace through req.meshTrace', async () => {
     const traceId = newTraceId();
-    const res = await fetch(`${base}/users/42?expand=1`, { headers: { traceparent: traceparent(traceId), 'user-agent': 'meshtrace-test/1.0' } });
+    const res = await fetch(`${base}/users/42?expand=1`, {
+      headers: { traceparent: traceparent(traceId), 'user-agent': 'meshtrace-test/1.0' },
+    });
     expect(await res.json()).toEqual({ id: '42', traceId, outcome: 'continued' });
     const span = await serverSpan(traceId);
     expect(span.name).toBe('GET /users/:id');
@@ -208,7 +242,10 @@ describe.each(MAJORS)('%s', (_major, express) => {
     const traceId = newTraceId();
     const entered = new Promise<void>((r) => (slowEntered = r));
     const aborter = new AbortController();
-    const pending = fetch(`${base}/slow`, { headers: { traceparent: traceparent(traceId) }, signal: aborter.signal }).catch((err: { name?: string }) => err.name);
+    const pending = fetch(`${base}/slow`, {
+      headers: { traceparent: traceparent(traceId) },
+      signal: aborter.signal,
+    }).catch((err: { name?: string }) => err.name);
     await entered;
     aborter.abort();
     expect(await pending).toBe('AbortError');
@@ -243,7 +280,11 @@ describe.each(MAJORS)('%s', (_major, express) => {
     );
     throwing.get('/ok', (_req, res) => void res.send('ok'));
     const apps = [
-      { name: 'working hooks', url: (await listen(hooked)).base, attributes: { 'app.tenant': 'acme', 'app.cache': 'hit' } },
+      {
+        name: 'working hooks',
+        url: (await listen(hooked)).base,
+        attributes: { 'app.tenant': 'acme', 'app.cache': 'hit' },
+      },
       { name: 'throwing hooks', url: (await listen(throwing)).base, attributes: {} },
     ];
     for (const a of apps) {
@@ -251,7 +292,12 @@ describe.each(MAJORS)('%s', (_major, express) => {
       const res = await fetch(`${a.url}/ok`, { headers: { traceparent: traceparent(traceId), 'x-tenant': 'acme' } });
       expect(`${a.name}: ${res.status} ${await res.text()}`).toBe(`${a.name}: 200 ok`);
       const span = await serverSpan(traceId);
-      expect({ name: a.name, ...span.attributes }).toMatchObject({ name: a.name, 'http.route': '/ok', 'http.response.status_code': 200, ...a.attributes });
+      expect({ name: a.name, ...span.attributes }).toMatchObject({
+        name: a.name,
+        'http.route': '/ok',
+        'http.response.status_code': 200,
+        ...a.attributes,
+      });
     }
   });
 
@@ -268,7 +314,9 @@ describe.each(MAJORS)('%s', (_major, express) => {
       context.with(trace.setSpan(parent, span), () => app(req, res));
     });
     const traceId = newTraceId();
-    const seen = (await (await fetch(`${outerBase}/users/7`, { headers: { traceparent: traceparent(traceId) } })).json()) as Observed;
+    const seen = (await (
+      await fetch(`${outerBase}/users/7`, { headers: { traceparent: traceparent(traceId) } })
+    ).json()) as Observed;
     const span = await serverSpan(traceId);
     await sleep(20);
     expect(serverSpans(traceId)).toHaveLength(1);
@@ -276,7 +324,11 @@ describe.each(MAJORS)('%s', (_major, express) => {
     expect(seen.spanId).toBe(span.spanContext().spanId);
     expect(seen.outbound.traceparent).toBe(`00-${traceId}-${span.spanContext().spanId}-01`);
     expect(span.name).toBe('GET /users/:id');
-    expect(span.attributes).toMatchObject({ 'http.route': '/users/:id', 'http.response.status_code': 200, 'meshtrace.propagation.outcome': 'continued' });
+    expect(span.attributes).toMatchObject({
+      'http.route': '/users/:id',
+      'http.response.status_code': 200,
+      'meshtrace.propagation.outcome': 'continued',
+    });
   });
 });
 
@@ -297,6 +349,8 @@ describe('bad options throw a TypeError naming the package and the option', () =
   test('app.use(meshTrace) without calling it', () => {
     const misused = meshTrace as unknown as (req: object, res: object, next: () => void) => void;
     expect(() => misused({}, {}, () => undefined)).toThrow(TypeError);
-    expect(() => misused({}, {}, () => undefined)).toThrow('@meshtrace/express: option "options" must be an object (use app.use(meshTrace()), not app.use(meshTrace))');
+    expect(() => misused({}, {}, () => undefined)).toThrow(
+      '@meshtrace/express: option "options" must be an object (use app.use(meshTrace()), not app.use(meshTrace))',
+    );
   });
 });

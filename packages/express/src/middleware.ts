@@ -3,7 +3,12 @@ import { context } from '@opentelemetry/api';
 import { createRoutePolicy, createServerTracing, optionError, toDictionaryMode, warner } from '@meshtrace/core/adapter';
 import type { MeshTraceOptions, MeshTraceRouteOptions } from '@meshtrace/core';
 import type { RequestTrace, RoutePolicy } from '@meshtrace/core/adapter';
-import type { ErrorRequestHandler, Request as ExpressRequest, RequestHandler, Response as ExpressResponse } from 'express';
+import type {
+  ErrorRequestHandler,
+  Request as ExpressRequest,
+  RequestHandler,
+  Response as ExpressResponse,
+} from 'express';
 import { routePolicyFor, routeTemplate } from './route';
 
 const PACKAGE = '@meshtrace/express';
@@ -20,7 +25,9 @@ const ROUTE_POLICY = Symbol.for('meshtrace.express.route-policy');
 let routePolicies = 0;
 
 function policyOf(handle: unknown): RoutePolicy<ExpressRequest> | undefined {
-  return typeof handle === 'function' ? (handle as { [ROUTE_POLICY]?: RoutePolicy<ExpressRequest> })[ROUTE_POLICY] : undefined;
+  return typeof handle === 'function'
+    ? (handle as { [ROUTE_POLICY]?: RoutePolicy<ExpressRequest> })[ROUTE_POLICY]
+    : undefined;
 }
 
 declare global {
@@ -75,8 +82,12 @@ function observeRouterErrors(): void {
  */
 export function meshTrace(options?: ExpressMeshTraceOptions): RequestHandler {
   // `app.use(meshTrace)` would call this with (req, res, next) and leave every request hanging.
-  if (arguments.length > 1) throw optionError(PACKAGE, 'options', 'an object (use app.use(meshTrace()), not app.use(meshTrace))', options);
-  const tracing = createServerTracing<ExpressRequest, ExpressResponse>(options, { name: PACKAGE, route: routeTemplate });
+  if (arguments.length > 1)
+    throw optionError(PACKAGE, 'options', 'an object (use app.use(meshTrace()), not app.use(meshTrace))', options);
+  const tracing = createServerTracing<ExpressRequest, ExpressResponse>(options, {
+    name: PACKAGE,
+    route: routeTemplate,
+  });
   observeRouterErrors();
   return function meshTraceMiddleware(req, res, next) {
     // Also used on a router or sub-app the request already passed through: it has its span.
@@ -107,9 +118,17 @@ export function meshTraceRoute(options: ExpressMeshTraceRouteOptions): RequestHa
   const middleware: RequestHandler = function meshTraceRouteMiddleware(req, _res, next) {
     const t = req.meshTrace;
     if (t === undefined) {
-      warner.warn(`${PACKAGE}:route-without-trace`, () => `${PACKAGE}: meshTraceRoute() ran on a request meshTrace() did not trace: add app.use(meshTrace()) before the routers.`);
+      warner.warn(
+        `${PACKAGE}:route-without-trace`,
+        () =>
+          `${PACKAGE}: meshTraceRoute() ran on a request meshTrace() did not trace: add app.use(meshTrace()) before the routers.`,
+      );
     } else if (t.route === undefined) {
-      warner.warn(`${PACKAGE}:route-unmatched`, () => `${PACKAGE}: meshTraceRoute() ran on a request for which meshTrace() had not found it on the router when the request started (a sub-application, or a URL changed after meshTrace()), so the application's inbound policy applied. Put the route policy on a router of the application itself.`);
+      warner.warn(
+        `${PACKAGE}:route-unmatched`,
+        () =>
+          `${PACKAGE}: meshTraceRoute() ran on a request for which meshTrace() had not found it on the router when the request started (a sub-application, or a URL changed after meshTrace()), so the application's inbound policy applied. Put the route policy on a router of the application itself.`,
+      );
     }
     next();
   };

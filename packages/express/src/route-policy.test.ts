@@ -3,7 +3,15 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { DiagLogLevel, diag } from '@opentelemetry/api';
 import { warner } from '@meshtrace/core/adapter';
-import { PARENT_ID, SHARED_TRUST_ROWS, TRACE_ID, TRUST_SERVICE, observe, runTrustRow, setupTestTracing } from '@meshtrace/testkit';
+import {
+  PARENT_ID,
+  SHARED_TRUST_ROWS,
+  TRACE_ID,
+  TRUST_SERVICE,
+  observe,
+  runTrustRow,
+  setupTestTracing,
+} from '@meshtrace/testkit';
 import type { TrustRow } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { meshTrace, meshTraceRoute } from '@meshtrace/express';
@@ -13,7 +21,16 @@ type Express = typeof import('express');
 
 const tracing = setupTestTracing();
 const warnings: string[] = [];
-diag.setLogger({ warn: (m: string) => void warnings.push(m), error: () => undefined, info: () => undefined, debug: () => undefined, verbose: () => undefined }, DiagLogLevel.WARN);
+diag.setLogger(
+  {
+    warn: (m: string) => void warnings.push(m),
+    error: () => undefined,
+    info: () => undefined,
+    debug: () => undefined,
+    verbose: () => undefined,
+  },
+  DiagLogLevel.WARN,
+);
 const servers: Server[] = [];
 afterAll(async () => {
   await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
@@ -28,7 +45,13 @@ const answer: RequestHandler = (_req, res) => void res.json(observe());
 const ROWS: readonly TrustRow[] = [
   ...SHARED_TRUST_ROWS,
   ['router.use(meshTraceRoute) on a mounted router', 'GET', '/public/items/7', 'restarted:route-policy', false],
-  ['a router-level policy also covers a path below it that no route answers (404)', 'GET', '/public/nothing-here', 'restarted:route-policy', false],
+  [
+    'a router-level policy also covers a path below it that no route answers (404)',
+    'GET',
+    '/public/nothing-here',
+    'restarted:route-policy',
+    false,
+  ],
   ['meshTraceRoute as a route handler, for its method', 'POST', '/webhooks/github', 'ignored:route-policy', false],
   ['the same path, another method without a policy', 'GET', '/webhooks/github', 'continued', true],
   ['a policy on a router above the route', 'GET', '/mid/n/deep', 'restarted:route-policy', false],
@@ -99,7 +122,11 @@ describe.each(MAJORS)('%s: meshTraceRoute decides before the one SERVER span sta
     warnings.length = 0;
     const seen = (await (await fetch(`${base}/sub/s`, { headers: { traceparent: VALID } })).json()) as Observed;
     expect(seen.traceId).toBe(TRACE_ID);
-    expect(warnings.filter((w) => w.startsWith('@meshtrace/express: meshTraceRoute() ran on a request for which meshTrace() had not found it'))).toHaveLength(1);
+    expect(
+      warnings.filter((w) =>
+        w.startsWith('@meshtrace/express: meshTraceRoute() ran on a request for which meshTrace() had not found it'),
+      ),
+    ).toHaveLength(1);
   });
 });
 
@@ -120,8 +147,14 @@ test('meshTraceRoute without meshTrace: a warning, and the request goes on', asy
 test.each([
   ['no options', undefined, 'meshTraceRoute'],
   ['an unknown action', { inbound: 'trust' }, 'meshTraceRoute.inbound'],
-  ['an unparsable CIDR', { inbound: { trustedPeers: ['10.0.0.0/8', '300.0.0.0/8'] } }, 'meshTraceRoute.inbound.trustedPeers'],
+  [
+    'an unparsable CIDR',
+    { inbound: { trustedPeers: ['10.0.0.0/8', '300.0.0.0/8'] } },
+    'meshTraceRoute.inbound.trustedPeers',
+  ],
 ])('meshTraceRoute with %s fails at setup', (_name, options, option) => {
   expect(() => meshTraceRoute(options as never)).toThrow(TypeError);
-  expect(() => meshTraceRoute(options as never)).toThrow(new RegExp(`^@meshtrace/express: option "${option.replace(/\./g, '\\.')}"`));
+  expect(() => meshTraceRoute(options as never)).toThrow(
+    new RegExp(`^@meshtrace/express: option "${option.replace(/\./g, '\\.')}"`),
+  );
 });

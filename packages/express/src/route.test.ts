@@ -80,16 +80,79 @@ function routedApp(express: Express) {
 
 const ROUTES = [
   { name: 'plain', method: 'GET', path: '/plain', span: 'GET /plain', route: '/plain', status: 200 },
-  { name: 'path parameter', method: 'GET', path: '/users/42', span: 'GET /users/:id', route: '/users/:id', status: 200 },
-  { name: 'router under a prefix', method: 'GET', path: '/api/users/7?full=1', span: 'GET /api/users/:id', route: '/api/users/:id', status: 200 },
-  { name: 'root route of a prefixed router', method: 'GET', path: '/api', span: 'GET /api', route: '/api', status: 200 },
-  { name: 'nested routers with parameters', method: 'GET', path: '/api/orgs/acme/teams/9', span: 'GET /api/orgs/:orgId/teams/:teamId', route: '/api/orgs/:orgId/teams/:teamId', status: 200 },
-  { name: 'router under a parameter', method: 'GET', path: '/t1/dashboard', span: 'GET /:tenant/dashboard', route: '/:tenant/dashboard', status: 200 },
+  {
+    name: 'path parameter',
+    method: 'GET',
+    path: '/users/42',
+    span: 'GET /users/:id',
+    route: '/users/:id',
+    status: 200,
+  },
+  {
+    name: 'router under a prefix',
+    method: 'GET',
+    path: '/api/users/7?full=1',
+    span: 'GET /api/users/:id',
+    route: '/api/users/:id',
+    status: 200,
+  },
+  {
+    name: 'root route of a prefixed router',
+    method: 'GET',
+    path: '/api',
+    span: 'GET /api',
+    route: '/api',
+    status: 200,
+  },
+  {
+    name: 'nested routers with parameters',
+    method: 'GET',
+    path: '/api/orgs/acme/teams/9',
+    span: 'GET /api/orgs/:orgId/teams/:teamId',
+    route: '/api/orgs/:orgId/teams/:teamId',
+    status: 200,
+  },
+  {
+    name: 'router under a parameter',
+    method: 'GET',
+    path: '/t1/dashboard',
+    span: 'GET /:tenant/dashboard',
+    route: '/:tenant/dashboard',
+    status: 200,
+  },
   { name: 'router mounted at /', method: 'GET', path: '/about', span: 'GET /about', route: '/about', status: 200 },
-  { name: 'sub-application under a parameter', method: 'GET', path: '/admin/s1/stats/mon', span: 'GET /admin/:site/stats/:day', route: '/admin/:site/stats/:day', status: 200 },
-  { name: 'router inside a sub-application', method: 'GET', path: '/admin/s1/reports/5', span: 'GET /admin/:site/reports/:reportId', route: '/admin/:site/reports/:reportId', status: 200 },
-  { name: 'sub-application inside a sub-application', method: 'GET', path: '/admin/s1/deep/z', span: 'GET /admin/:site/deep/:x', route: '/admin/:site/deep/:x', status: 200 },
-  { name: 'route answering 404 itself', method: 'GET', path: '/gone/3', span: 'GET /gone/:id', route: '/gone/:id', status: 404 },
+  {
+    name: 'sub-application under a parameter',
+    method: 'GET',
+    path: '/admin/s1/stats/mon',
+    span: 'GET /admin/:site/stats/:day',
+    route: '/admin/:site/stats/:day',
+    status: 200,
+  },
+  {
+    name: 'router inside a sub-application',
+    method: 'GET',
+    path: '/admin/s1/reports/5',
+    span: 'GET /admin/:site/reports/:reportId',
+    route: '/admin/:site/reports/:reportId',
+    status: 200,
+  },
+  {
+    name: 'sub-application inside a sub-application',
+    method: 'GET',
+    path: '/admin/s1/deep/z',
+    span: 'GET /admin/:site/deep/:x',
+    route: '/admin/:site/deep/:x',
+    status: 200,
+  },
+  {
+    name: 'route answering 404 itself',
+    method: 'GET',
+    path: '/gone/3',
+    span: 'GET /gone/:id',
+    route: '/gone/:id',
+    status: 404,
+  },
   { name: 'no route (404)', method: 'GET', path: '/no/such/page', span: 'GET', route: undefined, status: 404 },
   { name: 'method without a route (404)', method: 'POST', path: '/plain', span: 'POST', route: undefined, status: 404 },
 ] as const;
@@ -105,11 +168,21 @@ describe.each([
 
   test.each(ROUTES.map((r) => [r.name, r] as const))('%s', async (name, r) => {
     const traceId = newTraceId();
-    const res = await fetch(base + r.path, { method: r.method, headers: { traceparent: `00-${traceId}-${PARENT_ID}-01` } });
+    const res = await fetch(base + r.path, {
+      method: r.method,
+      headers: { traceparent: `00-${traceId}-${PARENT_ID}-01` },
+    });
     await res.arrayBuffer();
     const span = await serverSpan(traceId);
     const spans = tracing.spans().filter((s) => s.spanContext().traceId === traceId).length;
-    expect({ name, status: res.status, spans, span: span.name, route: span.attributes['http.route'], code: span.attributes['http.response.status_code'] }).toEqual({
+    expect({
+      name,
+      status: res.status,
+      spans,
+      span: span.name,
+      route: span.attributes['http.route'],
+      code: span.attributes['http.response.status_code'],
+    }).toEqual({
       name,
       status: r.status,
       spans: 1,
@@ -133,12 +206,55 @@ interface ErrorCase {
 }
 
 const ERRORS: readonly ErrorCase[] = [
-  { name: 'synchronous throw', path: '/throw', status: 500, error: true, exception: { type: 'Error', message: 'thrown' }, route: '/throw' },
-  { name: 'next(err)', path: '/next/1', status: 500, error: true, exception: { type: 'TypeError', message: 'passed to next' }, route: '/next/:id' },
-  { name: 'throw in a nested router', path: '/api/throw', status: 500, error: true, exception: { type: 'Error', message: 'thrown in router' }, route: '/api/throw' },
-  { name: 'error carrying a 4xx status', path: '/missing', status: 404, error: false, exception: { type: 'Error', message: 'not here' }, route: '/missing' },
-  { name: 'error carrying a 503 status', path: '/unavailable', status: 503, error: true, exception: { type: 'Error', message: 'busy' }, route: '/unavailable' },
-  { name: 'rejected promise', path: '/async', status: 500, error: true, exception: { type: 'RangeError', message: 'rejected' }, route: '/async', express5Only: true },
+  {
+    name: 'synchronous throw',
+    path: '/throw',
+    status: 500,
+    error: true,
+    exception: { type: 'Error', message: 'thrown' },
+    route: '/throw',
+  },
+  {
+    name: 'next(err)',
+    path: '/next/1',
+    status: 500,
+    error: true,
+    exception: { type: 'TypeError', message: 'passed to next' },
+    route: '/next/:id',
+  },
+  {
+    name: 'throw in a nested router',
+    path: '/api/throw',
+    status: 500,
+    error: true,
+    exception: { type: 'Error', message: 'thrown in router' },
+    route: '/api/throw',
+  },
+  {
+    name: 'error carrying a 4xx status',
+    path: '/missing',
+    status: 404,
+    error: false,
+    exception: { type: 'Error', message: 'not here' },
+    route: '/missing',
+  },
+  {
+    name: 'error carrying a 503 status',
+    path: '/unavailable',
+    status: 503,
+    error: true,
+    exception: { type: 'Error', message: 'busy' },
+    route: '/unavailable',
+  },
+  {
+    name: 'rejected promise',
+    path: '/async',
+    status: 500,
+    error: true,
+    exception: { type: 'RangeError', message: 'rejected' },
+    route: '/async',
+    express5Only: true,
+  },
 ];
 
 function failingApp(express: Express, major: number, withErrorMiddleware: boolean) {
@@ -148,7 +264,9 @@ function failingApp(express: Express, major: number, withErrorMiddleware: boolea
     throw new Error('thrown');
   });
   app.get('/next/:id', (_req: Request, _res: Response, next: NextFunction) => next(new TypeError('passed to next')));
-  app.get('/missing', (_req: Request, _res: Response, next: NextFunction) => next(Object.assign(new Error('not here'), { status: 404 })));
+  app.get('/missing', (_req: Request, _res: Response, next: NextFunction) =>
+    next(Object.assign(new Error('not here'), { status: 404 })),
+  );
   app.get('/unavailable', () => {
     throw Object.assign(new Error('busy'), { statusCode: 503 });
   });

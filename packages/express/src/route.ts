@@ -25,7 +25,9 @@ interface Match {
 }
 
 function asRouter(handle: unknown): Router | undefined {
-  return typeof handle === 'function' && Array.isArray((handle as { stack?: unknown }).stack) ? (handle as unknown as Router) : undefined;
+  return typeof handle === 'function' && Array.isArray((handle as { stack?: unknown }).stack)
+    ? (handle as unknown as Router)
+    : undefined;
 }
 
 function withoutTrailingSlash(path: string): string {
@@ -66,7 +68,11 @@ function matchLayer(layer: Layer, path: string): Match | undefined {
   let m: Match | undefined;
   if (typeof layer.match === 'function' && 'rawPath' in layer) {
     const found = layer.match(path);
-    if (found) m = { template: typeof found.pattern === 'string' ? found.pattern : String(found.pattern), length: found.path.length };
+    if (found)
+      m = {
+        template: typeof found.pattern === 'string' ? found.pattern : String(found.pattern),
+        length: found.path.length,
+      };
   } else if (layer.regexp instanceof RegExp) {
     m = matchExpress4(layer.regexp, layer.keys, path);
   }
@@ -93,7 +99,13 @@ function routerOf(app: App): Router | undefined {
  * `owner` is the application the router belongs to; `mounted` the sub-applications the request is in,
  * which Express mounts behind a wrapper of its own (`mounted_app`) that only their `parent` leads to.
  */
-function mountTemplate(router: Router, path: string, route: object, owner: App, mounted: readonly App[]): string | undefined {
+function mountTemplate(
+  router: Router,
+  path: string,
+  route: object,
+  owner: App,
+  mounted: readonly App[],
+): string | undefined {
   for (const layer of router.stack) {
     if (layer.route !== undefined) {
       if (layer.route === route && matchLayer(layer, path) !== undefined) return '';
@@ -140,7 +152,8 @@ export function routeTemplate(req: Request): string | undefined {
     if (root !== undefined && root.stack.some((layer) => layer.route === route)) return path;
     const url = req.originalUrl;
     const q = url.indexOf('?');
-    const prefix = root === undefined ? undefined : mountTemplate(root, q < 0 ? url : url.slice(0, q), route, top, mounted);
+    const prefix =
+      root === undefined ? undefined : mountTemplate(root, q < 0 ? url : url.slice(0, q), route, top, mounted);
     if (prefix === undefined) return undefined;
     return path === '/' && prefix.length > 0 ? prefix : prefix + path;
   } catch {
@@ -160,7 +173,12 @@ function handlesMethod(route: object, method: string): boolean {
  * for `path` and `method`, walking mounts and routes the way the router matches them. Layers that end
  * the request early cannot be foreseen: they only make the policy apply to a request that never reached it.
  */
-function policyIn<P>(router: Router, path: string, method: string, policyOf: (handle: unknown) => P | undefined): P | undefined {
+function policyIn<P>(
+  router: Router,
+  path: string,
+  method: string,
+  policyOf: (handle: unknown) => P | undefined,
+): P | undefined {
   let found: P | undefined;
   for (const layer of router.stack) {
     const route = layer.route;
@@ -171,7 +189,11 @@ function policyIn<P>(router: Router, path: string, method: string, policyOf: (ha
       const lower = method.toLowerCase();
       for (const l of stack) {
         const policy = policyOf(l.handle);
-        if (policy !== undefined && (l.method === undefined || l.method === lower || (lower === 'head' && l.method === 'get'))) found = policy;
+        if (
+          policy !== undefined &&
+          (l.method === undefined || l.method === lower || (lower === 'head' && l.method === 'get'))
+        )
+          found = policy;
       }
       continue;
     }

@@ -18,10 +18,20 @@ const MAJORS = [
   ['fastify 4', fastify4 as unknown as typeof fastify],
 ] as const;
 
-const HOOKS = ['onRequest', 'preParsing', 'preValidation', 'preHandler', 'preSerialization', 'onError', 'onSend', 'onResponse'] as const;
+const HOOKS = [
+  'onRequest',
+  'preParsing',
+  'preValidation',
+  'preHandler',
+  'preSerialization',
+  'onError',
+  'onSend',
+  'onResponse',
+] as const;
 const STYLES = ['async', 'async, after await', 'callback', 'callback, after setImmediate'];
 
-const randomTraceId = () => Array.from({ length: 32 }, () => '0123456789abcdef'[Math.floor(Math.random() * 16)]).join('');
+const randomTraceId = () =>
+  Array.from({ length: 32 }, () => '0123456789abcdef'[Math.floor(Math.random() * 16)]).join('');
 const traceparent = (traceId: string) => `00-${traceId}-${PARENT_ID}-01`;
 const activeSpanId = () => trace.getActiveSpan()?.spanContext().spanId ?? 'no active span';
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -48,14 +58,30 @@ async function serverSpanId(traceId: string): Promise<string> {
 }
 
 /** POSTs `body` in two chunks 20 ms apart, so parsing resumes from later socket reads. */
-function postInChunks(url: string, traceId: string, contentType: string, body: string): Promise<{ status: number; body: string }> {
+function postInChunks(
+  url: string,
+  traceId: string,
+  contentType: string,
+  body: string,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { method: 'POST', headers: { traceparent: traceparent(traceId), 'content-type': contentType, 'content-length': Buffer.byteLength(body) } }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (text += chunk));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
-    });
+    const req = httpRequest(
+      url,
+      {
+        method: 'POST',
+        headers: {
+          traceparent: traceparent(traceId),
+          'content-type': contentType,
+          'content-length': Buffer.byteLength(body),
+        },
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+      },
+    );
     req.on('error', reject);
     const half = Math.floor(body.length / 2);
     req.write(body.slice(0, half));
@@ -84,7 +110,9 @@ function observeEveryHook(app: FastifyInstance): void {
   app.addHook('onRequest', (request, _reply, done) => onRequest.callback(request, done));
   const preParsing = both('preParsing');
   app.addHook('preParsing', async (request, _reply, payload) => (await preParsing.async(request), payload));
-  app.addHook('preParsing', (request, _reply, payload, done) => preParsing.callback(request, () => done(null, payload)));
+  app.addHook('preParsing', (request, _reply, payload, done) =>
+    preParsing.callback(request, () => done(null, payload)),
+  );
   const preValidation = both('preValidation');
   app.addHook('preValidation', preValidation.async);
   app.addHook('preValidation', (request, _reply, done) => preValidation.callback(request, done));
@@ -93,7 +121,9 @@ function observeEveryHook(app: FastifyInstance): void {
   app.addHook('preHandler', (request, _reply, done) => preHandler.callback(request, done));
   const preSerialization = both('preSerialization');
   app.addHook('preSerialization', async (request, _reply, payload) => (await preSerialization.async(request), payload));
-  app.addHook('preSerialization', (request, _reply, payload, done) => preSerialization.callback(request, () => done(null, payload)));
+  app.addHook('preSerialization', (request, _reply, payload, done) =>
+    preSerialization.callback(request, () => done(null, payload)),
+  );
   const onError = both('onError');
   app.addHook('onError', async (request) => onError.async(request));
   app.addHook('onError', (request, _reply, _error, done) => onError.callback(request, done));
@@ -169,10 +199,14 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
       '/lost-in-every-stage',
       {
         onRequest: (request, _reply, done) => (note(request, 'onRequest'), fromOutside(done)),
-        preParsing: (request, _reply, payload, done) => (note(request, 'preParsing'), fromOutside(() => done(null, payload))),
+        preParsing: (request, _reply, payload, done) => (
+          note(request, 'preParsing'), fromOutside(() => done(null, payload))
+        ),
         preValidation: (request, _reply, done) => (note(request, 'preValidation'), fromOutside(done)),
         preHandler: (request, _reply, done) => (note(request, 'preHandler'), fromOutside(done)),
-        preSerialization: (request, _reply, payload, done) => (note(request, 'preSerialization'), fromOutside(() => done(null, payload))),
+        preSerialization: (request, _reply, payload, done) => (
+          note(request, 'preSerialization'), fromOutside(() => done(null, payload))
+        ),
         onSend: (request, _reply, payload, done) => (note(request, 'onSend'), fromOutside(() => done(null, payload))),
       },
       (request, reply) => {
@@ -218,12 +252,16 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
     });
     app.get('/pipelined', async (request) => (note(request, 'handler'), 'fast'));
 
-    app.get('/concurrent', { preHandler: async (request) => (await sleep(Math.random() * 5), note(request, 'preHandler')) }, async (request) => {
-      await new Promise((resolve) => setImmediate(resolve));
-      await sleep(Math.random() * 5);
-      note(request, 'handler');
-      return 'ok';
-    });
+    app.get(
+      '/concurrent',
+      { preHandler: async (request) => (await sleep(Math.random() * 5), note(request, 'preHandler')) },
+      async (request) => {
+        await new Promise((resolve) => setImmediate(resolve));
+        await sleep(Math.random() * 5);
+        note(request, 'handler');
+        return 'ok';
+      },
+    );
 
     base = await app.listen({ port: 0, host: '127.0.0.1' });
     port = Number(new URL(base).port);
@@ -257,19 +295,22 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
       status: 500,
     },
   ];
-  test.each(REQUESTS.map((r) => [r.name, r] as const))('the request context is active in every hook and the handler: %s', async (_name, r) => {
-    const traceId = randomTraceId();
-    const res = await postInChunks(base + r.path, traceId, r.contentType, '{"user":"ada","tags":["a","b"]}');
-    expect(res.status).toBe(r.status);
-    if (r.status === 200) expect(JSON.parse(res.body)).toEqual({ body: { user: 'ada', tags: ['a', 'b'] } });
-    await until(() => seen.get(traceId)?.['onResponse callback, after setImmediate'] !== undefined);
-    const spanId = await serverSpanId(traceId);
-    const expected: Record<string, string> = {};
-    for (const hook of r.hooks) for (const style of STYLES) expected[`${hook} ${style}`] = spanId;
-    for (const where of r.also) expected[where] = spanId;
-    expected.onResponse = spanId;
-    expect(seen.get(traceId)).toEqual(expected);
-  });
+  test.each(REQUESTS.map((r) => [r.name, r] as const))(
+    'the request context is active in every hook and the handler: %s',
+    async (_name, r) => {
+      const traceId = randomTraceId();
+      const res = await postInChunks(base + r.path, traceId, r.contentType, '{"user":"ada","tags":["a","b"]}');
+      expect(res.status).toBe(r.status);
+      if (r.status === 200) expect(JSON.parse(res.body)).toEqual({ body: { user: 'ada', tags: ['a', 'b'] } });
+      await until(() => seen.get(traceId)?.['onResponse callback, after setImmediate'] !== undefined);
+      const spanId = await serverSpanId(traceId);
+      const expected: Record<string, string> = {};
+      for (const hook of r.hooks) for (const style of STYLES) expected[`${hook} ${style}`] = spanId;
+      for (const where of r.also) expected[where] = spanId;
+      expected.onResponse = spanId;
+      expect(seen.get(traceId)).toEqual(expected);
+    },
+  );
 
   test('the context survives await, timers, promise chains, EventEmitters and streams in a handler', async () => {
     const traceId = randomTraceId();
@@ -277,7 +318,15 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
     expect(await res.text()).toBe('done');
     const spanId = await serverSpanId(traceId);
     await until(() => seen.get(traceId)?.onResponse !== undefined);
-    const places = ['handler', 'after await', 'in setTimeout', 'in setImmediate', 'in process.nextTick', 'in a promise chain', 'in an EventEmitter listener'];
+    const places = [
+      'handler',
+      'after await',
+      'in setTimeout',
+      'in setImmediate',
+      'in process.nextTick',
+      'in a promise chain',
+      'in an EventEmitter listener',
+    ];
     places.push('reading a stream (a)', 'reading a stream (b)', 'onResponse');
     expect(seen.get(traceId)).toEqual(Object.fromEntries(places.map((p) => [p, spanId])));
   });
@@ -296,28 +345,44 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
   });
 
   const LOST = [
-    { path: '/lost-in-every-stage', status: 200, stages: ['onRequest', 'preParsing', 'preValidation', 'preHandler', 'handler', 'preSerialization', 'onSend', 'onResponse'] },
+    {
+      path: '/lost-in-every-stage',
+      status: 200,
+      stages: [
+        'onRequest',
+        'preParsing',
+        'preValidation',
+        'preHandler',
+        'handler',
+        'preSerialization',
+        'onSend',
+        'onResponse',
+      ],
+    },
     { path: '/lost-before-an-error', status: 500, stages: ['onError', 'onResponse'] },
     { path: '/lost-before-the-error-handler', status: 503, stages: ['onError', 'error handler', 'onResponse'] },
     { path: '/no/such/route', status: 404, stages: ['not-found preHandler', 'not-found handler', 'onResponse'] },
   ];
-  test.each(LOST.map((l) => [l.path, l] as const))('each stage starts in the request context when the last one went on from outside it: %s', async (_path, l) => {
-    const traceId = randomTraceId();
-    const res = await postInChunks(base + l.path, traceId, 'application/json', '{"user":"ada"}');
-    expect(res.status).toBe(l.status);
-    // The body and the reply come through the hooks that re-enter the context.
-    if (l.status === 200) expect(JSON.parse(res.body)).toEqual({ body: { user: 'ada' } });
-    const spanId = await serverSpanId(traceId);
-    await until(() => seen.get(traceId)?.onResponse !== undefined);
-    expect(seen.get(traceId)).toEqual(Object.fromEntries(l.stages.map((s) => [s, spanId])));
-  });
+  test.each(LOST.map((l) => [l.path, l] as const))(
+    'each stage starts in the request context when the last one went on from outside it: %s',
+    async (_path, l) => {
+      const traceId = randomTraceId();
+      const res = await postInChunks(base + l.path, traceId, 'application/json', '{"user":"ada"}');
+      expect(res.status).toBe(l.status);
+      // The body and the reply come through the hooks that re-enter the context.
+      if (l.status === 200) expect(JSON.parse(res.body)).toEqual({ body: { user: 'ada' } });
+      const spanId = await serverSpanId(traceId);
+      await until(() => seen.get(traceId)?.onResponse !== undefined);
+      expect(seen.get(traceId)).toEqual(Object.fromEntries(l.stages.map((s) => [s, spanId])));
+    },
+  );
 
   test('an async hook that also takes done is still refused by Fastify', async () => {
     const other = Fastify();
     await other.register(meshTrace);
-    expect(() => other.addHook('preHandler', (async (_request: unknown, _reply: unknown, _done: unknown) => undefined) as never)).toThrow(
-      expect.objectContaining({ code: 'FST_ERR_HOOK_INVALID_ASYNC_HANDLER' }),
-    );
+    expect(() =>
+      other.addHook('preHandler', (async (_request: unknown, _reply: unknown, _done: unknown) => undefined) as never),
+    ).toThrow(expect.objectContaining({ code: 'FST_ERR_HOOK_INVALID_ASYNC_HANDLER' }));
     await other.close();
   });
 
@@ -328,7 +393,9 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
     const socket = connect(port, '127.0.0.1');
     socket.resume();
     // The slow first response holds the next two back, so their 'finish' fires from the first one's write.
-    socket.write(`${head('POST', ids[0], false)}Content-Length: 0\r\n\r\n${head('GET', ids[1], false)}\r\n${head('GET', ids[2], true)}\r\n`);
+    socket.write(
+      `${head('POST', ids[0], false)}Content-Length: 0\r\n\r\n${head('GET', ids[1], false)}\r\n${head('GET', ids[2], true)}\r\n`,
+    );
     await new Promise((resolve) => socket.on('close', resolve));
     for (const traceId of ids) {
       const spanId = await serverSpanId(traceId);
@@ -339,17 +406,29 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
 
   test('500 concurrent requests with distinct trace ids each see only their own', async () => {
     const ids = Array.from({ length: 500 }, randomTraceId);
-    const statuses = await Promise.all(ids.map(async (traceId) => (await fetch(`${base}/concurrent`, { headers: { traceparent: traceparent(traceId) } })).status));
+    const statuses = await Promise.all(
+      ids.map(
+        async (traceId) =>
+          (await fetch(`${base}/concurrent`, { headers: { traceparent: traceparent(traceId) } })).status,
+      ),
+    );
     expect(statuses.every((s) => s === 200)).toBe(true);
     await until(() => ids.every((id) => seen.get(id)?.onResponse !== undefined));
-    const byTrace = new Map(tracing.spans().filter((s) => s.kind === SpanKind.SERVER).map((s) => [s.spanContext().traceId, s]));
+    const byTrace = new Map(
+      tracing
+        .spans()
+        .filter((s) => s.kind === SpanKind.SERVER)
+        .map((s) => [s.spanContext().traceId, s]),
+    );
     const wrong = ids.flatMap((traceId) => {
       const span = byTrace.get(traceId);
       const spanId = span?.spanContext().spanId;
       const want = { preHandler: spanId, handler: spanId, onResponse: spanId };
       const problems: string[] = [];
-      if (span === undefined || span.parentSpanContext?.spanId !== PARENT_ID) problems.push(`${traceId}: no server span continuing the caller`);
-      if (JSON.stringify(seen.get(traceId)) !== JSON.stringify(want)) problems.push(`${traceId}: saw ${JSON.stringify(seen.get(traceId))}, want ${JSON.stringify(want)}`);
+      if (span === undefined || span.parentSpanContext?.spanId !== PARENT_ID)
+        problems.push(`${traceId}: no server span continuing the caller`);
+      if (JSON.stringify(seen.get(traceId)) !== JSON.stringify(want))
+        problems.push(`${traceId}: saw ${JSON.stringify(seen.get(traceId))}, want ${JSON.stringify(want)}`);
       return problems;
     });
     expect(wrong).toEqual([]);

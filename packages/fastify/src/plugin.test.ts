@@ -1,4 +1,13 @@
-import { DiagLogLevel, ROOT_CONTEXT, SpanKind, SpanStatusCode, context, diag, propagation, trace } from '@opentelemetry/api';
+import {
+  DiagLogLevel,
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  context,
+  diag,
+  propagation,
+  trace,
+} from '@opentelemetry/api';
 import type { DiagLogger } from '@opentelemetry/api';
 import { fastify } from 'fastify';
 import type { FastifyInstance } from 'fastify';
@@ -15,7 +24,13 @@ type ReadableSpan = ReturnType<TestTracing['spans']>[number];
 const tracing = setupTestTracing();
 const warnings: string[] = [];
 const record = (message: string) => void warnings.push(message);
-const logger: DiagLogger = { error: record, warn: record, info: () => undefined, debug: () => undefined, verbose: () => undefined };
+const logger: DiagLogger = {
+  error: record,
+  warn: record,
+  info: () => undefined,
+  debug: () => undefined,
+  verbose: () => undefined,
+};
 diag.setLogger(logger, DiagLogLevel.WARN);
 afterAll(() => tracing.shutdown());
 
@@ -26,18 +41,27 @@ const MAJORS = [
 ] as const;
 
 const traceparent = (traceId: string) => `00-${traceId}-${PARENT_ID}-01`;
-const randomTraceId = () => Array.from({ length: 32 }, () => '0123456789abcdef'[Math.floor(Math.random() * 16)]).join('');
+const randomTraceId = () =>
+  Array.from({ length: 32 }, () => '0123456789abcdef'[Math.floor(Math.random() * 16)]).join('');
 const settle = () => new Promise((resolve) => setTimeout(resolve, 20));
-const serverSpans = (traceId: string): ReadableSpan[] => tracing.spans().filter((s) => s.spanContext().traceId === traceId && s.kind === SpanKind.SERVER);
+const serverSpans = (traceId: string): ReadableSpan[] =>
+  tracing.spans().filter((s) => s.spanContext().traceId === traceId && s.kind === SpanKind.SERVER);
 /** POSTs a JSON `body` in two chunks 20 ms apart, so it is parsed from a later socket read. */
 function postInChunks(url: string, headers: Record<string, string>, body: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { method: 'POST', headers: { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (text += chunk));
-      res.on('end', () => resolve(text));
-    });
+    const req = httpRequest(
+      url,
+      {
+        method: 'POST',
+        headers: { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (text += chunk));
+        res.on('end', () => resolve(text));
+      },
+    );
     req.on('error', reject);
     req.write(body.slice(0, 4));
     setTimeout(() => req.end(body.slice(4)), 20);
@@ -74,15 +98,30 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
       await new Promise((resolve) => setTimeout(resolve, 1));
       throw new TypeError('async rejection');
     });
-    app.get('/hook-error', { preHandler: async () => Promise.reject(new RangeError('hook failed')) }, async () => 'unreachable');
-    app.get('/callback-hook-error', { preValidation: (_request, _reply, done) => done(new Error('done with an error')) }, async () => 'unreachable');
+    app.get(
+      '/hook-error',
+      { preHandler: async () => Promise.reject(new RangeError('hook failed')) },
+      async () => 'unreachable',
+    );
+    app.get(
+      '/callback-hook-error',
+      { preValidation: (_request, _reply, done) => done(new Error('done with an error')) },
+      async () => 'unreachable',
+    );
     app.get('/bad-request', async () => {
       throw Object.assign(new Error('caller sent nonsense'), { statusCode: 400 });
     });
-    app.get('/validated', { schema: { querystring: { type: 'object', properties: { n: { type: 'integer' } }, required: ['n'] } } }, async () => 'ok');
+    app.get(
+      '/validated',
+      { schema: { querystring: { type: 'object', properties: { n: { type: 'integer' } }, required: ['n'] } } },
+      async () => 'ok',
+    );
     app.get(
       '/slow',
-      { onRequestAbort: async (request) => void abortHookSaw.set(request.headers.traceparent as string, trace.getActiveSpan()?.spanContext().spanId) },
+      {
+        onRequestAbort: async (request) =>
+          void abortHookSaw.set(request.headers.traceparent as string, trace.getActiveSpan()?.spanContext().spanId),
+      },
       async (request) => {
         // Answers only once the client has gone away.
         await new Promise((resolve) => request.raw.once('close', resolve));
@@ -103,11 +142,17 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
 
   test('the server span carries the HTTP attributes', async () => {
     const traceId = randomTraceId();
-    const res = await fetch(`${base}/users/42?expand=1`, { headers: { traceparent: traceparent(traceId), 'user-agent': 'meshtrace-test/1.0' } });
+    const res = await fetch(`${base}/users/42?expand=1`, {
+      headers: { traceparent: traceparent(traceId), 'user-agent': 'meshtrace-test/1.0' },
+    });
     const seen = (await res.json()) as Observed;
     await settle();
     const [span] = serverSpans(traceId);
-    expect({ name: span.name, kind: span.kind, spanId: span.spanContext().spanId }).toEqual({ name: 'GET /users/:id', kind: SpanKind.SERVER, spanId: seen.spanId });
+    expect({ name: span.name, kind: span.kind, spanId: span.spanContext().spanId }).toEqual({
+      name: 'GET /users/:id',
+      kind: SpanKind.SERVER,
+      spanId: seen.spanId,
+    });
     expect(span.attributes).toMatchObject({
       'http.request.method': 'GET',
       'url.path': '/users/42',
@@ -124,10 +169,38 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
 
   const ROUTES = [
     { name: 'plain route', method: 'GET', path: '/plain', span: 'GET /plain', route: '/plain', status: 200 },
-    { name: 'route with a parameter', method: 'GET', path: '/users/7', span: 'GET /users/:id', route: '/users/:id', status: 200 },
-    { name: 'POST with a JSON body', method: 'POST', path: '/users', span: 'POST /users', route: '/users', status: 201 },
-    { name: 'wildcard route', method: 'GET', path: '/files/a/b.txt', span: 'GET /files/*', route: '/files/*', status: 200 },
-    { name: 'route of a prefixed plugin', method: 'GET', path: '/api/items/9', span: 'GET /api/items/:itemId', route: '/api/items/:itemId', status: 200 },
+    {
+      name: 'route with a parameter',
+      method: 'GET',
+      path: '/users/7',
+      span: 'GET /users/:id',
+      route: '/users/:id',
+      status: 200,
+    },
+    {
+      name: 'POST with a JSON body',
+      method: 'POST',
+      path: '/users',
+      span: 'POST /users',
+      route: '/users',
+      status: 201,
+    },
+    {
+      name: 'wildcard route',
+      method: 'GET',
+      path: '/files/a/b.txt',
+      span: 'GET /files/*',
+      route: '/files/*',
+      status: 200,
+    },
+    {
+      name: 'route of a prefixed plugin',
+      method: 'GET',
+      path: '/api/items/9',
+      span: 'GET /api/items/:itemId',
+      route: '/api/items/:itemId',
+      status: 200,
+    },
     { name: 'HEAD on a GET route', method: 'HEAD', path: '/plain', span: 'HEAD /plain', route: '/plain', status: 200 },
     { name: 'no route (404)', method: 'GET', path: '/nope/1', span: 'GET', route: undefined, status: 404 },
     { name: 'unknown method', method: 'PROPFIND', path: '/plain', span: 'HTTP', route: undefined, status: 404 },
@@ -145,7 +218,12 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
     await settle();
     const spans = serverSpans(traceId);
     expect({ name, spans: spans.length, status: res.status }).toEqual({ name, spans: 1, status: r.status });
-    expect({ name, span: spans[0].name, route: spans[0].attributes['http.route'], status: spans[0].attributes['http.response.status_code'] }).toEqual({
+    expect({
+      name,
+      span: spans[0].name,
+      route: spans[0].attributes['http.route'],
+      status: spans[0].attributes['http.response.status_code'],
+    }).toEqual({
       name,
       span: r.span,
       route: r.route,
@@ -154,13 +232,55 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
   });
 
   const ERRORS = [
-    { name: 'throw in a handler', path: '/throw', status: 500, error: 'Error', message: 'handler threw', spanStatus: SpanStatusCode.ERROR },
-    { name: 'async rejection in a handler', path: '/reject', status: 500, error: 'TypeError', message: 'async rejection', spanStatus: SpanStatusCode.ERROR },
-    { name: 'rejection in an async hook', path: '/hook-error', status: 500, error: 'RangeError', message: 'hook failed', spanStatus: SpanStatusCode.ERROR },
-    { name: 'error passed to done() of a hook', path: '/callback-hook-error', status: 500, error: 'Error', message: 'done with an error', spanStatus: SpanStatusCode.ERROR },
+    {
+      name: 'throw in a handler',
+      path: '/throw',
+      status: 500,
+      error: 'Error',
+      message: 'handler threw',
+      spanStatus: SpanStatusCode.ERROR,
+    },
+    {
+      name: 'async rejection in a handler',
+      path: '/reject',
+      status: 500,
+      error: 'TypeError',
+      message: 'async rejection',
+      spanStatus: SpanStatusCode.ERROR,
+    },
+    {
+      name: 'rejection in an async hook',
+      path: '/hook-error',
+      status: 500,
+      error: 'RangeError',
+      message: 'hook failed',
+      spanStatus: SpanStatusCode.ERROR,
+    },
+    {
+      name: 'error passed to done() of a hook',
+      path: '/callback-hook-error',
+      status: 500,
+      error: 'Error',
+      message: 'done with an error',
+      spanStatus: SpanStatusCode.ERROR,
+    },
     // Semantic conventions: a SERVER span's status stays unset for 4xx, the caller's fault.
-    { name: 'error with a 4xx status', path: '/bad-request', status: 400, error: 'Error', message: 'caller sent nonsense', spanStatus: SpanStatusCode.UNSET },
-    { name: 'schema validation error', path: '/validated?n=x', status: 400, error: 'FST_ERR_VALIDATION', message: 'querystring/n must be integer', spanStatus: SpanStatusCode.UNSET },
+    {
+      name: 'error with a 4xx status',
+      path: '/bad-request',
+      status: 400,
+      error: 'Error',
+      message: 'caller sent nonsense',
+      spanStatus: SpanStatusCode.UNSET,
+    },
+    {
+      name: 'schema validation error',
+      path: '/validated?n=x',
+      status: 400,
+      error: 'FST_ERR_VALIDATION',
+      message: 'querystring/n must be integer',
+      spanStatus: SpanStatusCode.UNSET,
+    },
   ];
   test.each(ERRORS.map((e) => [e.name, e] as const))('errors are recorded: %s', async (name, e) => {
     const traceId = randomTraceId();
@@ -170,14 +290,19 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
     const spans = serverSpans(traceId);
     expect({ name, spans: spans.length, status: res.status }).toEqual({ name, spans: 1, status: e.status });
     const span = spans[0];
-    const exceptions = span.events.filter((ev) => ev.name === 'exception').map((ev) => ({ type: ev.attributes?.['exception.type'], message: ev.attributes?.['exception.message'] }));
+    const exceptions = span.events
+      .filter((ev) => ev.name === 'exception')
+      .map((ev) => ({ type: ev.attributes?.['exception.type'], message: ev.attributes?.['exception.message'] }));
     expect({ name, exceptions, status: span.status.code, code: span.attributes['http.response.status_code'] }).toEqual({
       name,
       exceptions: [{ type: e.error, message: e.message }],
       status: e.spanStatus,
       code: e.status,
     });
-    expect({ name, errorType: span.attributes['error.type'] }).toEqual({ name, errorType: e.spanStatus === SpanStatusCode.ERROR ? e.error : undefined });
+    expect({ name, errorType: span.attributes['error.type'] }).toEqual({
+      name,
+      errorType: e.spanStatus === SpanStatusCode.ERROR ? e.error : undefined,
+    });
   });
 
   const IGNORED = [
@@ -185,21 +310,30 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
     { name: 'exact path with a query and a body', method: 'POST', path: '/healthz?probe=1' },
     { name: 'regular expression', method: 'GET', path: '/internal/metrics' },
   ];
-  test.each(IGNORED.map((c) => [c.name, c] as const))('ignore skips the span but still propagates: %s', async (name, c) => {
-    const traceId = randomTraceId();
-    const headers = { traceparent: traceparent(traceId), baggage: 'tenant=acme' };
-    const text = c.method === 'POST' ? await postInChunks(base + c.path, headers, '{"up":true}') : await (await fetch(base + c.path, { headers })).text();
-    const body = JSON.parse(text) as Observed | { body: unknown; seen: Observed };
-    const seen = 'seen' in body ? body.seen : body;
-    await settle();
-    expect({ name, spans: tracing.spans().filter((s) => s.spanContext().traceId === traceId).length }).toEqual({ name, spans: 0 });
-    expect({ name, traceId: seen.traceId, outbound: seen.outbound }).toEqual({
-      name,
-      traceId,
-      outbound: { traceparent: traceparent(traceId), baggage: 'tenant=acme' },
-    });
-    if ('body' in body) expect({ name, body: body.body }).toEqual({ name, body: { up: true } });
-  });
+  test.each(IGNORED.map((c) => [c.name, c] as const))(
+    'ignore skips the span but still propagates: %s',
+    async (name, c) => {
+      const traceId = randomTraceId();
+      const headers = { traceparent: traceparent(traceId), baggage: 'tenant=acme' };
+      const text =
+        c.method === 'POST'
+          ? await postInChunks(base + c.path, headers, '{"up":true}')
+          : await (await fetch(base + c.path, { headers })).text();
+      const body = JSON.parse(text) as Observed | { body: unknown; seen: Observed };
+      const seen = 'seen' in body ? body.seen : body;
+      await settle();
+      expect({ name, spans: tracing.spans().filter((s) => s.spanContext().traceId === traceId).length }).toEqual({
+        name,
+        spans: 0,
+      });
+      expect({ name, traceId: seen.traceId, outbound: seen.outbound }).toEqual({
+        name,
+        traceId,
+        outbound: { traceparent: traceparent(traceId), baggage: 'tenant=acme' },
+      });
+      if ('body' in body) expect({ name, body: body.body }).toEqual({ name, body: { up: true } });
+    },
+  );
 
   test('the span ends exactly once', async () => {
     const traceId = randomTraceId();
@@ -272,7 +406,11 @@ describe.each(MAJORS)('%s options', (_major, Fastify) => {
     const seen = (await res.json()) as Observed;
     await settle();
     await app.close();
-    expect({ status: res.status, traceId: seen.traceId, spans: serverSpans(TRACE_ID).length }).toEqual({ status: 200, traceId: TRACE_ID, spans: 1 });
+    expect({ status: res.status, traceId: seen.traceId, spans: serverSpans(TRACE_ID).length }).toEqual({
+      status: 200,
+      traceId: TRACE_ID,
+      spans: 1,
+    });
     expect(warnings.filter((w) => w.includes('Hook threw'))).toEqual([
       '@meshtrace/fastify: requestHook threw and was ignored: requestHook broke',
       '@meshtrace/fastify: responseHook threw and was ignored: responseHook broke',
@@ -312,7 +450,10 @@ describe.each(MAJORS)('%s options', (_major, Fastify) => {
     const res = await fetch(`${base}/ok`, { headers: { traceparent: traceparent(traceId) } });
     const seen = (await res.json()) as Observed;
     await app.close();
-    expect({ traceresponse: res.headers.get('traceresponse'), app: res.headers.get('x-app') }).toEqual({ traceresponse: `00-${traceId}-${seen.spanId}-01`, app: 'yes' });
+    expect({ traceresponse: res.headers.get('traceresponse'), app: res.headers.get('x-app') }).toEqual({
+      traceresponse: `00-${traceId}-${seen.spanId}-01`,
+      app: 'yes',
+    });
   });
 
   test('a SERVER span made before Fastify by another HTTP instrumentation is reused and enriched', async () => {
@@ -333,7 +474,9 @@ describe.each(MAJORS)('%s options', (_major, Fastify) => {
     tracing.reset();
     warnings.length = 0;
     const traceId = randomTraceId();
-    const seen = (await (await fetch(`${base}/users/5`, { headers: { traceparent: traceparent(traceId) } })).json()) as Observed;
+    const seen = (await (
+      await fetch(`${base}/users/5`, { headers: { traceparent: traceparent(traceId) } })
+    ).json()) as Observed;
     await settle();
     await app.close();
     const spans = serverSpans(traceId);
@@ -344,7 +487,11 @@ describe.each(MAJORS)('%s options', (_major, Fastify) => {
       parent: PARENT_ID,
       name: 'GET /users/:id',
     });
-    expect(span.attributes).toMatchObject({ 'http.route': '/users/:id', 'http.response.status_code': 200, 'meshtrace.propagation.outcome': 'continued' });
+    expect(span.attributes).toMatchObject({
+      'http.route': '/users/:id',
+      'http.response.status_code': 200,
+      'meshtrace.propagation.outcome': 'continued',
+    });
     expect(endedTwice()).toEqual([]);
   });
 });

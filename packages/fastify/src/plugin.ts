@@ -3,7 +3,15 @@ import type { Context } from '@opentelemetry/api';
 import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core/adapter';
 import type { MeshTraceOptions, MeshTraceRouteOptions } from '@meshtrace/core';
 import type { RequestTrace, RoutePolicy } from '@meshtrace/core/adapter';
-import type { FastifyError, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteHandlerMethod } from 'fastify';
+import type {
+  FastifyError,
+  FastifyInstance,
+  FastifyPluginAsync,
+  FastifyReply,
+  FastifyRequest,
+  HookHandlerDoneFunction,
+  RouteHandlerMethod,
+} from 'fastify';
 import { fastifyPlugin } from 'fastify-plugin';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
@@ -33,7 +41,11 @@ type Policies = WeakMap<object, RoutePolicy<FastifyRequest> | null>;
 function addRoutePolicy(policies: Policies, config: unknown): void {
   const options = (config as { meshTrace?: unknown } | undefined)?.meshTrace;
   if (options === undefined) return;
-  const policy = createRoutePolicy<FastifyRequest>(PACKAGE, options as MeshTraceRouteOptions<FastifyRequest>, 'config.meshTrace');
+  const policy = createRoutePolicy<FastifyRequest>(
+    PACKAGE,
+    options as MeshTraceRouteOptions<FastifyRequest>,
+    'config.meshTrace',
+  );
   policies.set(options as object, policy);
 }
 
@@ -44,10 +56,18 @@ function routePolicyOf(policies: Policies, request: FastifyRequest): RoutePolicy
   let policy = policies.get(options);
   if (policy === undefined) {
     try {
-      policy = createRoutePolicy<FastifyRequest>(PACKAGE, options as MeshTraceRouteOptions<FastifyRequest>, 'config.meshTrace');
+      policy = createRoutePolicy<FastifyRequest>(
+        PACKAGE,
+        options as MeshTraceRouteOptions<FastifyRequest>,
+        'config.meshTrace',
+      );
     } catch (err) {
       policy = null;
-      warner.warn(`${PACKAGE}:route-policy`, () => `${(err as Error).message}; the route was added before the plugin was registered, so the plugin's own inbound policy applies to it.`);
+      warner.warn(
+        `${PACKAGE}:route-policy`,
+        () =>
+          `${(err as Error).message}; the route was added before the plugin was registered, so the plugin's own inbound policy applies to it.`,
+      );
     }
     policies.set(options, policy);
   }
@@ -94,7 +114,18 @@ type Done = (err?: unknown, value?: unknown) => void;
 type Hook = (this: unknown, ...args: never[]) => unknown;
 
 /** Where each request lifecycle hook gets `done`: the number of arguments before it. */
-const DONE_AT: Readonly<Record<string, number>> = { onRequest: 2, preParsing: 3, preValidation: 2, preHandler: 2, preSerialization: 3, onSend: 3, onResponse: 2, onError: 3, onTimeout: 2, onRequestAbort: 1 };
+const DONE_AT: Readonly<Record<string, number>> = {
+  onRequest: 2,
+  preParsing: 3,
+  preValidation: 2,
+  preHandler: 2,
+  preSerialization: 3,
+  onSend: 3,
+  onResponse: 2,
+  onError: 3,
+  onTimeout: 2,
+  onRequestAbort: 1,
+};
 
 /** `done`, going on in `ctx` however late and from wherever it is called (a pooled client's callback). */
 function resumeIn(ctx: Context, done: Done): Done {
@@ -133,14 +164,24 @@ function inContext(name: string, hook: unknown): unknown {
       const ctx = contextOf(request);
       if (ctx === undefined) return fn.call(this, request, reply, done);
       const next = takesDone ? resumeIn(ctx, done) : done;
-      return context.active() === ctx ? fn.call(this, request, reply, next) : context.with(ctx, fn, this, request, reply, next);
+      return context.active() === ctx
+        ? fn.call(this, request, reply, next)
+        : context.with(ctx, fn, this, request, reply, next);
     };
   }
-  return function meshTraceHook(this: unknown, request: FastifyRequest, reply: FastifyReply, value: unknown, done: Done): unknown {
+  return function meshTraceHook(
+    this: unknown,
+    request: FastifyRequest,
+    reply: FastifyReply,
+    value: unknown,
+    done: Done,
+  ): unknown {
     const ctx = contextOf(request);
     if (ctx === undefined) return fn.call(this, request, reply, value, done);
     const next = takesDone ? resumeIn(ctx, done) : done;
-    return context.active() === ctx ? fn.call(this, request, reply, value, next) : context.with(ctx, fn, this, request, reply, value, next);
+    return context.active() === ctx
+      ? fn.call(this, request, reply, value, next)
+      : context.with(ctx, fn, this, request, reply, value, next);
   };
 }
 
@@ -148,13 +189,19 @@ function inContext(name: string, hook: unknown): unknown {
 function routeHooksInContext(options: Record<string, unknown>): Record<string, unknown> {
   for (const name in DONE_AT) {
     const hook = options[name];
-    if (hook !== undefined && hook !== null) options[name] = Array.isArray(hook) ? hook.map((h) => inContext(name, h)) : inContext(name, hook);
+    if (hook !== undefined && hook !== null)
+      options[name] = Array.isArray(hook) ? hook.map((h) => inContext(name, h)) : inContext(name, hook);
   }
   return options;
 }
 
 const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshTracePlugin(fastify, options) {
-  const tracing = createServerTracing<FastifyRequest, FastifyReply>(options, { name: PACKAGE, incoming: rawRequest, outgoing: rawReply, route });
+  const tracing = createServerTracing<FastifyRequest, FastifyReply>(options, {
+    name: PACKAGE,
+    incoming: rawRequest,
+    outgoing: rawReply,
+    route,
+  });
   const policies: Policies = new WeakMap();
 
   // Declared without a value (Fastify 5 refuses an object shared by all requests): each request sets its own.
@@ -190,11 +237,23 @@ const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshT
     return addHook.call(this, name as never, inContext(name, hook) as never);
   } as typeof fastify.addHook;
   // The not-found handler is no route (onRoute never sees it): its handler and its own hooks are wrapped here.
-  const setNotFoundHandler = fastify.setNotFoundHandler as unknown as (this: FastifyInstance, opts?: unknown, handler?: unknown) => FastifyInstance;
-  fastify.setNotFoundHandler = function meshTraceSetNotFoundHandler(this: FastifyInstance, opts?: unknown, handler?: unknown) {
+  const setNotFoundHandler = fastify.setNotFoundHandler as unknown as (
+    this: FastifyInstance,
+    opts?: unknown,
+    handler?: unknown,
+  ) => FastifyInstance;
+  fastify.setNotFoundHandler = function meshTraceSetNotFoundHandler(
+    this: FastifyInstance,
+    opts?: unknown,
+    handler?: unknown,
+  ) {
     if (typeof opts === 'function') return setNotFoundHandler.call(this, inRequestContext(opts as RouteHandlerMethod));
     if (opts !== null && typeof opts === 'object') opts = routeHooksInContext({ ...opts });
-    return setNotFoundHandler.call(this, opts, typeof handler === 'function' ? inRequestContext(handler as RouteHandlerMethod) : handler);
+    return setNotFoundHandler.call(
+      this,
+      opts,
+      typeof handler === 'function' ? inRequestContext(handler as RouteHandlerMethod) : handler,
+    );
   } as typeof fastify.setNotFoundHandler;
 };
 

@@ -3,14 +3,31 @@ import { fastify } from 'fastify';
 import type { FastifyInstance } from 'fastify';
 import { fastify as fastify4 } from 'fastify4';
 import { warner } from '@meshtrace/core/adapter';
-import { PARENT_ID, SHARED_TRUST_ROWS, TRACE_ID, TRUST_SERVICE, observe, runTrustRow, setupTestTracing } from '@meshtrace/testkit';
+import {
+  PARENT_ID,
+  SHARED_TRUST_ROWS,
+  TRACE_ID,
+  TRUST_SERVICE,
+  observe,
+  runTrustRow,
+  setupTestTracing,
+} from '@meshtrace/testkit';
 import type { TrustRow } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { meshTrace } from '@meshtrace/fastify';
 
 const tracing = setupTestTracing();
 const warnings: string[] = [];
-diag.setLogger({ warn: (m: string) => void warnings.push(m), error: () => undefined, info: () => undefined, debug: () => undefined, verbose: () => undefined }, DiagLogLevel.WARN);
+diag.setLogger(
+  {
+    warn: (m: string) => void warnings.push(m),
+    error: () => undefined,
+    info: () => undefined,
+    debug: () => undefined,
+    verbose: () => undefined,
+  },
+  DiagLogLevel.WARN,
+);
 afterAll(async () => {
   await tracing.shutdown();
   diag.disable();
@@ -45,8 +62,20 @@ describe.each(MAJORS)('%s: route config.meshTrace decides before the one SERVER 
     app.get('/internal', async () => observe());
     app.get('/public/:id', { config: { meshTrace: { inbound: 'restart' } } }, async () => observe());
     app.post('/webhooks', { config: { meshTrace: { inbound: 'ignore' } } }, async () => observe());
-    app.get('/fn', { config: { meshTrace: { inbound: (request) => ((request.query as { trust?: string }).trust === 'yes' ? 'continue' : 'ignore') } } }, async () => observe());
-    app.get('/mesh-only', { config: { meshTrace: { inbound: { trustedPeers: ['10.0.0.0/8'] } } } }, async () => observe());
+    app.get(
+      '/fn',
+      {
+        config: {
+          meshTrace: {
+            inbound: (request) => ((request.query as { trust?: string }).trust === 'yes' ? 'continue' : 'ignore'),
+          },
+        },
+      },
+      async () => observe(),
+    );
+    app.get('/mesh-only', { config: { meshTrace: { inbound: { trustedPeers: ['10.0.0.0/8'] } } } }, async () =>
+      observe(),
+    );
     await app.register(
       async (child) => {
         child.get('/items', { config: { meshTrace: { inbound: 'restart' } } }, async () => observe());
@@ -65,14 +94,24 @@ describe.each(MAJORS)('%s: route config.meshTrace decides before the one SERVER 
   test('a bad config.meshTrace on a route added before the plugin: reported once, the service policy applies', async () => {
     warner.reset();
     warnings.length = 0;
-    const seen = await Promise.all([1, 2].map(async () => (await (await fetch(`${base}/early-bad`, { headers: { traceparent: VALID } })).json()) as Observed));
+    const seen = await Promise.all(
+      [1, 2].map(
+        async () => (await (await fetch(`${base}/early-bad`, { headers: { traceparent: VALID } })).json()) as Observed,
+      ),
+    );
     expect(seen.map((s) => s.traceId)).toEqual([TRACE_ID, TRACE_ID]);
-    expect(warnings.filter((w) => w.startsWith('@meshtrace/fastify: option "config.meshTrace.inbound" must be'))).toHaveLength(1);
+    expect(
+      warnings.filter((w) => w.startsWith('@meshtrace/fastify: option "config.meshTrace.inbound" must be')),
+    ).toHaveLength(1);
   });
 
   test.each([
     ['an unknown action', { inbound: 'trust' }, 'config.meshTrace.inbound'],
-    ['an unparsable CIDR', { inbound: { trustedPeers: ['10.0.0.0/8', '10.0.0.0/99'] } }, 'config.meshTrace.inbound.trustedPeers'],
+    [
+      'an unparsable CIDR',
+      { inbound: { trustedPeers: ['10.0.0.0/8', '10.0.0.0/99'] } },
+      'config.meshTrace.inbound.trustedPeers',
+    ],
     ['another option', { inbound: 'restart', traceResponse: true }, 'config.meshTrace.traceResponse'],
     ['not an object', 'restart', 'config.meshTrace'],
   ])('a route with %s fails at setup', async (_name, meshTraceConfig, option) => {

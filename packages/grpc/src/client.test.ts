@@ -48,7 +48,9 @@ type EchoClient = Client & {
 };
 
 const definition = loadSync(join(__dirname, 'echo.proto'), { defaults: true });
-const Echo = (loadPackageDefinition(definition) as unknown as { meshtrace: { test: { Echo: ServiceClientConstructor } } }).meshtrace.test.Echo;
+const Echo = (
+  loadPackageDefinition(definition) as unknown as { meshtrace: { test: { Echo: ServiceClientConstructor } } }
+).meshtrace.test.Echo;
 
 function echoClient(address: string, options?: ClientOptions): EchoClient {
   return new Echo(address, credentials.createInsecure(), options) as unknown as EchoClient;
@@ -57,7 +59,13 @@ function echoClient(address: string, options?: ClientOptions): EchoClient {
 const tracing = setupTestTracing();
 type ReadableSpan = ReturnType<typeof tracing.spans>[number];
 const warnings: string[] = [];
-const logger: DiagLogger = { error: () => undefined, warn: (m) => void warnings.push(m), info: () => undefined, debug: () => undefined, verbose: () => undefined };
+const logger: DiagLogger = {
+  error: () => undefined,
+  warn: (m) => void warnings.push(m),
+  info: () => undefined,
+  debug: () => undefined,
+  verbose: () => undefined,
+};
 diag.setLogger(logger, DiagLogLevel.WARN);
 
 let server: Server;
@@ -70,7 +78,12 @@ let plainClient: EchoClient;
 
 /** What a handler reports: what it saw and the trace fields its metadata carried. */
 function report(metadata: Metadata, text = ''): Said {
-  return { text, seen: JSON.stringify(observe()), traceparent: metadata.get('traceparent').join('|'), tracestate: metadata.get('tracestate').join('|') };
+  return {
+    text,
+    seen: JSON.stringify(observe()),
+    traceparent: metadata.get('traceparent').join('|'),
+    tracestate: metadata.get('tracestate').join('|'),
+  };
 }
 
 const echo = {
@@ -79,9 +92,13 @@ const echo = {
     if (text === 'hang') return;
     if (fail) return callback({ code: fail, details: `failed with ${fail}` });
     // A handler that calls on, forwarding the metadata it received as many services do.
-    if (text === 'relay') return void client.unary({}, call.metadata, {}, (err, res) => callback(err, res && { ...res, text: JSON.stringify(report(call.metadata)) }));
+    if (text === 'relay')
+      return void client.unary({}, call.metadata, {}, (err, res) =>
+        callback(err, res && { ...res, text: JSON.stringify(report(call.metadata)) }),
+      );
     // Every metadata entry as it came off the wire.
-    if (text === 'metadata') return callback(null, { ...report(call.metadata), text: JSON.stringify(call.metadata.toJSON()) });
+    if (text === 'metadata')
+      return callback(null, { ...report(call.metadata), text: JSON.stringify(call.metadata.toJSON()) });
     callback(null, report(call.metadata));
   },
   serverStream(call: ServerWritableStream<Say, Said>) {
@@ -101,7 +118,9 @@ const echo = {
 beforeAll(async () => {
   server = new Server({ interceptors: [meshServerInterceptor()] });
   server.addService(Echo.service, meshService(echo));
-  port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
   target = `127.0.0.1:${port}`;
   client = echoClient(target, { interceptors: [meshClientInterceptor()] });
   plainClient = echoClient(target);
@@ -132,7 +151,10 @@ function inCaller<T>(call: (done: (result: T) => void) => void): Promise<{ calle
 }
 
 /** The spans of one trace by kind, waiting for `count` of them (spans end a tick after the status). */
-async function spansOf(traceId: string, count: number): Promise<Record<'caller' | 'client' | 'server', ReadableSpan[]>> {
+async function spansOf(
+  traceId: string,
+  count: number,
+): Promise<Record<'caller' | 'client' | 'server', ReadableSpan[]>> {
   const find = () => tracing.spans().filter((s) => s.spanContext().traceId === traceId);
   for (let i = 0; i < 200 && find().length < count; i++) await new Promise((r) => setTimeout(r, 10));
   const all = find();
@@ -152,7 +174,9 @@ const kinds: ReadonlyArray<[string, string, (done: (r: Result) => void) => void]
     'unary',
     'Unary',
     (done) =>
-      client.unary({}, new Metadata(), {}, (err, res) => done({ code: err?.code ?? status.OK, said: res ? [res] : [], activeInCallbacks: [active()] })),
+      client.unary({}, new Metadata(), {}, (err, res) =>
+        done({ code: err?.code ?? status.OK, said: res ? [res] : [], activeInCallbacks: [active()] }),
+      ),
   ],
   [
     'server streaming',
@@ -169,7 +193,9 @@ const kinds: ReadonlyArray<[string, string, (done: (r: Result) => void) => void]
     'client streaming',
     'ClientStream',
     (done) => {
-      const call = client.clientStream(new Metadata(), (err, res) => done({ code: err?.code ?? status.OK, said: res ? [res] : [], activeInCallbacks: [active()] }));
+      const call = client.clientStream(new Metadata(), (err, res) =>
+        done({ code: err?.code ?? status.OK, said: res ? [res] : [], activeInCallbacks: [active()] }),
+      );
       call.write({ text: 'a' });
       call.write({ text: 'b' });
       call.end();
@@ -191,35 +217,51 @@ const kinds: ReadonlyArray<[string, string, (done: (r: Result) => void) => void]
   ],
 ];
 
-test.each(kinds)('%s: the server span is the client span’s child, in one trace; callbacks run in the caller’s context', async (kind, method, run) => {
-  const { caller, result } = await inCaller(run);
-  const traceId = caller.spanContext().traceId;
-  const spans = await spansOf(traceId, 3);
-  expect([kind, spans.client.length, spans.server.length]).toEqual([kind, 1, 1]);
-  const [clientSpan] = spans.client;
-  const [serverSpan] = spans.server;
-  expect([kind, result.code]).toEqual([kind, status.OK]);
-  expect([kind, clientSpan.parentSpanContext?.spanId, serverSpan.parentSpanContext?.spanId]).toEqual([kind, caller.spanContext().spanId, clientSpan.spanContext().spanId]);
-  // What went over the wire: the client span as parent, exactly once.
-  expect([kind, [...new Set(result.said.map((s) => s.traceparent))]]).toEqual([kind, [`00-${traceId}-${clientSpan.spanContext().spanId}-01`]]);
-  expect([kind, [...new Set(result.said.map((s) => (JSON.parse(s.seen) as Observed).spanId))]]).toEqual([kind, [serverSpan.spanContext().spanId]]);
-  expect([kind, result.activeInCallbacks]).toEqual([kind, result.activeInCallbacks.map(() => caller.spanContext().spanId)]);
-  expect([kind, clientSpan.name, clientSpan.status.code, clientSpan.attributes]).toEqual([
-    kind,
-    `meshtrace.test.Echo/${method}`,
-    SpanStatusCode.UNSET,
-    {
-      'rpc.system': 'grpc',
-      'rpc.service': 'meshtrace.test.Echo',
-      'rpc.method': method,
-      'rpc.grpc.status_code': status.OK,
-      'server.address': '127.0.0.1',
-      'server.port': port,
-      'network.peer.address': '127.0.0.1',
-      'network.peer.port': port,
-    },
-  ]);
-});
+test.each(kinds)(
+  '%s: the server span is the client span’s child, in one trace; callbacks run in the caller’s context',
+  async (kind, method, run) => {
+    const { caller, result } = await inCaller(run);
+    const traceId = caller.spanContext().traceId;
+    const spans = await spansOf(traceId, 3);
+    expect([kind, spans.client.length, spans.server.length]).toEqual([kind, 1, 1]);
+    const [clientSpan] = spans.client;
+    const [serverSpan] = spans.server;
+    expect([kind, result.code]).toEqual([kind, status.OK]);
+    expect([kind, clientSpan.parentSpanContext?.spanId, serverSpan.parentSpanContext?.spanId]).toEqual([
+      kind,
+      caller.spanContext().spanId,
+      clientSpan.spanContext().spanId,
+    ]);
+    // What went over the wire: the client span as parent, exactly once.
+    expect([kind, [...new Set(result.said.map((s) => s.traceparent))]]).toEqual([
+      kind,
+      [`00-${traceId}-${clientSpan.spanContext().spanId}-01`],
+    ]);
+    expect([kind, [...new Set(result.said.map((s) => (JSON.parse(s.seen) as Observed).spanId))]]).toEqual([
+      kind,
+      [serverSpan.spanContext().spanId],
+    ]);
+    expect([kind, result.activeInCallbacks]).toEqual([
+      kind,
+      result.activeInCallbacks.map(() => caller.spanContext().spanId),
+    ]);
+    expect([kind, clientSpan.name, clientSpan.status.code, clientSpan.attributes]).toEqual([
+      kind,
+      `meshtrace.test.Echo/${method}`,
+      SpanStatusCode.UNSET,
+      {
+        'rpc.system': 'grpc',
+        'rpc.service': 'meshtrace.test.Echo',
+        'rpc.method': method,
+        'rpc.grpc.status_code': status.OK,
+        'server.address': '127.0.0.1',
+        'server.port': port,
+        'network.peer.address': '127.0.0.1',
+        'network.peer.port': port,
+      },
+    ]);
+  },
+);
 
 test('calls queued while the channel connects still call back in their own caller’s context', async () => {
   // A channel of its own, so both calls wait for a connection the first one starts.
@@ -239,37 +281,72 @@ test('calls queued while the channel connects still call back in their own calle
 });
 
 describe('client span status: every non-OK status is an error for the caller', () => {
-  const cases: ReadonlyArray<{ name: string; request: Say; deadlineMs?: number; cancel?: boolean; code: number; serverError: boolean }> = [
+  const cases: ReadonlyArray<{
+    name: string;
+    request: Say;
+    deadlineMs?: number;
+    cancel?: boolean;
+    code: number;
+    serverError: boolean;
+  }> = [
     { name: 'NOT_FOUND', request: { fail: status.NOT_FOUND }, code: status.NOT_FOUND, serverError: false },
     { name: 'INTERNAL', request: { fail: status.INTERNAL }, code: status.INTERNAL, serverError: true },
-    { name: 'DEADLINE_EXCEEDED', request: { text: 'hang' }, deadlineMs: 300, code: status.DEADLINE_EXCEEDED, serverError: true },
+    {
+      name: 'DEADLINE_EXCEEDED',
+      request: { text: 'hang' },
+      deadlineMs: 300,
+      code: status.DEADLINE_EXCEEDED,
+      serverError: true,
+    },
     { name: 'CANCELLED', request: { text: 'hang' }, cancel: true, code: status.CANCELLED, serverError: false },
   ];
   test.each(cases.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
     const { caller, result } = await inCaller<number | undefined>((done) => {
-      const call = client.unary(c.request, new Metadata(), c.deadlineMs ? { deadline: Date.now() + c.deadlineMs } : {}, (err) => done(err?.code));
+      const call = client.unary(
+        c.request,
+        new Metadata(),
+        c.deadlineMs ? { deadline: Date.now() + c.deadlineMs } : {},
+        (err) => done(err?.code),
+      );
       if (c.cancel) setTimeout(() => call.cancel(), 50);
     });
     const spans = await spansOf(caller.spanContext().traceId, 3);
     const [clientSpan] = spans.client;
     const [serverSpan] = spans.server;
     expect([c.name, result, spans.client.length, spans.server.length]).toEqual([c.name, c.code, 1, 1]);
-    expect([c.name, clientSpan.attributes['rpc.grpc.status_code'], clientSpan.status.code]).toEqual([c.name, c.code, SpanStatusCode.ERROR]);
-    expect([c.name, serverSpan.attributes['rpc.grpc.status_code'], serverSpan.status.code]).toEqual([c.name, c.code, c.serverError ? SpanStatusCode.ERROR : SpanStatusCode.UNSET]);
+    expect([c.name, clientSpan.attributes['rpc.grpc.status_code'], clientSpan.status.code]).toEqual([
+      c.name,
+      c.code,
+      SpanStatusCode.ERROR,
+    ]);
+    expect([c.name, serverSpan.attributes['rpc.grpc.status_code'], serverSpan.status.code]).toEqual([
+      c.name,
+      c.code,
+      c.serverError ? SpanStatusCode.ERROR : SpanStatusCode.UNSET,
+    ]);
   });
 
   test('UNAVAILABLE: nothing listens at the target', async () => {
     const closed = new Server();
-    const deadPort = await new Promise<number>((resolve, reject) => closed.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    const deadPort = await new Promise<number>((resolve, reject) =>
+      closed.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    );
     closed.forceShutdown();
     const dead = echoClient(`127.0.0.1:${deadPort}`, { interceptors: [meshClientInterceptor()] });
     try {
-      const { caller, result } = await inCaller<number | undefined>((done) => dead.unary({}, new Metadata(), {}, (err) => done(err?.code)));
+      const { caller, result } = await inCaller<number | undefined>((done) =>
+        dead.unary({}, new Metadata(), {}, (err) => done(err?.code)),
+      );
       const { client: clientSpans } = await spansOf(caller.spanContext().traceId, 2);
       expect(result).toBe(status.UNAVAILABLE);
-      expect(clientSpans.map((s) => [s.attributes['rpc.grpc.status_code'], s.attributes['server.address'], s.attributes['server.port'], s.status.code])).toEqual([
-        [status.UNAVAILABLE, '127.0.0.1', deadPort, SpanStatusCode.ERROR],
-      ]);
+      expect(
+        clientSpans.map((s) => [
+          s.attributes['rpc.grpc.status_code'],
+          s.attributes['server.address'],
+          s.attributes['server.port'],
+          s.status.code,
+        ]),
+      ).toEqual([[status.UNAVAILABLE, '127.0.0.1', deadPort, SpanStatusCode.ERROR]]);
     } finally {
       dead.close();
     }
@@ -283,7 +360,9 @@ test('a malformed traceparent from an uninstrumented caller: fresh root end to e
   const metadata = new Metadata();
   metadata.set('traceparent', malformed);
   metadata.set('tracestate', 'congo=t61rcWkgMzE');
-  const res = await new Promise<Said>((resolve, reject) => plainClient.unary({ text: 'relay' }, metadata, {}, (err, r) => (err ? reject(err) : resolve(r!))));
+  const res = await new Promise<Said>((resolve, reject) =>
+    plainClient.unary({ text: 'relay' }, metadata, {}, (err, r) => (err ? reject(err) : resolve(r!))),
+  );
   const upstream = JSON.parse(res.text) as Said;
   const upstreamSeen = JSON.parse(upstream.seen) as Observed;
   const downstreamSeen = JSON.parse(res.seen) as Observed;
@@ -295,15 +374,22 @@ test('a malformed traceparent from an uninstrumented caller: fresh root end to e
   const first = spans.server.find((s) => s.spanContext().spanId === upstreamSeen.spanId)!;
   const second = spans.server.find((s) => s.spanContext().spanId === downstreamSeen.spanId)!;
   // The upstream server saw the malformed value; it started a fresh, random, sampled root.
-  expect([upstream.traceparent, traceId]).toEqual([malformed, expect.not.stringMatching('0af7651916cd43dd8448eb211c80319c')]);
-  expect([first.parentSpanContext, first.attributes['meshtrace.propagation.outcome'], first.attributes['meshtrace.propagation.reason']]).toEqual([undefined, 'malformed', 'bad-version']);
+  expect([upstream.traceparent, traceId]).toEqual([
+    malformed,
+    expect.not.stringMatching('0af7651916cd43dd8448eb211c80319c'),
+  ]);
+  expect([
+    first.parentSpanContext,
+    first.attributes['meshtrace.propagation.outcome'],
+    first.attributes['meshtrace.propagation.reason'],
+  ]).toEqual([undefined, 'malformed', 'bad-version']);
   // The relayed metadata carried the fresh trace, and neither the malformed value nor its tracestate.
   expect([res.traceparent, res.tracestate]).toEqual([`00-${traceId}-${clientSpan.spanContext().spanId}-03`, '']);
-  expect([clientSpan.parentSpanContext?.spanId, second.parentSpanContext?.spanId, second.attributes['meshtrace.propagation.outcome']]).toEqual([
-    first.spanContext().spanId,
-    clientSpan.spanContext().spanId,
-    'continued',
-  ]);
+  expect([
+    clientSpan.parentSpanContext?.spanId,
+    second.parentSpanContext?.spanId,
+    second.attributes['meshtrace.propagation.outcome'],
+  ]).toEqual([first.spanContext().spanId, clientSpan.spanContext().spanId, 'continued']);
   expect(delta(before, await tracing.outcomeCounts())).toEqual({ 'malformed:bad-version': 1, continued: 1 });
   expect(warnings.filter((w) => w.includes('malformed traceparent (bad-version)'))).toHaveLength(1);
 });
@@ -311,9 +397,13 @@ test('a malformed traceparent from an uninstrumented caller: fresh root end to e
 describe('options', () => {
   test('an ignored method gets no client span, yet the caller’s context still travels', async () => {
     const hooked: GrpcCall[] = [];
-    const quiet = echoClient(target, { interceptors: [meshClientInterceptor({ ignore: [/\/Unary$/], requestHook: (_span, call) => hooked.push(call) })] });
+    const quiet = echoClient(target, {
+      interceptors: [meshClientInterceptor({ ignore: [/\/Unary$/], requestHook: (_span, call) => hooked.push(call) })],
+    });
     try {
-      const { caller, result } = await inCaller<Said | undefined>((done) => quiet.unary({}, new Metadata(), {}, (_err, res) => done(res)));
+      const { caller, result } = await inCaller<Said | undefined>((done) =>
+        quiet.unary({}, new Metadata(), {}, (_err, res) => done(res)),
+      );
       const spans = await spansOf(caller.spanContext().traceId, 2);
       expect([spans.client.length, hooked.length]).toEqual([0, 0]);
       expect(result?.traceparent).toBe(`00-${caller.spanContext().traceId}-${caller.spanContext().spanId}-01`);
@@ -335,9 +425,13 @@ describe('options', () => {
       ],
     });
     try {
-      const { caller } = await inCaller<unknown>((done) => hooked.unary({ fail: status.ALREADY_EXISTS }, new Metadata(), {}, done));
+      const { caller } = await inCaller<unknown>((done) =>
+        hooked.unary({ fail: status.ALREADY_EXISTS }, new Metadata(), {}, done),
+      );
       const { client: clientSpans } = await spansOf(caller.spanContext().traceId, 3);
-      expect(seen).toEqual([['/meshtrace.test.Echo/Unary', `00-${caller.spanContext().traceId}-${clientSpans[0].spanContext().spanId}-01`]]);
+      expect(seen).toEqual([
+        ['/meshtrace.test.Echo/Unary', `00-${caller.spanContext().traceId}-${clientSpans[0].spanContext().spanId}-01`],
+      ]);
       expect(codes).toEqual([status.ALREADY_EXISTS]);
     } finally {
       hooked.close();
@@ -385,17 +479,26 @@ describe('addresses', () => {
 });
 
 describe("the caller's trace metadata, in any letter case, is replaced by the call's: one of each on the wire", () => {
-  const INBOUND = { traceparent: `00-${TRACE_ID}-${PARENT_ID}-01`, tracestate: 'congo=t61rcWkgMzE', baggage: 'tenant=acme,region=eu' };
+  const INBOUND = {
+    traceparent: `00-${TRACE_ID}-${PARENT_ID}-01`,
+    tracestate: 'congo=t61rcWkgMzE',
+    baggage: 'tenant=acme,region=eu',
+  };
 
   /** Sends one unary call with the caller's `entries` as metadata, inside `ctx`; resolves with the metadata the server received. */
-  function sendMetadata(ctx: ReturnType<typeof context.active>, entries: Array<[string, string]>): Promise<Record<string, string[]>> {
+  function sendMetadata(
+    ctx: ReturnType<typeof context.active>,
+    entries: Array<[string, string]>,
+  ): Promise<Record<string, string[]>> {
     const metadata = new Metadata();
     for (const [k, v] of entries) metadata.add(k, v);
     return context.with(
       ctx,
       () =>
         new Promise<Record<string, string[]>>((resolve, reject) =>
-          client.unary({ text: 'metadata' }, metadata, {}, (err, res) => (err ? reject(err) : resolve(JSON.parse(res!.text) as Record<string, string[]>))),
+          client.unary({ text: 'metadata' }, metadata, {}, (err, res) =>
+            err ? reject(err) : resolve(JSON.parse(res!.text) as Record<string, string[]>),
+          ),
         ),
     );
   }

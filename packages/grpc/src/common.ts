@@ -51,7 +51,12 @@ const never = () => false;
 export function resolveOptions(options: MeshGrpcOptions | undefined): Resolved {
   const o = resolveCommon<GrpcCall, GrpcStatus>(PACKAGE, options, 'method paths');
   const ignored = o.ignored;
-  return { tracer: o.tracer, ignored: ignored === undefined ? never : (call) => ignored(call.path, call), requestHook: o.requestHook, responseHook: o.responseHook };
+  return {
+    tracer: o.tracer,
+    ignored: ignored === undefined ? never : (call) => ignored(call.path, call),
+    requestHook: o.requestHook,
+    responseHook: o.responseHook,
+  };
 }
 
 /** The tracer of the options, else the global one as it is now (setup order does not matter). */
@@ -77,7 +82,11 @@ export function rpcAttributes(path: string): [string, Attributes] {
  * Sets `<prefix>.address` and `<prefix>.port` from `host:port`, `[v6]:port` or a bare host.
  * Nothing is set for values grpc-js uses when it does not know (`unknown`, empty).
  */
-export function setAddress(attributes: Attributes, prefix: 'server' | 'network.peer', hostPort: string | undefined): void {
+export function setAddress(
+  attributes: Attributes,
+  prefix: 'server' | 'network.peer',
+  hostPort: string | undefined,
+): void {
   // A request without :authority (HTTP/2 lets a client omit it) leaves grpc-js without a host.
   if (typeof hostPort !== 'string' || hostPort.length === 0 || hostPort === 'unknown') return;
   const close = hostPort.charCodeAt(0) === 91 /* [ */ ? hostPort.indexOf(']') : -1;
@@ -118,7 +127,11 @@ export const metadataSetter: TextMapSetter<Metadata> = {
     try {
       metadata.set(key, value);
     } catch (err) {
-      warner.warn(`grpc:inject:${key}`, () => `${PACKAGE}: could not write ${key} ${preview(value)} into gRPC metadata: ${err instanceof Error ? err.message : String(err)}`);
+      warner.warn(
+        `grpc:inject:${key}`,
+        () =>
+          `${PACKAGE}: could not write ${key} ${preview(value)} into gRPC metadata: ${err instanceof Error ? err.message : String(err)}`,
+      );
     }
   },
 };

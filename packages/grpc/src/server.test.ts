@@ -3,7 +3,15 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { DiagLogLevel, SpanKind, SpanStatusCode, context, diag, propagation } from '@opentelemetry/api';
 import type { DiagLogger } from '@opentelemetry/api';
-import { Metadata, Server, ServerCredentials, credentials, loadPackageDefinition, setLogger, status } from '@grpc/grpc-js';
+import {
+  Metadata,
+  Server,
+  ServerCredentials,
+  credentials,
+  loadPackageDefinition,
+  setLogger,
+  status,
+} from '@grpc/grpc-js';
 import type {
   CallOptions,
   Client,
@@ -45,13 +53,21 @@ type EchoClient = Client & {
 };
 
 const definition = loadSync(join(__dirname, 'echo.proto'), { defaults: true });
-const Echo = (loadPackageDefinition(definition) as unknown as { meshtrace: { test: { Echo: ServiceClientConstructor } } }).meshtrace.test.Echo;
+const Echo = (
+  loadPackageDefinition(definition) as unknown as { meshtrace: { test: { Echo: ServiceClientConstructor } } }
+).meshtrace.test.Echo;
 const UNARY = definition['meshtrace.test.Echo'] as unknown as { Unary: MethodDefinition<Say, Said> };
 
 const tracing = setupTestTracing();
 type ReadableSpan = ReturnType<typeof tracing.spans>[number];
 const warnings: string[] = [];
-const logger: DiagLogger = { error: () => undefined, warn: (m) => void warnings.push(m), info: () => undefined, debug: () => undefined, verbose: () => undefined };
+const logger: DiagLogger = {
+  error: () => undefined,
+  warn: (m) => void warnings.push(m),
+  info: () => undefined,
+  debug: () => undefined,
+  verbose: () => undefined,
+};
 diag.setLogger(logger, DiagLogLevel.WARN);
 const grpcErrors: string[] = [];
 setLogger({ error: (...args: unknown[]) => void grpcErrors.push(args.join(' ')) });
@@ -136,7 +152,9 @@ interface Running {
 async function start(implementation: object, options?: Parameters<typeof meshServerInterceptor>[0]): Promise<Running> {
   const server = new Server({ interceptors: [meshServerInterceptor(options)] });
   server.addService(Echo.service, implementation as never);
-  const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
   // A plain client: no interceptor, so the server sees exactly the metadata each test sends.
   const client = new Echo(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as EchoClient;
   return { server, client, port };
@@ -147,11 +165,18 @@ function stop(r: Running): void {
   r.server.forceShutdown();
 }
 
-function unary(client: EchoClient, request: Say, metadata = new Metadata(), options: CallOptions = {}): Promise<{ err: ServiceError | null; res?: Said }> {
+function unary(
+  client: EchoClient,
+  request: Say,
+  metadata = new Metadata(),
+  options: CallOptions = {},
+): Promise<{ err: ServiceError | null; res?: Said }> {
   return new Promise((resolve) => client.unary(request, metadata, options, (err, res) => resolve({ err, res })));
 }
 
-function collect<T>(stream: ClientReadableStream<T> | ClientDuplexStream<Say, T>): Promise<{ messages: T[]; code: number }> {
+function collect<T>(
+  stream: ClientReadableStream<T> | ClientDuplexStream<Say, T>,
+): Promise<{ messages: T[]; code: number }> {
   const messages: T[] = [];
   stream.on('data', (m: T) => messages.push(m));
   stream.on('error', () => undefined);
@@ -162,7 +187,13 @@ function collect<T>(stream: ClientReadableStream<T> | ClientDuplexStream<Say, T>
 async function rawUnary(port: number, headers: Record<string, string | string[]>): Promise<Said> {
   const session = connect(`http://127.0.0.1:${port}`);
   try {
-    const stream = session.request({ ':method': 'POST', ':path': '/meshtrace.test.Echo/Unary', 'content-type': 'application/grpc', te: 'trailers', ...headers });
+    const stream = session.request({
+      ':method': 'POST',
+      ':path': '/meshtrace.test.Echo/Unary',
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      ...headers,
+    });
     // One uncompressed message frame holding an empty Say.
     stream.end(Buffer.alloc(5));
     const chunks: Buffer[] = [];
@@ -185,7 +216,8 @@ function carriable(key: string, value: string | readonly string[]): boolean {
 
 /** A header case as it looks once `header` is dropped on the way in. */
 function withoutHeader(c: HeaderCase, header: string): HeaderCase {
-  if (header !== 'tracestate' && header !== 'baggage') throw new Error(`[${c.name}] no gRPC expectation for a refused ${header}`);
+  if (header !== 'tracestate' && header !== 'baggage')
+    throw new Error(`[${c.name}] no gRPC expectation for a refused ${header}`);
   return { ...c, [header]: undefined, dropped: c.dropped?.startsWith(`${header}:`) ? undefined : c.dropped };
 }
 
@@ -243,39 +275,87 @@ describe('header cases sent as metadata by a plain client', () => {
       for (const [k] of refused) expected = withoutHeader(expected, k);
       grpcErrors.length = 0;
       said = await rawUnary(plain.port, c.headers as Record<string, string | string[]>);
-      expect(refused.map(([k]) => grpcErrors.some((e) => e.includes(`Failed to add metadata entry ${k}`)))).toEqual(refused.map(() => true));
+      expect(refused.map(([k]) => grpcErrors.some((e) => e.includes(`Failed to add metadata entry ${k}`)))).toEqual(
+        refused.map(() => true),
+      );
     } else {
       const metadata = new Metadata();
       // Several values of one key travel as several HTTP/2 header fields, as in HTTP.
-      for (const [k, v] of Object.entries(c.headers)) for (const one of Array.isArray(v) ? v : [v]) metadata.add(k, one);
+      for (const [k, v] of Object.entries(c.headers))
+        for (const one of Array.isArray(v) ? v : [v]) metadata.add(k, one);
       if ('bin' in c) metadata.set('traceparent-bin', Buffer.from(`00-${'1'.repeat(32)}-${'2'.repeat(16)}-01`));
       const { err, res } = await unary(plain.client, {}, metadata);
       expect([c.name, err]).toEqual([c.name, null]);
       said = res!;
     }
     const seenByHandler = JSON.parse(said.seen) as Observed;
-    const problems = checkCase(expected, seenByHandler, tracing.spans(), delta(before, await tracing.outcomeCounts()), delta(droppedBefore, await tracing.droppedCounts()), SpanKind.SERVER);
+    const problems = checkCase(
+      expected,
+      seenByHandler,
+      tracing.spans(),
+      delta(before, await tracing.outcomeCounts()),
+      delta(droppedBefore, await tracing.droppedCounts()),
+      SpanKind.SERVER,
+    );
     expect(problems).toEqual([]);
   });
 });
 
 describe('unary calls', () => {
   // OpenTelemetry semconv for gRPC: on the server only these codes are errors; the rest are the caller's.
-  const errors: number[] = [status.UNKNOWN, status.DEADLINE_EXCEEDED, status.UNIMPLEMENTED, status.INTERNAL, status.UNAVAILABLE, status.DATA_LOSS];
+  const errors: number[] = [
+    status.UNKNOWN,
+    status.DEADLINE_EXCEEDED,
+    status.UNIMPLEMENTED,
+    status.INTERNAL,
+    status.UNAVAILABLE,
+    status.DATA_LOSS,
+  ];
   const server = (code: number) => ({ code, error: errors.includes(code) });
-  const cases: ReadonlyArray<{ name: string; request: Say; method?: 'missing'; deadlineMs?: number; cancel?: boolean; code: number; error: boolean }> = [
+  const cases: ReadonlyArray<{
+    name: string;
+    request: Say;
+    method?: 'missing';
+    deadlineMs?: number;
+    cancel?: boolean;
+    code: number;
+    error: boolean;
+  }> = [
     { name: 'OK', request: {}, ...server(status.OK) },
     { name: 'NOT_FOUND is the caller’s problem', request: { fail: status.NOT_FOUND }, ...server(status.NOT_FOUND) },
-    { name: 'INVALID_ARGUMENT is the caller’s problem', request: { fail: status.INVALID_ARGUMENT }, ...server(status.INVALID_ARGUMENT) },
-    { name: 'PERMISSION_DENIED is the caller’s problem', request: { fail: status.PERMISSION_DENIED }, ...server(status.PERMISSION_DENIED) },
+    {
+      name: 'INVALID_ARGUMENT is the caller’s problem',
+      request: { fail: status.INVALID_ARGUMENT },
+      ...server(status.INVALID_ARGUMENT),
+    },
+    {
+      name: 'PERMISSION_DENIED is the caller’s problem',
+      request: { fail: status.PERMISSION_DENIED },
+      ...server(status.PERMISSION_DENIED),
+    },
     { name: 'INTERNAL', request: { fail: status.INTERNAL }, ...server(status.INTERNAL) },
     { name: 'UNAVAILABLE', request: { fail: status.UNAVAILABLE }, ...server(status.UNAVAILABLE) },
     { name: 'DATA_LOSS', request: { fail: status.DATA_LOSS }, ...server(status.DATA_LOSS) },
     { name: 'an error without a code is UNKNOWN', request: { text: 'error' }, ...server(status.UNKNOWN) },
     { name: 'a handler that throws is UNKNOWN', request: { text: 'throw' }, ...server(status.UNKNOWN) },
-    { name: 'a method without a handler is UNIMPLEMENTED', request: {}, method: 'missing', ...server(status.UNIMPLEMENTED) },
-    { name: 'a deadline that passes is DEADLINE_EXCEEDED', request: { text: 'hang' }, deadlineMs: 300, ...server(status.DEADLINE_EXCEEDED) },
-    { name: 'a call the client cancels is CANCELLED', request: { text: 'hang' }, cancel: true, ...server(status.CANCELLED) },
+    {
+      name: 'a method without a handler is UNIMPLEMENTED',
+      request: {},
+      method: 'missing',
+      ...server(status.UNIMPLEMENTED),
+    },
+    {
+      name: 'a deadline that passes is DEADLINE_EXCEEDED',
+      request: { text: 'hang' },
+      deadlineMs: 300,
+      ...server(status.DEADLINE_EXCEEDED),
+    },
+    {
+      name: 'a call the client cancels is CANCELLED',
+      request: { text: 'hang' },
+      cancel: true,
+      ...server(status.CANCELLED),
+    },
   ];
   test.each(cases.map((c) => [c.name, c] as const))('%s', async (_name, c) => {
     const [metadata, traceId] = traced();
@@ -312,7 +392,9 @@ describe('unary calls', () => {
     const { err } = await unary(wrapped.client, { text: 'throw' }, metadata);
     expect(err?.code).toBe(status.UNKNOWN);
     const [span] = await serverSpans(traceId);
-    expect(span.events.map((e) => [e.name, e.attributes?.['exception.message']])).toEqual([['exception', 'handler broke']]);
+    expect(span.events.map((e) => [e.name, e.attributes?.['exception.message']])).toEqual([
+      ['exception', 'handler broke'],
+    ]);
     expect(span.status.code).toBe(SpanStatusCode.ERROR);
   });
 });
@@ -327,16 +409,27 @@ describe.each([
     const [span, ...more] = await serverSpans(traceId);
     expect(more).toEqual([]);
     expect(code).toBe(status.OK);
-    expect(messages.map((m) => (JSON.parse(m.seen) as Observed).spanId)).toEqual(Array(3).fill(span.spanContext().spanId));
-    expect([span.name, span.attributes['rpc.grpc.status_code'], span.status.code]).toEqual(['meshtrace.test.Echo/ServerStream', 0, SpanStatusCode.UNSET]);
+    expect(messages.map((m) => (JSON.parse(m.seen) as Observed).spanId)).toEqual(
+      Array(3).fill(span.spanContext().spanId),
+    );
+    expect([span.name, span.attributes['rpc.grpc.status_code'], span.status.code]).toEqual([
+      'meshtrace.test.Echo/ServerStream',
+      0,
+      SpanStatusCode.UNSET,
+    ]);
   });
 
   test('server streaming that fails: INTERNAL is an error', async () => {
     const [metadata, traceId] = traced();
-    const { messages, code } = await collect(running().client.serverStream({ count: 1, fail: status.INTERNAL }, metadata));
+    const { messages, code } = await collect(
+      running().client.serverStream({ count: 1, fail: status.INTERNAL }, metadata),
+    );
     const [span, ...more] = await serverSpans(traceId);
     expect([messages.length, code, more.length]).toEqual([1, status.INTERNAL, 0]);
-    expect([span.attributes['rpc.grpc.status_code'], span.status.code]).toEqual([status.INTERNAL, SpanStatusCode.ERROR]);
+    expect([span.attributes['rpc.grpc.status_code'], span.status.code]).toEqual([
+      status.INTERNAL,
+      SpanStatusCode.ERROR,
+    ]);
   });
 
   test('client streaming: each message handled in the call’s context, none sees what the previous one set', async () => {
@@ -366,8 +459,14 @@ describe.each([
     expect([code, more.length]).toEqual([status.OK, 0]);
     const perMessage = messages.map((m) => [m.text, ...Object.values(JSON.parse(m.seen) as Observed)]);
     const outbound = { traceparent: `00-${traceId}-${span.spanContext().spanId}-01`, baggage: 'tenant=acme' };
-    expect(perMessage).toEqual(['m1', 'm2', 'm3', 'm4'].map((t) => [t, traceId, span.spanContext().spanId, outbound, { tenant: 'acme' }]));
-    expect([span.name, span.attributes['rpc.grpc.status_code'], span.status.code]).toEqual(['meshtrace.test.Echo/Bidi', 0, SpanStatusCode.UNSET]);
+    expect(perMessage).toEqual(
+      ['m1', 'm2', 'm3', 'm4'].map((t) => [t, traceId, span.spanContext().spanId, outbound, { tenant: 'acme' }]),
+    );
+    expect([span.name, span.attributes['rpc.grpc.status_code'], span.status.code]).toEqual([
+      'meshtrace.test.Echo/Bidi',
+      0,
+      SpanStatusCode.UNSET,
+    ]);
   });
 
   test('bidirectional failing mid-stream: one span, ended once with DATA_LOSS as an error', async () => {
@@ -380,7 +479,10 @@ describe.each([
     call.end();
     const [span, ...more] = await serverSpans(traceId);
     expect([code, more.length]).toEqual([status.DATA_LOSS, 0]);
-    expect([span.attributes['rpc.grpc.status_code'], span.status.code]).toEqual([status.DATA_LOSS, SpanStatusCode.ERROR]);
+    expect([span.attributes['rpc.grpc.status_code'], span.status.code]).toEqual([
+      status.DATA_LOSS,
+      SpanStatusCode.ERROR,
+    ]);
   });
 
   test('server streaming cancelled by the client: CANCELLED, not an error on the server', async () => {
@@ -391,7 +493,11 @@ describe.each([
     call.cancel();
     expect((await done).code).toBe(status.CANCELLED);
     const [span, ...more] = await serverSpans(traceId);
-    expect([span.attributes['rpc.grpc.status_code'], span.status.code, more.length]).toEqual([status.CANCELLED, SpanStatusCode.UNSET, 0]);
+    expect([span.attributes['rpc.grpc.status_code'], span.status.code, more.length]).toEqual([
+      status.CANCELLED,
+      SpanStatusCode.UNSET,
+      0,
+    ]);
   });
 });
 

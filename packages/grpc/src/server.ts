@@ -2,14 +2,26 @@ import { EventEmitter } from 'node:events';
 import { SpanKind, context, trace } from '@opentelemetry/api';
 import type { Context, Span } from '@opentelemetry/api';
 import { ServerInterceptingCall, status as Status } from '@grpc/grpc-js';
-import type { Metadata, ServerInterceptingCallInterface, ServerInterceptor, ServerMethodDefinition } from '@grpc/grpc-js';
+import type {
+  Metadata,
+  ServerInterceptingCallInterface,
+  ServerInterceptor,
+  ServerMethodDefinition,
+} from '@grpc/grpc-js';
 import { extractContext, headerGetter } from '@meshtrace/core';
 import { callHook, optionError, outcomeAttributes } from '@meshtrace/core/adapter';
 import { PACKAGE, endSpan, resolveOptions, rpcAttributes, setAddress, tracerOf } from './common';
 import type { GrpcStatus, MeshGrpcOptions, Resolved } from './common';
 
 /** Status codes that make a SERVER span an error (OpenTelemetry semconv, gRPC, "gRPC Status"). */
-const SERVER_ERRORS = new Set<number>([Status.UNKNOWN, Status.DEADLINE_EXCEEDED, Status.UNIMPLEMENTED, Status.INTERNAL, Status.UNAVAILABLE, Status.DATA_LOSS]);
+const SERVER_ERRORS = new Set<number>([
+  Status.UNKNOWN,
+  Status.DEADLINE_EXCEEDED,
+  Status.UNIMPLEMENTED,
+  Status.INTERNAL,
+  Status.UNAVAILABLE,
+  Status.DATA_LOSS,
+]);
 
 const CANCELLED: GrpcStatus = Object.freeze({ code: Status.CANCELLED, details: 'Cancelled by the client' });
 const DEADLINE_EXCEEDED: GrpcStatus = Object.freeze({ code: Status.DEADLINE_EXCEEDED, details: 'Deadline exceeded' });
@@ -48,7 +60,11 @@ class ServerCall {
     outcomeAttributes(extracted.outcome, attributes);
     setAddress(attributes, 'server', this.call.getHost());
     setAddress(attributes, 'network.peer', this.call.getPeer());
-    const span = tracerOf(this.o).startSpan(name, { kind: SpanKind.SERVER, attributes, links: extracted.links ? [...extracted.links] : undefined }, extracted.context);
+    const span = tracerOf(this.o).startSpan(
+      name,
+      { kind: SpanKind.SERVER, attributes, links: extracted.links ? [...extracted.links] : undefined },
+      extracted.context,
+    );
     this.span = span;
     callHook('requestHook', this.o.requestHook, span, info);
     return (this.context = trace.setSpan(extracted.context, span));
@@ -75,7 +91,10 @@ class ServerCall {
  */
 export function meshServerInterceptor(options?: MeshGrpcOptions): ServerInterceptor {
   const o = resolveOptions(options);
-  return function meshServerInterceptor(method: ServerMethodDefinition<unknown, unknown>, call: ServerInterceptingCallInterface): ServerInterceptingCall {
+  return function meshServerInterceptor(
+    method: ServerMethodDefinition<unknown, unknown>,
+    call: ServerInterceptingCallInterface,
+  ): ServerInterceptingCall {
     const c = new ServerCall(o, method.path, call);
     return new ServerInterceptingCall(call, {
       start(next) {
@@ -111,7 +130,8 @@ export function meshServerInterceptor(options?: MeshGrpcOptions): ServerIntercep
  * server.addService(EchoService, meshService({ unary(call, callback) { callback(null, call.request); } }));
  */
 export function meshService<T extends object>(implementation: T): T {
-  if (implementation === null || typeof implementation !== 'object') throw optionError(PACKAGE, 'implementation', 'an object', implementation);
+  if (implementation === null || typeof implementation !== 'object')
+    throw optionError(PACKAGE, 'implementation', 'an object', implementation);
   const wrapped: Record<string, unknown> = {};
   // Class instances keep their handlers on the prototype, where grpc-js finds them too.
   for (let o: object | null = implementation; o !== null && o !== Object.prototype; o = Object.getPrototypeOf(o)) {

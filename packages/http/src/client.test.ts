@@ -22,9 +22,16 @@ const spanMisuse: string[] = [];
 const onDiag = (message: string) => {
   if (/only call end\(\)|ended Span/.test(message)) spanMisuse.push(message);
 };
-diag.setLogger({ error: onDiag, warn: onDiag, info: () => undefined, debug: () => undefined, verbose: () => undefined }, DiagLogLevel.WARN);
+diag.setLogger(
+  { error: onDiag, warn: onDiag, info: () => undefined, debug: () => undefined, verbose: () => undefined },
+  DiagLogLevel.WARN,
+);
 
-const INBOUND = { traceparent: `00-${TRACE_ID}-${PARENT_ID}-01`, tracestate: 'congo=t61rcWkgMzE', baggage: 'tenant=acme' };
+const INBOUND = {
+  traceparent: `00-${TRACE_ID}-${PARENT_ID}-01`,
+  tracestate: 'congo=t61rcWkgMzE',
+  baggage: 'tenant=acme',
+};
 
 /** Downstream: answers with the headers it received; `/status/NNN`, `/slow`, `/big` and `/cut` on purpose. */
 const downstream: RequestListener = (req, res) => {
@@ -68,7 +75,29 @@ beforeAll(async () => {
   down = `http://127.0.0.1:${downPort}`;
 
   certDir = mkdtempSync(join(tmpdir(), 'meshtrace-tls-'));
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', join(certDir, 'key.pem'), '-out', join(certDir, 'cert.pem')], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      '/CN=127.0.0.1',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1',
+      '-keyout',
+      join(certDir, 'key.pem'),
+      '-out',
+      join(certDir, 'cert.pem'),
+    ],
+    { stdio: 'ignore' },
+  );
   cert = readFileSync(join(certDir, 'cert.pem'));
   tlsPort = await listen(createTlsServer({ key: readFileSync(join(certDir, 'key.pem')), cert }, downstream));
 
@@ -83,7 +112,9 @@ beforeAll(async () => {
       meshHttp(async (req, res) => {
         const seen = observe();
         const calls = req.url === '/fan-out' ? 10 : 1;
-        const received = await Promise.all(Array.from({ length: calls }, async () => (await meshFetch(`${down}/echo`)).json()));
+        const received = await Promise.all(
+          Array.from({ length: calls }, async () => (await meshFetch(`${down}/echo`)).json()),
+        );
         res.setHeader('content-type', 'application/json');
         res.end(JSON.stringify({ seen, received }));
       }),
@@ -153,18 +184,33 @@ function readBody(res: IncomingMessage): Promise<string> {
 }
 
 /** Sends one meshRequest and resolves with the response and its body, or rejects with the request's error. */
-function request(send: (callback: (res: IncomingMessage) => void) => ReturnType<typeof meshRequest>): Promise<{ status: number; headers: IncomingHttpHeaders }> {
+function request(
+  send: (callback: (res: IncomingMessage) => void) => ReturnType<typeof meshRequest>,
+): Promise<{ status: number; headers: IncomingHttpHeaders }> {
   return new Promise((resolve, reject) => {
     const req = send((res) => {
-      readBody(res).then((body) => resolve({ status: res.statusCode ?? 0, headers: JSON.parse(body) as IncomingHttpHeaders }), reject);
+      readBody(res).then(
+        (body) => resolve({ status: res.statusCode ?? 0, headers: JSON.parse(body) as IncomingHttpHeaders }),
+        reject,
+      );
     });
     req.on('error', reject);
     req.end();
   });
 }
 
-function expectPropagated(name: string, received: Record<string, unknown>, client: FinishedSpan, baggage = INBOUND.baggage): void {
-  expect({ name, traceparent: received.traceparent, tracestate: received.tracestate, baggage: received.baggage }).toEqual({
+function expectPropagated(
+  name: string,
+  received: Record<string, unknown>,
+  client: FinishedSpan,
+  baggage = INBOUND.baggage,
+): void {
+  expect({
+    name,
+    traceparent: received.traceparent,
+    tracestate: received.tracestate,
+    baggage: received.baggage,
+  }).toEqual({
     name,
     traceparent: `00-${TRACE_ID}-${client.spanContext().spanId}-01`,
     tracestate: INBOUND.tracestate,
@@ -178,23 +224,47 @@ describe('meshFetch injects into every header form without touching the caller',
     ['no init', () => [`${down}/echo`]],
     ['URL input', () => [new URL(`${down}/echo`), { headers: { 'x-custom': 'kept' } }]],
     ['plain object', () => [`${down}/echo`, { headers: { 'x-custom': 'kept', accept: 'application/json' } }]],
-    ['plain object with a stale Traceparent and a BAGGAGE of its own', () => [`${down}/echo`, { headers: { 'x-custom': 'kept', Traceparent: STALE, BAGGAGE: 'stale=1' } }]],
-    ['array of tuples', () => [`${down}/echo`, { headers: [['x-custom', 'kept'], ['traceparent', STALE]] }]],
+    [
+      'plain object with a stale Traceparent and a BAGGAGE of its own',
+      () => [`${down}/echo`, { headers: { 'x-custom': 'kept', Traceparent: STALE, BAGGAGE: 'stale=1' } }],
+    ],
+    [
+      'array of tuples',
+      () => [
+        `${down}/echo`,
+        {
+          headers: [
+            ['x-custom', 'kept'],
+            ['traceparent', STALE],
+          ],
+        },
+      ],
+    ],
     ['Headers', () => [`${down}/echo`, { headers: new Headers({ 'x-custom': 'kept', traceparent: STALE }) }]],
     ['Request', () => [new Request(`${down}/echo`, { headers: { 'x-custom': 'kept', traceparent: STALE } })]],
-    ['Request with init headers', () => [new Request(`${down}/echo`, { headers: { 'x-replaced': 'yes' } }), { headers: { 'x-custom': 'kept' } }]],
+    [
+      'Request with init headers',
+      () => [new Request(`${down}/echo`, { headers: { 'x-replaced': 'yes' } }), { headers: { 'x-custom': 'kept' } }],
+    ],
   ];
 
   test.each(forms)('%s', async (name, make) => {
     const [input, init] = make();
     const callerHeaders = input instanceof Request ? input : init?.headers;
     const before = snapshot(callerHeaders);
-    const { value: received, server } = await inServerSpan(async () => (await meshFetch(input, init)).json() as Promise<Record<string, string>>);
+    const { value: received, server } = await inServerSpan(
+      async () => (await meshFetch(input, init)).json() as Promise<Record<string, string>>,
+    );
     const client = onlyClientSpan(name, server);
     // The caller's own baggage entries join the context's (see outbound.test.ts for the rule).
     expectPropagated(name, received, client, name.includes('BAGGAGE') ? `${INBOUND.baggage},stale=1` : INBOUND.baggage);
     const custom = name === 'no init' ? undefined : 'kept';
-    expect({ name, custom: received['x-custom'], replaced: received['x-replaced'], headers: snapshot(callerHeaders) }).toEqual({ name, custom, replaced: undefined, headers: before });
+    expect({
+      name,
+      custom: received['x-custom'],
+      replaced: received['x-replaced'],
+      headers: snapshot(callerHeaders),
+    }).toEqual({ name, custom, replaced: undefined, headers: before });
   });
 });
 
@@ -203,14 +273,28 @@ describe('injectHeaders', () => {
     ['nothing', () => undefined],
     ['plain object', () => ({ accept: 'text/plain', TraceParent: 'stale' })],
     ['Headers', () => new Headers({ accept: 'text/plain', traceparent: 'stale' })],
-    ['array of tuples', () => [['accept', 'text/plain'], ['traceparent', 'stale']] as Array<[string, string]>],
+    [
+      'array of tuples',
+      () =>
+        [
+          ['accept', 'text/plain'],
+          ['traceparent', 'stale'],
+        ] as Array<[string, string]>,
+    ],
   ];
 
   test.each(cases)('%s: active context merged into a copy of the same form', async (name, make) => {
     const input = make();
     const before = snapshot(input);
-    const { value: out, server } = await inServerSpan(async () => injectHeaders(input as Record<string, string>) as unknown);
-    const entries = out instanceof Headers ? [...out] : Array.isArray(out) ? (out as Array<[string, string]>) : Object.entries(out as Record<string, string>);
+    const { value: out, server } = await inServerSpan(
+      async () => injectHeaders(input as Record<string, string>) as unknown,
+    );
+    const entries =
+      out instanceof Headers
+        ? [...out]
+        : Array.isArray(out)
+          ? (out as Array<[string, string]>)
+          : Object.entries(out as Record<string, string>);
     const got = Object.fromEntries(entries.map(([k, v]) => [k.toLowerCase(), v]));
     expect({ name, form: formOf(out), copied: out !== input, input: snapshot(input) }).toEqual({
       name,
@@ -241,9 +325,22 @@ describe('meshFetch CLIENT span', () => {
     await res.arrayBuffer();
     const span = onlyClientSpan(name, server);
     const method = init?.method.toUpperCase() ?? 'GET';
-    const attributes: Record<string, unknown> = { 'http.request.method': method, 'url.full': `${down}${path}`, 'server.address': '127.0.0.1', 'server.port': downPort, 'http.response.status_code': status };
+    const attributes: Record<string, unknown> = {
+      'http.request.method': method,
+      'url.full': `${down}${path}`,
+      'server.address': '127.0.0.1',
+      'server.port': downPort,
+      'http.response.status_code': status,
+    };
     if (errorType !== undefined) attributes['error.type'] = errorType;
-    expect({ name, kind: span.kind, spanName: span.name, trace: span.spanContext().traceId, status: span.status.code, attributes: span.attributes }).toEqual({
+    expect({
+      name,
+      kind: span.kind,
+      spanName: span.name,
+      trace: span.spanContext().traceId,
+      status: span.status.code,
+      attributes: span.attributes,
+    }).toEqual({
       name,
       kind: SpanKind.CLIENT,
       spanName: method,
@@ -254,18 +351,33 @@ describe('meshFetch CLIENT span', () => {
   });
 
   test('an unknown method is _OTHER, named HTTP, with the original kept', async () => {
-    const { server } = await inServerSpan(async () => (await meshFetch(`${down}/echo`, { method: 'PURGE' })).arrayBuffer());
+    const { server } = await inServerSpan(async () =>
+      (await meshFetch(`${down}/echo`, { method: 'PURGE' })).arrayBuffer(),
+    );
     const span = onlyClientSpan('PURGE', server);
-    expect([span.name, span.attributes['http.request.method'], span.attributes['http.request.method_original']]).toEqual(['HTTP', '_OTHER', 'PURGE']);
+    expect([
+      span.name,
+      span.attributes['http.request.method'],
+      span.attributes['http.request.method_original'],
+    ]).toEqual(['HTTP', '_OTHER', 'PURGE']);
   });
 
   test('connection refused: ERROR, ECONNREFUSED, fetch’s own error re-thrown', async () => {
     let caught: unknown;
-    const { server } = await inServerSpan(() => meshFetch(`http://127.0.0.1:${closedPort}/x`).catch((err: unknown) => (caught = err)));
+    const { server } = await inServerSpan(() =>
+      meshFetch(`http://127.0.0.1:${closedPort}/x`).catch((err: unknown) => (caught = err)),
+    );
     // fetch's errors come from Node's realm, not the test's: compare by name.
-    expect([(caught as Error).name, (caught as { cause?: { code?: string } }).cause?.code]).toEqual(['TypeError', 'ECONNREFUSED']);
+    expect([(caught as Error).name, (caught as { cause?: { code?: string } }).cause?.code]).toEqual([
+      'TypeError',
+      'ECONNREFUSED',
+    ]);
     const span = onlyClientSpan('refused', server);
-    expect({ status: span.status.code, type: span.attributes['error.type'], exception: span.events.map((e) => e.name) }).toEqual({
+    expect({
+      status: span.status.code,
+      type: span.attributes['error.type'],
+      exception: span.events.map((e) => e.name),
+    }).toEqual({
       status: SpanStatusCode.ERROR,
       type: 'ECONNREFUSED',
       exception: ['exception'],
@@ -279,7 +391,9 @@ describe('meshFetch CLIENT span', () => {
     ['an object that cannot be printed', Object.create(null) as object],
   ])('abort reason %s: the very same value is re-thrown, the span ends in ERROR', async (name, reason) => {
     let caught: unknown = 'nothing';
-    const { server } = await inServerSpan(() => meshFetch(`${down}/echo`, { signal: AbortSignal.abort(reason) }).catch((err: unknown) => (caught = err)));
+    const { server } = await inServerSpan(() =>
+      meshFetch(`${down}/echo`, { signal: AbortSignal.abort(reason) }).catch((err: unknown) => (caught = err)),
+    );
     expect({ name, same: caught === reason }).toEqual({ name, same: true });
     expect({ name, status: onlyClientSpan(name, server).status.code }).toEqual({ name, status: SpanStatusCode.ERROR });
   });
@@ -289,7 +403,9 @@ describe('meshFetch CLIENT span', () => {
     const url = `http://user:secret@127.0.0.1:${downPort}/echo?sig=abc&x=1&X-Goog-Signature=def#frag`;
     const { server } = await inServerSpan(() => meshFetch(url).catch(() => undefined));
     const span = onlyClientSpan('credentials', server);
-    expect(span.attributes['url.full']).toBe(`http://REDACTED:REDACTED@127.0.0.1:${downPort}/echo?sig=REDACTED&x=1&X-Goog-Signature=REDACTED#frag`);
+    expect(span.attributes['url.full']).toBe(
+      `http://REDACTED:REDACTED@127.0.0.1:${downPort}/echo?sig=REDACTED&x=1&X-Goog-Signature=REDACTED#frag`,
+    );
     expect(span.status.code).toBe(SpanStatusCode.ERROR);
   });
 
@@ -303,7 +419,13 @@ describe('meshFetch CLIENT span', () => {
 
   test('suppressed tracing: no span, nothing injected, the call still made', async () => {
     const { value: received, server } = await inServerSpan(() =>
-      context.with(suppressTracing(context.active()), async () => (await meshFetch(`${down}/echo`, { headers: { 'x-custom': 'kept' } })).json() as Promise<Record<string, string>>),
+      context.with(
+        suppressTracing(context.active()),
+        async () =>
+          (await meshFetch(`${down}/echo`, { headers: { 'x-custom': 'kept' } })).json() as Promise<
+            Record<string, string>
+          >,
+      ),
     );
     expect(clientSpans(server)).toEqual([]);
     expect([received.traceparent, received.baggage, received['x-custom']]).toEqual([undefined, undefined, 'kept']);
@@ -313,7 +435,9 @@ describe('meshFetch CLIENT span', () => {
     const original = globalThis.fetch;
     globalThis.fetch = meshFetch;
     try {
-      const { value: received, server } = await inServerSpan(async () => (await fetch(`${down}/echo`)).json() as Promise<Record<string, string>>);
+      const { value: received, server } = await inServerSpan(
+        async () => (await fetch(`${down}/echo`)).json() as Promise<Record<string, string>>,
+      );
       expectPropagated('global', received, onlyClientSpan('global', server));
     } finally {
       globalThis.fetch = original;
@@ -322,11 +446,32 @@ describe('meshFetch CLIENT span', () => {
 });
 
 describe('meshRequest', () => {
-  const forms: ReadonlyArray<readonly [string, (cb: (res: IncomingMessage) => void) => ReturnType<typeof meshRequest>]> = [
+  const forms: ReadonlyArray<
+    readonly [string, (cb: (res: IncomingMessage) => void) => ReturnType<typeof meshRequest>]
+  > = [
     ['url string', (cb) => meshRequest(`${down}/echo`, cb)],
-    ['URL and options with headers', (cb) => meshRequest(new URL(`${down}/echo`), { headers: { 'x-custom': 'kept', Traceparent: 'stale' } }, cb)],
-    ['options only', (cb) => meshRequest({ hostname: '127.0.0.1', port: downPort, path: '/echo', headers: { 'x-custom': 'kept' } }, cb)],
-    ['flat header array', (cb) => meshRequest({ host: '127.0.0.1', port: downPort, path: '/echo', headers: ['host', `127.0.0.1:${downPort}`, 'x-custom', 'kept', 'traceparent', 'stale'] }, cb)],
+    [
+      'URL and options with headers',
+      (cb) => meshRequest(new URL(`${down}/echo`), { headers: { 'x-custom': 'kept', Traceparent: 'stale' } }, cb),
+    ],
+    [
+      'options only',
+      (cb) =>
+        meshRequest({ hostname: '127.0.0.1', port: downPort, path: '/echo', headers: { 'x-custom': 'kept' } }, cb),
+    ],
+    [
+      'flat header array',
+      (cb) =>
+        meshRequest(
+          {
+            host: '127.0.0.1',
+            port: downPort,
+            path: '/echo',
+            headers: ['host', `127.0.0.1:${downPort}`, 'x-custom', 'kept', 'traceparent', 'stale'],
+          },
+          cb,
+        ),
+    ],
   ];
 
   test.each(forms)('%s: propagates, leaves the caller’s options alone, CLIENT span ended once', async (name, send) => {
@@ -334,11 +479,20 @@ describe('meshRequest', () => {
     await settle();
     const span = onlyClientSpan(name, server);
     expectPropagated(name, res.headers, span);
-    expect({ name, custom: res.headers['x-custom'] }).toEqual({ name, custom: name === 'url string' ? undefined : 'kept' });
+    expect({ name, custom: res.headers['x-custom'] }).toEqual({
+      name,
+      custom: name === 'url string' ? undefined : 'kept',
+    });
     expect({ name, spanName: span.name, attributes: span.attributes }).toEqual({
       name,
       spanName: 'GET',
-      attributes: { 'http.request.method': 'GET', 'url.full': `${down}/echo`, 'server.address': '127.0.0.1', 'server.port': downPort, 'http.response.status_code': 200 },
+      attributes: {
+        'http.request.method': 'GET',
+        'url.full': `${down}/echo`,
+        'server.address': '127.0.0.1',
+        'server.port': downPort,
+        'http.response.status_code': 200,
+      },
     });
   });
 
@@ -359,11 +513,19 @@ describe('meshRequest', () => {
   test('https with a self-signed certificate, by URL (CA) and by options (rejectUnauthorized: false)', async () => {
     const { value, server } = await inServerSpan(async () => [
       await request((cb) => meshRequest(`https://127.0.0.1:${tlsPort}/echo`, { ca: cert }, cb)),
-      await request((cb) => meshRequest({ protocol: 'https:', hostname: '127.0.0.1', port: tlsPort, path: '/echo', rejectUnauthorized: false }, cb)),
+      await request((cb) =>
+        meshRequest(
+          { protocol: 'https:', hostname: '127.0.0.1', port: tlsPort, path: '/echo', rejectUnauthorized: false },
+          cb,
+        ),
+      ),
     ]);
     await settle();
     const spans = clientSpans(server);
-    expect(spans.map((s) => s.attributes['url.full'])).toEqual([`https://127.0.0.1:${tlsPort}/echo`, `https://127.0.0.1:${tlsPort}/echo`]);
+    expect(spans.map((s) => s.attributes['url.full'])).toEqual([
+      `https://127.0.0.1:${tlsPort}/echo`,
+      `https://127.0.0.1:${tlsPort}/echo`,
+    ]);
     value.forEach((res, i) => expectPropagated(`https ${i}`, res.headers, spans[i]));
   });
 
@@ -371,12 +533,19 @@ describe('meshRequest', () => {
     const { value, server } = await inServerSpan(() => request((cb) => meshRequest(`${down}/status/502`, cb)));
     await settle();
     const span = onlyClientSpan('502', server);
-    expect([value.status, span.status.code, span.attributes['http.response.status_code'], span.attributes['error.type']]).toEqual([502, SpanStatusCode.ERROR, 502, '502']);
+    expect([
+      value.status,
+      span.status.code,
+      span.attributes['http.response.status_code'],
+      span.attributes['error.type'],
+    ]).toEqual([502, SpanStatusCode.ERROR, 502, '502']);
   });
 
   test('connection refused: the caller gets Node’s error, the span ends in ERROR', async () => {
     let caught: unknown;
-    const { server } = await inServerSpan(() => request((cb) => meshRequest(`http://127.0.0.1:${closedPort}/x`, cb)).catch((err: unknown) => (caught = err)));
+    const { server } = await inServerSpan(() =>
+      request((cb) => meshRequest(`http://127.0.0.1:${closedPort}/x`, cb)).catch((err: unknown) => (caught = err)),
+    );
     await settle();
     expect((caught as NodeJS.ErrnoException).code).toBe('ECONNREFUSED');
     const span = onlyClientSpan('refused', server);
@@ -413,7 +582,11 @@ describe('meshRequest', () => {
       );
       await settle();
       const span = onlyClientSpan(`cut, listening: ${listening}`, server);
-      expect({ listening, status: span.status.code, type: span.attributes['error.type'] }).toEqual({ listening, status: SpanStatusCode.ERROR, type: listening ? 'ECONNRESET' : 'aborted' });
+      expect({ listening, status: span.status.code, type: span.attributes['error.type'] }).toEqual({
+        listening,
+        status: SpanStatusCode.ERROR,
+        type: listening ? 'ECONNRESET' : 'aborted',
+      });
     }
   });
 
@@ -457,19 +630,32 @@ describe('meshRequest', () => {
       }
     });
     const span = onlyClientSpan(name, server);
-    expect({ name, thrown: (caught as NodeJS.ErrnoException | undefined)?.code, status: span.status.code, type: span.attributes['error.type'] }).toEqual({ name, thrown: code, status: SpanStatusCode.ERROR, type: code });
+    expect({
+      name,
+      thrown: (caught as NodeJS.ErrnoException | undefined)?.code,
+      status: span.status.code,
+      type: span.attributes['error.type'],
+    }).toEqual({ name, thrown: code, status: SpanStatusCode.ERROR, type: code });
   });
 
   test('suppressed tracing: no span, nothing injected', async () => {
-    const { value, server } = await inServerSpan(() => context.with(suppressTracing(context.active()), () => request((cb) => meshRequest(`${down}/echo`, cb))));
+    const { value, server } = await inServerSpan(() =>
+      context.with(suppressTracing(context.active()), () => request((cb) => meshRequest(`${down}/echo`, cb))),
+    );
     expect(clientSpans(server)).toEqual([]);
     expect(value.headers.traceparent).toBeUndefined();
   });
 
   test('url.full redacts credentials and signatures', async () => {
-    const { server } = await inServerSpan(() => request((cb) => meshRequest(`http://user:secret@127.0.0.1:${downPort}/echo?AWSAccessKeyId=k&Signature=s&x=1`, cb)));
+    const { server } = await inServerSpan(() =>
+      request((cb) =>
+        meshRequest(`http://user:secret@127.0.0.1:${downPort}/echo?AWSAccessKeyId=k&Signature=s&x=1`, cb),
+      ),
+    );
     await settle();
-    expect(onlyClientSpan('credentials', server).attributes['url.full']).toBe(`http://REDACTED:REDACTED@127.0.0.1:${downPort}/echo?AWSAccessKeyId=REDACTED&Signature=REDACTED&x=1`);
+    expect(onlyClientSpan('credentials', server).attributes['url.full']).toBe(
+      `http://REDACTED:REDACTED@127.0.0.1:${downPort}/echo?AWSAccessKeyId=REDACTED&Signature=REDACTED&x=1`,
+    );
   });
 });
 
@@ -487,7 +673,9 @@ describe('meshClient options', () => {
 
   test('tracerProvider: asked once for a tracer, at setup, then used for every call', async () => {
     const asked: string[] = [];
-    const provider: TracerProvider = { getTracer: (name, version, options) => (asked.push(name), tracing.provider.getTracer(name, version, options)) };
+    const provider: TracerProvider = {
+      getTracer: (name, version, options) => (asked.push(name), tracing.provider.getTracer(name, version, options)),
+    };
     const client = meshClient({ tracerProvider: provider });
     const { server } = await inServerSpan(async () => {
       await (await client.fetch(`${down}/echo`)).arrayBuffer();
@@ -501,13 +689,17 @@ describe('meshClient options', () => {
 
 describe('through a meshHttp service', () => {
   test('ten concurrent outbound calls from one request: ten CLIENT spans, ten span ids, one parent', async () => {
-    const { seen, received } = (await (await fetch(`${front}/fan-out`, { headers: INBOUND })).json()) as { seen: Observed; received: Array<Record<string, string>> };
+    const { seen, received } = (await (await fetch(`${front}/fan-out`, { headers: INBOUND })).json()) as {
+      seen: Observed;
+      received: Array<Record<string, string>>;
+    };
     await settle();
     const parents = received.map((h) => h.traceparent.split('-')[2]);
     const clients = tracing.spans().filter((s) => s.kind === SpanKind.CLIENT);
     expect(new Set(parents).size).toBe(10);
     expect(clients.map((s) => s.spanContext().spanId).sort()).toEqual([...parents].sort());
-    for (const s of clients) expect([s.spanContext().traceId, s.parentSpanContext?.spanId]).toEqual([TRACE_ID, seen.spanId]);
+    for (const s of clients)
+      expect([s.spanContext().traceId, s.parentSpanContext?.spanId]).toEqual([TRACE_ID, seen.spanId]);
   });
 
   // Every inbound case of the shared table: what goes downstream is what the propagator would send
@@ -516,28 +708,59 @@ describe('through a meshHttp service', () => {
     const before = await tracing.outcomeCounts();
     const droppedBefore = await tracing.droppedCounts();
     const headers = new Headers();
-    for (const [k, v] of Object.entries(c.headers)) for (const one of Array.isArray(v) ? v : [v]) headers.append(k, one);
-    const { seen, received } = (await (await fetch(`${front}/one`, { headers })).json()) as { seen: Observed; received: Array<Record<string, string>> };
+    for (const [k, v] of Object.entries(c.headers))
+      for (const one of Array.isArray(v) ? v : [v]) headers.append(k, one);
+    const { seen, received } = (await (await fetch(`${front}/one`, { headers })).json()) as {
+      seen: Observed;
+      received: Array<Record<string, string>>;
+    };
     await settle();
     const spans = tracing.spans();
-    expect(checkCase(c, seen, spans, delta(before, await tracing.outcomeCounts()), delta(droppedBefore, await tracing.droppedCounts()))).toEqual([]);
+    expect(
+      checkCase(
+        c,
+        seen,
+        spans,
+        delta(before, await tracing.outcomeCounts()),
+        delta(droppedBefore, await tracing.droppedCounts()),
+      ),
+    ).toEqual([]);
 
     const sent = received[0];
     const [version, traceId, parentId, flags] = (sent.traceparent ?? '').split('-');
     const client = spans.find((s) => s.kind === SpanKind.CLIENT && s.spanContext().traceId === seen.traceId);
     const sampled = (parseInt(flags, 16) & 1) === 1;
-    expect({ name, version, traceId, flags, parentIsClient: sampled ? parentId === client?.spanContext().spanId : /^[0-9a-f]{16}$/.test(parentId) && parentId !== seen.spanId }).toEqual({
+    expect({
+      name,
+      version,
+      traceId,
+      flags,
+      parentIsClient: sampled
+        ? parentId === client?.spanContext().spanId
+        : /^[0-9a-f]{16}$/.test(parentId) && parentId !== seen.spanId,
+    }).toEqual({
       name,
       version: '00',
       traceId: seen.traceId,
       flags: seen.outbound.traceparent.slice(-2),
       parentIsClient: true,
     });
-    expect({ name, clientParent: client?.parentSpanContext?.spanId ?? (sampled ? 'missing' : seen.spanId) }).toEqual({ name, clientParent: seen.spanId });
-    expect({ name, tracestate: sent.tracestate, baggage: sent.baggage }).toEqual({ name, tracestate: seen.outbound.tracestate, baggage: seen.outbound.baggage });
+    expect({ name, clientParent: client?.parentSpanContext?.spanId ?? (sampled ? 'missing' : seen.spanId) }).toEqual({
+      name,
+      clientParent: seen.spanId,
+    });
+    expect({ name, tracestate: sent.tracestate, baggage: sent.baggage }).toEqual({
+      name,
+      tracestate: seen.outbound.tracestate,
+      baggage: seen.outbound.baggage,
+    });
     if (c.outcome !== 'continued') {
       const inbound = ([] as string[]).concat(c.headers.traceparent ?? []);
-      expect({ name, forwardedInbound: inbound.includes(sent.traceparent), sameTrace: traceId === TRACE_ID }).toEqual({ name, forwardedInbound: false, sameTrace: false });
+      expect({ name, forwardedInbound: inbound.includes(sent.traceparent), sameTrace: traceId === TRACE_ID }).toEqual({
+        name,
+        forwardedInbound: false,
+        sameTrace: false,
+      });
     }
   });
 });

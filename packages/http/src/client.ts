@@ -1,6 +1,14 @@
 import { SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Span, Tracer, TracerProvider } from '@opentelemetry/api';
-import { checkOptions, httpMethod, isTracingSuppressed, outboundTrace, rewriteHeaders, traceHeaders, warner } from '@meshtrace/core/adapter';
+import {
+  checkOptions,
+  httpMethod,
+  isTracingSuppressed,
+  outboundTrace,
+  rewriteHeaders,
+  traceHeaders,
+  warner,
+} from '@meshtrace/core/adapter';
 import type { OutboundTrace } from '@meshtrace/core/adapter';
 import { errorMonitor } from 'node:events';
 // The module objects themselves, not namespace copies: `.request` must be whatever an instrumentation put there last.
@@ -110,10 +118,22 @@ function fullUrl(url: URL): string {
   return `${url.protocol}//${credentials ? 'REDACTED:REDACTED@' : ''}${url.host}${url.pathname}${search}${url.hash}`;
 }
 
-function startClientSpan(tracer: Tracer, parent: Context, rawMethod: string, full: string, address: string, port: number): Span {
+function startClientSpan(
+  tracer: Tracer,
+  parent: Context,
+  rawMethod: string,
+  full: string,
+  address: string,
+  port: number,
+): Span {
   // fetch and http.request send known methods upper-cased whatever case the caller used.
   const method = httpMethod(rawMethod.toUpperCase());
-  const attributes: Attributes = { 'http.request.method': method, 'url.full': full, 'server.address': address, 'server.port': port };
+  const attributes: Attributes = {
+    'http.request.method': method,
+    'url.full': full,
+    'server.address': address,
+    'server.port': port,
+  };
   if (method === '_OTHER') attributes['http.request.method_original'] = rawMethod;
   return tracer.startSpan(method === '_OTHER' ? 'HTTP' : method, { kind: SpanKind.CLIENT, attributes }, parent);
 }
@@ -161,7 +181,13 @@ function fetchWith(tracer: Tracer | undefined): typeof fetch {
     if (fetchInstrumented()) {
       // The instrumentation starts the CLIENT span under the call's context and appends the headers.
       const headers = leftToInstrumentation(ot);
-      return context.with(ot.context, nativeFetch, undefined, input, headers === given ? init : { ...init, headers: headers as RequestInit['headers'] });
+      return context.with(
+        ot.context,
+        nativeFetch,
+        undefined,
+        input,
+        headers === given ? init : { ...init, headers: headers as RequestInit['headers'] },
+      );
     }
     let url: URL;
     try {
@@ -173,11 +199,21 @@ function fetchWith(tracer: Tracer | undefined): typeof fetch {
     const secure = url.protocol === 'https:';
     const port = url.port !== '' ? Number(url.port) : secure ? 443 : 80;
     const method = String(init?.method ?? request?.method ?? 'GET');
-    const span = startClientSpan(tracer ?? trace.getTracer(PACKAGE), ot.context, method, fullUrl(url), withoutBrackets(url.hostname), port);
+    const span = startClientSpan(
+      tracer ?? trace.getTracer(PACKAGE),
+      ot.context,
+      method,
+      fullUrl(url),
+      withoutBrackets(url.hostname),
+      port,
+    );
     const headers = withTrace(ot, trace.setSpan(ot.context, span));
     let response: Response;
     try {
-      response = await nativeFetch(input, headers === given ? init : { ...init, headers: headers as RequestInit['headers'] });
+      response = await nativeFetch(
+        input,
+        headers === given ? init : { ...init, headers: headers as RequestInit['headers'] },
+      );
     } catch (err) {
       endWithError(span, err);
       throw err;
@@ -251,8 +287,12 @@ function requestWith(tracer: Tracer | undefined): MeshRequest {
       // Not a URL: let http.request throw exactly as it would.
       return (http.request as (...a: unknown[]) => ClientRequest)(...args);
     }
-    const options = (hasUrl ? (typeof second === 'object' ? second : undefined) : first) as RequestOptions | null | undefined;
-    const agent = typeof options?.agent === 'object' ? (options.agent as { protocol?: string; defaultPort?: number }) : undefined;
+    const options = (hasUrl ? (typeof second === 'object' ? second : undefined) : first) as
+      | RequestOptions
+      | null
+      | undefined;
+    const agent =
+      typeof options?.agent === 'object' ? (options.agent as { protocol?: string; defaultPort?: number }) : undefined;
     const protocol = options?.protocol || url?.protocol || agent?.protocol || 'http:';
     const secure = protocol === 'https:';
     const send = (secure ? https.request : http.request) as (...a: unknown[]) => ClientRequest;
@@ -264,18 +304,30 @@ function requestWith(tracer: Tracer | undefined): MeshRequest {
       // instrumentation-http (or dd-trace) starts the CLIENT span under the call's context and injects.
       const headers = leftToInstrumentation(ot);
       const next = headers === options?.headers ? undefined : { ...options, headers };
-      const call = next === undefined ? () => send(...args) : () => (hasUrl ? send(first, next, callback) : send(next, callback));
+      const call =
+        next === undefined ? () => send(...args) : () => (hasUrl ? send(first, next, callback) : send(next, callback));
       return context.with(ot.context, call);
     }
 
     // The same precedence Node applies when it merges the URL and the options; Node validates them.
-    const address = String(options?.hostname || (url !== undefined ? withoutBrackets(url.hostname) : options?.host) || 'localhost');
-    const port = Number(options?.port || url?.port || options?.defaultPort || agent?.defaultPort || (secure ? 443 : 80));
+    const address = String(
+      options?.hostname || (url !== undefined ? withoutBrackets(url.hostname) : options?.host) || 'localhost',
+    );
+    const port = Number(
+      options?.port || url?.port || options?.defaultPort || agent?.defaultPort || (secure ? 443 : 80),
+    );
     const path = String(options?.path || (url !== undefined ? url.pathname + url.search : '/'));
     const credentials = options?.auth || url?.username || url?.password;
     const q = path.indexOf('?');
     const full = `${protocol}//${credentials ? 'REDACTED:REDACTED@' : ''}${address.includes(':') ? `[${address}]` : address}${port === (secure ? 443 : 80) ? '' : `:${port}`}${q < 0 ? path : path.slice(0, q) + redactQuery(path.slice(q))}`;
-    const span = startClientSpan(tracer ?? trace.getTracer(PACKAGE), ot.context, String(options?.method || 'GET'), full, address, port);
+    const span = startClientSpan(
+      tracer ?? trace.getTracer(PACKAGE),
+      ot.context,
+      String(options?.method || 'GET'),
+      full,
+      address,
+      port,
+    );
 
     const headers = withTrace(ot, trace.setSpan(ot.context, span));
     const next = headers === options?.headers ? options : { ...options, headers };

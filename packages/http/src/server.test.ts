@@ -37,11 +37,15 @@ async function afterAsyncWork(req: IncomingMessage): Promise<Record<string, stri
 /** POSTs a body in two chunks, so its 'data' events come from the socket, not from the request's own tick. */
 function post(path: string, traceId: string): Promise<Record<string, string | undefined>> {
   return new Promise((resolve, reject) => {
-    const req = request(`${base}${path}`, { method: 'POST', headers: { traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-01` } }, (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => (body += c.toString()));
-      res.on('end', () => resolve(JSON.parse(body) as Record<string, string | undefined>));
-    });
+    const req = request(
+      `${base}${path}`,
+      { method: 'POST', headers: { traceparent: `00-${traceId}-${randomBytes(8).toString('hex')}-01` } },
+      (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => resolve(JSON.parse(body) as Record<string, string | undefined>));
+      },
+    );
     req.on('error', reject);
     req.write('first half,');
     setTimeout(() => req.end('second half'), 5);
@@ -73,7 +77,8 @@ test.each(HEADER_CASES.map((c) => [c.name, c] as const))('header case: %s', asyn
 test('context survives body events, await, timers, promise chains and event emitters', async () => {
   const traceId = randomBytes(16).toString('hex');
   const seen = await post('/async', traceId);
-  for (const hop of ['data', 'body', 'setTimeout', 'setImmediate', 'promiseChain', 'emitter', 'span']) expect([hop, seen[hop]]).toEqual([hop, traceId]);
+  for (const hop of ['data', 'body', 'setTimeout', 'setImmediate', 'promiseChain', 'emitter', 'span'])
+    expect([hop, seen[hop]]).toEqual([hop, traceId]);
 });
 
 test('500 concurrent requests with distinct trace ids each see only their own', async () => {
@@ -86,7 +91,13 @@ test('500 concurrent requests with distinct trace ids each see only their own', 
 describe('a listener that throws: the rule every adapter follows', () => {
   test.each([
     ['a plain error is the server failing', new Error('boom'), 500, 2 /* ERROR */, 'Error'],
-    ['an error asking for a 4xx is the client failing: recorded, status left unset', Object.assign(new Error('not yours'), { status: 403 }), 403, 0 /* UNSET */, undefined],
+    [
+      'an error asking for a 4xx is the client failing: recorded, status left unset',
+      Object.assign(new Error('not yours'), { status: 403 }),
+      403,
+      0 /* UNSET */,
+      undefined,
+    ],
   ])('%s', async (_name, error, answer, code, errorType) => {
     const traced = meshHttp(() => {
       throw error;
@@ -107,7 +118,12 @@ describe('a listener that throws: the rule every adapter follows', () => {
       await res.arrayBuffer();
       await new Promise((r) => setImmediate(r));
       const [span] = tracing.spans();
-      expect({ status: res.status, code: span?.status.code, events: span?.events.map((e) => e.name), errorType: span?.attributes['error.type'] }).toEqual({ status: answer, code, events: ['exception'], errorType });
+      expect({
+        status: res.status,
+        code: span?.status.code,
+        events: span?.events.map((e) => e.name),
+        errorType: span?.attributes['error.type'],
+      }).toEqual({ status: answer, code, events: ['exception'], errorType });
     } finally {
       await new Promise((r) => server.close(r));
     }

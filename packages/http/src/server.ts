@@ -8,7 +8,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 export type HttpMeshTraceOptions = MeshTraceOptions<IncomingMessage, ServerResponse>;
 
 /** A `node:http` request listener (an async one's promise is watched for a rejection). */
-export type Listener<Req extends IncomingMessage = IncomingMessage, Res extends ServerResponse = ServerResponse> = (req: Req, res: Res) => void;
+export type Listener<Req extends IncomingMessage = IncomingMessage, Res extends ServerResponse = ServerResponse> = (
+  req: Req,
+  res: Res,
+) => void;
 
 const TRACE = Symbol.for('meshtrace.http.trace');
 
@@ -23,8 +26,12 @@ export function requestTrace(req: IncomingMessage): RequestTrace<IncomingMessage
  * @example
  * http.createServer(meshHttp((req, res) => res.end('ok'))).listen(8080);
  */
-export function meshHttp<Req extends IncomingMessage, Res extends ServerResponse>(listener: Listener<Req, Res>, options?: MeshTraceOptions<Req, Res>): Listener<Req, Res> {
-  if (typeof listener !== 'function') throw new TypeError(`@meshtrace/http: listener must be a function, got ${typeof listener}`);
+export function meshHttp<Req extends IncomingMessage, Res extends ServerResponse>(
+  listener: Listener<Req, Res>,
+  options?: MeshTraceOptions<Req, Res>,
+): Listener<Req, Res> {
+  if (typeof listener !== 'function')
+    throw new TypeError(`@meshtrace/http: listener must be a function, got ${typeof listener}`);
   const tracing = createServerTracing<Req, Res>(options, { name: '@meshtrace/http' });
   return function meshHttpListener(this: unknown, req: Req, res: Res): void {
     const t = tracing.start(req, res);

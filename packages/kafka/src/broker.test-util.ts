@@ -41,7 +41,13 @@ const VERSIONS: Record<number, number> = {
   [API.ApiVersions]: 2,
 };
 
-const ERR = { NONE: 0, CORRUPT_MESSAGE: 2, UNKNOWN_TOPIC_OR_PARTITION: 3, ILLEGAL_GENERATION: 22, UNKNOWN_MEMBER_ID: 25 } as const;
+const ERR = {
+  NONE: 0,
+  CORRUPT_MESSAGE: 2,
+  UNKNOWN_TOPIC_OR_PARTITION: 3,
+  ILLEGAL_GENERATION: 22,
+  UNKNOWN_MEMBER_ID: 25,
+} as const;
 const NODE_ID = 0;
 /** Record batch v2 layout (KIP-98): offsets of the fields the broker reads or writes. */
 const BATCH = { baseOffset: 0, length: 8, magic: 16, lastOffsetDelta: 23, overhead: 61 } as const;
@@ -249,12 +255,23 @@ export class TestKafkaBroker {
       }
     }
     const body = w.toBuffer();
-    return Buffer.concat([new Writer().int32(4 + body.length).int32(correlationId).toBuffer(), body]);
+    return Buffer.concat([
+      new Writer()
+        .int32(4 + body.length)
+        .int32(correlationId)
+        .toBuffer(),
+      body,
+    ]);
   }
 
   private apiVersions(w: Writer, version: number): void {
     const apis = Object.entries(VERSIONS).map(([key, max]) => [Number(key), max] as const);
-    w.int16(ERR.NONE).array(apis, (w, [key, max]) => w.int16(key).int16(key === API.ApiVersions ? 0 : max).int16(max));
+    w.int16(ERR.NONE).array(apis, (w, [key, max]) =>
+      w
+        .int16(key)
+        .int16(key === API.ApiVersions ? 0 : max)
+        .int16(max),
+    );
     if (version >= 1) w.int32(0); // throttle_time_ms
   }
 
@@ -279,7 +296,14 @@ export class TestKafkaBroker {
       w
         .int16(ERR.NONE)
         .string(t)
-        .array([0], (w, p) => w.int16(ERR.NONE).int32(p).int32(NODE_ID).array([NODE_ID], (w, id) => w.int32(id)).array([NODE_ID], (w, id) => w.int32(id))),
+        .array([0], (w, p) =>
+          w
+            .int16(ERR.NONE)
+            .int32(p)
+            .int32(NODE_ID)
+            .array([NODE_ID], (w, id) => w.int32(id))
+            .array([NODE_ID], (w, id) => w.int32(id)),
+        ),
     );
   }
 
@@ -288,14 +312,22 @@ export class TestKafkaBroker {
     r.string(); // transactional id
     const acks = r.int16();
     r.int32(); // timeout
-    const topics = r.array((r) => ({ topic: r.string(), partitions: r.array((r) => ({ partition: r.int32(), records: r.bytes() })) }));
+    const topics = r.array((r) => ({
+      topic: r.string(),
+      partitions: r.array((r) => ({ partition: r.int32(), records: r.bytes() })),
+    }));
     const results = topics.map(({ topic, partitions }) => ({
       topic,
-      partitions: partitions.map(({ partition, records }) => ({ partition, ...this.append(topic, partition, records) })),
+      partitions: partitions.map(({ partition, records }) => ({
+        partition,
+        ...this.append(topic, partition, records),
+      })),
     }));
     for (const wake of this.waiting) wake();
     if (acks === 0) return false;
-    w.array(results, (w, t) => w.string(t.topic).array(t.partitions, (w, p) => w.int32(p.partition).int16(p.error).int64(p.base).int64(-1n)));
+    w.array(results, (w, t) =>
+      w.string(t.topic).array(t.partitions, (w, p) => w.int32(p.partition).int16(p.error).int64(p.base).int64(-1n)),
+    );
     w.int32(0); // throttle_time_ms
     return true;
   }
@@ -306,7 +338,8 @@ export class TestKafkaBroker {
     for (let at = 0; at < records.length; ) {
       if (records.length - at < BATCH.overhead) return { error: ERR.CORRUPT_MESSAGE, base: -1n };
       const size = 12 + records.readInt32BE(at + BATCH.length);
-      if (records.readInt8(at + BATCH.magic) !== 2 || at + size > records.length) return { error: ERR.CORRUPT_MESSAGE, base: -1n };
+      if (records.readInt8(at + BATCH.magic) !== 2 || at + size > records.length)
+        return { error: ERR.CORRUPT_MESSAGE, base: -1n };
       batches.push(records.subarray(at, at + size));
       at += size;
     }
@@ -330,8 +363,14 @@ export class TestKafkaBroker {
     r.int32(); // min bytes
     r.int32(); // max bytes
     r.int8(); // isolation level
-    const topics = r.array((r) => ({ topic: r.string(), partitions: r.array((r) => ({ partition: r.int32(), offset: r.int64(), maxBytes: r.int32() })) }));
-    const available = () => topics.some(({ topic, partitions }) => partitions.some((p) => p.partition === 0 && this.highWatermark(topic) > p.offset));
+    const topics = r.array((r) => ({
+      topic: r.string(),
+      partitions: r.array((r) => ({ partition: r.int32(), offset: r.int64(), maxBytes: r.int32() })),
+    }));
+    const available = () =>
+      topics.some(({ topic, partitions }) =>
+        partitions.some((p) => p.partition === 0 && this.highWatermark(topic) > p.offset),
+      );
     if (!available() && !this.closed) {
       await new Promise<void>((resolve) => {
         const done = () => {
@@ -352,7 +391,13 @@ export class TestKafkaBroker {
         const known = p.partition === 0 && this.logs.has(topic);
         const hw = known ? this.highWatermark(topic) : -1n;
         // Whole batches holding the offset and after: kafkajs skips the records before it.
-        const records = known ? Buffer.concat(this.log(topic).filter((b) => b.end > p.offset).map((b) => b.bytes)) : Buffer.alloc(0);
+        const records = known
+          ? Buffer.concat(
+              this.log(topic)
+                .filter((b) => b.end > p.offset)
+                .map((b) => b.bytes),
+            )
+          : Buffer.alloc(0);
         w.int32(p.partition)
           .int16(known ? ERR.NONE : ERR.UNKNOWN_TOPIC_OR_PARTITION)
           .int64(hw)
@@ -365,17 +410,32 @@ export class TestKafkaBroker {
 
   private listOffsets(r: Reader, w: Writer): void {
     r.int32(); // replica id
-    const topics = r.array((r) => ({ topic: r.string(), partitions: r.array((r) => ({ partition: r.int32(), timestamp: r.int64(), max: r.int32() })) }));
+    const topics = r.array((r) => ({
+      topic: r.string(),
+      partitions: r.array((r) => ({ partition: r.int32(), timestamp: r.int64(), max: r.int32() })),
+    }));
     w.array(topics, (w, { topic, partitions }) =>
       // -2 asks for the earliest offset; anything else gets the latest.
-      w.string(topic).array(partitions, (w, p) => w.int32(p.partition).int16(ERR.NONE).array([p.timestamp === -2n ? 0n : this.highWatermark(topic)], (w, o) => w.int64(o))),
+      w.string(topic).array(partitions, (w, p) =>
+        w
+          .int32(p.partition)
+          .int16(ERR.NONE)
+          .array([p.timestamp === -2n ? 0n : this.highWatermark(topic)], (w, o) => w.int64(o)),
+      ),
     );
   }
 
   private group(id: string): Group {
     let g = this.groups.get(id);
     if (g === undefined) {
-      g = { generation: 0, member: undefined, protocol: '', metadata: Buffer.alloc(0), assignment: Buffer.alloc(0), offsets: new Map() };
+      g = {
+        generation: 0,
+        member: undefined,
+        protocol: '',
+        metadata: Buffer.alloc(0),
+        assignment: Buffer.alloc(0),
+        offsets: new Map(),
+      };
       this.groups.set(id, g);
     }
     return g;
@@ -423,16 +483,28 @@ export class TestKafkaBroker {
 
   private offsetCommit(r: Reader, w: Writer): void {
     const g = this.group(r.string());
-    const topics = r.array((r) => ({ topic: r.string(), partitions: r.array((r) => ({ partition: r.int32(), offset: r.int64(), metadata: r.string() })) }));
-    for (const { topic, partitions } of topics) for (const p of partitions) g.offsets.set(`${topic}:${p.partition}`, p.offset);
-    w.array(topics, (w, { topic, partitions }) => w.string(topic).array(partitions, (w, p) => w.int32(p.partition).int16(ERR.NONE)));
+    const topics = r.array((r) => ({
+      topic: r.string(),
+      partitions: r.array((r) => ({ partition: r.int32(), offset: r.int64(), metadata: r.string() })),
+    }));
+    for (const { topic, partitions } of topics)
+      for (const p of partitions) g.offsets.set(`${topic}:${p.partition}`, p.offset);
+    w.array(topics, (w, { topic, partitions }) =>
+      w.string(topic).array(partitions, (w, p) => w.int32(p.partition).int16(ERR.NONE)),
+    );
   }
 
   private offsetFetch(r: Reader, w: Writer): void {
     const g = this.group(r.string());
     const topics = r.array((r) => ({ topic: r.string(), partitions: r.array((r) => r.int32()) }));
     w.array(topics, (w, { topic, partitions }) =>
-      w.string(topic).array(partitions, (w, p) => w.int32(p).int64(g.offsets.get(`${topic}:${p}`) ?? -1n).string('').int16(ERR.NONE)),
+      w.string(topic).array(partitions, (w, p) =>
+        w
+          .int32(p)
+          .int64(g.offsets.get(`${topic}:${p}`) ?? -1n)
+          .string('')
+          .int16(ERR.NONE),
+      ),
     );
   }
 }

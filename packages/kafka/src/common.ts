@@ -30,12 +30,15 @@ export function keyAttribute(key: unknown): string | undefined {
 /** Marks the span failed; `error.type` is the Kafka error code name when there is one (semconv `KAFKA_STORAGE_ERROR`). */
 export function recordError(span: Span, error: unknown): void {
   const code = error instanceof Error ? (error as { type?: unknown }).type : undefined;
-  recordSpanError(span, error, typeof code === 'string' && code.length > 0 ? code : error instanceof Error ? undefined : '_OTHER');
+  recordSpanError(
+    span,
+    error,
+    typeof code === 'string' && code.length > 0 ? code : error instanceof Error ? undefined : '_OTHER',
+  );
 }
 
 /** How a consumer span records a failed handler and ends: with the Kafka error code. */
 export const KAFKA_ERRORS: SettleOptions = Object.freeze({ record: recordError });
-
 
 /** The fixed tracer, or the global provider's at call time so setup order does not matter. */
 export function tracerOf(fixed: Tracer | undefined): Tracer {

@@ -2,7 +2,15 @@ import { SpanKind, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Link, Span, TimeInput, Tracer, TracerProvider } from '@opentelemetry/api';
 import { extractContext, headerGetter } from '@meshtrace/core';
 import { RANDOM_TRACE_ID_KEY, callHook, checkOptions, outcomeAttributes, runInSpan } from '@meshtrace/core/adapter';
-import type { Consumer, ConsumerRunConfig, EachBatchHandler, EachBatchPayload, EachMessageHandler, EachMessagePayload, KafkaMessage } from 'kafkajs';
+import type {
+  Consumer,
+  ConsumerRunConfig,
+  EachBatchHandler,
+  EachBatchPayload,
+  EachMessageHandler,
+  EachMessagePayload,
+  KafkaMessage,
+} from 'kafkajs';
 import { KAFKA_ERRORS, PACKAGE, SYSTEM, keyAttribute, recordError, tracerOf, typeName } from './common';
 
 /** Options of {@link meshConsumer}; all optional. */
@@ -37,7 +45,9 @@ export type MeshEachBatchHandler = (payload: MeshEachBatchPayload) => Promise<vo
 export type MeshConsumerRunConfig = Omit<ConsumerRunConfig, 'eachBatch'> & { eachBatch?: MeshEachBatchHandler };
 
 /** A kafkajs consumer traced by {@link meshConsumer}. */
-export type MeshConsumer<C extends Consumer = Consumer> = Omit<C, 'run'> & { run(config?: MeshConsumerRunConfig): Promise<void> };
+export type MeshConsumer<C extends Consumer = Consumer> = Omit<C, 'run'> & {
+  run(config?: MeshConsumerRunConfig): Promise<void>;
+};
 
 const WRAPPED = Symbol.for('meshtrace.kafka.consumer');
 
@@ -79,7 +89,11 @@ class ConsumerTracing {
       // A new root keeps the message's baggage; the SDK draws its trace id at random (trace-context-2 §3.2.2.5).
       parent = trace.deleteSpan(parent).setValue(RANDOM_TRACE_ID_KEY, true);
     }
-    const span = tracerOf(this.tracer).startSpan(`process ${topic}`, { kind: SpanKind.CONSUMER, attributes, links, startTime }, parent);
+    const span = tracerOf(this.tracer).startSpan(
+      `process ${topic}`,
+      { kind: SpanKind.CONSUMER, attributes, links, startTime },
+      parent,
+    );
     callHook('consumerHook', this.hook, span, { topic, partition, message }, '@meshtrace/kafka');
     return [span, trace.setSpan(parent, span)];
   }
@@ -139,12 +153,22 @@ class ConsumerTracing {
  * await consumer.run({ eachMessage: async ({ message }) => bill(message) });
  */
 export function meshConsumer<C extends Consumer>(consumer: C, options: MeshConsumerOptions = {}): MeshConsumer<C> {
-  if (consumer === null || typeof consumer !== 'object' || typeof consumer.run !== 'function' || typeof consumer.on !== 'function' || typeof consumer.events?.GROUP_JOIN !== 'string') {
+  if (
+    consumer === null ||
+    typeof consumer !== 'object' ||
+    typeof consumer.run !== 'function' ||
+    typeof consumer.on !== 'function' ||
+    typeof consumer.events?.GROUP_JOIN !== 'string'
+  ) {
     throw new TypeError(`${PACKAGE}: consumer must be a kafkajs Consumer, got ${typeName(consumer)}`);
   }
   const target = consumer as Consumer & { [WRAPPED]?: true };
   if (target[WRAPPED]) throw new TypeError(`${PACKAGE}: consumer is already traced by meshConsumer`);
-  const o = checkOptions(PACKAGE, options, { tracerProvider: 'tracerProvider', consumerHook: 'function', mode: ['parent', 'link'] });
+  const o = checkOptions(PACKAGE, options, {
+    tracerProvider: 'tracerProvider',
+    consumerHook: 'function',
+    mode: ['parent', 'link'],
+  });
   const tracing = new ConsumerTracing(o.tracerProvider?.getTracer(PACKAGE), o.mode === 'link', o.consumerHook);
   target.on(target.events.GROUP_JOIN, (event) => {
     tracing.group = event.payload.groupId;
@@ -156,7 +180,8 @@ export function meshConsumer<C extends Consumer>(consumer: C, options: MeshConsu
     // The caller's config object is left as it was.
     const traced: ConsumerRunConfig = { ...config };
     if (typeof config.eachMessage === 'function') traced.eachMessage = tracing.eachMessage(config.eachMessage);
-    if (typeof config.eachBatch === 'function') traced.eachBatch = tracing.eachBatch(config.eachBatch as MeshEachBatchHandler);
+    if (typeof config.eachBatch === 'function')
+      traced.eachBatch = tracing.eachBatch(config.eachBatch as MeshEachBatchHandler);
     return run.call(this, traced);
   };
   target[WRAPPED] = true;

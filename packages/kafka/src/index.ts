@@ -1,4 +1,10 @@
 export { meshConsumer } from './consumer';
-export type { MeshConsumer, MeshConsumerOptions, MeshConsumerRunConfig, MeshEachBatchHandler, MeshEachBatchPayload } from './consumer';
+export type {
+  MeshConsumer,
+  MeshConsumerOptions,
+  MeshConsumerRunConfig,
+  MeshEachBatchHandler,
+  MeshEachBatchPayload,
+} from './consumer';
 export { meshProducer } from './producer';
 export type { MeshProducerOptions } from './producer';

@@ -2,7 +2,17 @@ import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, propagation, trace } f
 import type { Span } from '@opentelemetry/api';
 import { Kafka, Partitioners, logLevel } from 'kafkajs';
 import type { Consumer, IHeaders, KafkaMessage, Message, Producer } from 'kafkajs';
-import { HEADER_CASES, PARENT_ID, SPELLINGS, TRACE_ID, callerHeaders, checkCase, delta, observe, setupTestTracing } from '@meshtrace/testkit';
+import {
+  HEADER_CASES,
+  PARENT_ID,
+  SPELLINGS,
+  TRACE_ID,
+  callerHeaders,
+  checkCase,
+  delta,
+  observe,
+  setupTestTracing,
+} from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { warner } from '@meshtrace/core/adapter';
 import { meshConsumer, meshProducer } from '@meshtrace/kafka';
@@ -20,7 +30,12 @@ const unique = (name: string) => `${name}-${++serial}`;
 
 beforeAll(async () => {
   broker = await TestKafkaBroker.start();
-  kafka = new Kafka({ clientId: 'meshtrace-test', brokers: [broker.address], logLevel: logLevel.NOTHING, retry: { initialRetryTime: 20, retries: 8 } });
+  kafka = new Kafka({
+    clientId: 'meshtrace-test',
+    brokers: [broker.address],
+    logLevel: logLevel.NOTHING,
+    retry: { initialRetryTime: 20, retries: 8 },
+  });
 });
 afterAll(async () => {
   await broker.close();
@@ -41,7 +56,11 @@ async function connectProducer(): Promise<Producer> {
 }
 
 /** A traced consumer of `topics`, running `config`; returns its group id. */
-async function startConsumer(topics: string[], config: MeshConsumerRunConfig, options?: MeshConsumerOptions): Promise<string> {
+async function startConsumer(
+  topics: string[],
+  config: MeshConsumerRunConfig,
+  options?: MeshConsumerOptions,
+): Promise<string> {
   const groupId = unique('group');
   const consumer = meshConsumer(kafka.consumer({ groupId, maxWaitTimeInMs: 50 }), options);
   await consumer.connect();
@@ -57,7 +76,8 @@ function inbox<T>(): { push(value: T): void; next(): Promise<T> } {
   const waiters: Array<(value: T) => void> = [];
   return {
     push: (value) => (waiters.length > 0 ? waiters.shift()!(value) : values.push(value)),
-    next: () => (values.length > 0 ? Promise.resolve(values.shift()!) : new Promise((resolve) => waiters.push(resolve))),
+    next: () =>
+      values.length > 0 ? Promise.resolve(values.shift()!) : new Promise((resolve) => waiters.push(resolve)),
   };
 }
 
@@ -72,7 +92,11 @@ function spansNamed(name: string): ReadableSpan[] {
 async function inRequest(fn: () => Promise<unknown>, baggage?: Record<string, string>): Promise<Span> {
   const request = tracer.startSpan('request', {}, ROOT_CONTEXT);
   let ctx = trace.setSpan(ROOT_CONTEXT, request);
-  if (baggage) ctx = propagation.setBaggage(ctx, propagation.createBaggage(Object.fromEntries(Object.entries(baggage).map(([k, v]) => [k, { value: v }]))));
+  if (baggage)
+    ctx = propagation.setBaggage(
+      ctx,
+      propagation.createBaggage(Object.fromEntries(Object.entries(baggage).map(([k, v]) => [k, { value: v }]))),
+    );
   await context.with(ctx, fn);
   request.end();
   return request;
@@ -104,12 +128,20 @@ describe('header cases through a real produce and consume', () => {
     const before = await tracing.outcomeCounts();
     const droppedBefore = await tracing.droppedCounts();
     const headers: IHeaders = {};
-    for (const [k, v] of Object.entries(c.headers)) headers[k] = Array.isArray(v) ? v.map((one) => Buffer.from(one)) : Buffer.from(v);
+    for (const [k, v] of Object.entries(c.headers))
+      headers[k] = Array.isArray(v) ? v.map((one) => Buffer.from(one)) : Buffer.from(v);
     await producer.send({ topic, messages: [{ key: c.name, value: 'case', headers }] });
     const got = await seen.next();
     await settled();
     expect(got.key).toBe(c.name);
-    const problems = checkCase(c, got.seen, tracing.spans(), delta(before, await tracing.outcomeCounts()), delta(droppedBefore, await tracing.droppedCounts()), SpanKind.CONSUMER);
+    const problems = checkCase(
+      c,
+      got.seen,
+      tracing.spans(),
+      delta(before, await tracing.outcomeCounts()),
+      delta(droppedBefore, await tracing.droppedCounts()),
+      SpanKind.CONSUMER,
+    );
     expect(problems).toEqual([]);
   });
 });
@@ -121,7 +153,9 @@ describe('producer and consumer', () => {
   test('a send span per send, and the process span is its child', async () => {
     const topic = unique('orders');
     const got = inbox<{ seen: Observed; message: KafkaMessage }>();
-    const group = await startConsumer([topic], { eachMessage: async ({ message }) => got.push({ seen: observe(), message }) });
+    const group = await startConsumer([topic], {
+      eachMessage: async ({ message }) => got.push({ seen: observe(), message }),
+    });
     const producer = meshProducer(await connectProducer());
     const request = await inRequest(() => producer.send({ topic, messages: [{ key: 'order-1', value: 'one' }] }));
     const { seen, message } = await got.next();
@@ -157,7 +191,9 @@ describe('producer and consumer', () => {
     });
     expect(seen.spanId).toBe(process.spanContext().spanId);
     expect(Buffer.isBuffer(message.headers?.traceparent)).toBe(true);
-    expect(String(message.headers?.traceparent)).toBe(`00-${send.spanContext().traceId}-${send.spanContext().spanId}-01`);
+    expect(String(message.headers?.traceparent)).toBe(
+      `00-${send.spanContext().traceId}-${send.spanContext().spanId}-01`,
+    );
   });
 
   test('sendBatch to two topics: one create span per message, a CLIENT send span linking them, caller objects untouched', async () => {
@@ -172,7 +208,12 @@ describe('producer and consumer', () => {
       { key: 'a2', value: '2' },
     ];
     const invoicesMessages: Message[] = [{ key: 'b1', value: '3', partition: 0 }];
-    const batch = { topicMessages: [{ topic: orders, messages: ordersMessages }, { topic: invoices, messages: invoicesMessages }] };
+    const batch = {
+      topicMessages: [
+        { topic: orders, messages: ordersMessages },
+        { topic: invoices, messages: invoicesMessages },
+      ],
+    };
     const before = JSON.stringify(batch);
     const request = await inRequest(() => producer.sendBatch(batch));
     const received = [await got.next(), await got.next(), await got.next()];
@@ -201,12 +242,21 @@ describe('producer and consumer', () => {
     for (const message of received) {
       const key = String(message.key);
       const create = creates.find((s) => s.attributes['messaging.kafka.message.key'] === key)!;
-      const process = tracing.spans().find((s) => s.kind === SpanKind.CONSUMER && s.attributes['messaging.kafka.message.key'] === key)!;
+      const process = tracing
+        .spans()
+        .find((s) => s.kind === SpanKind.CONSUMER && s.attributes['messaging.kafka.message.key'] === key)!;
       expect([key, process.parentSpanContext?.spanId]).toEqual([key, create.spanContext().spanId]);
-      expect([key, String(message.headers?.traceparent)]).toEqual([key, `00-${create.spanContext().traceId}-${create.spanContext().spanId}-01`]);
+      expect([key, String(message.headers?.traceparent)]).toEqual([
+        key,
+        `00-${create.spanContext().traceId}-${create.spanContext().spanId}-01`,
+      ]);
     }
     expect(String(received.find((m) => String(m.key) === 'a1')!.headers?.['x-caller'])).toBe('kept');
-    expect(creates.find((s) => s.attributes['messaging.kafka.message.key'] === 'b1')!.attributes['messaging.destination.partition.id']).toBe('0');
+    expect(
+      creates.find((s) => s.attributes['messaging.kafka.message.key'] === 'b1')!.attributes[
+        'messaging.destination.partition.id'
+      ],
+    ).toBe('0');
   });
 
   test('createSpans: false makes every message carry the send span context', async () => {
@@ -235,7 +285,8 @@ describe('producer and consumer', () => {
       eachBatch: async ({ batch, withMessage, resolveOffset }) => {
         for (const message of batch.messages) {
           // m3 is handled with the batch as a whole, not through withMessage.
-          if (String(message.key) !== 'm3') await withMessage(message, async (m) => seen.push({ key: String(m.key), seen: observe() }));
+          if (String(message.key) !== 'm3')
+            await withMessage(message, async (m) => seen.push({ key: String(m.key), seen: observe() }));
           resolveOffset(message.offset);
         }
         batches.push(batch.messages.length);
@@ -256,7 +307,11 @@ describe('producer and consumer', () => {
     for (const key of ['m1', 'm2', 'm3']) {
       const create = creates.find((s) => s.attributes['messaging.kafka.message.key'] === key)!;
       const process = processes.find((s) => s.attributes['messaging.kafka.message.key'] === key)!;
-      expect([key, process.kind, process.parentSpanContext?.spanId]).toEqual([key, SpanKind.CONSUMER, create.spanContext().spanId]);
+      expect([key, process.kind, process.parentSpanContext?.spanId]).toEqual([
+        key,
+        SpanKind.CONSUMER,
+        create.spanContext().spanId,
+      ]);
       expect([key, process.attributes['messaging.batch.message_count']]).toEqual([key, undefined]);
     }
     for (const key of ['m1', 'm2']) {
@@ -360,7 +415,11 @@ describe('producer and consumer', () => {
     const got = inbox<KafkaMessage>();
     await startConsumer([topic], { eachMessage: async ({ message }) => got.push(message) });
     const producer = meshProducer(await connectProducer());
-    const headers = { 'x-text': 'héllo', 'x-bytes': Buffer.from([0xde, 0xad, 0x00]), 'x-list': ['a', Buffer.from('b')] };
+    const headers = {
+      'x-text': 'héllo',
+      'x-bytes': Buffer.from([0xde, 0xad, 0x00]),
+      'x-list': ['a', Buffer.from('b')],
+    };
     await producer.send({ topic, messages: [{ value: 'x', headers }] });
     const message = await got.next();
 
@@ -380,7 +439,9 @@ describe('producer and consumer', () => {
     await startConsumer([topic], { eachMessage: async ({ message }) => got.push(message) });
     const producer = meshProducer(await connectProducer());
     const own = `00-${TRACE_ID}-${PARENT_ID}-01`;
-    await context.with(ROOT_CONTEXT, () => producer.send({ topic, messages: [{ value: 'relayed', headers: { TraceParent: own } }] }));
+    await context.with(ROOT_CONTEXT, () =>
+      producer.send({ topic, messages: [{ value: 'relayed', headers: { TraceParent: own } }] }),
+    );
     const message = await got.next();
     await settled();
 
@@ -410,11 +471,23 @@ describe('producer and consumer', () => {
       await settled();
       for (const message of received) {
         const h = message.headers!;
-        const names = Object.keys(h).map((k) => k.toLowerCase()).sort();
+        const names = Object.keys(h)
+          .map((k) => k.toLowerCase())
+          .sort();
         const tp = String(h.traceparent);
         // One send: the send span's context; several: each message its own create span's.
-        const carrier = count === 1 ? spansNamed(`send ${topic}`)[0] : spansNamed(`create ${topic}`).find((s) => tp.includes(s.spanContext().spanId));
-        expect({ spelling, count, names, traceparent: tp, baggage: String(h.baggage), custom: String(h['x-custom']) }).toEqual({
+        const carrier =
+          count === 1
+            ? spansNamed(`send ${topic}`)[0]
+            : spansNamed(`create ${topic}`).find((s) => tp.includes(s.spanContext().spanId));
+        expect({
+          spelling,
+          count,
+          names,
+          traceparent: tp,
+          baggage: String(h.baggage),
+          custom: String(h['x-custom']),
+        }).toEqual({
           spelling,
           count,
           names: ['baggage', 'traceparent', 'x-custom'],
@@ -432,11 +505,15 @@ describe('producer and consumer', () => {
     const topic = unique('orders');
     const got = inbox<string>();
     const warn = jest.spyOn(warner, 'warn');
-    await startConsumer([topic], { eachMessage: async ({ message }) => got.push(String(message.value)) }, {
-      consumerHook: () => {
-        throw new Error('hook bug');
+    await startConsumer(
+      [topic],
+      { eachMessage: async ({ message }) => got.push(String(message.value)) },
+      {
+        consumerHook: () => {
+          throw new Error('hook bug');
+        },
       },
-    });
+    );
     const producer = meshProducer(await connectProducer(), {
       producerHook: (span, { message }) => span.setAttribute('app.order', String(message.key)),
     });
@@ -458,7 +535,11 @@ describe('producer and consumer', () => {
     expect((await got.next()).value).toBeNull();
     await settled();
     for (const span of [...spansNamed(`send ${topic}`), ...spansNamed(`process ${topic}`)]) {
-      expect([span.name, span.attributes['messaging.kafka.message.tombstone'], span.attributes['messaging.kafka.message.key']]).toEqual([span.name, true, undefined]);
+      expect([
+        span.name,
+        span.attributes['messaging.kafka.message.tombstone'],
+        span.attributes['messaging.kafka.message.key'],
+      ]).toEqual([span.name, true, undefined]);
     }
     expect(tracing.spans()).toHaveLength(2);
   });
@@ -468,16 +549,56 @@ describe('configuration errors', () => {
   const producer = () => kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
   const consumer = () => kafka.consumer({ groupId: unique('group') });
   test.each<[string, () => unknown, RegExp]>([
-    ['producer not a producer', () => meshProducer(null as unknown as Producer), /^@meshtrace\/kafka: producer must be a kafkajs Producer, got null$/],
-    ['consumer not a consumer', () => meshConsumer({} as Consumer), /^@meshtrace\/kafka: consumer must be a kafkajs Consumer, got object$/],
-    ['options not an object', () => meshProducer(producer(), 'fast' as MeshProducerOptions), /^@meshtrace\/kafka: option "options" must be an object/],
-    ['tracerProvider', () => meshConsumer(consumer(), { tracerProvider: {} as never }), /^@meshtrace\/kafka: option "tracerProvider" must be a TracerProvider/],
-    ['createSpans', () => meshProducer(producer(), { createSpans: 'no' as never }), /^@meshtrace\/kafka: option "createSpans" must be a boolean, got "no"$/],
-    ['producerHook', () => meshProducer(producer(), { producerHook: 1 as never }), /^@meshtrace\/kafka: option "producerHook" must be a function, got 1$/],
-    ['mode', () => meshConsumer(consumer(), { mode: 'fan-in' as never }), /^@meshtrace\/kafka: option "mode" must be one of parent, link, got "fan-in"$/],
-    ['consumerHook', () => meshConsumer(consumer(), { consumerHook: 'x' as never }), /^@meshtrace\/kafka: option "consumerHook" must be a function/],
-    ['producer traced twice', () => meshProducer(meshProducer(producer())), /^@meshtrace\/kafka: producer is already traced by meshProducer$/],
-    ['consumer traced twice', () => meshConsumer(meshConsumer(consumer()) as unknown as Consumer), /^@meshtrace\/kafka: consumer is already traced by meshConsumer$/],
+    [
+      'producer not a producer',
+      () => meshProducer(null as unknown as Producer),
+      /^@meshtrace\/kafka: producer must be a kafkajs Producer, got null$/,
+    ],
+    [
+      'consumer not a consumer',
+      () => meshConsumer({} as Consumer),
+      /^@meshtrace\/kafka: consumer must be a kafkajs Consumer, got object$/,
+    ],
+    [
+      'options not an object',
+      () => meshProducer(producer(), 'fast' as MeshProducerOptions),
+      /^@meshtrace\/kafka: option "options" must be an object/,
+    ],
+    [
+      'tracerProvider',
+      () => meshConsumer(consumer(), { tracerProvider: {} as never }),
+      /^@meshtrace\/kafka: option "tracerProvider" must be a TracerProvider/,
+    ],
+    [
+      'createSpans',
+      () => meshProducer(producer(), { createSpans: 'no' as never }),
+      /^@meshtrace\/kafka: option "createSpans" must be a boolean, got "no"$/,
+    ],
+    [
+      'producerHook',
+      () => meshProducer(producer(), { producerHook: 1 as never }),
+      /^@meshtrace\/kafka: option "producerHook" must be a function, got 1$/,
+    ],
+    [
+      'mode',
+      () => meshConsumer(consumer(), { mode: 'fan-in' as never }),
+      /^@meshtrace\/kafka: option "mode" must be one of parent, link, got "fan-in"$/,
+    ],
+    [
+      'consumerHook',
+      () => meshConsumer(consumer(), { consumerHook: 'x' as never }),
+      /^@meshtrace\/kafka: option "consumerHook" must be a function/,
+    ],
+    [
+      'producer traced twice',
+      () => meshProducer(meshProducer(producer())),
+      /^@meshtrace\/kafka: producer is already traced by meshProducer$/,
+    ],
+    [
+      'consumer traced twice',
+      () => meshConsumer(meshConsumer(consumer()) as unknown as Consumer),
+      /^@meshtrace\/kafka: consumer is already traced by meshConsumer$/,
+    ],
   ])('%s', (name, make, message) => {
     let error: unknown;
     try {
@@ -485,6 +606,10 @@ describe('configuration errors', () => {
     } catch (e) {
       error = e;
     }
-    expect([name, error instanceof TypeError, (error as Error | undefined)?.message]).toEqual([name, true, expect.stringMatching(message)]);
+    expect([name, error instanceof TypeError, (error as Error | undefined)?.message]).toEqual([
+      name,
+      true,
+      expect.stringMatching(message),
+    ]);
   });
 });

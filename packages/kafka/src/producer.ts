@@ -3,7 +3,15 @@ import type { Attributes, Context, Link, Span, TextMapGetter, Tracer, TracerProv
 import { headerGetter } from '@meshtrace/core';
 import { callHook, checkOptions, outboundTrace, rewriteHeaders, traceHeaders } from '@meshtrace/core/adapter';
 import type { OutboundTrace } from '@meshtrace/core/adapter';
-import type { IHeaders, Message, Producer, ProducerBatch, ProducerRecord, RecordMetadata, TopicMessages } from 'kafkajs';
+import type {
+  IHeaders,
+  Message,
+  Producer,
+  ProducerBatch,
+  ProducerRecord,
+  RecordMetadata,
+  TopicMessages,
+} from 'kafkajs';
 import { PACKAGE, SYSTEM, keyAttribute, recordError, tracerOf, typeName } from './common';
 
 /** Options of {@link meshProducer}; all optional. */
@@ -32,7 +40,8 @@ function isMessage(m: unknown): m is Message {
 function messageAttributes(attributes: Attributes, message: Message): Attributes {
   const key = keyAttribute(message.key);
   if (key !== undefined) attributes['messaging.kafka.message.key'] = key;
-  if (typeof message.partition === 'number') attributes['messaging.destination.partition.id'] = String(message.partition);
+  if (typeof message.partition === 'number')
+    attributes['messaging.destination.partition.id'] = String(message.partition);
   if (message.value === null) attributes['messaging.kafka.message.tombstone'] = true;
   return attributes;
 }
@@ -98,7 +107,15 @@ class ProducerTracing {
           continue;
         }
         const t = out[i].topic;
-        const attributes = messageAttributes({ ...SYSTEM, 'messaging.operation.name': 'create', 'messaging.operation.type': 'create', 'messaging.destination.name': t }, m);
+        const attributes = messageAttributes(
+          {
+            ...SYSTEM,
+            'messaging.operation.name': 'create',
+            'messaging.operation.type': 'create',
+            'messaging.destination.name': t,
+          },
+          m,
+        );
         const span = tracer.startSpan(`create ${t}`, { kind: SpanKind.PRODUCER, attributes }, ot.context);
         callHook('producerHook', this.hook, span, { topic: t, message: m }, '@meshtrace/kafka');
         messages[j] = carrying(m, ot, trace.setSpan(ot.context, span));
@@ -107,7 +124,11 @@ class ProducerTracing {
       }
     }
 
-    const attributes: Attributes = { ...SYSTEM, 'messaging.operation.name': 'send', 'messaging.operation.type': 'send' };
+    const attributes: Attributes = {
+      ...SYSTEM,
+      'messaging.operation.name': 'send',
+      'messaging.operation.type': 'send',
+    };
     // semconv: the destination goes on the span only when every message shares it.
     if (topic !== undefined) attributes['messaging.destination.name'] = topic;
     const lone = single ? out.find((g) => g.messages.length > 0)!.messages[0] : undefined;
@@ -121,7 +142,11 @@ class ProducerTracing {
     for (const [g, j, ot] of pending) {
       callHook('producerHook', this.hook, span, { topic: g.topic, message: g.messages[j] }, '@meshtrace/kafka');
       // The send span's context, with this message's own baggage merged in.
-      g.messages[j] = carrying(g.messages[j], ot, propagation.setBaggage(ctx, propagation.getBaggage(ot.context) ?? propagation.createBaggage()));
+      g.messages[j] = carrying(
+        g.messages[j],
+        ot,
+        propagation.setBaggage(ctx, propagation.getBaggage(ot.context) ?? propagation.createBaggage()),
+      );
     }
 
     try {
@@ -150,24 +175,40 @@ class ProducerTracing {
  * await producer.send({ topic: 'orders', messages: [{ value: 'hello' }] });
  */
 export function meshProducer<P extends Producer>(producer: P, options: MeshProducerOptions = {}): P {
-  if (producer === null || typeof producer !== 'object' || typeof producer.send !== 'function' || typeof producer.sendBatch !== 'function') {
+  if (
+    producer === null ||
+    typeof producer !== 'object' ||
+    typeof producer.send !== 'function' ||
+    typeof producer.sendBatch !== 'function'
+  ) {
     throw new TypeError(`${PACKAGE}: producer must be a kafkajs Producer, got ${typeName(producer)}`);
   }
   const target = producer as Producer & { [WRAPPED]?: true };
   if (target[WRAPPED]) throw new TypeError(`${PACKAGE}: producer is already traced by meshProducer`);
-  const o = checkOptions(PACKAGE, options, { tracerProvider: 'tracerProvider', producerHook: 'function', createSpans: 'boolean' });
+  const o = checkOptions(PACKAGE, options, {
+    tracerProvider: 'tracerProvider',
+    producerHook: 'function',
+    createSpans: 'boolean',
+  });
   const tracing = new ProducerTracing(o.tracerProvider?.getTracer(PACKAGE), o.createSpans ?? true, o.producerHook);
   const send = target.send;
   const sendBatch = target.sendBatch;
 
   target.send = function meshSend(this: unknown, record: ProducerRecord): Promise<RecordMetadata[]> {
     // Malformed calls go to kafkajs untouched, to fail the way they always do.
-    if (record === null || typeof record !== 'object' || !Array.isArray(record.messages)) return send.call(this, record);
-    return tracing.send([{ topic: record.topic, messages: record.messages }], (out) => send.call(this, { ...record, messages: out[0].messages }));
+    if (record === null || typeof record !== 'object' || !Array.isArray(record.messages))
+      return send.call(this, record);
+    return tracing.send([{ topic: record.topic, messages: record.messages }], (out) =>
+      send.call(this, { ...record, messages: out[0].messages }),
+    );
   };
   target.sendBatch = function meshSendBatch(this: unknown, batch: ProducerBatch): Promise<RecordMetadata[]> {
     const groups = batch?.topicMessages ?? [];
-    if (!Array.isArray(groups) || !groups.every((g) => g !== null && typeof g === 'object' && Array.isArray(g.messages))) return sendBatch.call(this, batch);
+    if (
+      !Array.isArray(groups) ||
+      !groups.every((g) => g !== null && typeof g === 'object' && Array.isArray(g.messages))
+    )
+      return sendBatch.call(this, batch);
     return tracing.send(groups, (out) => sendBatch.call(this, { ...batch, topicMessages: out }));
   };
   target[WRAPPED] = true;

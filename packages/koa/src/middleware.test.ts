@@ -3,7 +3,16 @@ import { EventEmitter } from 'node:events';
 import { createServer } from 'node:http';
 import type { RequestListener, Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { DiagLogLevel, ROOT_CONTEXT, SpanKind, SpanStatusCode, context, diag, propagation, trace } from '@opentelemetry/api';
+import {
+  DiagLogLevel,
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  context,
+  diag,
+  propagation,
+  trace,
+} from '@opentelemetry/api';
 import Router from '@koa/router';
 import Koa from 'koa';
 import type { Middleware } from 'koa';
@@ -25,7 +34,10 @@ type ReadableSpan = ReturnType<TestTracing['spans']>[number];
 const tracing = setupTestTracing();
 const diagLines: string[] = [];
 const log = (message: string) => void diagLines.push(message);
-diag.setLogger({ error: log, warn: log, info: () => undefined, debug: () => undefined, verbose: () => undefined }, DiagLogLevel.WARN);
+diag.setLogger(
+  { error: log, warn: log, info: () => undefined, debug: () => undefined, verbose: () => undefined },
+  DiagLogLevel.WARN,
+);
 afterAll(() => tracing.shutdown());
 
 const servers: Server[] = [];
@@ -90,7 +102,11 @@ test.each([
     thrown = err;
   }
   const prefix = `@meshtrace/koa: option "${option}" must be`;
-  expect({ name, typeError: thrown instanceof TypeError, message: String((thrown as Error | undefined)?.message).slice(0, prefix.length) }).toEqual({
+  expect({
+    name,
+    typeError: thrown instanceof TypeError,
+    message: String((thrown as Error | undefined)?.message).slice(0, prefix.length),
+  }).toEqual({
     name,
     typeError: true,
     message: prefix,
@@ -108,7 +124,12 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
   }
 
   test('runs the intended major', () => {
-    expect({ major, version: (require(major === 'koa 2' ? 'koa2/package.json' : 'koa/package.json') as { version: string }).version.slice(0, 2) }).toEqual({ major, version });
+    expect({
+      major,
+      version: (
+        require(major === 'koa 2' ? 'koa2/package.json' : 'koa/package.json') as { version: string }
+      ).version.slice(0, 2),
+    }).toEqual({ major, version });
   });
 
   test('context survives await next(), timers, promise chains, events and reading the body', async () => {
@@ -126,9 +147,15 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
         stages['route handler'] = observe();
         await delay(1);
         stages['after await'] = observe();
-        stages['setTimeout callback'] = await new Promise<Observed>((resolve) => setTimeout(() => resolve(observe()), 1));
-        stages['setImmediate callback'] = await new Promise<Observed>((resolve) => setImmediate(() => resolve(observe())));
-        stages['process.nextTick callback'] = await new Promise<Observed>((resolve) => process.nextTick(() => resolve(observe())));
+        stages['setTimeout callback'] = await new Promise<Observed>((resolve) =>
+          setTimeout(() => resolve(observe()), 1),
+        );
+        stages['setImmediate callback'] = await new Promise<Observed>((resolve) =>
+          setImmediate(() => resolve(observe())),
+        );
+        stages['process.nextTick callback'] = await new Promise<Observed>((resolve) =>
+          process.nextTick(() => resolve(observe())),
+        );
         stages['promise chain'] = await Promise.resolve(1)
           .then((n) => n + 1)
           .then(() => observe());
@@ -165,7 +192,12 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
         controller.close();
       },
     });
-    const res = await fetch(`${base}/items/7`, { method: 'POST', headers: { traceparent: traceparent() }, body, duplex: 'half' } as RequestInit);
+    const res = await fetch(`${base}/items/7`, {
+      method: 'POST',
+      headers: { traceparent: traceparent() },
+      body,
+      duplex: 'half',
+    } as RequestInit);
     const stages = (await res.json()) as Record<string, Observed>;
     const spanId = (await onlyServerSpan(TRACE_ID)).spanContext().spanId;
 
@@ -214,15 +246,26 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
     });
 
     const ids = Array.from({ length: n }, newTraceId);
-    const answers = await Promise.all(ids.map((id) => fetch(`${base}/c`, { headers: { traceparent: traceparent(id) } }).then((r) => r.json() as Promise<string[]>)));
-    const wrong = answers.flatMap((seen, i) => (seen.length === 4 && seen.every((id) => id === ids[i]) ? [] : [`request ${i} (${ids[i]}) saw ${seen.join(' ')}`]));
+    const answers = await Promise.all(
+      ids.map((id) =>
+        fetch(`${base}/c`, { headers: { traceparent: traceparent(id) } }).then((r) => r.json() as Promise<string[]>),
+      ),
+    );
+    const wrong = answers.flatMap((seen, i) =>
+      seen.length === 4 && seen.every((id) => id === ids[i]) ? [] : [`request ${i} (${ids[i]}) saw ${seen.join(' ')}`],
+    );
     expect(wrong).toEqual([]);
 
     for (let i = 0; i < 100 && tracing.spans().length < n; i++) await delay(10);
     const byTrace = new Map<string, number>();
-    for (const s of tracing.spans()) if (s.kind === SpanKind.SERVER) byTrace.set(s.spanContext().traceId, (byTrace.get(s.spanContext().traceId) ?? 0) + 1);
+    for (const s of tracing.spans())
+      if (s.kind === SpanKind.SERVER)
+        byTrace.set(s.spanContext().traceId, (byTrace.get(s.spanContext().traceId) ?? 0) + 1);
     const missing = ids.filter((id) => byTrace.get(id) !== 1);
-    expect({ spans: tracing.spans().length, tracesWithoutExactlyOneServerSpan: missing }).toEqual({ spans: n, tracesWithoutExactlyOneServerSpan: [] });
+    expect({ spans: tracing.spans().length, tracesWithoutExactlyOneServerSpan: missing }).toEqual({
+      spans: n,
+      tracesWithoutExactlyOneServerSpan: [],
+    });
   });
 
   describe('route templates', () => {
@@ -263,7 +306,14 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
       ['POST', 'POST', '/users', 201, 'POST /users', '/users'],
       ['HEAD on a GET route', 'HEAD', '/users/7', 200, 'HEAD /users/:id', '/users/:id'],
       ['router with a prefix', 'GET', '/v1/items/3?x=1', 200, 'GET /v1/items/:id', '/v1/items/:id'],
-      ['nested routers with prefixes', 'GET', '/api/orgs/acme/users/7', 200, 'GET /api/orgs/:org/users/:id', '/api/orgs/:org/users/:id'],
+      [
+        'nested routers with prefixes',
+        'GET',
+        '/api/orgs/acme/users/7',
+        200,
+        'GET /api/orgs/:org/users/:id',
+        '/api/orgs/:org/users/:id',
+      ],
       ['router.use() middleware after the route', 'GET', '/chained/7', 200, 'GET /chained/:id', '/chained/:id'],
       ['no route (404)', 'GET', '/nowhere', 404, 'GET', undefined],
       ['method not allowed (405)', 'DELETE', '/hello', 405, 'DELETE', undefined],
@@ -272,7 +322,13 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
       const res = await fetch(`${base}${path}`, { method, headers: { traceparent: traceparent(traceId) } });
       await res.arrayBuffer();
       const spans = await ended(traceId);
-      expect({ name, status: res.status, spans: spans.length, span: spans[0]?.name, route: spans[0]?.attributes['http.route'] }).toEqual({ name, status, spans: 1, span: spanName, route });
+      expect({
+        name,
+        status: res.status,
+        spans: spans.length,
+        span: spans[0]?.name,
+        route: spans[0]?.attributes['http.route'],
+      }).toEqual({ name, status, spans: 1, span: spanName, route });
     });
   });
 
@@ -331,7 +387,14 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
     const res = await fetch(`${base}/secret`, { headers: { traceparent: traceparent() } });
     const text = await res.text();
     const span = await onlyServerSpan(TRACE_ID);
-    expect({ status: res.status, text, emitted: emitted.length, spanStatus: span.status.code, statusCode: span.attributes['http.response.status_code'], events: span.events.map((e) => e.name) }).toEqual({
+    expect({
+      status: res.status,
+      text,
+      emitted: emitted.length,
+      spanStatus: span.status.code,
+      statusCode: span.attributes['http.response.status_code'],
+      events: span.events.map((e) => e.name),
+    }).toEqual({
       status: 403,
       text: 'not yours',
       emitted: 1,
@@ -344,16 +407,36 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
   test.each([
     ['exact path', { ignore: ['/healthz'] }, '/healthz', {}, false],
     ['exact path, other path', { ignore: ['/healthz'] }, '/work', {}, true],
-    ['predicate on the Koa ctx', { ignore: (_path: string, ctx: Koa.Context) => ctx.get('x-probe') === 'yes' }, '/work', { 'x-probe': 'yes' }, false],
-    ['predicate on the Koa ctx, not matching', { ignore: (_path: string, ctx: Koa.Context) => ctx.get('x-probe') === 'yes' }, '/work', {}, true],
+    [
+      'predicate on the Koa ctx',
+      { ignore: (_path: string, ctx: Koa.Context) => ctx.get('x-probe') === 'yes' },
+      '/work',
+      { 'x-probe': 'yes' },
+      false,
+    ],
+    [
+      'predicate on the Koa ctx, not matching',
+      { ignore: (_path: string, ctx: Koa.Context) => ctx.get('x-probe') === 'yes' },
+      '/work',
+      {},
+      true,
+    ],
   ] as const)('ignore: %s', async (name, options, path, headers, traced) => {
     const base = await app((koa) => {
       koa.use((ctx) => void (ctx.body = observe()));
     }, options as KoaMeshTraceOptions);
-    const seen = (await (await fetch(`${base}${path}`, { headers: { ...headers, traceparent: traceparent() } })).json()) as Observed;
+    const seen = (await (
+      await fetch(`${base}${path}`, { headers: { ...headers, traceparent: traceparent() } })
+    ).json()) as Observed;
     const spans = await ended(TRACE_ID, traced ? 1 : 0);
     const spanId = traced ? spans[0]?.spanContext().spanId : PARENT_ID;
-    expect({ name, spans: spans.length, traceId: seen.traceId, spanId: seen.spanId, outbound: seen.outbound.traceparent }).toEqual({
+    expect({
+      name,
+      spans: spans.length,
+      traceId: seen.traceId,
+      spanId: seen.spanId,
+      outbound: seen.outbound.traceparent,
+    }).toEqual({
       name,
       spans: traced ? 1 : 0,
       traceId: TRACE_ID,
@@ -399,10 +482,17 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
       koa.use(router.routes());
     });
     const port = Number(new URL(base).port);
-    const res = await fetch(`${base}/users/7?expand=1`, { headers: { traceparent: traceparent(), 'user-agent': 'meshtrace-test/1.0' } });
+    const res = await fetch(`${base}/users/7?expand=1`, {
+      headers: { traceparent: traceparent(), 'user-agent': 'meshtrace-test/1.0' },
+    });
     await res.text();
     const span = await onlyServerSpan(TRACE_ID);
-    expect({ name: span.name, kind: span.kind, parent: span.parentSpanContext?.spanId, attributes: span.attributes }).toEqual({
+    expect({
+      name: span.name,
+      kind: span.kind,
+      parent: span.parentSpanContext?.spanId,
+      attributes: span.attributes,
+    }).toEqual({
       name: 'GET /users/:id',
       kind: SpanKind.SERVER,
       parent: PARENT_ID,
@@ -425,7 +515,11 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
   test('ctx.meshTrace is the request trace', async () => {
     const base = await app((koa) => {
       koa.use((ctx) => {
-        ctx.body = { outcome: ctx.meshTrace?.outcome.outcome, spanId: ctx.meshTrace?.span.spanContext().spanId, active: trace.getSpan(context.active()) === ctx.meshTrace?.span };
+        ctx.body = {
+          outcome: ctx.meshTrace?.outcome.outcome,
+          spanId: ctx.meshTrace?.span.spanContext().spanId,
+          active: trace.getSpan(context.active()) === ctx.meshTrace?.span,
+        };
       });
     });
     const seen = (await (await fetch(`${base}/x`, { headers: { traceparent: traceparent() } })).json()) as unknown;
@@ -469,7 +563,10 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
     );
     const traceId = newTraceId();
     const controller = new AbortController();
-    const answer = fetch(`${base}${path}`, { headers: { traceparent: traceparent(traceId) }, signal: controller.signal }).then(
+    const answer = fetch(`${base}${path}`, {
+      headers: { traceparent: traceparent(traceId) },
+      signal: controller.signal,
+    }).then(
       (r) => r.text(),
       (err: Error) => err.name,
     );
@@ -508,7 +605,9 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
       context.with(trace.setSpan(parent, outer), callback, undefined, req, res);
     });
     const before = await tracing.outcomeCounts();
-    const seen = (await (await fetch(`${base}/users/7`, { headers: { traceparent: traceparent() } })).json()) as Observed;
+    const seen = (await (
+      await fetch(`${base}/users/7`, { headers: { traceparent: traceparent() } })
+    ).json()) as Observed;
     const spans = await ended(TRACE_ID);
     const after = await tracing.outcomeCounts();
     const span = spans[0];
@@ -522,7 +621,17 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
       statusCode: span?.attributes['http.response.status_code'],
       outcome: span?.attributes['meshtrace.propagation.outcome'],
       counted: (after.continued ?? 0) - (before.continued ?? 0),
-    }).toEqual({ spans: 1, serverSpans: 1, reused: true, handlerSpan: true, name: 'GET /users/:id', route: '/users/:id', statusCode: 200, outcome: 'continued', counted: 1 });
+    }).toEqual({
+      spans: 1,
+      serverSpans: 1,
+      reused: true,
+      handlerSpan: true,
+      name: 'GET /users/:id',
+      route: '/users/:id',
+      statusCode: 200,
+      outcome: 'continued',
+      counted: 1,
+    });
   });
 
   test('meshTrace() used twice on one request still makes one span', async () => {
@@ -533,7 +642,11 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
     });
     const seen = (await (await fetch(`${base}/twice`, { headers: { traceparent: traceparent() } })).json()) as Observed;
     const spans = await ended(TRACE_ID);
-    expect({ spans: spans.length, handlerSpan: seen.spanId, opsOnEndedSpans: diagLines.filter((l) => l.includes('ended Span')) }).toEqual({
+    expect({
+      spans: spans.length,
+      handlerSpan: seen.spanId,
+      opsOnEndedSpans: diagLines.filter((l) => l.includes('ended Span')),
+    }).toEqual({
       spans: 1,
       handlerSpan: spans[0]?.spanContext().spanId,
       opsOnEndedSpans: [],

@@ -54,7 +54,10 @@ type Policy = RoutePolicy<Context>;
 
 /** The parts of @koa/router's router the lookup uses: its public `match`, and what its dispatch reads. */
 interface KoaRouter {
-  match(path: string, method: string): { readonly pathAndMethod: ReadonlyArray<{ readonly stack: readonly unknown[] }>; readonly route: boolean };
+  match(
+    path: string,
+    method: string,
+  ): { readonly pathAndMethod: ReadonlyArray<{ readonly stack: readonly unknown[] }>; readonly route: boolean };
   matchHost?(host: string): boolean;
   readonly exclusive?: boolean;
   readonly opts?: { readonly routerPath?: string };
@@ -97,7 +100,12 @@ function routePolicyFor(ctx: Context): Policy | undefined {
  * app.use(meshTrace({ ignore: ['/healthz'] }));
  */
 export function meshTrace(options?: KoaMeshTraceOptions): Middleware {
-  const tracing = createServerTracing<Context, Context>(options, { name: PACKAGE, incoming: (ctx) => ctx.req, outgoing: (ctx) => ctx.res, route: routeOf });
+  const tracing = createServerTracing<Context, Context>(options, {
+    name: PACKAGE,
+    incoming: (ctx) => ctx.req,
+    outgoing: (ctx) => ctx.res,
+    route: routeOf,
+  });
   return function meshTraceMiddleware(ctx: Context, next: Next): Promise<unknown> {
     // Used twice on one request (a mounted sub-app with its own meshTrace()): the first one traces it.
     if (ctx.meshTrace !== undefined) return next();
@@ -126,9 +134,17 @@ export function meshTraceRoute(options: KoaMeshTraceRouteOptions): Middleware {
   const middleware = function meshTraceRouteMiddleware(ctx: Context, next: Next): Promise<unknown> {
     const t = ctx.meshTrace;
     if (t === undefined) {
-      warner.warn(`${PACKAGE}:route-without-trace`, () => `${PACKAGE}: meshTraceRoute() ran on a request meshTrace() did not trace: add app.use(meshTrace()) before the routers.`);
+      warner.warn(
+        `${PACKAGE}:route-without-trace`,
+        () =>
+          `${PACKAGE}: meshTraceRoute() ran on a request meshTrace() did not trace: add app.use(meshTrace()) before the routers.`,
+      );
     } else if (t.route === undefined) {
-      warner.warn(`${PACKAGE}:route-unmatched`, () => `${PACKAGE}: meshTraceRoute() ran on a request for which meshTrace() had not found it through the application's @koa/router routers when the request started, so the application's inbound policy applied. Use it on a router added with app.use(router.routes()).`);
+      warner.warn(
+        `${PACKAGE}:route-unmatched`,
+        () =>
+          `${PACKAGE}: meshTraceRoute() ran on a request for which meshTrace() had not found it through the application's @koa/router routers when the request started, so the application's inbound policy applied. Use it on a router added with app.use(router.routes()).`,
+      );
     }
     return next();
   };

@@ -5,7 +5,15 @@ import Router from '@koa/router';
 import Koa from 'koa';
 import type { Context } from 'koa';
 import { warner } from '@meshtrace/core/adapter';
-import { PARENT_ID, SHARED_TRUST_ROWS, TRACE_ID, TRUST_SERVICE, observe, runTrustRow, setupTestTracing } from '@meshtrace/testkit';
+import {
+  PARENT_ID,
+  SHARED_TRUST_ROWS,
+  TRACE_ID,
+  TRUST_SERVICE,
+  observe,
+  runTrustRow,
+  setupTestTracing,
+} from '@meshtrace/testkit';
 import type { TrustRow } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { meshTrace, meshTraceRoute } from '@meshtrace/koa';
@@ -19,7 +27,16 @@ const MAJORS = [
 
 const tracing = setupTestTracing();
 const warnings: string[] = [];
-diag.setLogger({ warn: (m: string) => void warnings.push(m), error: () => undefined, info: () => undefined, debug: () => undefined, verbose: () => undefined }, DiagLogLevel.WARN);
+diag.setLogger(
+  {
+    warn: (m: string) => void warnings.push(m),
+    error: () => undefined,
+    info: () => undefined,
+    debug: () => undefined,
+    verbose: () => undefined,
+  },
+  DiagLogLevel.WARN,
+);
 afterAll(async () => {
   await tracing.shutdown();
   diag.disable();
@@ -34,7 +51,13 @@ const ROWS: readonly TrustRow[] = [
   ['router.use(meshTraceRoute) on a prefixed router', 'GET', '/public/items/7', 'restarted:route-policy', false],
   ['meshTraceRoute in a route, for its method', 'POST', '/webhooks/github', 'ignored:route-policy', false],
   ['the same path, another method without a policy', 'GET', '/webhooks/github', 'continued', true],
-  ['a policy in a nested router (router.use(path, nested.routes()))', 'GET', '/mid/deep', 'restarted:route-policy', false],
+  [
+    'a policy in a nested router (router.use(path, nested.routes()))',
+    'GET',
+    '/mid/deep',
+    'restarted:route-policy',
+    false,
+  ],
 ];
 
 describe.each(MAJORS)('%s: meshTraceRoute decides before the one SERVER span starts', (_major, KoaApp) => {
@@ -48,7 +71,11 @@ describe.each(MAJORS)('%s: meshTraceRoute decides before the one SERVER span sta
     router.get('/internal', answer);
     router.post('/webhooks/:source', meshTraceRoute({ inbound: 'ignore' }), answer);
     router.get('/webhooks/:source', answer);
-    router.get('/fn', meshTraceRoute({ inbound: (ctx) => (ctx.query.trust === 'yes' ? 'continue' : 'ignore') }), answer);
+    router.get(
+      '/fn',
+      meshTraceRoute({ inbound: (ctx) => (ctx.query.trust === 'yes' ? 'continue' : 'ignore') }),
+      answer,
+    );
     router.get('/mesh-only', meshTraceRoute({ inbound: { trustedPeers: ['10.0.0.0/8'] } }), answer);
     const nested = new Router();
     nested.use(meshTraceRoute({ inbound: 'restart' }));
@@ -80,7 +107,11 @@ describe.each(MAJORS)('%s: meshTraceRoute decides before the one SERVER span sta
     warnings.length = 0;
     const seen = (await (await fetch(`${base}/hidden`, { headers: { traceparent: VALID } })).json()) as Observed;
     expect(seen.traceId).toBe(TRACE_ID);
-    expect(warnings.filter((w) => w.startsWith('@meshtrace/koa: meshTraceRoute() ran on a request for which meshTrace() had not found it'))).toHaveLength(1);
+    expect(
+      warnings.filter((w) =>
+        w.startsWith('@meshtrace/koa: meshTraceRoute() ran on a request for which meshTrace() had not found it'),
+      ),
+    ).toHaveLength(1);
   });
 });
 
@@ -108,5 +139,7 @@ test.each([
   ['an unparsable CIDR', { inbound: { trustedPeers: ['fd00::/200'] } }, 'meshTraceRoute.inbound.trustedPeers'],
 ])('meshTraceRoute with %s fails at setup', (_name, options, option) => {
   expect(() => meshTraceRoute(options as never)).toThrow(TypeError);
-  expect(() => meshTraceRoute(options as never)).toThrow(new RegExp(`^@meshtrace/koa: option "${option.replace(/\./g, '\\.')}"`));
+  expect(() => meshTraceRoute(options as never)).toThrow(
+    new RegExp(`^@meshtrace/koa: option "${option.replace(/\./g, '\\.')}"`),
+  );
 });

@@ -50,7 +50,13 @@ afterEach(() => {
 /** How the totals moved since `before`; `queued`/`inFlight` are current values, as they are levels, not counts. */
 function since(before: ExportStats): Omit<ExportStats, 'lastError' | 'peakQueued'> {
   const now = exportStats();
-  return { exported: now.exported - before.exported, failed: now.failed - before.failed, dropped: now.dropped - before.dropped, queued: now.queued, inFlight: now.inFlight };
+  return {
+    exported: now.exported - before.exported,
+    failed: now.failed - before.failed,
+    dropped: now.dropped - before.dropped,
+    queued: now.queued,
+    inFlight: now.inFlight,
+  };
 }
 
 async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void> {
@@ -71,12 +77,24 @@ function endSpans(processor: SpanProcessor, count: number, sampler?: Sampler): T
 /** Spans to export, made by the SDK itself. */
 function spans(count: number): ReadableSpan[] {
   const memory = new InMemorySpanExporter();
-  const provider = new TracerProvider({ spanProcessors: [{ onStart: () => undefined, onEnd: (s) => memory.export([s], () => undefined), forceFlush: async () => undefined, shutdown: async () => undefined }] });
+  const provider = new TracerProvider({
+    spanProcessors: [
+      {
+        onStart: () => undefined,
+        onEnd: (s) => memory.export([s], () => undefined),
+        forceFlush: async () => undefined,
+        shutdown: async () => undefined,
+      },
+    ],
+  });
   for (let i = 0; i < count; i++) provider.getTracer('t').startSpan(`s${i}`).end();
   return memory.getFinishedSpans();
 }
 
-function exportOnce(exporter: { export(spans: ReadableSpan[], cb: (r: ExportResult) => void): void }, batch: ReadableSpan[]): Promise<ExportResult[]> {
+function exportOnce(
+  exporter: { export(spans: ReadableSpan[], cb: (r: ExportResult) => void): void },
+  batch: ReadableSpan[],
+): Promise<ExportResult[]> {
   return new Promise((resolve) => {
     const results: ExportResult[] = [];
     exporter.export(batch, (r) => {
@@ -101,7 +119,12 @@ test('countingExporter counts delivered spans in exportStats and meshtrace.expor
   const points = resourceMetrics.scopeMetrics
     .flatMap((s) => s.metrics)
     .filter((m) => m.descriptor.name === 'meshtrace.export.spans')
-    .flatMap((m) => (m.dataPoints as Array<{ attributes: Record<string, unknown>; value: unknown }>).map((p) => [p.attributes.result, p.value]));
+    .flatMap((m) =>
+      (m.dataPoints as Array<{ attributes: Record<string, unknown>; value: unknown }>).map((p) => [
+        p.attributes.result,
+        p.value,
+      ]),
+    );
   expect(points).toEqual([['exported', 3]]);
   await exporter.shutdown();
 });
@@ -122,7 +145,9 @@ test('countingExporter counts a refused export as failed, with its reason, answe
 test('countingExporter answers a hung export at timeoutMillis, and the late answer is not counted again', async () => {
   await proxy.setMode('blackhole');
   const before = exportStats();
-  const exporter = countingExporter(new OTLPTraceExporter({ url: `${proxy.url}/v1/traces`, timeoutMillis: 400 }), { timeoutMillis: 100 });
+  const exporter = countingExporter(new OTLPTraceExporter({ url: `${proxy.url}/v1/traces`, timeoutMillis: 400 }), {
+    timeoutMillis: 100,
+  });
   const results = await exportOnce(exporter, spans(4));
   expect(results).toEqual([{ code: ExportResultCode.FAILED, error: new Error('export timed out after 100 ms') }]);
   expect(since(before)).toMatchObject({ failed: 4, inFlight: 0 });
@@ -135,7 +160,10 @@ test('countingExporter answers a hung export at timeoutMillis, and the late answ
 test('MeshBatchSpanProcessor refuses and counts spans past maxQueueSize, exactly where the SDK queue would drop them', async () => {
   await proxy.setMode('blackhole');
   const before = exportStats();
-  const processor = new MeshBatchSpanProcessor(new OTLPTraceExporter({ url: `${proxy.url}/v1/traces`, timeoutMillis: 300 }), { maxQueueSize: 10, maxExportBatchSize: 5, scheduledDelayMillis: 0, exportTimeoutMillis: 300 });
+  const processor = new MeshBatchSpanProcessor(
+    new OTLPTraceExporter({ url: `${proxy.url}/v1/traces`, timeoutMillis: 300 }),
+    { maxQueueSize: 10, maxExportBatchSize: 5, scheduledDelayMillis: 0, exportTimeoutMillis: 300 },
+  );
   const provider = endSpans(processor, 100);
   // The first full batch left for the (hung) exporter at once; ten wait; the rest had no room.
   expect(since(before)).toEqual({ exported: 0, failed: 0, dropped: 85, queued: 10, inFlight: 5 });
@@ -150,7 +178,10 @@ test('MeshBatchSpanProcessor refuses and counts spans past maxQueueSize, exactly
 test('exports never overlap while a blackholed collector times them out and spans keep coming', async () => {
   await proxy.setMode('blackhole');
   const before = exportStats();
-  const processor = new MeshBatchSpanProcessor(new OTLPTraceExporter({ url: `${proxy.url}/v1/traces`, timeoutMillis: 100 }), { maxQueueSize: 20, maxExportBatchSize: 5, scheduledDelayMillis: 0, exportTimeoutMillis: 100 });
+  const processor = new MeshBatchSpanProcessor(
+    new OTLPTraceExporter({ url: `${proxy.url}/v1/traces`, timeoutMillis: 100 }),
+    { maxQueueSize: 20, maxExportBatchSize: 5, scheduledDelayMillis: 0, exportTimeoutMillis: 100 },
+  );
   const provider = new TracerProvider({ spanProcessors: [processor] });
   const tracer = provider.getTracer('t');
   let peakInFlight = 0;
@@ -173,9 +204,16 @@ test('exports never overlap while a blackholed collector times them out and span
 
 test('spans recorded but not sampled are neither queued nor counted as dropped', async () => {
   const before = exportStats();
-  const recordOnly: Sampler = { shouldSample: () => ({ decision: SamplingDecision.RECORD }), toString: () => 'RecordOnly' };
+  const recordOnly: Sampler = {
+    shouldSample: () => ({ decision: SamplingDecision.RECORD }),
+    toString: () => 'RecordOnly',
+  };
   const exporter = new InMemorySpanExporter();
-  const provider = endSpans(new MeshBatchSpanProcessor(exporter, { maxQueueSize: 2, maxExportBatchSize: 2 }), 10, recordOnly);
+  const provider = endSpans(
+    new MeshBatchSpanProcessor(exporter, { maxQueueSize: 2, maxExportBatchSize: 2 }),
+    10,
+    recordOnly,
+  );
   await provider.forceFlush();
   expect(since(before)).toEqual({ exported: 0, failed: 0, dropped: 0, queued: 0, inFlight: 0 });
   expect(exporter.getFinishedSpans()).toEqual([]);
@@ -185,7 +223,10 @@ test('spans recorded but not sampled are neither queued nor counted as dropped',
 test('forceFlush and shutdown resolve while the collector refuses, and the spans count as failed', async () => {
   await proxy.setMode('refuse');
   const before = exportStats();
-  const processor = new MeshBatchSpanProcessor(new OTLPTraceExporter({ url: `${proxy.url}/v1/traces`, timeoutMillis: 200 }), { scheduledDelayMillis: 60_000, exportTimeoutMillis: 200 });
+  const processor = new MeshBatchSpanProcessor(
+    new OTLPTraceExporter({ url: `${proxy.url}/v1/traces`, timeoutMillis: 200 }),
+    { scheduledDelayMillis: 60_000, exportTimeoutMillis: 200 },
+  );
   const provider = endSpans(processor, 3);
   await expect(processor.forceFlush()).resolves.toBeUndefined();
   endSpans(processor, 2);
@@ -221,15 +262,30 @@ test('setupMeshTracing reads OTEL_BSP_* from its env and keeps the OTLP timeout 
 });
 
 test('a bad OTEL_BSP_* value is reported and the default kept; a bad batch option is a TypeError', async () => {
-  const tracing = setupMeshTracing({ log: false, exporter: new InMemorySpanExporter(), env: { OTEL_BSP_MAX_QUEUE_SIZE: 'lots' } });
-  expect(logs.some((l) => l.includes('ignoring OTEL_BSP_MAX_QUEUE_SIZE="lots"') && l.includes('using 2048'))).toBe(true);
+  const tracing = setupMeshTracing({
+    log: false,
+    exporter: new InMemorySpanExporter(),
+    env: { OTEL_BSP_MAX_QUEUE_SIZE: 'lots' },
+  });
+  expect(logs.some((l) => l.includes('ignoring OTEL_BSP_MAX_QUEUE_SIZE="lots"') && l.includes('using 2048'))).toBe(
+    true,
+  );
   await tracing.shutdown();
-  for (const [option, value] of [['maxQueueSize', 0], ['maxExportBatchSize', 1.5], ['exportTimeoutMillis', '1000'], ['scheduledDelayMillis', -1]] as const) {
-    expect(() => setupMeshTracing({ log: false, env: {}, batch: { [option]: value } })).toThrow(new RegExp(`^@meshtrace/node: option "batch\\.${option}"`));
+  for (const [option, value] of [
+    ['maxQueueSize', 0],
+    ['maxExportBatchSize', 1.5],
+    ['exportTimeoutMillis', '1000'],
+    ['scheduledDelayMillis', -1],
+  ] as const) {
+    expect(() => setupMeshTracing({ log: false, env: {}, batch: { [option]: value } })).toThrow(
+      new RegExp(`^@meshtrace/node: option "batch\\.${option}"`),
+    );
     expect(() => new MeshBatchSpanProcessor(new InMemorySpanExporter(), { [option]: value })).toThrow(TypeError);
   }
   expect(() => countingExporter({} as never)).toThrow(/^@meshtrace\/node: option "exporter"/);
-  expect(() => countingExporter(new InMemorySpanExporter(), { timeoutMillis: 0 })).toThrow(/^@meshtrace\/node: option "timeoutMillis"/);
+  expect(() => countingExporter(new InMemorySpanExporter(), { timeoutMillis: 0 })).toThrow(
+    /^@meshtrace\/node: option "timeoutMillis"/,
+  );
   expect(() => new MeshBatchSpanProcessor(null as never)).toThrow(/^@meshtrace\/node: option "exporter"/);
 });
 

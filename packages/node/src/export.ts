@@ -28,7 +28,12 @@ export interface ExportStats {
 }
 
 /** The SDK's defaults (OpenTelemetry SDK environment variables, Batch Span Processor). */
-const BATCH_DEFAULTS = { maxQueueSize: 2048, maxExportBatchSize: 512, scheduledDelayMillis: 5000, exportTimeoutMillis: 30_000 } as const;
+const BATCH_DEFAULTS = {
+  maxQueueSize: 2048,
+  maxExportBatchSize: 512,
+  scheduledDelayMillis: 5000,
+  exportTimeoutMillis: 30_000,
+} as const;
 const BATCH_ENV: Record<keyof typeof BATCH_DEFAULTS, string> = {
   maxQueueSize: 'OTEL_BSP_MAX_QUEUE_SIZE',
   maxExportBatchSize: 'OTEL_BSP_MAX_EXPORT_BATCH_SIZE',
@@ -41,7 +46,15 @@ const SDK_TIMEOUT_MARGIN = 1000;
 const OTLP_TIMEOUT_DEFAULT = 10_000;
 
 type Totals = { -readonly [K in keyof ExportStats]: ExportStats[K] };
-const totals: Totals = { exported: 0, failed: 0, dropped: 0, queued: 0, inFlight: 0, peakQueued: 0, lastError: undefined };
+const totals: Totals = {
+  exported: 0,
+  failed: 0,
+  dropped: 0,
+  queued: 0,
+  inFlight: 0,
+  peakQueued: 0,
+  lastError: undefined,
+};
 
 /**
  * The export counts of this process, cheap enough for a health endpoint. Works without a metrics
@@ -54,8 +67,16 @@ export function exportStats(): ExportStats {
 }
 
 /** `meshtrace.export.spans`, by result. */
-const spansCounter = new LazyCounter('meshtrace.export.spans', 'Spans leaving the process, by result: exported, failed (export error or timeout) or dropped (queue full)', '{span}');
-const ATTRIBUTES = { exported: { result: 'exported' }, failed: { result: 'failed' }, dropped: { result: 'dropped' } } as const;
+const spansCounter = new LazyCounter(
+  'meshtrace.export.spans',
+  'Spans leaving the process, by result: exported, failed (export error or timeout) or dropped (queue full)',
+  '{span}',
+);
+const ATTRIBUTES = {
+  exported: { result: 'exported' },
+  failed: { result: 'failed' },
+  dropped: { result: 'dropped' },
+} as const;
 
 function count(outcome: ExportOutcome, spans: number): void {
   totals[outcome] += spans;
@@ -114,13 +135,19 @@ class CountingExporter implements SpanExporter {
         const reason = describe(result.error);
         totals.lastError = reason;
         count('failed', n);
-        warner.warn('export:failed', () => `${PACKAGE}: could not export ${n} span(s): ${reason}; ${totals.failed} failed so far.`);
+        warner.warn(
+          'export:failed',
+          () => `${PACKAGE}: could not export ${n} span(s): ${reason}; ${totals.failed} failed so far.`,
+        );
       }
       resultCallback(this.hideFailures ? SUCCESS : result);
     };
     if (this.timeoutMillis !== undefined) {
       const ms = this.timeoutMillis;
-      timer = setTimeout(() => settle({ code: ExportResultCode.FAILED, error: new Error(`export timed out after ${ms} ms`) }), ms);
+      timer = setTimeout(
+        () => settle({ code: ExportResultCode.FAILED, error: new Error(`export timed out after ${ms} ms`) }),
+        ms,
+      );
       timer.unref();
     }
     try {
@@ -146,7 +173,8 @@ class CountingExporter implements SpanExporter {
 
 function checkExporter(exporter: unknown): asserts exporter is SpanExporter {
   const e = exporter as SpanExporter | null | undefined;
-  if (typeof e?.export !== 'function' || typeof e?.shutdown !== 'function') throw optionError(PACKAGE, 'exporter', 'a SpanExporter', exporter);
+  if (typeof e?.export !== 'function' || typeof e?.shutdown !== 'function')
+    throw optionError(PACKAGE, 'exporter', 'a SpanExporter', exporter);
 }
 
 /**
@@ -159,18 +187,23 @@ export function countingExporter(exporter: SpanExporter, options: CountingExport
   checkExporter(exporter);
   if (options === null || typeof options !== 'object') throw optionError(PACKAGE, 'options', 'an object', options);
   const { timeoutMillis } = options;
-  if (timeoutMillis !== undefined && !(Number.isInteger(timeoutMillis) && timeoutMillis > 0)) throw optionError(PACKAGE, 'timeoutMillis', 'a positive integer', timeoutMillis);
+  if (timeoutMillis !== undefined && !(Number.isInteger(timeoutMillis) && timeoutMillis > 0))
+    throw optionError(PACKAGE, 'timeoutMillis', 'a positive integer', timeoutMillis);
   return new CountingExporter(exporter, timeoutMillis, undefined);
 }
 
 /** The batch settings in force: options first, then `OTEL_BSP_*` from `env`, then the SDK defaults. */
-export function resolveBatchConfig(batch: BufferConfig | undefined, env: Readonly<Record<string, string | undefined>>): Required<BufferConfig> {
+export function resolveBatchConfig(
+  batch: BufferConfig | undefined,
+  env: Readonly<Record<string, string | undefined>>,
+): Required<BufferConfig> {
   const out = { ...BATCH_DEFAULTS } as Required<BufferConfig>;
   for (const key of Object.keys(BATCH_DEFAULTS) as Array<keyof typeof BATCH_DEFAULTS>) {
     const min = key === 'scheduledDelayMillis' ? 0 : 1;
     const given = batch?.[key];
     if (given !== undefined) {
-      if (!Number.isInteger(given) || given < min) throw optionError(PACKAGE, `batch.${key}`, min === 0 ? 'a non-negative integer' : 'a positive integer', given);
+      if (!Number.isInteger(given) || given < min)
+        throw optionError(PACKAGE, `batch.${key}`, min === 0 ? 'a non-negative integer' : 'a positive integer', given);
       out[key] = given;
       continue;
     }
@@ -179,7 +212,10 @@ export function resolveBatchConfig(batch: BufferConfig | undefined, env: Readonl
     const value = Number(raw);
     // A bad variable must not stop the service: the SDK also warns and keeps its default.
     if (Number.isInteger(value) && value >= min) out[key] = value;
-    else diag.warn(`${PACKAGE}: ignoring ${BATCH_ENV[key]}=${JSON.stringify(raw)}, not ${min === 0 ? 'a non-negative' : 'a positive'} integer; using ${out[key]}.`);
+    else
+      diag.warn(
+        `${PACKAGE}: ignoring ${BATCH_ENV[key]}=${JSON.stringify(raw)}, not ${min === 0 ? 'a non-negative' : 'a positive'} integer; using ${out[key]}.`,
+      );
   }
   return out;
 }
@@ -190,7 +226,10 @@ export function resolveBatchConfig(batch: BufferConfig | undefined, env: Readonl
  * export and start the next while the first still holds its spans, so a hung collector would pile
  * requests up instead of costing one queue's worth of memory.
  */
-export function otlpTimeoutMillis(env: Readonly<Record<string, string | undefined>>, exportTimeoutMillis: number): number {
+export function otlpTimeoutMillis(
+  env: Readonly<Record<string, string | undefined>>,
+  exportTimeoutMillis: number,
+): number {
   let timeout = OTLP_TIMEOUT_DEFAULT;
   for (const name of ['OTEL_EXPORTER_OTLP_TRACES_TIMEOUT', 'OTEL_EXPORTER_OTLP_TIMEOUT']) {
     const raw = env[name]?.trim();
@@ -223,7 +262,8 @@ export class MeshBatchSpanProcessor implements SpanProcessor {
 
   constructor(exporter: SpanExporter, config?: BufferConfig) {
     checkExporter(exporter);
-    if (config !== undefined && (config === null || typeof config !== 'object')) throw optionError(PACKAGE, 'batch', 'an object', config);
+    if (config !== undefined && (config === null || typeof config !== 'object'))
+      throw optionError(PACKAGE, 'batch', 'an object', config);
     const resolved = resolveBatchConfig(config, process.env);
     this.maxQueueSize = resolved.maxQueueSize;
     // The SDK's BatchSpanProcessor (2.x) restarts exporting after a failed export, then clears its
@@ -233,7 +273,10 @@ export class MeshBatchSpanProcessor implements SpanProcessor {
     // reported it already) and its own timeout is set past ours, which therefore always answers first.
     this.counting = new CountingExporter(exporter, resolved.exportTimeoutMillis, (n) => this.leftQueue(n), true);
     // Every value explicit, so the SDK reads no environment of its own and its bound is ours.
-    this.batch = traceSdk().batchSpanProcessor(this.counting, { ...resolved, exportTimeoutMillis: resolved.exportTimeoutMillis + SDK_TIMEOUT_MARGIN });
+    this.batch = traceSdk().batchSpanProcessor(this.counting, {
+      ...resolved,
+      exportTimeoutMillis: resolved.exportTimeoutMillis + SDK_TIMEOUT_MARGIN,
+    });
   }
 
   /**
@@ -258,7 +301,11 @@ export class MeshBatchSpanProcessor implements SpanProcessor {
     if (this.queued >= this.maxQueueSize) {
       // Refused here, where it can be counted; the batch processor would drop it silently.
       count('dropped', 1);
-      warner.warn('export:dropped', () => `${PACKAGE}: span queue full (maxQueueSize ${this.maxQueueSize}): dropping spans until the exporter catches up; ${totals.dropped} dropped so far.`);
+      warner.warn(
+        'export:dropped',
+        () =>
+          `${PACKAGE}: span queue full (maxQueueSize ${this.maxQueueSize}): dropping spans until the exporter catches up; ${totals.dropped} dropped so far.`,
+      );
       return;
     }
     this.queued++;
@@ -284,7 +331,9 @@ export class MeshBatchSpanProcessor implements SpanProcessor {
     } finally {
       // A failed flush makes the SDK skip the exporter's shutdown (and leave the other batches out).
       await this.counting.idle();
-      await this.counting.shutdown().catch((err: unknown) => diag.warn(`${PACKAGE}: span exporter shutdown failed: ${describe(err)}`));
+      await this.counting
+        .shutdown()
+        .catch((err: unknown) => diag.warn(`${PACKAGE}: span exporter shutdown failed: ${describe(err)}`));
       // Spans the batch processor lost without calling the exporter (a resource whose asynchronous
       // attributes failed) would otherwise stay queued forever in the totals.
       if (this.queued > 0) {

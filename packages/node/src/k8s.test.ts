@@ -16,7 +16,8 @@ function fakeProc(cgroup: string, mountinfo = ''): string {
 }
 afterEach(() => proc && rmSync(proc, { recursive: true, force: true }));
 
-const detect = (env: Record<string, string>, root: string) => kubernetesDetector({ env, procRoot: root }).detect().attributes;
+const detect = (env: Record<string, string>, root: string) =>
+  kubernetesDetector({ env, procRoot: root }).detect().attributes;
 
 test('downward API variables and a cgroup v1 path', () => {
   const root = fakeProc(`12:memory:/kubepods/burstable/pod${UID}/${ID}\n11:cpu:/kubepods/burstable/pod${UID}/${ID}\n`);
@@ -30,7 +31,10 @@ test('downward API variables and a cgroup v1 path', () => {
 });
 
 test.each([
-  [{ POD_NAME: 'p', POD_NAMESPACE: 'ns', NODE_NAME: 'n' }, { 'k8s.pod.name': 'p', 'k8s.namespace.name': 'ns', 'k8s.node.name': 'n' }],
+  [
+    { POD_NAME: 'p', POD_NAMESPACE: 'ns', NODE_NAME: 'n' },
+    { 'k8s.pod.name': 'p', 'k8s.namespace.name': 'ns', 'k8s.node.name': 'n' },
+  ],
   [{ K8S_NAMESPACE: 'old-style' }, { 'k8s.namespace.name': 'old-style' }],
   [{ KUBERNETES_SERVICE_HOST: '10.0.0.1', HOSTNAME: 'web-0' }, { 'k8s.pod.name': 'web-0' }],
   [{ HOSTNAME: 'laptop' }, {}],
@@ -44,7 +48,11 @@ test('cgroup v2: the container id comes from the mounts', () => {
 });
 
 test.each([
-  ['systemd cri-containerd scope', `0::/kubepods.slice/kubepods-pod${UID.replace(/-/g, '_')}.slice/cri-containerd-${ID}.scope`, ID],
+  [
+    'systemd cri-containerd scope',
+    `0::/kubepods.slice/kubepods-pod${UID.replace(/-/g, '_')}.slice/cri-containerd-${ID}.scope`,
+    ID,
+  ],
   ['docker', `1:name=systemd:/docker/${ID}`, ID],
   ['not a container', '0::/user.slice/session-1.scope', undefined],
 ])('containerIdFrom: %s', (_name, cgroup, want) => {

@@ -1,4 +1,12 @@
-import { DiagLogLevel, ROOT_CONTEXT, SamplingDecision, SpanKind, defaultTextMapGetter, diag, trace } from '@opentelemetry/api';
+import {
+  DiagLogLevel,
+  ROOT_CONTEXT,
+  SamplingDecision,
+  SpanKind,
+  defaultTextMapGetter,
+  diag,
+  trace,
+} from '@opentelemetry/api';
 import { AlwaysOffSampler, AlwaysOnSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace';
 import type { Sampler } from '@opentelemetry/sdk-trace';
 import { MeshPropagator } from '@meshtrace/core';
@@ -9,10 +17,14 @@ const T = '4bf92f3577b34da6a3ce929d0e0e4736';
 const S = '00f067aa0ba902b7';
 const tracing = setupTestTracing();
 const warnings: string[] = [];
-diag.setLogger({ warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+diag.setLogger(
+  { warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} },
+  DiagLogLevel.WARN,
+);
 afterAll(() => tracing.shutdown());
 
-const remote = (flags: string, extra: Record<string, string> = {}) => new MeshPropagator().extract(ROOT_CONTEXT, { traceparent: `00-${T}-${S}-${flags}`, ...extra }, defaultTextMapGetter);
+const remote = (flags: string, extra: Record<string, string> = {}) =>
+  new MeshPropagator().extract(ROOT_CONTEXT, { traceparent: `00-${T}-${S}-${flags}`, ...extra }, defaultTextMapGetter);
 const decide = (s: Sampler, ctx = ROOT_CONTEXT) => s.shouldSample(ctx, T, 'GET', SpanKind.SERVER, {}, []).decision;
 const { RECORD_AND_SAMPLED: YES, NOT_RECORD: NO } = SamplingDecision;
 
@@ -61,7 +73,11 @@ test('a local parent is followed whoever owns remote decisions', () => {
 
 test.each([
   [{}, 'AlwaysOnSampler', 'parent'],
-  [{ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.01' }, 'TraceIdRatioBased{0.01}', 'parent'],
+  [
+    { OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.01' },
+    'TraceIdRatioBased{0.01}',
+    'parent',
+  ],
   [{ OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.5' }, 'TraceIdRatioBased{0.5}', 'local'],
   [{ OTEL_TRACES_SAMPLER: 'always_off' }, 'AlwaysOffSampler', 'local'],
 ])('samplerFromEnv(%j)', (env, root, owner) => {

@@ -12,7 +12,10 @@ const RECORD: SamplingResult = Object.freeze({ decision: SamplingDecision.RECORD
 const DROP: SamplingResult = Object.freeze({ decision: SamplingDecision.NOT_RECORD });
 
 /** `meshtrace.sampling.mismatch`: caller said "not sampled" while the local sampler would record, by `owner`. */
-const mismatchCounter = new TallyCounter('meshtrace.sampling.mismatch', 'Continued traces whose inbound sampled flag disagrees with the local sampler');
+const mismatchCounter = new TallyCounter(
+  'meshtrace.sampling.mismatch',
+  'Continued traces whose inbound sampled flag disagrees with the local sampler',
+);
 
 /** The mismatch counter's series, one constant attribute object per owner. */
 const MISMATCH = { parent: Object.freeze({ owner: 'parent' }), local: Object.freeze({ owner: 'local' }) } as const;
@@ -31,7 +34,14 @@ export class MeshSampler implements Sampler {
     private readonly owner: SamplingOwner = 'parent',
   ) {}
 
-  shouldSample(context: Context, traceId: string, name: string, kind: SpanKind, attributes: Attributes, links: Link[]): SamplingResult {
+  shouldSample(
+    context: Context,
+    traceId: string,
+    name: string,
+    kind: SpanKind,
+    attributes: Attributes,
+    links: Link[],
+  ): SamplingResult {
     const parent = trace.getSpanContext(context);
     const hint = extractionOf(context)?.samplingHint;
     if (parent === undefined || !isSpanContextValid(parent)) {
@@ -64,13 +74,21 @@ export class MeshSampler implements Sampler {
 }
 
 /** The root sampler `OTEL_TRACES_SAMPLER`/`_ARG` ask for, and whether they ask the parent to decide. */
-export function samplerFromEnv(env: Readonly<Record<string, string | undefined>>): { root: Sampler; owner: SamplingOwner } {
+export function samplerFromEnv(env: Readonly<Record<string, string | undefined>>): {
+  root: Sampler;
+  owner: SamplingOwner;
+} {
   const name = (env.OTEL_TRACES_SAMPLER ?? 'parentbased_always_on').trim().toLowerCase();
   const owner: SamplingOwner = name.startsWith('parentbased_') ? 'parent' : 'local';
   const kind = name.replace(/^parentbased_/, '');
   const arg = Number(env.OTEL_TRACES_SAMPLER_ARG);
   const ratio = Number.isFinite(arg) && arg >= 0 && arg <= 1 ? arg : 1;
   const sdk = traceSdk();
-  const root = kind === 'always_off' ? new sdk.AlwaysOffSampler() : kind === 'traceidratio' ? new sdk.TraceIdRatioBasedSampler(ratio) : new sdk.AlwaysOnSampler();
+  const root =
+    kind === 'always_off'
+      ? new sdk.AlwaysOffSampler()
+      : kind === 'traceidratio'
+        ? new sdk.TraceIdRatioBasedSampler(ratio)
+        : new sdk.AlwaysOnSampler();
   return { root, owner };
 }

@@ -58,7 +58,11 @@ export interface SdkTracerProvider extends TracerProvider {
 export interface TraceSdk {
   /** The package they came from. */
   readonly name: '@opentelemetry/sdk-trace' | '@opentelemetry/sdk-trace-base';
-  readonly TracerProvider: new (config: { resource?: unknown; sampler?: Sampler; spanProcessors?: SpanProcessor[] }) => SdkTracerProvider;
+  readonly TracerProvider: new (config: {
+    resource?: unknown;
+    sampler?: Sampler;
+    spanProcessors?: SpanProcessor[];
+  }) => SdkTracerProvider;
   /** The SDK's BatchSpanProcessor: `sdk-trace` takes one options object, `sdk-trace-base` (exporter, config). */
   readonly batchSpanProcessor: (exporter: SpanExporter, config: BufferConfig) => SpanProcessor;
   readonly AlwaysOnSampler: new () => Sampler;
@@ -79,7 +83,9 @@ function fromModule(name: TraceSdk['name'], m: Record<string, unknown>): TraceSd
   return {
     name,
     TracerProvider: provider as TraceSdk['TracerProvider'],
-    batchSpanProcessor: options ? (exporter, config) => new Batch({ ...config, exporter }) : (exporter, config) => new Batch(exporter, config),
+    batchSpanProcessor: options
+      ? (exporter, config) => new Batch({ ...config, exporter })
+      : (exporter, config) => new Batch(exporter, config),
     AlwaysOnSampler: m.AlwaysOnSampler as TraceSdk['AlwaysOnSampler'],
     AlwaysOffSampler: m.AlwaysOffSampler as TraceSdk['AlwaysOffSampler'],
     TraceIdRatioBasedSampler: m.TraceIdRatioBasedSampler as TraceSdk['TraceIdRatioBasedSampler'],
@@ -105,7 +111,9 @@ export function loadTraceSdk(candidates: readonly TraceSdk['name'][] = CANDIDATE
     }
     return fromModule(name, m);
   }
-  throw new TypeError(`${PACKAGE}: no OpenTelemetry trace SDK is installed: npm install @opentelemetry/sdk-trace (SDK 3 and 2.9+) or @opentelemetry/sdk-trace-base (SDK 2.x)`);
+  throw new TypeError(
+    `${PACKAGE}: no OpenTelemetry trace SDK is installed: npm install @opentelemetry/sdk-trace (SDK 3 and 2.9+) or @opentelemetry/sdk-trace-base (SDK 2.x)`,
+  );
 }
 
 let cached: TraceSdk | undefined;

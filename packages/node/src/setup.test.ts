@@ -2,7 +2,15 @@ import { spawnSync } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { DiagLogLevel, ROOT_CONTEXT, context, defaultTextMapGetter, diag, propagation, trace } from '@opentelemetry/api';
+import {
+  DiagLogLevel,
+  ROOT_CONTEXT,
+  context,
+  defaultTextMapGetter,
+  diag,
+  propagation,
+  trace,
+} from '@opentelemetry/api';
 import { InMemorySpanExporter } from '@opentelemetry/sdk-trace';
 import { checkPropagation } from '@meshtrace/core';
 import { hasContextManager, warner } from '@meshtrace/core/adapter';
@@ -23,9 +31,24 @@ test('registers context, propagator and provider, and says so in one line', asyn
   const lines: string[] = [];
   const exporter = new InMemorySpanExporter();
   expect(hasContextManager()).toBe(false);
-  const tracing = setupMeshTracing({ serviceName: 'checkout', exporter, log: (l) => lines.push(l), batch: { scheduledDelayMillis: 10 }, env: {} });
+  const tracing = setupMeshTracing({
+    serviceName: 'checkout',
+    exporter,
+    log: (l) => lines.push(l),
+    batch: { scheduledDelayMillis: 10 },
+    env: {},
+  });
   expect(hasContextManager()).toBe(true);
-  expect(propagation.fields()).toEqual(['traceparent', 'tracestate', 'baggage', 'b3', 'x-b3-traceid', 'x-b3-spanid', 'x-b3-sampled', 'x-b3-flags']);
+  expect(propagation.fields()).toEqual([
+    'traceparent',
+    'tracestate',
+    'baggage',
+    'b3',
+    'x-b3-traceid',
+    'x-b3-spanid',
+    'x-b3-sampled',
+    'x-b3-flags',
+  ]);
   expect(lines).toHaveLength(1);
   expect(lines[0]).toContain('traceparent, tracestate, baggage');
   expect(lines[0]).toContain('service checkout');
@@ -52,7 +75,11 @@ test('OTEL_SDK_DISABLED=true records nothing, yet the caller context flows to ou
   const tracing = setupMeshTracing({ log: (l) => lines.push(l), env: { OTEL_SDK_DISABLED: 'true' } });
   expect(tracing.tracerProvider).toBeUndefined();
   expect(lines[0]).toContain('OTEL_SDK_DISABLED');
-  const parent = propagation.extract(ROOT_CONTEXT, { traceparent: `00-${T}-${P}-01`, baggage: 'k=v' }, defaultTextMapGetter);
+  const parent = propagation.extract(
+    ROOT_CONTEXT,
+    { traceparent: `00-${T}-${P}-01`, baggage: 'k=v' },
+    defaultTextMapGetter,
+  );
   const out: Record<string, string> = {};
   context.with(parent, () => {
     const span = trace.getTracer('t').startSpan('server');
@@ -83,7 +110,11 @@ test('with OTEL_EXPORTER_OTLP_ENDPOINT spans go to the collector over OTLP/HTTP 
   const port = (collector.address() as AddressInfo).port;
   try {
     const lines: string[] = [];
-    const tracing = setupMeshTracing({ serviceName: 'svc', log: (l) => lines.push(l), env: { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}/` } });
+    const tracing = setupMeshTracing({
+      serviceName: 'svc',
+      log: (l) => lines.push(l),
+      env: { OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${port}/` },
+    });
     expect(lines[0]).toContain(`OTLP http://127.0.0.1:${port}/v1/traces`);
     trace.getTracer('t').startSpan('exported').end();
     await tracing.shutdown();
@@ -113,10 +144,17 @@ test.each(bad)('bad option %s fails at setup with a TypeError naming it', (optio
 
 test('Kubernetes attributes from the downward API are on the resource by default', async () => {
   const exporter = new InMemorySpanExporter();
-  const tracing = setupMeshTracing({ exporter, log: false, env: { K8S_POD_NAME: 'checkout-1', K8S_NAMESPACE_NAME: 'shop' } });
+  const tracing = setupMeshTracing({
+    exporter,
+    log: false,
+    env: { K8S_POD_NAME: 'checkout-1', K8S_NAMESPACE_NAME: 'shop' },
+  });
   trace.getTracer('t').startSpan('x').end();
   await tracing.tracerProvider?.forceFlush();
-  expect(exporter.getFinishedSpans()[0].resource.attributes).toMatchObject({ 'k8s.pod.name': 'checkout-1', 'k8s.namespace.name': 'shop' });
+  expect(exporter.getFinishedSpans()[0].resource.attributes).toMatchObject({
+    'k8s.pod.name': 'checkout-1',
+    'k8s.namespace.name': 'shop',
+  });
   await tracing.shutdown();
 });
 
@@ -135,14 +173,19 @@ test.each([
 
 test('a propagator replaced right after setup is reported', async () => {
   const warnings: string[] = [];
-  diag.setLogger({ warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+  diag.setLogger(
+    { warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} },
+    DiagLogLevel.WARN,
+  );
   try {
     setupMeshTracing({ log: false, env: { OTEL_SDK_DISABLED: 'true' } });
     propagation.disable();
     propagation.setGlobalPropagator({ inject: () => undefined, extract: (c) => c, fields: () => ['x-custom'] });
     await new Promise((r) => setImmediate(r));
     expect(warnings.some((w) => w.includes('does not read traceparent'))).toBe(true);
-    expect(checkPropagation()).toEqual(['the global propagator does not read traceparent (was it replaced after setup?)']);
+    expect(checkPropagation()).toEqual([
+      'the global propagator does not read traceparent (was it replaced after setup?)',
+    ]);
   } finally {
     diag.disable();
   }
@@ -157,39 +200,65 @@ test('setup replaces a propagator and provider registered before it, and says so
   await tracing.shutdown();
 });
 
-describe('the application\'s trace SDK', () => {
+describe("the application's trace SDK", () => {
   const notFound = (name: string): never => {
     throw Object.assign(new Error(`Cannot find module '${name}'`), { code: 'MODULE_NOT_FOUND' });
   };
 
-  test.each(['@opentelemetry/sdk-trace', '@opentelemetry/sdk-trace-base'] as const)('%s: its provider and batch processor export a continued span', async (name) => {
-    const sdk = loadTraceSdk([name]);
-    expect(sdk.name).toBe(name);
-    const exporter = new InMemorySpanExporter();
-    const provider = new sdk.TracerProvider({ spanProcessors: [sdk.batchSpanProcessor(exporter, { scheduledDelayMillis: 10, maxQueueSize: 10, maxExportBatchSize: 10, exportTimeoutMillis: 1000 })] });
-    const parent = trace.setSpanContext(ROOT_CONTEXT, { traceId: T, spanId: P, traceFlags: 1, isRemote: true });
-    provider.getTracer('t').startSpan('work', {}, parent).end();
-    await provider.forceFlush();
-    expect(exporter.getFinishedSpans().map((s) => s.spanContext().traceId)).toEqual([T]);
-    await provider.shutdown();
-  });
+  test.each(['@opentelemetry/sdk-trace', '@opentelemetry/sdk-trace-base'] as const)(
+    '%s: its provider and batch processor export a continued span',
+    async (name) => {
+      const sdk = loadTraceSdk([name]);
+      expect(sdk.name).toBe(name);
+      const exporter = new InMemorySpanExporter();
+      const provider = new sdk.TracerProvider({
+        spanProcessors: [
+          sdk.batchSpanProcessor(exporter, {
+            scheduledDelayMillis: 10,
+            maxQueueSize: 10,
+            maxExportBatchSize: 10,
+            exportTimeoutMillis: 1000,
+          }),
+        ],
+      });
+      const parent = trace.setSpanContext(ROOT_CONTEXT, { traceId: T, spanId: P, traceFlags: 1, isRemote: true });
+      provider.getTracer('t').startSpan('work', {}, parent).end();
+      await provider.forceFlush();
+      expect(exporter.getFinishedSpans().map((s) => s.spanContext().traceId)).toEqual([T]);
+      await provider.shutdown();
+    },
+  );
 
   test('sdk-trace-base is used when sdk-trace is not installed', () => {
-    const sdk = loadTraceSdk(undefined, (name) => (name === '@opentelemetry/sdk-trace' ? notFound(name) : require(name)));
+    const sdk = loadTraceSdk(undefined, (name) =>
+      name === '@opentelemetry/sdk-trace' ? notFound(name) : require(name),
+    );
     expect(sdk.name).toBe('@opentelemetry/sdk-trace-base');
   });
 
   test('neither installed: a TypeError that says what to install', () => {
-    expect(() => loadTraceSdk(undefined, notFound)).toThrow(new TypeError('@meshtrace/node: no OpenTelemetry trace SDK is installed: npm install @opentelemetry/sdk-trace (SDK 3 and 2.9+) or @opentelemetry/sdk-trace-base (SDK 2.x)'));
+    expect(() => loadTraceSdk(undefined, notFound)).toThrow(
+      new TypeError(
+        '@meshtrace/node: no OpenTelemetry trace SDK is installed: npm install @opentelemetry/sdk-trace (SDK 3 and 2.9+) or @opentelemetry/sdk-trace-base (SDK 2.x)',
+      ),
+    );
   });
 
   test('an SDK that fails to load for another reason is not hidden', () => {
-    expect(() => loadTraceSdk(undefined, () => { throw new SyntaxError('broken build'); })).toThrow(SyntaxError);
+    expect(() =>
+      loadTraceSdk(undefined, () => {
+        throw new SyntaxError('broken build');
+      }),
+    ).toThrow(SyntaxError);
   });
 
   test('an OTLP endpoint without the exporter installed is a TypeError naming the variable and the package', () => {
-    expect(() => optionalPeer('@opentelemetry/exporter-trace-otlp-proto', 'OTEL_EXPORTER_OTLP_ENDPOINT', notFound)).toThrow(
-      new TypeError('@meshtrace/node: OTEL_EXPORTER_OTLP_ENDPOINT needs @opentelemetry/exporter-trace-otlp-proto: npm install @opentelemetry/exporter-trace-otlp-proto'),
+    expect(() =>
+      optionalPeer('@opentelemetry/exporter-trace-otlp-proto', 'OTEL_EXPORTER_OTLP_ENDPOINT', notFound),
+    ).toThrow(
+      new TypeError(
+        '@meshtrace/node: OTEL_EXPORTER_OTLP_ENDPOINT needs @opentelemetry/exporter-trace-otlp-proto: npm install @opentelemetry/exporter-trace-otlp-proto',
+      ),
     );
   });
 
@@ -212,18 +281,27 @@ describe('warnings reach the application', () => {
       setupMeshTracing({ exporter: new InMemorySpanExporter(), env: {} });
       propagation.extract(ROOT_CONTEXT, { traceparent: 'garbage' });
       propagation.extract(ROOT_CONTEXT, { traceparent: 'garbage' });`;
-    const run = spawnSync(process.execPath, ['-e', script], { cwd: join(__dirname, '..'), encoding: 'utf8', env: { PATH: process.env.PATH } });
+    const run = spawnSync(process.execPath, ['-e', script], {
+      cwd: join(__dirname, '..'),
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH },
+    });
     expect(run.status).toBe(0);
     const lines = run.stderr.trim().split('\n');
     expect(lines[0]).toContain('warnings to the console (OTEL_LOG_LEVEL=warn)');
     // Rate-limited: one line for the two requests.
-    expect(lines.slice(1)).toEqual([expect.stringContaining('@meshtrace/core: malformed traceparent (bad-version) "garbage"')]);
+    expect(lines.slice(1)).toEqual([
+      expect.stringContaining('@meshtrace/core: malformed traceparent (bad-version) "garbage"'),
+    ]);
   });
 
   test('a diag logger the application set is kept', () => {
     const lines: string[] = [];
     const mine: string[] = [];
-    diag.setLogger({ warn: (m: string) => mine.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+    diag.setLogger(
+      { warn: (m: string) => mine.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} },
+      DiagLogLevel.WARN,
+    );
     void setupMeshTracing({ exporter: new InMemorySpanExporter(), log: (l) => lines.push(l), env: {} }).shutdown();
     expect(lines[0]).toContain('warnings to the diag logger set before');
     warner.reset();
@@ -233,7 +311,11 @@ describe('warnings reach the application', () => {
 
   test('OTEL_LOG_LEVEL=none keeps them off', () => {
     const lines: string[] = [];
-    void setupMeshTracing({ exporter: new InMemorySpanExporter(), log: (l) => lines.push(l), env: { OTEL_LOG_LEVEL: 'none' } }).shutdown();
+    void setupMeshTracing({
+      exporter: new InMemorySpanExporter(),
+      log: (l) => lines.push(l),
+      env: { OTEL_LOG_LEVEL: 'none' },
+    }).shutdown();
     expect(lines[0]).toContain('warnings off');
   });
 });

@@ -96,22 +96,48 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
   if (options === null || typeof options !== 'object') throw optionError(PACKAGE, 'options', 'an object', options);
   const env = options.env ?? process.env;
   check(options.serviceName, 'serviceName', (v) => typeof v === 'string' && v.length > 0, 'a non-empty string');
-  check(options.exporter, 'exporter', (v) => typeof v?.export === 'function' && typeof v?.shutdown === 'function', 'a SpanExporter');
-  check(options.spanProcessors, 'spanProcessors', (v) => Array.isArray(v) && v.every((p) => typeof p?.onEnd === 'function'), 'an array of SpanProcessors');
+  check(
+    options.exporter,
+    'exporter',
+    (v) => typeof v?.export === 'function' && typeof v?.shutdown === 'function',
+    'a SpanExporter',
+  );
+  check(
+    options.spanProcessors,
+    'spanProcessors',
+    (v) => Array.isArray(v) && v.every((p) => typeof p?.onEnd === 'function'),
+    'an array of SpanProcessors',
+  );
   check(options.sampler, 'sampler', (v) => typeof v?.shouldSample === 'function', 'a Sampler');
   check(options.sampling, 'sampling', (v) => v === 'parent' || v === 'local', "'parent' or 'local'");
-  check(options.resourceDetectors, 'resourceDetectors', (v) => Array.isArray(v) && v.every((d) => typeof d?.detect === 'function'), 'an array of ResourceDetectors');
+  check(
+    options.resourceDetectors,
+    'resourceDetectors',
+    (v) => Array.isArray(v) && v.every((d) => typeof d?.detect === 'function'),
+    'an array of ResourceDetectors',
+  );
   check(options.batch, 'batch', (v) => typeof v === 'object' && v !== null, 'an object');
   check(options.log, 'log', (v) => v === false || typeof v === 'function', 'a function or false');
   const batch = resolveBatchConfig(options.batch, env);
   const propagator = new MeshPropagator(options.propagator);
-  const log = options.log === false ? () => undefined : (options.log ?? ((line: string) => void process.stderr.write(line + '\n')));
+  const log =
+    options.log === false
+      ? () => undefined
+      : (options.log ?? ((line: string) => void process.stderr.write(line + '\n')));
   const disabled = String(env.OTEL_SDK_DISABLED).trim().toLowerCase() === 'true';
   // OTLP/HTTP §endpoint: the signal-specific variable is used as is; the generic one gets /v1/traces.
-  const endpoint = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || (env.OTEL_EXPORTER_OTLP_ENDPOINT ? `${env.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/+$/, '')}/v1/traces` : undefined);
+  const endpoint =
+    env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ||
+    (env.OTEL_EXPORTER_OTLP_ENDPOINT ? `${env.OTEL_EXPORTER_OTLP_ENDPOINT.replace(/\/+$/, '')}/v1/traces` : undefined);
   // What is missing fails here, before anything is registered.
   const sdk = disabled ? undefined : traceSdk();
-  const otlp = disabled || !endpoint ? undefined : optionalPeer<{ OTLPTraceExporter: typeof OTLPTraceExporter }>('@opentelemetry/exporter-trace-otlp-proto', 'OTEL_EXPORTER_OTLP_ENDPOINT').OTLPTraceExporter;
+  const otlp =
+    disabled || !endpoint
+      ? undefined
+      : optionalPeer<{ OTLPTraceExporter: typeof OTLPTraceExporter }>(
+          '@opentelemetry/exporter-trace-otlp-proto',
+          'OTEL_EXPORTER_OTLP_ENDPOINT',
+        ).OTLPTraceExporter;
   const warnings = ensureDiagLogger(env);
 
   let contextManager = 'already registered';
@@ -131,13 +157,20 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
 
   const fields = propagator.fields().join(', ');
   if (sdk === undefined) {
-    log(`${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; OTEL_SDK_DISABLED=true, so no spans are recorded; ${warnings}`);
+    log(
+      `${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; OTEL_SDK_DISABLED=true, so no spans are recorded; ${warnings}`,
+    );
     return { tracerProvider: undefined, propagator, shutdown: async () => undefined };
   }
 
-  const exporter = otlp !== undefined && endpoint ? new otlp({ url: endpoint, timeoutMillis: otlpTimeoutMillis(env, batch.exportTimeoutMillis) }) : options.exporter;
+  const exporter =
+    otlp !== undefined && endpoint
+      ? new otlp({ url: endpoint, timeoutMillis: otlpTimeoutMillis(env, batch.exportTimeoutMillis) })
+      : options.exporter;
   const serviceName = options.serviceName ?? env.OTEL_SERVICE_NAME;
-  let resource = detectResources({ detectors: options.resourceDetectors ?? [envDetector, kubernetesDetector({ env })] });
+  let resource = detectResources({
+    detectors: options.resourceDetectors ?? [envDetector, kubernetesDetector({ env })],
+  });
   if (serviceName) resource = resource.merge(resourceFromAttributes({ 'service.name': serviceName }));
   if (options.resource) resource = resource.merge(options.resource);
   // Counts what the SDK's batch processor would lose silently: spans refused by a full queue, failed exports.
@@ -152,8 +185,15 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
     replaced += '; replaced the tracer provider registered before it';
   }
 
-  const where = endpoint ? `OTLP ${endpoint}` : exporter ? exporter.constructor.name : 'no exporter (spans are not exported)';
-  log(`${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; service ${String(resource.attributes['service.name'] ?? 'unknown_service:node')}; spans to ${where} (${sdk.name}); ${warnings}`);
-  if (!exporter && !options.spanProcessors?.length) diag.warn(`${PACKAGE}: no exporter and no span processor: spans are recorded but go nowhere`);
+  const where = endpoint
+    ? `OTLP ${endpoint}`
+    : exporter
+      ? exporter.constructor.name
+      : 'no exporter (spans are not exported)';
+  log(
+    `${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; service ${String(resource.attributes['service.name'] ?? 'unknown_service:node')}; spans to ${where} (${sdk.name}); ${warnings}`,
+  );
+  if (!exporter && !options.spanProcessors?.length)
+    diag.warn(`${PACKAGE}: no exporter and no span processor: spans are recorded but go nowhere`);
   return { tracerProvider, propagator, shutdown: () => tracerProvider.shutdown() };
 }

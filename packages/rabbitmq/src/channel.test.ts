@@ -5,7 +5,16 @@ import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqp
 import * as callbackApi from 'amqplib/callback_api';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
-import { HEADER_CASES, SPELLINGS, callerHeaders, checkCase, delta, observe, setupTestTracing, startRabbitMq } from '@meshtrace/testkit';
+import {
+  HEADER_CASES,
+  SPELLINGS,
+  callerHeaders,
+  checkCase,
+  delta,
+  observe,
+  setupTestTracing,
+  startRabbitMq,
+} from '@meshtrace/testkit';
 import type { Observed, RabbitMqBroker } from '@meshtrace/testkit';
 import { instrumentChannel } from '@meshtrace/rabbitmq';
 import type { RabbitMqTraceOptions } from '@meshtrace/rabbitmq';
@@ -85,7 +94,14 @@ describe('header cases through a real publish and consume', () => {
     raw.sendToQueue(queue, Buffer.from(c.name), { messageId: c.name, headers: { ...c.headers } });
     const seen = await received;
     await tick();
-    const problems = checkCase(c, seen, tracing.spans(), delta(before, await tracing.outcomeCounts()), delta(droppedBefore, await tracing.droppedCounts()), SpanKind.CONSUMER);
+    const problems = checkCase(
+      c,
+      seen,
+      tracing.spans(),
+      delta(before, await tracing.outcomeCounts()),
+      delta(droppedBefore, await tracing.droppedCounts()),
+      SpanKind.CONSUMER,
+    );
     expect(problems).toEqual([]);
   });
 });
@@ -96,75 +112,95 @@ describe('producer to consumer', () => {
     { name: 'publish to a named exchange', exchange: 'mt-orders', routingKey: 'order.created' },
   ];
 
-  test.each(routes.map((r) => [r.name, r] as const))('%s: one trace, PRODUCER under the caller, CONSUMER under the PRODUCER', async (name, route) => {
-    const producer = instrumentChannel(await connection.createChannel());
-    const consumer = instrumentChannel(await connection.createChannel());
-    const queue = unique('mt-orders');
-    await consumer.assertQueue(queue, { exclusive: true });
-    if (route.exchange) {
-      await consumer.assertExchange(route.exchange, 'direct', { autoDelete: true });
-      await consumer.bindQueue(queue, route.exchange, route.routingKey!);
-    }
-    const routingKey = route.routingKey ?? queue;
-    const messageId = unique('id');
-    const received = new Promise<{ seen: Observed; message: ConsumeMessage }>((resolve) =>
-      consumer.consume(queue, (message) => {
-        resolve({ seen: observe(), message: message! });
-        consumer.ack(message!);
-      }),
-    );
-    const bag = propagation.createBaggage({ tenant: { value: 'acme' } });
-    const caller = inSpan('request', (span) =>
-      context.with(propagation.setBaggage(context.active(), bag), () => {
-        const options = { messageId, correlationId: 'conv-1' };
-        if (route.exchange) producer.publish(route.exchange, routingKey, Buffer.from('x'), options);
-        else producer.sendToQueue(queue, Buffer.from('x'), options);
-        return span.spanContext();
-      }),
-    );
-    const { seen, message } = await received;
-    const send = await waitFor(`${name}: producer span`, () => spanOf(messageId, SpanKind.PRODUCER));
-    const processed = await waitFor(`${name}: consumer span`, () => spanOf(messageId, SpanKind.CONSUMER));
+  test.each(routes.map((r) => [r.name, r] as const))(
+    '%s: one trace, PRODUCER under the caller, CONSUMER under the PRODUCER',
+    async (name, route) => {
+      const producer = instrumentChannel(await connection.createChannel());
+      const consumer = instrumentChannel(await connection.createChannel());
+      const queue = unique('mt-orders');
+      await consumer.assertQueue(queue, { exclusive: true });
+      if (route.exchange) {
+        await consumer.assertExchange(route.exchange, 'direct', { autoDelete: true });
+        await consumer.bindQueue(queue, route.exchange, route.routingKey!);
+      }
+      const routingKey = route.routingKey ?? queue;
+      const messageId = unique('id');
+      const received = new Promise<{ seen: Observed; message: ConsumeMessage }>((resolve) =>
+        consumer.consume(queue, (message) => {
+          resolve({ seen: observe(), message: message! });
+          consumer.ack(message!);
+        }),
+      );
+      const bag = propagation.createBaggage({ tenant: { value: 'acme' } });
+      const caller = inSpan('request', (span) =>
+        context.with(propagation.setBaggage(context.active(), bag), () => {
+          const options = { messageId, correlationId: 'conv-1' };
+          if (route.exchange) producer.publish(route.exchange, routingKey, Buffer.from('x'), options);
+          else producer.sendToQueue(queue, Buffer.from('x'), options);
+          return span.spanContext();
+        }),
+      );
+      const { seen, message } = await received;
+      const send = await waitFor(`${name}: producer span`, () => spanOf(messageId, SpanKind.PRODUCER));
+      const processed = await waitFor(`${name}: consumer span`, () => spanOf(messageId, SpanKind.CONSUMER));
 
-    expect([name, send.name, send.parentSpanContext?.spanId, send.spanContext().traceId]).toEqual([name, `publish ${route.exchange || queue}`, caller.spanId, caller.traceId]);
-    expect([name, send.attributes]).toEqual([
-      name,
-      {
-        'messaging.system': 'rabbitmq',
-        'messaging.operation.type': 'send',
-        'messaging.operation.name': 'publish',
-        'messaging.destination.name': route.exchange ? `${route.exchange}:${routingKey}` : queue,
-        'messaging.rabbitmq.destination.routing_key': routingKey,
-        'messaging.message.id': messageId,
-        'messaging.message.conversation_id': 'conv-1',
-      },
-    ]);
-    expect([name, message.properties.headers?.traceparent, message.properties.headers?.baggage]).toEqual([
-      name,
-      `00-${caller.traceId}-${send.spanContext().spanId}-01`,
-      'tenant=acme',
-    ]);
-    expect([name, processed.name, processed.parentSpanContext?.spanId, processed.spanContext().traceId]).toEqual([name, `process ${queue}`, send.spanContext().spanId, caller.traceId]);
-    expect([name, processed.attributes]).toEqual([
-      name,
-      {
-        'messaging.system': 'rabbitmq',
-        'messaging.operation.type': 'process',
-        'messaging.operation.name': 'process',
-        'messaging.destination.name': route.exchange ? `${route.exchange}:${routingKey}:${queue}` : `${queue}:${queue}`,
-        'messaging.rabbitmq.destination.routing_key': routingKey,
-        'messaging.rabbitmq.message.delivery_tag': message.fields.deliveryTag,
-        'messaging.message.id': messageId,
-        'messaging.message.conversation_id': 'conv-1',
-        'meshtrace.propagation.outcome': 'continued',
-        'meshtrace.propagation.format': 'w3c',
-        'meshtrace.rabbitmq.settlement': 'ack',
-      },
-    ]);
-    expect([name, seen.traceId, seen.spanId, seen.baggage]).toEqual([name, caller.traceId, processed.spanContext().spanId, { tenant: 'acme' }]);
-    await producer.close();
-    await consumer.close();
-  });
+      expect([name, send.name, send.parentSpanContext?.spanId, send.spanContext().traceId]).toEqual([
+        name,
+        `publish ${route.exchange || queue}`,
+        caller.spanId,
+        caller.traceId,
+      ]);
+      expect([name, send.attributes]).toEqual([
+        name,
+        {
+          'messaging.system': 'rabbitmq',
+          'messaging.operation.type': 'send',
+          'messaging.operation.name': 'publish',
+          'messaging.destination.name': route.exchange ? `${route.exchange}:${routingKey}` : queue,
+          'messaging.rabbitmq.destination.routing_key': routingKey,
+          'messaging.message.id': messageId,
+          'messaging.message.conversation_id': 'conv-1',
+        },
+      ]);
+      expect([name, message.properties.headers?.traceparent, message.properties.headers?.baggage]).toEqual([
+        name,
+        `00-${caller.traceId}-${send.spanContext().spanId}-01`,
+        'tenant=acme',
+      ]);
+      expect([name, processed.name, processed.parentSpanContext?.spanId, processed.spanContext().traceId]).toEqual([
+        name,
+        `process ${queue}`,
+        send.spanContext().spanId,
+        caller.traceId,
+      ]);
+      expect([name, processed.attributes]).toEqual([
+        name,
+        {
+          'messaging.system': 'rabbitmq',
+          'messaging.operation.type': 'process',
+          'messaging.operation.name': 'process',
+          'messaging.destination.name': route.exchange
+            ? `${route.exchange}:${routingKey}:${queue}`
+            : `${queue}:${queue}`,
+          'messaging.rabbitmq.destination.routing_key': routingKey,
+          'messaging.rabbitmq.message.delivery_tag': message.fields.deliveryTag,
+          'messaging.message.id': messageId,
+          'messaging.message.conversation_id': 'conv-1',
+          'meshtrace.propagation.outcome': 'continued',
+          'meshtrace.propagation.format': 'w3c',
+          'meshtrace.rabbitmq.settlement': 'ack',
+        },
+      ]);
+      expect([name, seen.traceId, seen.spanId, seen.baggage]).toEqual([
+        name,
+        caller.traceId,
+        processed.spanContext().spanId,
+        { tenant: 'acme' },
+      ]);
+      await producer.close();
+      await consumer.close();
+    },
+  );
 
   test('a publish outside any span starts a fresh trace at the PRODUCER span, which the consumer continues', async () => {
     const channel = instrumentChannel(await connection.createChannel());
@@ -176,7 +212,10 @@ describe('producer to consumer', () => {
     const processed = await waitFor('consumer span', () => spanOf(messageId, SpanKind.CONSUMER));
     expect(send.parentSpanContext).toBeUndefined();
     expect(send.name).toBe('publish');
-    expect([processed.spanContext().traceId, processed.parentSpanContext?.spanId]).toEqual([send.spanContext().traceId, send.spanContext().spanId]);
+    expect([processed.spanContext().traceId, processed.parentSpanContext?.spanId]).toEqual([
+      send.spanContext().traceId,
+      send.spanContext().spanId,
+    ]);
     expect(processed.name).toBe('process');
     await channel.close();
   });
@@ -193,7 +232,10 @@ describe('producer to consumer', () => {
     const startup = tracing.spans().find((s) => s.name === 'startup')!;
     expect(processed.parentSpanContext).toBeUndefined();
     expect(processed.spanContext().traceId).not.toBe(startup.spanContext().traceId);
-    expect([handler.spanId, processed.attributes['meshtrace.propagation.outcome']]).toEqual([processed.spanContext().spanId, 'missing']);
+    expect([handler.spanId, processed.attributes['meshtrace.propagation.outcome']]).toEqual([
+      processed.spanContext().spanId,
+      'missing',
+    ]);
     await own.close();
   });
 
@@ -212,10 +254,17 @@ describe('producer to consumer', () => {
       channel.sendToQueue(queue, Buffer.from('2'), options);
     });
     await waitFor('two deliveries', () => received.length === 2);
-    const sends = tracing.spans().filter((s) => s.kind === SpanKind.PRODUCER && s.attributes['messaging.message.id'] === options.messageId);
+    const sends = tracing
+      .spans()
+      .filter((s) => s.kind === SpanKind.PRODUCER && s.attributes['messaging.message.id'] === options.messageId);
     expect(JSON.stringify(options)).toBe(snapshot);
     expect(received.map((m) => m.properties.headers)).toEqual(
-      sends.map((s) => ({ 'x-tenant': 'acme', 'x-attempt': 3, traceparent: `00-${s.spanContext().traceId}-${s.spanContext().spanId}-01`, baggage: 'stale=1' })),
+      sends.map((s) => ({
+        'x-tenant': 'acme',
+        'x-attempt': 3,
+        traceparent: `00-${s.spanContext().traceId}-${s.spanContext().spanId}-01`,
+        baggage: 'stale=1',
+      })),
     );
     expect(new Set(sends.map((s) => s.spanContext().spanId)).size).toBe(2);
     await channel.close();
@@ -230,7 +279,10 @@ describe('producer to consumer', () => {
     await channel.consume(queue, (msg) => received.push(msg!), { noAck: true });
     const headers = Object.fromEntries(callerHeaders(spell));
     const caller = tracer.startSpan('request');
-    const ctx = propagation.setBaggage(trace.setSpan(context.active(), caller), propagation.createBaggage({ tenant: { value: 'acme' }, region: { value: 'eu' } }));
+    const ctx = propagation.setBaggage(
+      trace.setSpan(context.active(), caller),
+      propagation.createBaggage({ tenant: { value: 'acme' }, region: { value: 'eu' } }),
+    );
     context.with(ctx, () => channel.sendToQueue(queue, Buffer.from('x'), { messageId, headers }));
     caller.end();
     await waitFor('delivery', () => received.length === 1);
@@ -282,21 +334,39 @@ describe('producer to consumer', () => {
   });
 
   test('the callback API is traced the same way', async () => {
-    const own = await new Promise<callbackApi.Connection>((resolve, reject) => callbackApi.connect(broker.url, (err, c) => (err ? reject(err) : resolve(c))));
-    const channel = instrumentChannel(await new Promise<callbackApi.Channel>((resolve, reject) => own.createChannel((err, ch) => (err ? reject(err) : resolve(ch)))));
-    const queue = await new Promise<string>((resolve, reject) => channel.assertQueue('', { exclusive: true }, (err, ok) => (err ? reject(err) : resolve(ok.queue))));
+    const own = await new Promise<callbackApi.Connection>((resolve, reject) =>
+      callbackApi.connect(broker.url, (err, c) => (err ? reject(err) : resolve(c))),
+    );
+    const channel = instrumentChannel(
+      await new Promise<callbackApi.Channel>((resolve, reject) =>
+        own.createChannel((err, ch) => (err ? reject(err) : resolve(ch))),
+      ),
+    );
+    const queue = await new Promise<string>((resolve, reject) =>
+      channel.assertQueue('', { exclusive: true }, (err, ok) => (err ? reject(err) : resolve(ok.queue))),
+    );
     const messageId = unique('id');
-    const seen = new Promise<Observed>((resolve) => channel.consume(queue, (msg) => (resolve(observe()), channel.ack(msg!)), {}, () => undefined));
-    const caller = inSpan('request', (span) => (channel.sendToQueue(queue, Buffer.from('x'), { messageId }), span.spanContext()));
+    const seen = new Promise<Observed>((resolve) =>
+      channel.consume(
+        queue,
+        (msg) => (resolve(observe()), channel.ack(msg!)),
+        {},
+        () => undefined,
+      ),
+    );
+    const caller = inSpan(
+      'request',
+      (span) => (channel.sendToQueue(queue, Buffer.from('x'), { messageId }), span.spanContext()),
+    );
     const handler = await seen;
     const send = await waitFor('producer span', () => spanOf(messageId, SpanKind.PRODUCER));
     const processed = await waitFor('consumer span', () => spanOf(messageId, SpanKind.CONSUMER));
-    expect([send.parentSpanContext?.spanId, processed.parentSpanContext?.spanId, handler.spanId, handler.traceId]).toEqual([
-      caller.spanId,
-      send.spanContext().spanId,
-      processed.spanContext().spanId,
-      caller.traceId,
-    ]);
+    expect([
+      send.parentSpanContext?.spanId,
+      processed.parentSpanContext?.spanId,
+      handler.spanId,
+      handler.traceId,
+    ]).toEqual([caller.spanId, send.spanContext().spanId, processed.spanContext().spanId, caller.traceId]);
     await new Promise((resolve) => own.close(resolve));
   });
 });
@@ -322,14 +392,59 @@ describe('settlement on the CONSUMER span', () => {
       name: 'reject with requeue, then ack of the redelivery',
       messages: 1,
       handle: (ch, m) => (m.fields.redelivered ? ch.ack(m) : ch.reject(m)),
-      want: [['reject', true], ['ack', undefined]],
+      want: [
+        ['reject', true],
+        ['ack', undefined],
+      ],
     },
-    { name: 'ack of the last with allUpTo', messages: 3, handle: (ch, m, n) => n === 3 && ch.ack(m, true), want: [['ack', undefined], ['ack', undefined], ['ack', undefined]] },
-    { name: 'nack of the last with allUpTo', messages: 2, handle: (ch, m, n) => n === 2 && ch.nack(m, true, false), want: [['nack', false], ['nack', false]] },
-    { name: 'ackAll', messages: 2, handle: (ch, _m, n) => n === 2 && ch.ackAll(), want: [['ack', undefined], ['ack', undefined]] },
-    { name: 'nackAll without requeue', messages: 2, handle: (ch, _m, n) => n === 2 && ch.nackAll(false), want: [['nack', false], ['nack', false]] },
+    {
+      name: 'ack of the last with allUpTo',
+      messages: 3,
+      handle: (ch, m, n) => n === 3 && ch.ack(m, true),
+      want: [
+        ['ack', undefined],
+        ['ack', undefined],
+        ['ack', undefined],
+      ],
+    },
+    {
+      name: 'nack of the last with allUpTo',
+      messages: 2,
+      handle: (ch, m, n) => n === 2 && ch.nack(m, true, false),
+      want: [
+        ['nack', false],
+        ['nack', false],
+      ],
+    },
+    {
+      name: 'ackAll',
+      messages: 2,
+      handle: (ch, _m, n) => n === 2 && ch.ackAll(),
+      want: [
+        ['ack', undefined],
+        ['ack', undefined],
+      ],
+    },
+    {
+      name: 'nackAll without requeue',
+      messages: 2,
+      handle: (ch, _m, n) => n === 2 && ch.nackAll(false),
+      want: [
+        ['nack', false],
+        ['nack', false],
+      ],
+    },
     { name: 'noAck consumer', messages: 1, noAck: true, handle: () => undefined, want: [['auto-ack', undefined]] },
-    { name: 'unsettled when the channel closes', messages: 2, handle: () => undefined, after: (ch) => ch.close(), want: [['channel-closed', undefined], ['channel-closed', undefined]] },
+    {
+      name: 'unsettled when the channel closes',
+      messages: 2,
+      handle: () => undefined,
+      after: (ch) => ch.close(),
+      want: [
+        ['channel-closed', undefined],
+        ['channel-closed', undefined],
+      ],
+    },
   ];
 
   test.each(cases.map((c) => [c.name, c] as const))('%s', async (name, c) => {
@@ -342,12 +457,23 @@ describe('settlement on the CONSUMER span', () => {
     await waitFor(`${name}: ${c.want.length} deliveries`, () => n === c.want.length);
     await c.after?.(channel);
     const spans = await waitFor(`${name}: ${c.want.length} ended spans`, () => {
-      const found = tracing.spans().filter((s) => s.kind === SpanKind.CONSUMER && s.attributes['messaging.message.id'] === messageId);
+      const found = tracing
+        .spans()
+        .filter((s) => s.kind === SpanKind.CONSUMER && s.attributes['messaging.message.id'] === messageId);
       return found.length === c.want.length && found;
     });
     const got = spans
-      .sort((a, b) => Number(a.attributes['messaging.rabbitmq.message.delivery_tag']) - Number(b.attributes['messaging.rabbitmq.message.delivery_tag']))
-      .map((s) => [s.attributes['meshtrace.rabbitmq.settlement'], s.attributes['meshtrace.rabbitmq.requeue'], s.events.map((e) => e.name).join(), s.status.code]);
+      .sort(
+        (a, b) =>
+          Number(a.attributes['messaging.rabbitmq.message.delivery_tag']) -
+          Number(b.attributes['messaging.rabbitmq.message.delivery_tag']),
+      )
+      .map((s) => [
+        s.attributes['meshtrace.rabbitmq.settlement'],
+        s.attributes['meshtrace.rabbitmq.requeue'],
+        s.events.map((e) => e.name).join(),
+        s.status.code,
+      ]);
     expect([name, got]).toEqual([name, c.want.map(([how, requeue]) => [how, requeue, how, SpanStatusCode.UNSET])]);
     if (!c.after) await channel.close();
   });
@@ -398,12 +524,12 @@ describe('CONSUMER span lifetime', () => {
     expect([name, spanOf(messageId, SpanKind.CONSUMER)]).toEqual([name, undefined]);
     release();
     const processed = await waitFor(`${name}: consumer span`, () => spanOf(messageId, SpanKind.CONSUMER));
-    expect([name, processed.attributes['meshtrace.rabbitmq.settlement'], processed.attributes['test.after_await'], processed.status.code]).toEqual([
+    expect([
       name,
-      noAck ? 'auto-ack' : 'ack',
-      true,
-      SpanStatusCode.UNSET,
-    ]);
+      processed.attributes['meshtrace.rabbitmq.settlement'],
+      processed.attributes['test.after_await'],
+      processed.status.code,
+    ]).toEqual([name, noAck ? 'auto-ack' : 'ack', true, SpanStatusCode.UNSET]);
     await channel.close();
   });
 });
@@ -454,52 +580,70 @@ describe('a failing handler behaves as it would without meshtrace, and its span 
   test.each([
     ['without meshtrace', false],
     ['with meshtrace', true],
-  ] as const)('a throw closes the channel with that error and the message is requeued, %s', async (name, instrument) => {
-    const own = await amqp.connect(broker.url);
-    const plain = await own.createChannel();
-    const channel = instrument ? instrumentChannel(plain) : plain;
-    const queue = unique('mt-throw');
-    await channel.assertQueue(queue, { autoDelete: false });
-    const errors: unknown[] = [];
-    channel.on('error', (err) => errors.push(err));
-    const closed = new Promise((resolve) => channel.once('close', resolve));
-    const boom = new Error('boom');
-    const messageId = unique('id');
-    await channel.consume(queue, () => {
-      throw boom;
-    });
-    raw.sendToQueue(queue, Buffer.from('x'), { messageId });
-    await closed;
-    const check = await own.createChannel();
-    const again = await check.get(queue, { noAck: true });
-    await check.deleteQueue(queue);
-    await own.close();
-    expect([name, errors, again && again.fields.redelivered]).toEqual([name, [boom], true]);
-    const processed = spanOf(messageId, SpanKind.CONSUMER);
-    if (instrument) {
-      expect([name, processed?.status, processed?.attributes['error.type'], processed?.events.map((e) => e.name)]).toEqual([
-        name,
-        { code: SpanStatusCode.ERROR, message: 'boom' },
-        'Error',
-        ['exception'],
-      ]);
-    } else {
-      expect([name, processed]).toEqual([name, undefined]);
-    }
-  });
+  ] as const)(
+    'a throw closes the channel with that error and the message is requeued, %s',
+    async (name, instrument) => {
+      const own = await amqp.connect(broker.url);
+      const plain = await own.createChannel();
+      const channel = instrument ? instrumentChannel(plain) : plain;
+      const queue = unique('mt-throw');
+      await channel.assertQueue(queue, { autoDelete: false });
+      const errors: unknown[] = [];
+      channel.on('error', (err) => errors.push(err));
+      const closed = new Promise((resolve) => channel.once('close', resolve));
+      const boom = new Error('boom');
+      const messageId = unique('id');
+      await channel.consume(queue, () => {
+        throw boom;
+      });
+      raw.sendToQueue(queue, Buffer.from('x'), { messageId });
+      await closed;
+      const check = await own.createChannel();
+      const again = await check.get(queue, { noAck: true });
+      await check.deleteQueue(queue);
+      await own.close();
+      expect([name, errors, again && again.fields.redelivered]).toEqual([name, [boom], true]);
+      const processed = spanOf(messageId, SpanKind.CONSUMER);
+      if (instrument) {
+        expect([
+          name,
+          processed?.status,
+          processed?.attributes['error.type'],
+          processed?.events.map((e) => e.name),
+        ]).toEqual([name, { code: SpanStatusCode.ERROR, message: 'boom' }, 'Error', ['exception']]);
+      } else {
+        expect([name, processed]).toEqual([name, undefined]);
+      }
+    },
+  );
 
   test.each([
     ['without meshtrace', 'no', undefined],
-    ['with meshtrace', 'yes', { status: { code: SpanStatusCode.ERROR, message: 'async boom' }, settlement: 'nack', events: ['nack', 'exception'] }],
-  ] as const)('a rejected promise stays an unhandled rejection with the same reason, %s', async (name, instrument, span) => {
-    const packages = join(__dirname, '..', '..');
-    const output = await new Promise<string>((resolve, reject) =>
-      execFile(process.execPath, ['-e', REJECTING_CONSUMER, packages, broker.url, instrument], { cwd: join(__dirname, '..') }, (err, stdout, stderr) =>
-        err ? reject(new Error(`${name}: ${err.message}\n${stderr}`)) : resolve(stdout),
-      ),
-    );
-    expect([name, JSON.parse(output)]).toEqual([name, { sameReason: true, span }]);
-  }, 30_000);
+    [
+      'with meshtrace',
+      'yes',
+      {
+        status: { code: SpanStatusCode.ERROR, message: 'async boom' },
+        settlement: 'nack',
+        events: ['nack', 'exception'],
+      },
+    ],
+  ] as const)(
+    'a rejected promise stays an unhandled rejection with the same reason, %s',
+    async (name, instrument, span) => {
+      const packages = join(__dirname, '..', '..');
+      const output = await new Promise<string>((resolve, reject) =>
+        execFile(
+          process.execPath,
+          ['-e', REJECTING_CONSUMER, packages, broker.url, instrument],
+          { cwd: join(__dirname, '..') },
+          (err, stdout, stderr) => (err ? reject(new Error(`${name}: ${err.message}\n${stderr}`)) : resolve(stdout)),
+        ),
+      );
+      expect([name, JSON.parse(output)]).toEqual([name, { sameReason: true, span }]);
+    },
+    30_000,
+  );
 });
 
 describe('confirm channel', () => {
@@ -512,10 +656,18 @@ describe('confirm channel', () => {
 
   test.each(cases.map((c) => [c.name, c] as const))('%s', async (name, c) => {
     const channel: ConfirmChannel = instrumentChannel(await connection.createConfirmChannel());
-    const queue = await exclusiveQueue(channel, c.full ? { 'x-max-length': 0, 'x-overflow': 'reject-publish' } : undefined);
+    const queue = await exclusiveQueue(
+      channel,
+      c.full ? { 'x-max-length': 0, 'x-overflow': 'reject-publish' } : undefined,
+    );
     const messageId = unique('id');
     const confirmed = new Promise<{ err: unknown; activeSpanId: string | undefined; ended: boolean }>((resolve) => {
-      const callback = (err: unknown) => resolve({ err, activeSpanId: trace.getActiveSpan()?.spanContext().spanId, ended: spanOf(messageId, SpanKind.PRODUCER) !== undefined });
+      const callback = (err: unknown) =>
+        resolve({
+          err,
+          activeSpanId: trace.getActiveSpan()?.spanContext().spanId,
+          ended: spanOf(messageId, SpanKind.PRODUCER) !== undefined,
+        });
       inSpan('request', () => {
         if (c.via === 'publish') channel.publish('', queue, Buffer.from('x'), { messageId }, callback);
         else if (c.via === 'sendToQueue') channel.sendToQueue(queue, Buffer.from('x'), { messageId }, callback);
@@ -526,9 +678,20 @@ describe('confirm channel', () => {
       });
     });
     const { err, activeSpanId, ended } = await confirmed;
-    const request = tracing.spans().filter((s) => s.name === 'request').pop()!;
-    const sends = tracing.spans().filter((s) => s.kind === SpanKind.PRODUCER && s.attributes['messaging.message.id'] === messageId);
-    expect([name, err instanceof Error, ended, sends.length, sends[0]?.status.code]).toEqual([name, c.full, true, 1, c.full ? SpanStatusCode.ERROR : SpanStatusCode.UNSET]);
+    const request = tracing
+      .spans()
+      .filter((s) => s.name === 'request')
+      .pop()!;
+    const sends = tracing
+      .spans()
+      .filter((s) => s.kind === SpanKind.PRODUCER && s.attributes['messaging.message.id'] === messageId);
+    expect([name, err instanceof Error, ended, sends.length, sends[0]?.status.code]).toEqual([
+      name,
+      c.full,
+      true,
+      1,
+      c.full ? SpanStatusCode.ERROR : SpanStatusCode.UNSET,
+    ]);
     if (c.via !== 'wait') expect([name, activeSpanId]).toEqual([name, request.spanContext().spanId]);
     await channel.close();
   });
@@ -543,13 +706,17 @@ describe('options and hooks', () => {
   ] as const)('a bad %s throws a TypeError naming the package and the option', async (option, value) => {
     const channel = await connection.createChannel();
     const options = (option === 'options' ? value : { [option]: value }) as RabbitMqTraceOptions;
-    expect(() => instrumentChannel(channel, options)).toThrow(new RegExp(`^@meshtrace/rabbitmq: option "${option}" must be`));
+    expect(() => instrumentChannel(channel, options)).toThrow(
+      new RegExp(`^@meshtrace/rabbitmq: option "${option}" must be`),
+    );
     expect(() => instrumentChannel(channel, options)).toThrow(TypeError);
     await channel.close();
   });
 
   test('something that is not a channel is refused', () => {
-    expect(() => instrumentChannel({} as Channel)).toThrow(new TypeError('@meshtrace/rabbitmq: channel must be an amqplib Channel or ConfirmChannel, got object'));
+    expect(() => instrumentChannel({} as Channel)).toThrow(
+      new TypeError('@meshtrace/rabbitmq: channel must be an amqplib Channel or ConfirmChannel, got object'),
+    );
   });
 
   test('hooks see the spans; a hook that throws breaks neither the publish nor the delivery; instrumenting twice traces once', async () => {
@@ -572,9 +739,16 @@ describe('options and hooks', () => {
     await channel.consume(queue, (m) => channel.ack(m!));
     channel.sendToQueue(queue, Buffer.from('body'), { messageId });
     const processed = await waitFor('consumer span', () => spanOf(messageId, SpanKind.CONSUMER));
-    const sends = tracing.spans().filter((s) => s.kind === SpanKind.PRODUCER && s.attributes['messaging.message.id'] === messageId);
+    const sends = tracing
+      .spans()
+      .filter((s) => s.kind === SpanKind.PRODUCER && s.attributes['messaging.message.id'] === messageId);
     expect(seen).toEqual([`publish ${queue} string`, 'consume body']);
-    expect([sends.length, sends[0].attributes['test.hook'], processed.attributes['test.hook'], processed.parentSpanContext?.spanId]).toEqual([1, 'publish', 'consume', sends[0].spanContext().spanId]);
+    expect([
+      sends.length,
+      sends[0].attributes['test.hook'],
+      processed.attributes['test.hook'],
+      processed.parentSpanContext?.spanId,
+    ]).toEqual([1, 'publish', 'consume', sends[0].spanContext().spanId]);
     await channel.close();
   });
 });

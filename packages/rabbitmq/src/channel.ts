@@ -1,7 +1,16 @@
 import { ROOT_CONTEXT, SpanKind, context, trace } from '@opentelemetry/api';
 import type { Attributes, Span, TextMapGetter, Tracer, TracerProvider } from '@opentelemetry/api';
 import { extractContext, headerGetter } from '@meshtrace/core';
-import { callHook, checkOptions, outboundTrace, outcomeAttributes, recordSpanError, rewriteHeaders, runInSpan, traceHeaders } from '@meshtrace/core/adapter';
+import {
+  callHook,
+  checkOptions,
+  outboundTrace,
+  outcomeAttributes,
+  recordSpanError,
+  rewriteHeaders,
+  runInSpan,
+  traceHeaders,
+} from '@meshtrace/core/adapter';
 import type { HeaderCarrier } from '@meshtrace/core';
 import type { ConsumeMessage, Message, Options } from 'amqplib';
 
@@ -28,8 +37,19 @@ export interface RabbitMqTraceOptions {
 
 /** The channel methods this package wraps; amqplib's `Channel` and `ConfirmChannel` (promise or callback API) have them. */
 export interface AmqpChannel {
-  publish(exchange: string, routingKey: string, content: Buffer, options?: Options.Publish, ...rest: unknown[]): boolean;
-  consume(queue: string, onMessage: (message: Message | null) => void, options?: Options.Consume, ...rest: unknown[]): unknown;
+  publish(
+    exchange: string,
+    routingKey: string,
+    content: Buffer,
+    options?: Options.Publish,
+    ...rest: unknown[]
+  ): boolean;
+  consume(
+    queue: string,
+    onMessage: (message: Message | null) => void,
+    options?: Options.Consume,
+    ...rest: unknown[]
+  ): unknown;
   ack(message: Message, allUpTo?: boolean): void;
   ackAll(): void;
   nack(message: Message, allUpTo?: boolean, requeue?: boolean): void;
@@ -48,8 +68,21 @@ interface Delivery {
   settled: boolean;
 }
 
-type Publish = (this: unknown, exchange: string, routingKey: string, content: Buffer, options?: Options.Publish, ...rest: unknown[]) => boolean;
-type Consume = (this: unknown, queue: string, onMessage: unknown, options?: Options.Consume, ...rest: unknown[]) => unknown;
+type Publish = (
+  this: unknown,
+  exchange: string,
+  routingKey: string,
+  content: Buffer,
+  options?: Options.Publish,
+  ...rest: unknown[]
+) => boolean;
+type Consume = (
+  this: unknown,
+  queue: string,
+  onMessage: unknown,
+  options?: Options.Consume,
+  ...rest: unknown[]
+) => unknown;
 type Handler = (this: unknown, message: ConsumeMessage | null) => unknown;
 
 const instrumented = new WeakSet<object>();
@@ -75,10 +108,16 @@ function destination(exchange: string, routingKey: string, queue?: string): stri
   return out || 'amq.default';
 }
 
-function messageAttributes(attributes: Attributes, routingKey: string, messageId: unknown, correlationId: unknown): Attributes {
+function messageAttributes(
+  attributes: Attributes,
+  routingKey: string,
+  messageId: unknown,
+  correlationId: unknown,
+): Attributes {
   if (routingKey) attributes['messaging.rabbitmq.destination.routing_key'] = routingKey;
   if (typeof messageId === 'string' && messageId) attributes['messaging.message.id'] = messageId;
-  if (typeof correlationId === 'string' && correlationId) attributes['messaging.message.conversation_id'] = correlationId;
+  if (typeof correlationId === 'string' && correlationId)
+    attributes['messaging.message.conversation_id'] = correlationId;
   return attributes;
 }
 
@@ -96,10 +135,22 @@ function messageAttributes(attributes: Attributes, routingKey: string, messageId
  * channel.sendToQueue('orders', Buffer.from(body));
  */
 export function instrumentChannel<C extends AmqpChannel>(channel: C, options?: RabbitMqTraceOptions): C {
-  if (channel === null || typeof channel !== 'object' || !isFunction(channel.publish) || !isFunction(channel.consume) || !isFunction(channel.on)) {
-    throw new TypeError(`${PACKAGE}: channel must be an amqplib Channel or ConfirmChannel, got ${channel === null ? 'null' : typeof channel}`);
+  if (
+    channel === null ||
+    typeof channel !== 'object' ||
+    !isFunction(channel.publish) ||
+    !isFunction(channel.consume) ||
+    !isFunction(channel.on)
+  ) {
+    throw new TypeError(
+      `${PACKAGE}: channel must be an amqplib Channel or ConfirmChannel, got ${channel === null ? 'null' : typeof channel}`,
+    );
   }
-  const { tracerProvider, publishHook, consumeHook } = checkOptions(PACKAGE, options ?? undefined, { tracerProvider: 'tracerProvider', publishHook: 'function', consumeHook: 'function' });
+  const { tracerProvider, publishHook, consumeHook } = checkOptions(PACKAGE, options ?? undefined, {
+    tracerProvider: 'tracerProvider',
+    publishHook: 'function',
+    consumeHook: 'function',
+  });
   if (instrumented.has(channel)) return channel;
   instrumented.add(channel);
 
@@ -187,7 +238,14 @@ export function instrumentChannel<C extends AmqpChannel>(channel: C, options?: R
   const { ack, ackAll, nack, nackAll, reject } = channel;
 
   // sendToQueue calls this.publish in both amqplib APIs, so it is traced here too.
-  channel.publish = function tracedPublish(this: unknown, exchange: string, routingKey: string, content: Buffer, publishOptions?: Options.Publish, ...rest: unknown[]): boolean {
+  channel.publish = function tracedPublish(
+    this: unknown,
+    exchange: string,
+    routingKey: string,
+    content: Buffer,
+    publishOptions?: Options.Publish,
+    ...rest: unknown[]
+  ): boolean {
     const parent = context.active();
     const attributes = messageAttributes(
       {
@@ -203,15 +261,30 @@ export function instrumentChannel<C extends AmqpChannel>(channel: C, options?: R
     // The default exchange routes by queue name, so there the routing key names the destination.
     const name = exchange ? `publish ${exchange}` : nameable(routingKey) ? `publish ${routingKey}` : 'publish';
     const given = publishOptions?.headers as HeaderCarrier | null | undefined;
-    const ot = outboundTrace(parent, given !== null && typeof given === 'object' ? given : NO_HEADERS, headerGetter as TextMapGetter<unknown>);
+    const ot = outboundTrace(
+      parent,
+      given !== null && typeof given === 'object' ? given : NO_HEADERS,
+      headerGetter as TextMapGetter<unknown>,
+    );
     const span = tracer().startSpan(name, { kind: SpanKind.PRODUCER, attributes }, ot.context);
 
     // A copy, so the caller's options and headers are never written to. Trace headers the caller
     // passed (in any letter case) give way to this publish's context, unless there is none to give.
     const { drop, set } = traceHeaders(ot, trace.setSpan(ot.context, span));
-    const headers = rewriteHeaders(given !== null && typeof given === 'object' ? { ...given } : {}, drop, set) as HeaderCarrier;
+    const headers = rewriteHeaders(
+      given !== null && typeof given === 'object' ? { ...given } : {},
+      drop,
+      set,
+    ) as HeaderCarrier;
     const sent: Options.Publish = { ...publishOptions, headers };
-    if (publishHook !== undefined) callHook('publishHook', publishHook, span, { exchange, routingKey, content, options: sent }, '@meshtrace/rabbitmq');
+    if (publishHook !== undefined)
+      callHook(
+        'publishHook',
+        publishHook,
+        span,
+        { exchange, routingKey, content, options: sent },
+        '@meshtrace/rabbitmq',
+      );
 
     let ended = false;
     const end = (error?: unknown) => {
@@ -238,8 +311,16 @@ export function instrumentChannel<C extends AmqpChannel>(channel: C, options?: R
     }
   };
 
-  channel.consume = function tracedConsume(this: unknown, queue: string, onMessage: unknown, consumeOptions?: Options.Consume, ...rest: unknown[]): unknown {
-    const handler = isFunction(onMessage) ? traced(queue, consumeOptions?.noAck === true, onMessage as Handler) : onMessage;
+  channel.consume = function tracedConsume(
+    this: unknown,
+    queue: string,
+    onMessage: unknown,
+    consumeOptions?: Options.Consume,
+    ...rest: unknown[]
+  ): unknown {
+    const handler = isFunction(onMessage)
+      ? traced(queue, consumeOptions?.noAck === true, onMessage as Handler)
+      : onMessage;
     return consume.call(this, queue, handler, consumeOptions, ...rest);
   } as C['consume'];
 

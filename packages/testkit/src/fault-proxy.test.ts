@@ -37,14 +37,20 @@ afterEach(async () => {
 type Outcome = { status: number; body: string } | { error: string };
 
 /** One HTTP request through the proxy; gives up (as `timeout`) after `waitMs`. */
-function get(port: number, options: { method?: string; body?: string; agent?: Agent; waitMs?: number } = {}): Promise<Outcome> {
+function get(
+  port: number,
+  options: { method?: string; body?: string; agent?: Agent; waitMs?: number } = {},
+): Promise<Outcome> {
   return new Promise((resolve) => {
-    const req = request({ host: '127.0.0.1', port, path: '/x', method: options.method ?? 'GET', agent: options.agent ?? false }, (res: IncomingMessage) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
+    const req = request(
+      { host: '127.0.0.1', port, path: '/x', method: options.method ?? 'GET', agent: options.agent ?? false },
+      (res: IncomingMessage) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
     req.setTimeout(options.waitMs ?? 5000, () => {
       resolve({ error: 'timeout' });
       req.destroy();
@@ -60,7 +66,10 @@ test('pass forwards both ways and keeps its port', async () => {
   proxy = await startFaultProxy({ targetPort });
   expect(proxy.url).toBe(`http://127.0.0.1:${proxy.port}`);
   expect(await get(proxy.port)).toEqual({ status: 200, body: 'hello GET /x' });
-  expect(await get(proxy.port, { method: 'POST', body: 'x'.repeat(100_000) })).toEqual({ status: 200, body: 'hello POST /x' });
+  expect(await get(proxy.port, { method: 'POST', body: 'x'.repeat(100_000) })).toEqual({
+    status: 200,
+    body: 'hello POST /x',
+  });
   expect(hits).toBe(2);
 });
 
@@ -143,5 +152,7 @@ test.each([
   ['mode', { targetPort: 1, mode: 'flaky' }],
   ['delayMs', { targetPort: 1, delayMs: -1 }],
 ])('bad option %s is a TypeError naming it', async (option, options) => {
-  await expect(startFaultProxy(options as never)).rejects.toThrow(new RegExp(`^@meshtrace/testkit: option "${option}"`));
+  await expect(startFaultProxy(options as never)).rejects.toThrow(
+    new RegExp(`^@meshtrace/testkit: option "${option}"`),
+  );
 });

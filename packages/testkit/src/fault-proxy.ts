@@ -57,7 +57,8 @@ function checkMode(mode: unknown): FaultMode {
 }
 
 function checkDelay(delayMs: unknown): number {
-  if (typeof delayMs !== 'number' || !Number.isInteger(delayMs) || delayMs < 0) throw optionError(PACKAGE, 'delayMs', 'a non-negative integer', delayMs);
+  if (typeof delayMs !== 'number' || !Number.isInteger(delayMs) || delayMs < 0)
+    throw optionError(PACKAGE, 'delayMs', 'a non-negative integer', delayMs);
   return delayMs;
 }
 
@@ -231,8 +232,10 @@ class Proxy implements FaultProxy {
 export async function startFaultProxy(options: FaultProxyOptions): Promise<FaultProxy> {
   if (options === null || typeof options !== 'object') throw optionError(PACKAGE, 'options', 'an object', options);
   const { targetPort, targetHost = '127.0.0.1', mode = 'pass', delayMs = 1000 } = options;
-  if (!Number.isInteger(targetPort) || targetPort < 1 || targetPort > 65535) throw optionError(PACKAGE, 'targetPort', 'a port number', targetPort);
-  if (typeof targetHost !== 'string' || targetHost.length === 0) throw optionError(PACKAGE, 'targetHost', 'a host name or address', targetHost);
+  if (!Number.isInteger(targetPort) || targetPort < 1 || targetPort > 65535)
+    throw optionError(PACKAGE, 'targetPort', 'a port number', targetPort);
+  if (typeof targetHost !== 'string' || targetHost.length === 0)
+    throw optionError(PACKAGE, 'targetHost', 'a host name or address', targetHost);
   const proxy = new Proxy(targetPort, targetHost, checkMode(mode), checkDelay(delayMs));
   // Starting in `refuse` still reserves the port, so `url` is known before the target is reachable.
   await proxy.listen();
@@ -302,8 +305,12 @@ function protobufTraceIds(body: Buffer): string[] {
 }
 
 function jsonTraceIds(body: Buffer): string[] {
-  const parsed = JSON.parse(body.toString('utf8')) as { resourceSpans?: Array<{ scopeSpans?: Array<{ spans?: Array<{ traceId?: string }> }> }> };
-  return (parsed.resourceSpans ?? []).flatMap((r) => (r.scopeSpans ?? []).flatMap((s) => (s.spans ?? []).map((span) => String(span.traceId ?? '').toLowerCase())));
+  const parsed = JSON.parse(body.toString('utf8')) as {
+    resourceSpans?: Array<{ scopeSpans?: Array<{ spans?: Array<{ traceId?: string }> }> }>;
+  };
+  return (parsed.resourceSpans ?? []).flatMap((r) =>
+    (r.scopeSpans ?? []).flatMap((s) => (s.spans ?? []).map((span) => String(span.traceId ?? '').toLowerCase())),
+  );
 }
 
 function readBody(req: IncomingMessage): Promise<Buffer> {

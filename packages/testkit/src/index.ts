@@ -5,7 +5,16 @@ export type { FaultMode, FaultProxy, FaultProxyOptions, TestCollector } from './
 export { freePort, hasNginx, selfSignedCert, startNginx } from './nginx';
 export type { NginxSidecar, SidecarOptions } from './nginx';
 export { setupTestTracing } from './otel';
-export { CALLER_BAGGAGE, SHARED_TRUST_ROWS, SPELLINGS, TRUST_SERVICE, callerHeaders, inServerSpan, runTrustRow, startHeaderRecorder } from './outbound';
+export {
+  CALLER_BAGGAGE,
+  SHARED_TRUST_ROWS,
+  SPELLINGS,
+  TRUST_SERVICE,
+  callerHeaders,
+  inServerSpan,
+  runTrustRow,
+  startHeaderRecorder,
+} from './outbound';
 export type { HeaderRecorder, Spelling, TrustRow } from './outbound';
 export { hasExited, stopChild, waitExit } from './process';
 export type { TestTracing } from './otel';

@@ -15,7 +15,10 @@ const TP = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
 test('forwards trace headers and adds x-request-id', async () => {
   const nginx = await startNginx({ upstreamPort: upstreamPort() });
   try {
-    const headers = (await (await fetch(nginx.url, { headers: { traceparent: TP, baggage: 'a=1' } })).json()) as Record<string, string>;
+    const headers = (await (await fetch(nginx.url, { headers: { traceparent: TP, baggage: 'a=1' } })).json()) as Record<
+      string,
+      string
+    >;
     expect(headers).toMatchObject({ traceparent: TP, baggage: 'a=1' });
     expect(headers['x-request-id']).toMatch(/^[0-9a-f]{32}$/);
     expect(nginx.accessLog()).toContain(`traceparent="${TP}"`);

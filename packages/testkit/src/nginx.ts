@@ -65,7 +65,9 @@ function readSafe(path: string): string {
 }
 
 function config(dir: string, port: number, o: SidecarOptions): string {
-  const strip = o.stripTraceContext ? 'proxy_set_header traceparent "";\n      proxy_set_header tracestate "";\n      proxy_set_header baggage "";' : '';
+  const strip = o.stripTraceContext
+    ? 'proxy_set_header traceparent "";\n      proxy_set_header tracestate "";\n      proxy_set_header baggage "";'
+    : '';
   return `worker_processes 1;
 daemon off;
 user root;
@@ -110,7 +112,8 @@ http {
  * configuration, logs and temp files in a directory of its own; `stop()` ends it and removes them.
  */
 export async function startNginx(options: SidecarOptions): Promise<NginxSidecar> {
-  if (!hasNginx()) throw new Error('nginx is not installed (apt-get install -y nginx); the sidecar tests need a real one');
+  if (!hasNginx())
+    throw new Error('nginx is not installed (apt-get install -y nginx); the sidecar tests need a real one');
   const dir = mkdtempSync(join(tmpdir(), 'meshtrace-nginx-'));
   mkdirSync(join(dir, 'tmp'));
   const port = await freePort();
@@ -139,7 +142,27 @@ export async function startNginx(options: SidecarOptions): Promise<NginxSidecar>
 export function selfSignedCert(dir: string): { cert: string; key: string } {
   const cert = join(dir, 'cert.pem');
   const key = join(dir, 'key.pem');
-  const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { stdio: 'pipe' });
+  const r = spawnSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=localhost',
+      '-addext',
+      'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    ],
+    { stdio: 'pipe' },
+  );
   if (r.status !== 0) throw new Error(`openssl failed: ${r.stderr?.toString() ?? r.error?.message}`);
   return { cert, key };
 }

@@ -31,7 +31,11 @@ export interface TestTracing {
   shutdown(): Promise<void>;
 }
 
-async function sums(reader: MetricReader, name: string | undefined, label: (a: Record<string, unknown>, metric: string) => string): Promise<Record<string, number>> {
+async function sums(
+  reader: MetricReader,
+  name: string | undefined,
+  label: (a: Record<string, unknown>, metric: string) => string,
+): Promise<Record<string, number>> {
   const { resourceMetrics } = await reader.collect();
   const out: Record<string, number> = {};
   for (const scope of resourceMetrics.scopeMetrics) {
@@ -62,8 +66,12 @@ export function setupTestTracing(): TestTracing {
     exporter,
     provider,
     spans: () => exporter.getFinishedSpans(),
-    outcomeCounts: () => sums(reader, 'meshtrace.propagation.extract', (a) => (a.reason ? `${String(a.outcome)}:${String(a.reason)}` : String(a.outcome))),
-    droppedCounts: () => sums(reader, 'meshtrace.propagation.dropped', (a) => `${String(a.header)}:${String(a.reason)}`),
+    outcomeCounts: () =>
+      sums(reader, 'meshtrace.propagation.extract', (a) =>
+        a.reason ? `${String(a.outcome)}:${String(a.reason)}` : String(a.outcome),
+      ),
+    droppedCounts: () =>
+      sums(reader, 'meshtrace.propagation.dropped', (a) => `${String(a.header)}:${String(a.reason)}`),
     counters: () => sums(reader, undefined, (_a, metric) => metric),
     reset: () => exporter.reset(),
     shutdown: async () => {

@@ -12,7 +12,10 @@ export type Spelling = readonly [name: string, spell: (name: string) => string];
 
 /** The styles every outbound client is tested with: whatever case the caller used, its trace headers are replaced. */
 export const SPELLINGS: readonly Spelling[] = [
-  ['Capitalized (Traceparent, Tracestate, Baggage, X-B3-TraceId, B3)', (n) => n.replace(/(^|-)([a-z])/g, (_m, dash: string, c: string) => dash + c.toUpperCase())],
+  [
+    'Capitalized (Traceparent, Tracestate, Baggage, X-B3-TraceId, B3)',
+    (n) => n.replace(/(^|-)([a-z])/g, (_m, dash: string, c: string) => dash + c.toUpperCase()),
+  ],
   ['UPPER CASE (TRACEPARENT, TRACESTATE, BAGGAGE, X-B3-TRACEID, B3)', (n) => n.toUpperCase()],
   ['lower case, as the context writes them', (n) => n],
 ];
@@ -40,7 +43,10 @@ export function callerHeaders(spell: (name: string) => string): Array<[string, s
  * Runs `fn` as a request handler would: inside a SERVER span continuing the `inbound` request headers.
  * Resolves with that span once `fn` has settled and the span ended.
  */
-export async function inServerSpan(inbound: Readonly<Record<string, string>>, fn: () => Promise<unknown>): Promise<Span> {
+export async function inServerSpan(
+  inbound: Readonly<Record<string, string>>,
+  fn: () => Promise<unknown>,
+): Promise<Span> {
   const { context: ctx } = extractRequestContext(inbound);
   const span = trace.getTracer('test').startSpan('GET /front', { kind: SpanKind.SERVER }, ctx);
   try {
@@ -83,7 +89,10 @@ export async function startHeaderRecorder(): Promise<HeaderRecorder> {
 }
 
 /** The options every adapter's route-policy table runs under: loopback peers trusted, only `tenant` baggage kept otherwise. */
-export const TRUST_SERVICE = Object.freeze({ inbound: Object.freeze({ trustedPeers: ['127.0.0.1', '::ffff:127.0.0.1'] }), baggageAllowList: ['tenant'] });
+export const TRUST_SERVICE = Object.freeze({
+  inbound: Object.freeze({ trustedPeers: ['127.0.0.1', '::ffff:127.0.0.1'] }),
+  baggageAllowList: ['tenant'],
+});
 
 /** One row of a route-policy table: name, method, path, the outcome counted (`outcome:reason`), whether the caller's trace is continued. */
 export type TrustRow = readonly [name: string, method: string, path: string, outcome: string, continued: boolean];
@@ -107,10 +116,22 @@ export const SHARED_TRUST_ROWS: readonly TrustRow[] = [
  * the caller's trace continued or not, a link to the caller when restarted, and only the allow-listed
  * `tenant` baggage when not continued. Compare the two with `toEqual`.
  */
-export async function runTrustRow(tracing: TestTracing, name: string, url: string, method: string, outcome: string, continued: boolean): Promise<{ got: object; want: object }> {
+export async function runTrustRow(
+  tracing: TestTracing,
+  name: string,
+  url: string,
+  method: string,
+  outcome: string,
+  continued: boolean,
+): Promise<{ got: object; want: object }> {
   tracing.reset();
   const before = await tracing.outcomeCounts();
-  const seen = (await (await fetch(url, { method, headers: { traceparent: `00-${TRACE_ID}-${PARENT_ID}-01`, baggage: 'tenant=acme,session=secret' } })).json()) as Observed;
+  const seen = (await (
+    await fetch(url, {
+      method,
+      headers: { traceparent: `00-${TRACE_ID}-${PARENT_ID}-01`, baggage: 'tenant=acme,session=secret' },
+    })
+  ).json()) as Observed;
   // Let 'finish' listeners end the span before it is looked for.
   await new Promise((r) => setTimeout(r, 10));
   const after = await tracing.outcomeCounts();
@@ -123,7 +144,10 @@ export async function runTrustRow(tracing: TestTracing, name: string, url: strin
       serverSpans: servers.length,
       handlerInSpan: servers[0]?.spanContext().spanId === seen.spanId,
       inCallersTrace: seen.traceId === TRACE_ID,
-      attributes: [servers[0]?.attributes['meshtrace.propagation.outcome'], servers[0]?.attributes['meshtrace.propagation.reason']],
+      attributes: [
+        servers[0]?.attributes['meshtrace.propagation.outcome'],
+        servers[0]?.attributes['meshtrace.propagation.reason'],
+      ],
       links: servers[0]?.links.map((l) => l.context.spanId),
       baggage: seen.baggage,
     },

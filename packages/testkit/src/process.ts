@@ -22,7 +22,11 @@ export function waitExit(child: ChildProcess, ms: number): Promise<boolean> {
  * signal; by default to the child itself (pass one that signals its process group for a group leader).
  * @example await stopChild(child, 5000);
  */
-export async function stopChild(child: ChildProcess, graceMs: number, send: (signal: NodeJS.Signals) => void = (signal) => child.kill(signal)): Promise<void> {
+export async function stopChild(
+  child: ChildProcess,
+  graceMs: number,
+  send: (signal: NodeJS.Signals) => void = (signal) => child.kill(signal),
+): Promise<void> {
   if (hasExited(child)) return;
   send('SIGTERM');
   if (!(await waitExit(child, graceMs))) {

@@ -1,7 +1,18 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { accessSync, closeSync, constants, mkdirSync, mkdtempSync, openSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  accessSync,
+  closeSync,
+  constants,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, delimiter, dirname, join } from 'node:path';
@@ -26,7 +37,8 @@ export interface RabbitMqBroker {
 }
 
 const SEARCH = ['/usr/sbin', '/usr/lib/rabbitmq/bin', '/usr/local/sbin', '/opt/homebrew/sbin'];
-const INSTALL_HINT = 'install it (Debian/Ubuntu: apt-get install -y rabbitmq-server; macOS: brew install rabbitmq) or pass its path as `server`';
+const INSTALL_HINT =
+  'install it (Debian/Ubuntu: apt-get install -y rabbitmq-server; macOS: brew install rabbitmq) or pass its path as `server`';
 
 function isExecutable(path: string): boolean {
   try {
@@ -42,7 +54,12 @@ function isExecutable(path: string): boolean {
  * `rabbitmq` user and its home, which would put the broker outside our private directory.
  */
 function findServer(explicit: string | undefined): string {
-  const candidates = explicit !== undefined ? [explicit] : [...(process.env.PATH ?? '').split(delimiter).filter(Boolean), ...SEARCH].map((d) => join(d, 'rabbitmq-server'));
+  const candidates =
+    explicit !== undefined
+      ? [explicit]
+      : [...(process.env.PATH ?? '').split(delimiter).filter(Boolean), ...SEARCH].map((d) =>
+          join(d, 'rabbitmq-server'),
+        );
   for (const candidate of candidates) {
     if (!isExecutable(candidate)) continue;
     const real = realpathSync(candidate);
@@ -51,7 +68,9 @@ function findServer(explicit: string | undefined): string {
     if (isExecutable(sibling)) return realpathSync(sibling);
   }
   const where = explicit !== undefined ? explicit : `PATH, ${SEARCH.join(', ')}`;
-  throw new Error(`rabbitmq-server not found (looked in ${where})${process.env.CI ? ' on CI' : ''}: the RabbitMQ tests need a real broker; ${INSTALL_HINT}.`);
+  throw new Error(
+    `rabbitmq-server not found (looked in ${where})${process.env.CI ? ' on CI' : ''}: the RabbitMQ tests need a real broker; ${INSTALL_HINT}.`,
+  );
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -131,7 +150,10 @@ export async function startRabbitMq(options: RabbitMqOptions = {}): Promise<Rabb
   process.once('exit', killNow);
 
   try {
-    writeFileSync(join(dir, 'rabbitmq.conf'), '# Test machines can be short of disk; the 50MB default would block publishers.\ndisk_free_limit.absolute = 1MB\n');
+    writeFileSync(
+      join(dir, 'rabbitmq.conf'),
+      '# Test machines can be short of disk; the 50MB default would block publishers.\ndisk_free_limit.absolute = 1MB\n',
+    );
     writeFileSync(join(dir, 'enabled_plugins'), '[].\n');
     writeFileSync(join(dir, 'rabbitmq-env.conf'), '');
     // Erlang distribution needs a cookie in $HOME; a fresh HOME keeps the user's own cookie (and .erlang) out of it.
@@ -139,7 +161,8 @@ export async function startRabbitMq(options: RabbitMqOptions = {}): Promise<Rabb
     writeFileSync(join(home, '.erlang.cookie'), randomBytes(15).toString('hex').toUpperCase(), { mode: 0o400 });
 
     const env: NodeJS.ProcessEnv = {};
-    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('RABBITMQ_') && !k.startsWith('ERL_')) env[k] = v;
+    for (const [k, v] of Object.entries(process.env))
+      if (!k.startsWith('RABBITMQ_') && !k.startsWith('ERL_')) env[k] = v;
     Object.assign(env, {
       HOME: home,
       // Our own epmd on a free port: the node registers there, never with a system or another test's epmd.
@@ -160,11 +183,19 @@ export async function startRabbitMq(options: RabbitMqOptions = {}): Promise<Rabb
       RABBITMQ_PID_FILE: join(dir, 'rabbitmq.pid'),
     });
 
-    epmd = spawn('epmd', ['-port', String(epmdPort), '-address', '127.0.0.1'], { env, cwd: dir, detached: true, stdio: 'ignore' });
+    epmd = spawn('epmd', ['-port', String(epmdPort), '-address', '127.0.0.1'], {
+      env,
+      cwd: dir,
+      detached: true,
+      stdio: 'ignore',
+    });
     const epmdFailed = new Promise<Error>((resolve) => epmd!.once('error', resolve));
     for (let i = 0; !(await probe(epmdPort, false)); i++) {
       const err = await Promise.race([epmdFailed, sleep(50).then(() => undefined)]);
-      if (err || hasExited(epmd) || i > 100) throw new Error(`epmd did not start on 127.0.0.1:${epmdPort}${err ? `: ${err.message}` : ''} (it comes with Erlang, which rabbitmq-server needs)`);
+      if (err || hasExited(epmd) || i > 100)
+        throw new Error(
+          `epmd did not start on 127.0.0.1:${epmdPort}${err ? `: ${err.message}` : ''} (it comes with Erlang, which rabbitmq-server needs)`,
+        );
     }
 
     const out = openSync(serverLog, 'a');
@@ -178,8 +209,14 @@ export async function startRabbitMq(options: RabbitMqOptions = {}): Promise<Rabb
     while (!(await probe(port, true))) {
       const err = await Promise.race([brokerFailed, sleep(250).then(() => undefined)]);
       if (err) throw new Error(`could not run ${server}: ${err.message}`);
-      if (hasExited(broker)) throw new Error(`rabbitmq-server exited (${broker.exitCode ?? broker.signalCode}) before accepting connections:\n${tail(serverLog)}`);
-      if (Date.now() > deadline) throw new Error(`rabbitmq-server did not accept AMQP connections on 127.0.0.1:${port} within ${startTimeoutMs} ms:\n${tail(serverLog)}`);
+      if (hasExited(broker))
+        throw new Error(
+          `rabbitmq-server exited (${broker.exitCode ?? broker.signalCode}) before accepting connections:\n${tail(serverLog)}`,
+        );
+      if (Date.now() > deadline)
+        throw new Error(
+          `rabbitmq-server did not accept AMQP connections on 127.0.0.1:${port} within ${startTimeoutMs} ms:\n${tail(serverLog)}`,
+        );
     }
   } catch (err) {
     await stop();

@@ -58,7 +58,10 @@ export class LazyCounter {
   add(value: number, attributes: Attributes): void {
     if (registeredMeterProvider() !== this.registered || this.counter === undefined) {
       this.registered = registeredMeterProvider();
-      this.counter = metrics.getMeterProvider().getMeter(PACKAGE).createCounter(this.name, { description: this.description, unit: this.unit });
+      this.counter = metrics
+        .getMeterProvider()
+        .getMeter(PACKAGE)
+        .createCounter(this.name, { description: this.description, unit: this.unit });
     }
     this.counter.add(value, attributes);
   }
@@ -94,7 +97,10 @@ export class TallyCounter {
     }
     // Each provider reports its own tallies: the one it replaced keeps what it had counted.
     const tallies = (this.tallies = new Map());
-    const counter = metrics.getMeterProvider().getMeter(PACKAGE).createObservableCounter(this.name, { description: this.description });
+    const counter = metrics
+      .getMeterProvider()
+      .getMeter(PACKAGE)
+      .createObservableCounter(this.name, { description: this.description });
     counter.addCallback((result) => {
       for (const [attributes, value] of tallies) result.observe(value, attributes);
     });
@@ -102,9 +108,15 @@ export class TallyCounter {
 }
 
 /** `meshtrace.propagation.extract`: every inbound extraction, by `outcome` (and `reason`). */
-export const extractCounter = new TallyCounter('meshtrace.propagation.extract', 'Inbound trace context extractions by outcome');
+export const extractCounter = new TallyCounter(
+  'meshtrace.propagation.extract',
+  'Inbound trace context extractions by outcome',
+);
 /** `meshtrace.propagation.dropped`: header members dropped on the way in or out, by `header` and `reason`. */
-export const droppedCounter = new LazyCounter('meshtrace.propagation.dropped', 'Trace context members dropped, by header and reason');
+export const droppedCounter = new LazyCounter(
+  'meshtrace.propagation.dropped',
+  'Trace context members dropped, by header and reason',
+);
 
 /** Shows at most 64 characters of an untrusted value, escaped, so a log line cannot be forged. */
 export function preview(value: unknown): string {
@@ -119,19 +131,32 @@ export function preview(value: unknown): string {
 }
 
 /** Calls a user hook; a throw is reported (once per hook every 10 s) and never reaches the request. */
-export function callHook<S, T>(name: string, hook: ((span: S, target: T) => void) | undefined, span: S, target: T, pkg: string = PACKAGE): void {
+export function callHook<S, T>(
+  name: string,
+  hook: ((span: S, target: T) => void) | undefined,
+  span: S,
+  target: T,
+  pkg: string = PACKAGE,
+): void {
   if (hook === undefined) return;
   try {
     hook(span, target);
   } catch (err) {
-    warner.warn(`hook:${pkg}:${name}`, () => `${pkg}: ${name} threw and was ignored: ${err instanceof Error ? err.message : String(err)}`);
+    warner.warn(
+      `hook:${pkg}:${name}`,
+      () => `${pkg}: ${name} threw and was ignored: ${err instanceof Error ? err.message : String(err)}`,
+    );
   }
 }
 
 /** Counts and warns about members dropped from an inbound or outbound header. */
 export function recordDropped(header: 'tracestate' | 'baggage', reason: string, count: number, raw?: unknown): void {
   droppedCounter.add(count, { header, reason });
-  warner.warn(`${header}:${reason}`, () => `${PACKAGE}: dropped ${count} ${header} member(s) (${reason})${raw === undefined ? '' : ` from ${preview(raw)}`}.`);
+  warner.warn(
+    `${header}:${reason}`,
+    () =>
+      `${PACKAGE}: dropped ${count} ${header} member(s) (${reason})${raw === undefined ? '' : ` from ${preview(raw)}`}.`,
+  );
 }
 
 const PROBE_KEY = Symbol('meshtrace.probe');
@@ -150,8 +175,10 @@ export function hasContextManager(): boolean {
  */
 export function checkPropagation(): string[] {
   const problems: string[] = [];
-  if (!hasContextManager()) problems.push('no context manager is registered, so the request context is lost at the first await');
-  if (!propagation.fields().includes('traceparent')) problems.push('the global propagator does not read traceparent (was it replaced after setup?)');
+  if (!hasContextManager())
+    problems.push('no context manager is registered, so the request context is lost at the first await');
+  if (!propagation.fields().includes('traceparent'))
+    problems.push('the global propagator does not read traceparent (was it replaced after setup?)');
   for (const p of problems) diag.warn(`${PACKAGE}: ${p}; traces will break into orphaned roots.`);
   return problems;
 }

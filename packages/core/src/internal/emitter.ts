@@ -56,7 +56,8 @@ function patchAdd(original: Method): Method {
   return function addBound(this: Bindable, event: unknown, listener: unknown): unknown {
     const binding = this[STATE];
     // Not a function: the original method throws as it would have.
-    if (binding?.context === undefined || adding || typeof listener !== 'function') return original.call(this, event, listener);
+    if (binding?.context === undefined || adding || typeof listener !== 'function')
+      return original.call(this, event, listener);
     const wrapped = bindListener(binding.context, listener as Listener) as Listener & { listener?: Listener };
     // Node's own removeListener and listeners() look through `.listener`, as for its once() wrappers:
     // no table from listener to wrapper is needed (a WeakMap entry per listener costs the GC more).
@@ -79,11 +80,13 @@ type Wrapped = Listener & { listener?: Wrapped };
  */
 function patchRemove(original: Method): Method {
   return function removeBound(this: Bindable, event: unknown, listener: unknown): unknown {
-    if (this[STATE]?.context === undefined || typeof listener !== 'function') return original.call(this, event, listener);
+    if (this[STATE]?.context === undefined || typeof listener !== 'function')
+      return original.call(this, event, listener);
     const raw = (this as unknown as { rawListeners(event: unknown): Wrapped[] }).rawListeners(event);
     for (let i = raw.length - 1; i >= 0; i--) {
       const entry = raw[i];
-      if (entry === listener || entry.listener === listener || entry.listener?.listener === listener) return original.call(this, event, entry);
+      if (entry === listener || entry.listener === listener || entry.listener?.listener === listener)
+        return original.call(this, event, entry);
     }
     return original.call(this, event, listener);
   };
@@ -125,7 +128,9 @@ function planOf(proto: Bindable): Plan | null {
   let plan = plans.get(proto);
   if (plan === undefined) {
     const originals = METHODS.map((m) => proto[m]);
-    plan = originals.every((o) => typeof o === 'function' && !patched.has(o as Method)) ? { originals: originals as Method[], patches: originals.map((o, i) => patchOf(METHODS[i], o as Method)) } : null;
+    plan = originals.every((o) => typeof o === 'function' && !patched.has(o as Method))
+      ? { originals: originals as Method[], patches: originals.map((o, i) => patchOf(METHODS[i], o as Method)) }
+      : null;
     plans.set(proto, plan);
   }
   return plan;
@@ -136,7 +141,17 @@ function installOnInstance(ee: Bindable, proto: Bindable): void {
   const plan = planOf(proto);
   const o = plan?.originals;
   // Someone may have replaced a method on the prototype since the plan was made.
-  if (plan == null || o === undefined || proto.addListener !== o[0] || proto.on !== o[1] || proto.prependListener !== o[2] || proto.prependOnceListener !== o[3] || proto.once !== o[4] || proto.removeListener !== o[5] || proto.off !== o[6]) {
+  if (
+    plan == null ||
+    o === undefined ||
+    proto.addListener !== o[0] ||
+    proto.on !== o[1] ||
+    proto.prependListener !== o[2] ||
+    proto.prependOnceListener !== o[3] ||
+    proto.once !== o[4] ||
+    proto.removeListener !== o[5] ||
+    proto.off !== o[6]
+  ) {
     install(ee);
     return;
   }

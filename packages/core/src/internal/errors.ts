@@ -20,7 +20,8 @@ function errorLike(value: unknown): value is Error {
 /** The HTTP status an error asks for (`status` / `statusCode`, as http-errors, Koa and Fastify set), if it is one (400-599). */
 export function errorStatus(error: unknown): number | undefined {
   if (typeof error !== 'object' || error === null) return undefined;
-  const s = (error as { status?: unknown; statusCode?: unknown }).status ?? (error as { statusCode?: unknown }).statusCode;
+  const s =
+    (error as { status?: unknown; statusCode?: unknown }).status ?? (error as { statusCode?: unknown }).statusCode;
   return typeof s === 'number' && Number.isInteger(s) && s >= 400 && s < 600 ? s : undefined;
 }
 
@@ -30,7 +31,11 @@ export function errorStatus(error: unknown): number | undefined {
  * conventions leave unset on a SERVER span (the client's fault, not the server's). `status` is the
  * answer when the framework knows it, else the status the error asks for. Returns true when it marked ERROR.
  */
-export function recordRequestError(span: Span, error: unknown, status: number | undefined = errorStatus(error)): boolean {
+export function recordRequestError(
+  span: Span,
+  error: unknown,
+  status: number | undefined = errorStatus(error),
+): boolean {
   if (status !== undefined && status >= 400 && status < 500) {
     span.recordException(errorLike(error) ? error : new Error(String(error)));
     return false;

@@ -17,7 +17,13 @@ export function optionError(pkg: string, option: string, expected: string, got: 
 }
 
 /** What an option must be: a kind, or the list of values it may take. */
-export type OptionRule = 'function' | 'boolean' | 'tracerProvider' | 'non-empty string' | 'positive integer' | readonly (string | boolean)[];
+export type OptionRule =
+  | 'function'
+  | 'boolean'
+  | 'tracerProvider'
+  | 'non-empty string'
+  | 'positive integer'
+  | readonly (string | boolean)[];
 
 const EXPECTED: Record<Exclude<OptionRule, readonly unknown[]>, string> = {
   function: 'a function',
@@ -49,14 +55,24 @@ function fits(rule: OptionRule, value: unknown): boolean {
  * each option given (not `undefined`) must fit its rule, or a `TypeError` names `pkg` and the option.
  * @example const o = checkOptions('@my/carrier', options, { tracerProvider: 'tracerProvider', hook: 'function' });
  */
-export function checkOptions<O extends object>(pkg: string, options: O | undefined, rules: { readonly [K in keyof O]?: OptionRule }): O {
+export function checkOptions<O extends object>(
+  pkg: string,
+  options: O | undefined,
+  rules: { readonly [K in keyof O]?: OptionRule },
+): O {
   if (options === undefined) return {} as O;
-  if (options === null || typeof options !== 'object' || Array.isArray(options)) throw optionError(pkg, 'options', 'an object', options);
+  if (options === null || typeof options !== 'object' || Array.isArray(options))
+    throw optionError(pkg, 'options', 'an object', options);
   for (const key in rules) {
     const rule = rules[key]!;
     const value = options[key];
     if (value !== undefined && !fits(rule, value)) {
-      throw optionError(pkg, key, typeof rule === 'string' ? EXPECTED[rule as keyof typeof EXPECTED] : `one of ${rule.join(', ')}`, value);
+      throw optionError(
+        pkg,
+        key,
+        typeof rule === 'string' ? EXPECTED[rule as keyof typeof EXPECTED] : `one of ${rule.join(', ')}`,
+        value,
+      );
     }
   }
   return options;

@@ -4,7 +4,11 @@ import { httpRpcMetadata, isTracingSuppressed, registeredGlobal, withoutRpcMetad
 
 // meshtrace reads these context entries without depending on an SDK line: checked here against the
 // real @opentelemetry/core, so a change of its keys fails this test instead of breaking in production.
-const span = trace.wrapSpanContext({ traceId: '4bf92f3577b34da6a3ce929d0e0e4736', spanId: '00f067aa0ba902b7', traceFlags: 1 });
+const span = trace.wrapSpanContext({
+  traceId: '4bf92f3577b34da6a3ce929d0e0e4736',
+  spanId: '00f067aa0ba902b7',
+  traceFlags: 1,
+});
 
 test("suppressTracing's mark is read", () => {
   expect(isTracingSuppressed(suppressTracing(ROOT_CONTEXT))).toBe(true);
@@ -25,9 +29,12 @@ test('RPC metadata of another kind, or not an object, is not taken for a server 
   expect(httpRpcMetadata(setRPCMetadata(ROOT_CONTEXT, null as never))).toBeUndefined();
 });
 
-test("what is registered with the API is read from its global registry: a diag logger once set, gone once disabled", () => {
+test('what is registered with the API is read from its global registry: a diag logger once set, gone once disabled', () => {
   expect(registeredGlobal('diag')).toBeUndefined();
-  diag.setLogger({ warn: () => {}, error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+  diag.setLogger(
+    { warn: () => {}, error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} },
+    DiagLogLevel.WARN,
+  );
   try {
     expect(registeredGlobal('diag')).toBeDefined();
   } finally {

@@ -68,7 +68,9 @@ export function httpRpcMetadata(ctx: Context): RpcMetadata | undefined {
   // Public route: none; the instrumentation's span is then found only while it is the active span.
   if (publicApiOnly) return undefined;
   const rpc = ctx.getValue(RPC_METADATA_KEY) as Partial<RpcMetadata> | undefined;
-  return rpc !== undefined && rpc !== null && rpc.type === 'http' && typeof rpc.span?.spanContext === 'function' ? (rpc as RpcMetadata) : undefined;
+  return rpc !== undefined && rpc !== null && rpc.type === 'http' && typeof rpc.span?.spanContext === 'function'
+    ? (rpc as RpcMetadata)
+    : undefined;
 }
 
 /** `ctx` without RPC metadata, so nothing later takes another instrumentation's span for the request's. */

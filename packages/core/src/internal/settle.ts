@@ -3,7 +3,11 @@ import type { Context, Span } from '@opentelemetry/api';
 import { recordSpanError } from './errors';
 
 function isThenable(value: unknown): value is PromiseLike<unknown> {
-  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof (value as PromiseLike<unknown>).then === 'function';
+  return (
+    value !== null &&
+    (typeof value === 'object' || typeof value === 'function') &&
+    typeof (value as PromiseLike<unknown>).then === 'function'
+  );
 }
 
 /** How {@link runInSpan} reports the end of a handler. */
@@ -24,7 +28,14 @@ function endSpan(span: Span): void {
  * `fn` returned, or a promise that settles like it, so an unhandled rejection stays unhandled.
  * @example return runInSpan(span, trace.setSpan(extracted.context, span), handler, this, message);
  */
-export function runInSpan<T, A, R>(span: Span, ctx: Context, fn: (this: T, arg: A) => R, thisArg: T, arg: A, options?: SettleOptions): R {
+export function runInSpan<T, A, R>(
+  span: Span,
+  ctx: Context,
+  fn: (this: T, arg: A) => R,
+  thisArg: T,
+  arg: A,
+  options?: SettleOptions,
+): R {
   const record = options?.record ?? recordSpanError;
   const settled = options?.settled ?? endSpan;
   let result: R;

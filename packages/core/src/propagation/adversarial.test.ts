@@ -13,23 +13,55 @@ const P = 'b7ad6b7169203331';
 const VALID = `00-${T}-${P}-01`;
 const members = (n: number, sep = ',') => Array.from({ length: n }, (_, i) => `k${i}=v${i}`).join(sep);
 
-const cases: Array<[string, Record<string, string | string[]>, string, Partial<Record<'tracestate' | 'baggage', string | undefined>>]> = [
+const cases: Array<
+  [string, Record<string, string | string[]>, string, Partial<Record<'tracestate' | 'baggage', string | undefined>>]
+> = [
   ['64 KiB traceparent', { traceparent: VALID + 'x'.repeat(65536) }, 'malformed', {}],
-  ['64 KiB tracestate', { traceparent: VALID, tracestate: `a=${'x'.repeat(65536)}` }, 'continued', { tracestate: undefined }],
+  [
+    '64 KiB tracestate',
+    { traceparent: VALID, tracestate: `a=${'x'.repeat(65536)}` },
+    'continued',
+    { tracestate: undefined },
+  ],
   ['64 KiB baggage', { traceparent: VALID, baggage: `a=${'x'.repeat(65536)}` }, 'continued', { baggage: undefined }],
-  ['10,000 tracestate members', { traceparent: VALID, tracestate: members(10000) }, 'continued', { tracestate: undefined }],
-  ['10,000 empty tracestate members', { traceparent: VALID, tracestate: ','.repeat(10000) + 'a=1' }, 'continued', { tracestate: 'a=1' }],
+  [
+    '10,000 tracestate members',
+    { traceparent: VALID, tracestate: members(10000) },
+    'continued',
+    { tracestate: undefined },
+  ],
+  [
+    '10,000 empty tracestate members',
+    { traceparent: VALID, tracestate: ','.repeat(10000) + 'a=1' },
+    'continued',
+    { tracestate: 'a=1' },
+  ],
   ['10,000 baggage members', { traceparent: VALID, baggage: members(10000) }, 'continued', { baggage: undefined }],
   ['CR LF in traceparent', { traceparent: `${VALID}\r\nx-evil: 1` }, 'malformed', {}],
   ['NUL in traceparent', { traceparent: `00-${T}-${P}-0\u0000` }, 'malformed', {}],
-  ['CR LF in tracestate', { traceparent: VALID, tracestate: 'a=1\r\nx-evil: 1' }, 'continued', { tracestate: undefined }],
+  [
+    'CR LF in tracestate',
+    { traceparent: VALID, tracestate: 'a=1\r\nx-evil: 1' },
+    'continued',
+    { tracestate: undefined },
+  ],
   ['CR LF in baggage', { traceparent: VALID, baggage: 'a=1\r\nx-evil: 1,b=2' }, 'continued', { baggage: 'b=2' }],
   ['multibyte UTF-8 in traceparent', { traceparent: `00-${T.slice(0, 31)}é-${P}-01` }, 'malformed', {}],
   ['multibyte UTF-8 in tracestate', { traceparent: VALID, tracestate: 'a=ü' }, 'continued', { tracestate: undefined }],
   ['multibyte UTF-8 in baggage value', { traceparent: VALID, baggage: 'a=ü,b=2' }, 'continued', { baggage: 'b=2' }],
-  ['broken percent-encoding', { traceparent: VALID, baggage: 'a=%,b=%zz,c=%E2%82,d=ok' }, 'continued', { baggage: 'd=ok' }],
+  [
+    'broken percent-encoding',
+    { traceparent: VALID, baggage: 'a=%,b=%zz,c=%E2%82,d=ok' },
+    'continued',
+    { baggage: 'd=ok' },
+  ],
   ['duplicated traceparent', { traceparent: [VALID, VALID] }, 'malformed', {}],
-  ['duplicated tracestate is combined', { traceparent: VALID, tracestate: ['a=1', 'b=2'] }, 'continued', { tracestate: 'a=1,b=2' }],
+  [
+    'duplicated tracestate is combined',
+    { traceparent: VALID, tracestate: ['a=1', 'b=2'] },
+    'continued',
+    { tracestate: 'a=1,b=2' },
+  ],
 ];
 
 describe('adversarial headers, extracted directly', () => {
@@ -71,7 +103,11 @@ describe('adversarial headers over a real socket', () => {
       const req = request({ host: '127.0.0.1', port, path: '/', headers, maxHeaderSize: 256 * 1024 }, (res) => {
         let body = '';
         res.on('data', (c: Buffer) => (body += c.toString()));
-        res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(body) as Observed) : reject(new Error(`status ${res.statusCode}`))));
+        res.on('end', () =>
+          res.statusCode === 200
+            ? resolve(JSON.parse(body) as Observed)
+            : reject(new Error(`status ${res.statusCode}`)),
+        );
       });
       req.on('error', reject);
       req.end();

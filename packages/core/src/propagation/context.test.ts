@@ -1,5 +1,12 @@
 import fc from 'fast-check';
-import { ROOT_CONTEXT, createContextKey, defaultTextMapGetter, defaultTextMapSetter, propagation, trace } from '@opentelemetry/api';
+import {
+  ROOT_CONTEXT,
+  createContextKey,
+  defaultTextMapGetter,
+  defaultTextMapSetter,
+  propagation,
+  trace,
+} from '@opentelemetry/api';
 import type { Context } from '@opentelemetry/api';
 import { MeshPropagator, serializeBaggage } from '@meshtrace/core';
 import { MeshTraceState, extractionOf } from '@meshtrace/core/adapter';
@@ -21,14 +28,23 @@ describe('extracted context', () => {
   test('reads the remote span, the random flag and the extraction, and falls through to its parent', () => {
     const parentKey = createContextKey('parent');
     const ctx = extracted(ROOT_CONTEXT.setValue(parentKey, 'kept'));
-    expect(trace.getSpanContext(ctx)).toMatchObject({ traceId: '0af7651916cd43dd8448eb211c80319c', spanId: 'b7ad6b7169203331', traceFlags: 3, isRemote: true });
+    expect(trace.getSpanContext(ctx)).toMatchObject({
+      traceId: '0af7651916cd43dd8448eb211c80319c',
+      spanId: 'b7ad6b7169203331',
+      traceFlags: 3,
+      isRemote: true,
+    });
     expect(trace.getSpan(ctx)).toBe(trace.getSpan(ctx));
     expect(extractionOf(ctx)?.outcome.outcome).toBe('continued');
     expect(ctx.getValue(parentKey)).toBe('kept');
   });
 
   test('a request without a trace keeps the span of the context it was extracted into', () => {
-    const local = trace.setSpanContext(ROOT_CONTEXT, { traceId: '1'.repeat(32), spanId: '2'.repeat(16), traceFlags: 1 });
+    const local = trace.setSpanContext(ROOT_CONTEXT, {
+      traceId: '1'.repeat(32),
+      spanId: '2'.repeat(16),
+      traceFlags: 1,
+    });
     const ctx = extracted(local, {});
     expect(trace.getSpanContext(ctx)?.traceId).toBe('1'.repeat(32));
     expect(extractionOf(ctx)?.outcome.outcome).toBe('missing');
@@ -99,11 +115,16 @@ describe('tracestate and baggage are validated on first use', () => {
     expect(propagation.getBaggage(ctx)?.getAllEntries()).toEqual([['tenant', { value: 'acme' }]]);
     const after = await tracing.droppedCounts();
     expect((after['baggage:bad-member'] ?? 0) - (before['baggage:bad-member'] ?? 0)).toBe(2);
-    expect(propagation.getBaggage(extracted(ROOT_CONTEXT, { traceparent: TP, baggage: 'bad key=1' }))?.getAllEntries()).toEqual([]);
+    expect(
+      propagation.getBaggage(extracted(ROOT_CONTEXT, { traceparent: TP, baggage: 'bad key=1' }))?.getAllEntries(),
+    ).toEqual([]);
   });
 
   test('inbound baggage forwards the same header on every outbound call, within each budget', () => {
-    const ctx = extracted(ROOT_CONTEXT, { traceparent: TP, baggage: 'userId=alice,serverNode=DF%2028,isProduction=false' });
+    const ctx = extracted(ROOT_CONTEXT, {
+      traceparent: TP,
+      baggage: 'userId=alice,serverNode=DF%2028,isProduction=false',
+    });
     const bag = propagation.getBaggage(ctx)!;
     expect(serializeBaggage(bag).header).toBe('userId=alice,serverNode=DF%2028,isProduction=false');
     expect(serializeBaggage(bag, 20)).toEqual({ header: 'userId=alice', dropped: 2 });

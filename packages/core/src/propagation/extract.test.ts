@@ -7,7 +7,10 @@ const T = '4bf92f3577b34da6a3ce929d0e0e4736';
 const P = '00f067aa0ba902b7';
 const tracing = setupTestTracing();
 const warnings: string[] = [];
-diag.setLogger({ warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+diag.setLogger(
+  { warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} },
+  DiagLogLevel.WARN,
+);
 afterAll(() => tracing.shutdown());
 beforeEach(() => {
   warnings.length = 0;
@@ -84,7 +87,12 @@ describe('extractContext over header carriers', () => {
   });
 
   test('a getter that throws gives a malformed outcome, not an exception', () => {
-    const getter = { keys: () => [], get: () => { throw new Error('boom'); } };
+    const getter = {
+      keys: () => [],
+      get: () => {
+        throw new Error('boom');
+      },
+    };
     expect(extractContext({}, getter).outcome).toMatchObject({ outcome: 'malformed', reason: 'bad-format' });
   });
 });

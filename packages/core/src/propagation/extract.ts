@@ -48,7 +48,13 @@ function fromB3(b3: B3Context): SpanContext {
  * continued; a valid one that disagrees becomes a link. Never throws. Counts the outcome.
  * @internal the propagator's engine; use `propagation.extract` or {@link extractContext}.
  */
-export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMapGetter<C>, base: Context, count = true): ExtractedContext {
+export function extractWith<C>(
+  config: ExtractConfig,
+  carrier: C,
+  getter: TextMapGetter<C>,
+  base: Context,
+  count = true,
+): ExtractedContext {
   const formats = config.formats;
   const b3First = formats[0] === 'b3';
   const readW3c = formats[0] === 'w3c' || formats[1] === 'w3c';
@@ -60,7 +66,10 @@ export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMa
   let rawBaggage: unknown;
   let unreadable = false;
   // The default getter is `carrier[key]`: read a plain carrier (Node's header object) by name, which is an inline-cached load instead of a keyed lookup per header.
-  const h = getter === defaultTextMapGetter && typeof carrier === 'object' && carrier !== null ? (carrier as Record<string, unknown>) : undefined;
+  const h =
+    getter === defaultTextMapGetter && typeof carrier === 'object' && carrier !== null
+      ? (carrier as Record<string, unknown>)
+      : undefined;
   try {
     if (readW3c) {
       w3c = remoteTraceparent((rawTraceparent = h !== undefined ? h.traceparent : getter.get(carrier, 'traceparent')));
@@ -73,7 +82,13 @@ export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMa
       } else {
         const traceId = h !== undefined ? h['x-b3-traceid'] : getter.get(carrier, 'x-b3-traceid');
         // Without a trace id the multi headers hold at most a sampling hint or a fault, which only matter when W3C gave nothing.
-        if (traceId !== undefined || typeof w3c === 'string') b3 = parseB3Multi(traceId, getter.get(carrier, 'x-b3-spanid'), getter.get(carrier, 'x-b3-sampled'), getter.get(carrier, 'x-b3-flags'));
+        if (traceId !== undefined || typeof w3c === 'string')
+          b3 = parseB3Multi(
+            traceId,
+            getter.get(carrier, 'x-b3-spanid'),
+            getter.get(carrier, 'x-b3-sampled'),
+            getter.get(carrier, 'x-b3-flags'),
+          );
       }
     }
     if (config.baggage) rawBaggage = h !== undefined ? h.baggage : getter.get(carrier, 'baggage');
@@ -92,7 +107,11 @@ export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMa
   const chosen = w3cWins ? w3cSc : b3Sc;
   const other = w3cWins ? b3Sc : w3cSc;
   let links: Link[] | undefined;
-  if (chosen !== undefined && other !== undefined && (chosen.traceId !== other.traceId || chosen.spanId !== other.spanId)) {
+  if (
+    chosen !== undefined &&
+    other !== undefined &&
+    (chosen.traceId !== other.traceId || chosen.spanId !== other.spanId)
+  ) {
     links = [{ context: other, attributes: { 'meshtrace.link.format': w3cWins ? 'b3' : 'w3c' } }];
   }
   let result: ExtractOutcome;
@@ -119,7 +138,16 @@ export function extractWith<C>(config: ExtractConfig, carrier: C, getter: TextMa
   const baggage = rawBaggage === undefined || rawBaggage === '' ? undefined : new InboundBaggage(rawBaggage, base);
   if (count && unreadable) recordUnreadable('the getter threw');
   else if (count) recordOutcome(result, rawTraceparent);
-  return new ExtractedContext(base, chosen, baggage, random, result, links, samplingHint, typeof b3 === 'object' && b3.debug);
+  return new ExtractedContext(
+    base,
+    chosen,
+    baggage,
+    random,
+    result,
+    links,
+    samplingHint,
+    typeof b3 === 'object' && b3.debug,
+  );
 }
 
 /** The result of an extraction, for callers that want its parts. */
@@ -158,7 +186,10 @@ function extractGlobal<C>(carrier: C, getter: TextMapGetter<C>, base: Context): 
 }
 
 /** The default extraction: W3C first, then B3, with baggage. */
-export const DEFAULT_CONFIG: ExtractConfig = Object.freeze({ formats: Object.freeze(['w3c', 'b3'] as TraceFormat[]), baggage: true });
+export const DEFAULT_CONFIG: ExtractConfig = Object.freeze({
+  formats: Object.freeze(['w3c', 'b3'] as TraceFormat[]),
+  baggage: true,
+});
 
 /**
  * Extracts the trace context from HTTP request headers (Node's lower-cased header object) through
@@ -168,7 +199,10 @@ export const DEFAULT_CONFIG: ExtractConfig = Object.freeze({ formats: Object.fre
  * const { context: ctx, outcome } = extractRequestContext(req.headers);
  * context.with(ctx, () => handle(req, res));
  */
-export function extractRequestContext(headers: Readonly<Record<string, unknown>>, base: Context = ROOT_CONTEXT): ExtractResult {
+export function extractRequestContext(
+  headers: Readonly<Record<string, unknown>>,
+  base: Context = ROOT_CONTEXT,
+): ExtractResult {
   return extractGlobal(headers, defaultTextMapGetter as TextMapGetter<Readonly<Record<string, unknown>>>, base);
 }
 
@@ -176,6 +210,10 @@ export function extractRequestContext(headers: Readonly<Record<string, unknown>>
  * Extracts from any carrier through a `TextMapGetter` (messages, metadata, frames), with the same
  * validation, outcome and counting as {@link extractRequestContext}.
  */
-export function extractContext<C>(carrier: C, getter: TextMapGetter<C> = defaultTextMapGetter, base: Context = ROOT_CONTEXT): ExtractResult {
+export function extractContext<C>(
+  carrier: C,
+  getter: TextMapGetter<C> = defaultTextMapGetter,
+  base: Context = ROOT_CONTEXT,
+): ExtractResult {
   return extractGlobal(carrier, getter, base);
 }

@@ -11,7 +11,16 @@ import type { ExtractConfig } from './extract';
  * The trace headers a caller's own are replaced as one set, lower case: W3C and both B3 forms, so
  * state from another trace (its `tracestate`, its B3 ids) never rides beside this trace's `traceparent`.
  */
-const TRACE_HEADERS: readonly string[] = ['traceparent', 'tracestate', 'b3', 'x-b3-traceid', 'x-b3-spanid', 'x-b3-parentspanid', 'x-b3-sampled', 'x-b3-flags'];
+const TRACE_HEADERS: readonly string[] = [
+  'traceparent',
+  'tracestate',
+  'b3',
+  'x-b3-traceid',
+  'x-b3-spanid',
+  'x-b3-parentspanid',
+  'x-b3-sampled',
+  'x-b3-flags',
+];
 
 /** Reads what trace context a caller's own headers name, counting nothing: they are outbound, not a request received. */
 const CALLER: ExtractConfig = Object.freeze({ formats: Object.freeze(['w3c', 'b3'] as const), baggage: false });
@@ -19,7 +28,8 @@ const CALLER: ExtractConfig = Object.freeze({ formats: Object.freeze(['w3c', 'b3
 /** Text of one header value from any client's form; lists element-wise, Buffers decoded. */
 function texts(value: unknown, into: string[]): void {
   if (typeof value === 'string') into.push(value);
-  else if (value instanceof Uint8Array) into.push(Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('utf8'));
+  else if (value instanceof Uint8Array)
+    into.push(Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('utf8'));
   else if (Array.isArray(value)) for (const v of value) texts(v, into);
 }
 
@@ -39,7 +49,8 @@ export const clientHeaderGetter: TextMapGetter<unknown> = {
     if (!Array.isArray(carrier)) return headerGetter.get(carrier as HeaderCarrier, key);
     const lower = key.toLowerCase();
     const found: string[] = [];
-    for (const [name, value] of pairsOf(carrier)) if (typeof name === 'string' && name.toLowerCase() === lower) texts(value, found);
+    for (const [name, value] of pairsOf(carrier))
+      if (typeof name === 'string' && name.toLowerCase() === lower) texts(value, found);
     return found.length === 0 ? undefined : found.length === 1 ? found[0] : found;
   },
 };
@@ -83,14 +94,25 @@ export interface OutboundTrace {
  * const { drop, set } = traceHeaders(ot, trace.setSpan(ot.context, span));
  * init = { ...init, headers: rewriteHeaders(ot.headers, drop, set) };
  */
-export function outboundTrace(parent: Context, headers: unknown, getter: TextMapGetter<unknown> = clientHeaderGetter): OutboundTrace {
-  if (headers !== null && typeof headers === 'object' && !Array.isArray(headers) && !(headers instanceof Headers) && typeof (headers as Partial<Iterable<unknown>>)[Symbol.iterator] === 'function') {
+export function outboundTrace(
+  parent: Context,
+  headers: unknown,
+  getter: TextMapGetter<unknown> = clientHeaderGetter,
+): OutboundTrace {
+  if (
+    headers !== null &&
+    typeof headers === 'object' &&
+    !Array.isArray(headers) &&
+    !(headers instanceof Headers) &&
+    typeof (headers as Partial<Iterable<unknown>>)[Symbol.iterator] === 'function'
+  ) {
     // Reading a one-shot iterable uses it up: the call gets the pairs read here.
     headers = Array.from(headers as Iterable<unknown>);
   }
   let ctx = withCallerBaggage(parent, headers, getter);
   const active = trace.getSpanContext(parent);
-  if (active !== undefined && isSpanContextValid(active)) return { context: ctx, keepCaller: false, caller: undefined, headers };
+  if (active !== undefined && isSpanContextValid(active))
+    return { context: ctx, keepCaller: false, caller: undefined, headers };
   const own = extractWith(CALLER, headers, getter, ctx, false);
   if (own.outcome.outcome === 'missing') return { context: ctx, keepCaller: false, caller: undefined, headers };
   const caller = trace.getSpanContext(own);
@@ -129,7 +151,10 @@ function traceNames(fields: readonly string[]): string[] {
  * an instrumentation writes them from `ot.context`: every trace header of the caller's is dropped,
  * and its baggage when that context has any, so the instrumentation's are the only ones.
  */
-export function traceHeaders(ot: OutboundTrace, from?: Context): { drop: readonly string[]; set: Record<string, string> } {
+export function traceHeaders(
+  ot: OutboundTrace,
+  from?: Context,
+): { drop: readonly string[]; set: Record<string, string> } {
   const fields = propagation.fields();
   const names = traceNames(fields);
   // A propagator that writes baggage owns the header: the caller's entries are in the merged value.
@@ -169,7 +194,11 @@ function carriesAny(headers: object, names: readonly string[]): boolean {
  * place a caller's trace headers are replaced. Never mutates `headers`; returns it as it is when there
  * is nothing to change, and what no client accepts as it is, for the client to reject.
  */
-export function rewriteHeaders(headers: unknown, drop: readonly string[], set: Readonly<Record<string, unknown>>): unknown {
+export function rewriteHeaders(
+  headers: unknown,
+  drop: readonly string[],
+  set: Readonly<Record<string, unknown>>,
+): unknown {
   const added = Object.keys(set);
   if (headers === undefined || headers === null) return { ...set };
   if (typeof headers !== 'object') return headers;
@@ -183,7 +212,8 @@ export function rewriteHeaders(headers: unknown, drop: readonly string[], set: R
   if (Array.isArray(headers) && typeof headers[0] === 'string') {
     // Node's flat form, as in `message.rawHeaders`: [name, value, name, value, ...].
     const out: unknown[] = [];
-    for (let i = 0; i < headers.length; i += 2) if (!drop.includes(String(headers[i]).toLowerCase())) out.push(headers[i], headers[i + 1]);
+    for (let i = 0; i < headers.length; i += 2)
+      if (!drop.includes(String(headers[i]).toLowerCase())) out.push(headers[i], headers[i + 1]);
     for (const name of added) out.push(name, set[name]);
     return out;
   }

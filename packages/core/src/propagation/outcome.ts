@@ -11,10 +11,30 @@ export type MalformedReason = TraceparentReason | 'bad-b3';
 
 /** What happened to the inbound trace context. */
 export type ExtractOutcome =
-  | { readonly outcome: 'continued'; readonly format: TraceFormat; readonly reason: undefined; readonly attributes: Attributes }
-  | { readonly outcome: 'missing'; readonly format: undefined; readonly reason: undefined; readonly attributes: Attributes }
-  | { readonly outcome: 'malformed'; readonly format: undefined; readonly reason: Exclude<MalformedReason, 'missing'>; readonly attributes: Attributes }
-  | { readonly outcome: 'restarted' | 'ignored'; readonly format: undefined; readonly reason: TrustReason | undefined; readonly attributes: Attributes };
+  | {
+      readonly outcome: 'continued';
+      readonly format: TraceFormat;
+      readonly reason: undefined;
+      readonly attributes: Attributes;
+    }
+  | {
+      readonly outcome: 'missing';
+      readonly format: undefined;
+      readonly reason: undefined;
+      readonly attributes: Attributes;
+    }
+  | {
+      readonly outcome: 'malformed';
+      readonly format: undefined;
+      readonly reason: Exclude<MalformedReason, 'missing'>;
+      readonly attributes: Attributes;
+    }
+  | {
+      readonly outcome: 'restarted' | 'ignored';
+      readonly format: undefined;
+      readonly reason: TrustReason | undefined;
+      readonly attributes: Attributes;
+    };
 
 function outcome<O extends ExtractOutcome>(o: Omit<O, 'attributes'>): O {
   const attributes: Attributes = { outcome: o.outcome };
@@ -24,12 +44,21 @@ function outcome<O extends ExtractOutcome>(o: Omit<O, 'attributes'>): O {
 }
 
 // Outcomes are constants: extracting allocates no outcome objects.
-export const CONTINUED = { w3c: outcome({ outcome: 'continued', format: 'w3c', reason: undefined }), b3: outcome({ outcome: 'continued', format: 'b3', reason: undefined }) };
+export const CONTINUED = {
+  w3c: outcome({ outcome: 'continued', format: 'w3c', reason: undefined }),
+  b3: outcome({ outcome: 'continued', format: 'b3', reason: undefined }),
+};
 export const MISSING = outcome({ outcome: 'missing', format: undefined, reason: undefined });
 const TRUST_REASONS = ['untrusted-peer', 'route-policy', 'policy', 'policy-error'] as const;
 /** `restarted` / `ignored`, without a reason (every request, by configuration) and with each reason a policy gives. */
-const UNTRUSTED: Record<'restart' | 'ignore', Record<TrustReason | 'none', ExtractOutcome>> = { restart: {} as never, ignore: {} as never };
-for (const [action, name] of [['restart', 'restarted'], ['ignore', 'ignored']] as const) {
+const UNTRUSTED: Record<'restart' | 'ignore', Record<TrustReason | 'none', ExtractOutcome>> = {
+  restart: {} as never,
+  ignore: {} as never,
+};
+for (const [action, name] of [
+  ['restart', 'restarted'],
+  ['ignore', 'ignored'],
+] as const) {
   UNTRUSTED[action].none = outcome({ outcome: name, format: undefined, reason: undefined });
   for (const reason of TRUST_REASONS) UNTRUSTED[action][reason] = outcome({ outcome: name, format: undefined, reason });
 }
@@ -39,7 +68,17 @@ export function trustOutcome(action: 'restart' | 'ignore', reason: TrustReason |
   return UNTRUSTED[action][reason ?? 'none'];
 }
 export const MALFORMED: Record<string, ExtractOutcome> = {};
-for (const r of ['bad-version', 'bad-trace-id', 'zero-trace-id', 'bad-parent-id', 'zero-parent-id', 'bad-flags', 'bad-format', 'multiple', 'bad-b3'] as const) {
+for (const r of [
+  'bad-version',
+  'bad-trace-id',
+  'zero-trace-id',
+  'bad-parent-id',
+  'zero-parent-id',
+  'bad-flags',
+  'bad-format',
+  'multiple',
+  'bad-b3',
+] as const) {
   MALFORMED[r] = outcome({ outcome: 'malformed', format: undefined, reason: r });
 }
 
@@ -65,8 +104,10 @@ function constantOf(o: ExtractOutcome): ExtractOutcome {
 }
 
 function traceparentWarning(reason: MalformedReason, raw: unknown): string {
-  if (reason === 'missing') return `${PACKAGE}: request without traceparent; started a fresh root trace. If a sidecar should forward one, check that nothing strips it.`;
-  if (reason === 'bad-b3') return `${PACKAGE}: malformed B3 headers; started a fresh root trace and will not forward them.`;
+  if (reason === 'missing')
+    return `${PACKAGE}: request without traceparent; started a fresh root trace. If a sidecar should forward one, check that nothing strips it.`;
+  if (reason === 'bad-b3')
+    return `${PACKAGE}: malformed B3 headers; started a fresh root trace and will not forward them.`;
   return `${PACKAGE}: malformed traceparent (${reason}) ${preview(raw)}; started a fresh root trace and will not forward it.`;
 }
 
@@ -85,9 +126,11 @@ export function recordOutcome(result: ExtractOutcome, raw?: unknown): void {
 /** Counts a carrier that could not be read at all as `malformed` / `bad-format`, warning with `what`. */
 export function recordUnreadable(what: string): void {
   extractCounter.add(1, MALFORMED['bad-format'].attributes);
-  warner.warn(`unreadable:${what}`, () => `${PACKAGE}: could not read the trace context carrier (${what}); its context is lost.`);
+  warner.warn(
+    `unreadable:${what}`,
+    () => `${PACKAGE}: could not read the trace context carrier (${what}); its context is lost.`,
+  );
 }
-
 
 /** The span attributes of an outcome: `meshtrace.propagation.outcome`, `.reason` and `.format`, written into `attributes`. */
 export function outcomeAttributes(outcome: ExtractOutcome, attributes: Attributes): Attributes {

@@ -7,7 +7,11 @@ const T = '4bf92f3577b34da6a3ce929d0e0e4736';
 const P = '00f067aa0ba902b7';
 const mesh = new MeshPropagator();
 
-function roundTrip(from: { extract: typeof mesh.extract }, to: { inject: typeof mesh.inject }, headers: Record<string, string>) {
+function roundTrip(
+  from: { extract: typeof mesh.extract },
+  to: { inject: typeof mesh.inject },
+  headers: Record<string, string>,
+) {
   const ctx = from.extract(ROOT_CONTEXT, headers, defaultTextMapGetter);
   const out: Record<string, string> = {};
   to.inject(ctx, out, defaultTextMapSetter);
@@ -19,7 +23,12 @@ describe('MeshPropagator', () => {
     const b3 = ['b3', 'x-b3-traceid', 'x-b3-spanid', 'x-b3-sampled', 'x-b3-flags'];
     expect(mesh.fields()).toEqual(['traceparent', 'tracestate', 'baggage', ...b3]);
     expect(new MeshPropagator({ baggage: false, extract: ['w3c'] }).fields()).toEqual(['traceparent', 'tracestate']);
-    expect(new MeshPropagator({ extract: ['w3c'], b3: 'single' }).fields()).toEqual(['traceparent', 'tracestate', 'baggage', ...b3]);
+    expect(new MeshPropagator({ extract: ['w3c'], b3: 'single' }).fields()).toEqual([
+      'traceparent',
+      'tracestate',
+      'baggage',
+      ...b3,
+    ]);
   });
 
   test('extract then inject gives the same context back', () => {
@@ -43,7 +52,9 @@ describe('MeshPropagator', () => {
   });
 
   test('the random flag survives into a child span context through the context', () => {
-    const ctx = trace.setSpanContext(ROOT_CONTEXT, { traceId: T, spanId: P, traceFlags: 1 }).setValue(RANDOM_TRACE_ID_KEY, true);
+    const ctx = trace
+      .setSpanContext(ROOT_CONTEXT, { traceId: T, spanId: P, traceFlags: 1 })
+      .setValue(RANDOM_TRACE_ID_KEY, true);
     const out: Record<string, string> = {};
     mesh.inject(ctx, out, defaultTextMapSetter);
     expect(out.traceparent).toBe(`00-${T}-${P}-03`);
@@ -67,7 +78,11 @@ describe('MeshPropagator', () => {
     const ctx = off.extract(ROOT_CONTEXT, { baggage: 'a=1' }, defaultTextMapGetter);
     expect(propagation.getBaggage(ctx)).toBeUndefined();
     const out: Record<string, string> = {};
-    off.inject(propagation.setBaggage(ROOT_CONTEXT, propagation.createBaggage({ a: { value: '1' } })), out, defaultTextMapSetter);
+    off.inject(
+      propagation.setBaggage(ROOT_CONTEXT, propagation.createBaggage({ a: { value: '1' } })),
+      out,
+      defaultTextMapSetter,
+    );
     expect(out).toEqual({});
   });
 

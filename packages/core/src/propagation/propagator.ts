@@ -24,7 +24,12 @@ export interface MeshPropagatorOptions {
   maxBaggageBytes?: number;
 }
 
-const DEFAULTS: Required<MeshPropagatorOptions> = { extract: ['w3c', 'b3'], b3: false, baggage: true, maxBaggageBytes: BAGGAGE_LIMITS.maxBytes };
+const DEFAULTS: Required<MeshPropagatorOptions> = {
+  extract: ['w3c', 'b3'],
+  b3: false,
+  baggage: true,
+  maxBaggageBytes: BAGGAGE_LIMITS.maxBytes,
+};
 const B3_FIELDS = ['b3', 'x-b3-traceid', 'x-b3-spanid', 'x-b3-sampled', 'x-b3-flags'];
 
 /**
@@ -43,13 +48,24 @@ export class MeshPropagator implements TextMapPropagator {
   constructor(options: MeshPropagatorOptions = {}) {
     if (options === null || typeof options !== 'object') throw optionError(PACKAGE, 'options', 'an object', options);
     const o = { ...DEFAULTS, ...options };
-    if (!Array.isArray(o.extract) || o.extract.length === 0 || o.extract.some((f) => f !== 'w3c' && f !== 'b3') || new Set(o.extract).size !== o.extract.length) {
+    if (
+      !Array.isArray(o.extract) ||
+      o.extract.length === 0 ||
+      o.extract.some((f) => f !== 'w3c' && f !== 'b3') ||
+      new Set(o.extract).size !== o.extract.length
+    ) {
       throw optionError(PACKAGE, 'extract', "a non-empty list of 'w3c' and 'b3'", o.extract);
     }
-    if (o.b3 !== false && o.b3 !== 'single' && o.b3 !== 'multi') throw optionError(PACKAGE, 'b3', "false, 'single' or 'multi'", o.b3);
+    if (o.b3 !== false && o.b3 !== 'single' && o.b3 !== 'multi')
+      throw optionError(PACKAGE, 'b3', "false, 'single' or 'multi'", o.b3);
     if (typeof o.baggage !== 'boolean') throw optionError(PACKAGE, 'baggage', 'a boolean', o.baggage);
     if (!Number.isInteger(o.maxBaggageBytes) || o.maxBaggageBytes < 0 || o.maxBaggageBytes > BAGGAGE_LIMITS.maxBytes) {
-      throw optionError(PACKAGE, 'maxBaggageBytes', `an integer from 0 to ${BAGGAGE_LIMITS.maxBytes}`, o.maxBaggageBytes);
+      throw optionError(
+        PACKAGE,
+        'maxBaggageBytes',
+        `an integer from 0 to ${BAGGAGE_LIMITS.maxBytes}`,
+        o.maxBaggageBytes,
+      );
     }
     this.config = Object.freeze({ formats: Object.freeze([...o.extract]), baggage: o.baggage });
     this.b3 = o.b3;

@@ -2,7 +2,18 @@ import type { Attributes } from '@opentelemetry/api';
 import type { IncomingMessage } from 'node:http';
 import { parseBaggage } from '../w3c/baggage';
 
-const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH', 'QUERY']);
+const KNOWN_METHODS = new Set([
+  'GET',
+  'HEAD',
+  'POST',
+  'PUT',
+  'DELETE',
+  'CONNECT',
+  'OPTIONS',
+  'TRACE',
+  'PATCH',
+  'QUERY',
+]);
 
 /** The semconv `http.request.method` for a method as sent: a known method matched exactly, else `_OTHER`. */
 export function httpMethod(raw: string): string {
@@ -17,7 +28,10 @@ export function hostAndPort(host: string | undefined, encrypted: boolean): [stri
   const colon = host.indexOf(':', close + 1);
   if (colon < 0) return [close > 0 ? host.slice(1, close) : host, defaultPort];
   const port = Number(host.slice(colon + 1));
-  return [close > 0 ? host.slice(1, close) : host.slice(0, colon), Number.isInteger(port) && port > 0 ? port : defaultPort];
+  return [
+    close > 0 ? host.slice(1, close) : host.slice(0, colon),
+    Number.isInteger(port) && port > 0 ? port : defaultPort,
+  ];
 }
 
 const ENVOY_ISTIO = 'x-envoy-peer-metadata';
@@ -42,7 +56,6 @@ export function proxyAttributes(headers: IncomingMessage['headers'], attributes:
   }
   if (proxy !== undefined) attributes['meshtrace.proxy'] = proxy;
 }
-
 
 /** The baggage key a `meshtrace probe` sends, copied onto the server span (a probe-only key: no cardinality risk). */
 const PROBE = 'meshtrace.probe';

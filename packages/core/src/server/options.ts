@@ -58,7 +58,10 @@ export interface ServerAdapter<Req, Res> {
 }
 
 /** The options every meshtrace instrumentation takes, HTTP or not: where spans come from, what is ignored, the hooks. */
-export type CommonOptions<Req, Res> = Pick<MeshTraceOptions<Req, Res>, 'tracerProvider' | 'ignore' | 'requestHook' | 'responseHook'>;
+export type CommonOptions<Req, Res> = Pick<
+  MeshTraceOptions<Req, Res>,
+  'tracerProvider' | 'ignore' | 'requestHook' | 'responseHook'
+>;
 
 const COMMON_RULES = { tracerProvider: 'tracerProvider', requestHook: 'function', responseHook: 'function' } as const;
 
@@ -77,19 +80,36 @@ export interface ResolvedOptions<Req, Res> {
  * `pkg` and the option. `paths` says what `ignore` lists, for that message.
  * @example const { tracer, ignored } = resolveOptions('@my/adapter', options);
  */
-export function resolveOptions<Req, Res>(pkg: string, options: CommonOptions<Req, Res> | undefined, paths = 'strings'): ResolvedOptions<Req, Res> {
+export function resolveOptions<Req, Res>(
+  pkg: string,
+  options: CommonOptions<Req, Res> | undefined,
+  paths = 'strings',
+): ResolvedOptions<Req, Res> {
   const { tracerProvider, ignore, requestHook, responseHook } = checkOptions(pkg, options ?? undefined, COMMON_RULES);
-  return { tracer: tracerProvider?.getTracer(pkg), ignored: ignoreMatcher(pkg, ignore, paths), requestHook, responseHook };
+  return {
+    tracer: tracerProvider?.getTracer(pkg),
+    ignored: ignoreMatcher(pkg, ignore, paths),
+    requestHook,
+    responseHook,
+  };
 }
 
-function ignoreMatcher<Req>(pkg: string, ignore: CommonOptions<Req, unknown>['ignore'], paths: string): ((path: string, request: Req) => boolean) | undefined {
+function ignoreMatcher<Req>(
+  pkg: string,
+  ignore: CommonOptions<Req, unknown>['ignore'],
+  paths: string,
+): ((path: string, request: Req) => boolean) | undefined {
   if (ignore === undefined) return undefined;
   if (typeof ignore === 'function') {
     return (path, request) => {
       try {
         return ignore(path, request) === true;
       } catch (err) {
-        warner.warn(`${pkg}:ignore`, () => `${pkg}: the ignore predicate threw, so the request is traced: ${err instanceof Error ? err.message : String(err)}`);
+        warner.warn(
+          `${pkg}:ignore`,
+          () =>
+            `${pkg}: the ignore predicate threw, so the request is traced: ${err instanceof Error ? err.message : String(err)}`,
+        );
         return false;
       }
     };
@@ -110,4 +130,3 @@ function ignoreMatcher<Req>(pkg: string, ignore: CommonOptions<Req, unknown>['ig
     return false;
   };
 }
-

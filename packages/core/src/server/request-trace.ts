@@ -86,7 +86,17 @@ export class RequestTrace<Req, Res> {
       }
       const hook = this.tracing.options.responseHook;
       // 'finish' and 'close' can fire from outside the request's context: the hook still runs in it.
-      if (hook !== undefined) api.with(this.context, callHook, undefined, 'responseHook', hook, span, this.response, this.tracing.adapter.name);
+      if (hook !== undefined)
+        api.with(
+          this.context,
+          callHook,
+          undefined,
+          'responseHook',
+          hook,
+          span,
+          this.response,
+          this.tracing.adapter.name,
+        );
       if (this.owned) span.end();
     }
     this.outer?.end(statusCode);
@@ -108,12 +118,15 @@ function onClose(this: ServerResponse): void {
   if (t !== undefined && !t.ended) t.end(this.writableFinished ? this.statusCode : undefined);
 }
 
-
 /**
  * Ends `rt` when `res` finishes or the client goes away, and binds `req`/`res` events to its context.
  * Two adapters on one response (meshHttp around a framework): the inner one ends both.
  */
-export function endWithResponse<Req, Res>(rt: RequestTrace<Req, Res>, req: IncomingMessage, res: ServerResponse): RequestTrace<Req, Res> {
+export function endWithResponse<Req, Res>(
+  rt: RequestTrace<Req, Res>,
+  req: IncomingMessage,
+  res: ServerResponse,
+): RequestTrace<Req, Res> {
   const outer = traceOf(res);
   if (outer !== undefined) {
     rt.outer = outer;

@@ -10,9 +10,18 @@ export class RoutePolicy<Req> {
 
   /** @internal */
   constructor(pkg: string, options: MeshTraceRouteOptions<Req>, option: string) {
-    if (options === null || typeof options !== 'object' || Array.isArray(options)) throw optionError(pkg, option, 'an object with inbound', options);
-    for (const key of Object.keys(options)) if (key !== 'inbound') throw optionError(pkg, `${option}.${key}`, 'absent: a route takes inbound only', (options as unknown as Record<string, unknown>)[key]);
-    if (options.inbound === undefined) throw optionError(pkg, `${option}.inbound`, "'continue', 'restart', 'ignore', a function or a policy", undefined);
+    if (options === null || typeof options !== 'object' || Array.isArray(options))
+      throw optionError(pkg, option, 'an object with inbound', options);
+    for (const key of Object.keys(options))
+      if (key !== 'inbound')
+        throw optionError(
+          pkg,
+          `${option}.${key}`,
+          'absent: a route takes inbound only',
+          (options as unknown as Record<string, unknown>)[key],
+        );
+    if (options.inbound === undefined)
+      throw optionError(pkg, `${option}.inbound`, "'continue', 'restart', 'ignore', a function or a policy", undefined);
     this.decide = inboundPolicy(pkg, `${option}.inbound`, options.inbound, true);
   }
 }
@@ -22,7 +31,10 @@ export class RoutePolicy<Req> {
  * returns what {@link ServerTracing.start} takes for that route's requests.
  * @example const policy = createRoutePolicy('@my/adapter', { inbound: 'restart' }, 'meshTraceRoute');
  */
-export function createRoutePolicy<Req>(pkg: string, options: MeshTraceRouteOptions<Req>, option = 'options'): RoutePolicy<Req> {
+export function createRoutePolicy<Req>(
+  pkg: string,
+  options: MeshTraceRouteOptions<Req>,
+  option = 'options',
+): RoutePolicy<Req> {
   return new RoutePolicy(pkg, options, option);
 }
-

@@ -29,12 +29,19 @@ function writeHeadWithTiming(this: Timed, ...args: unknown[]): ServerResponse {
     const given = args[at];
     if (Array.isArray(given)) {
       // Raw form: [name, value, ...] or [[name, value], ...]; writeHead appends each.
-      args[at] = typeof given[0] === 'string' ? [...given, 'server-timing', metric] : [...given, ['server-timing', metric]];
+      args[at] =
+        typeof given[0] === 'string' ? [...given, 'server-timing', metric] : [...given, ['server-timing', metric]];
     } else {
-      const key = given !== null && typeof given === 'object' ? Object.keys(given).find((k) => k.toLowerCase() === 'server-timing') : undefined;
+      const key =
+        given !== null && typeof given === 'object'
+          ? Object.keys(given).find((k) => k.toLowerCase() === 'server-timing')
+          : undefined;
       if (key !== undefined) {
         // writeHead's own headers replace what setHeader stored: extend them instead.
-        args[at] = { ...(given as Record<string, unknown>), [key]: ([] as unknown[]).concat((given as Record<string, unknown>)[key], metric) };
+        args[at] = {
+          ...(given as Record<string, unknown>),
+          [key]: ([] as unknown[]).concat((given as Record<string, unknown>)[key], metric),
+        };
       } else {
         this.appendHeader('server-timing', metric);
       }
@@ -42,4 +49,3 @@ function writeHeadWithTiming(this: Timed, ...args: unknown[]): ServerResponse {
   }
   return (writeHead as (...a: unknown[]) => ServerResponse).apply(this, args);
 }
-

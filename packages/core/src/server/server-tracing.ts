@@ -1,5 +1,14 @@
 import { ROOT_CONTEXT, SpanKind, context as api, defaultTextMapGetter, propagation, trace } from '@opentelemetry/api';
-import type { Attributes, Baggage, Context, Link, Span, TextMapGetter, Tracer, TracerProvider } from '@opentelemetry/api';
+import type {
+  Attributes,
+  Baggage,
+  Context,
+  Link,
+  Span,
+  TextMapGetter,
+  Tracer,
+  TracerProvider,
+} from '@opentelemetry/api';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { PACKAGE, checkPropagation, preview, warner, callHook } from '../internal/diagnostics';
 import { bindEmitter } from '../internal/emitter';
@@ -52,11 +61,19 @@ export class ServerTracing<Req, Res> {
   ) {
     const pkg = adapter.name;
     const common = resolveOptions(pkg, options);
-    const { inbound = 'continue', baggageAllowList, baggageAttributes, traceResponse = false, serverTiming = false, proxyAttributes = true } = options ?? {};
+    const {
+      inbound = 'continue',
+      baggageAllowList,
+      baggageAttributes,
+      traceResponse = false,
+      serverTiming = false,
+      proxyAttributes = true,
+    } = options ?? {};
     this.decide = inboundPolicy(pkg, 'inbound', inbound);
     const keys = (name: string, v: unknown): readonly string[] | undefined => {
       if (v === undefined) return undefined;
-      if (!Array.isArray(v) || v.some((k) => typeof k !== 'string' || k.length === 0)) throw optionError(pkg, name, 'an array of baggage keys', v);
+      if (!Array.isArray(v) || v.some((k) => typeof k !== 'string' || k.length === 0))
+        throw optionError(pkg, name, 'an array of baggage keys', v);
       return v.length > 0 ? v : undefined;
     };
     this.allowList = keys('baggageAllowList', baggageAllowList);
@@ -113,12 +130,21 @@ export class ServerTracing<Req, Res> {
       if (extraction === undefined && outcome.outcome === 'malformed' && continuedFrom(existing, raw)) {
         // Another propagator continued a header meshtrace rejects: the request must not stay in that trace.
         // Its span stays as it is (it cannot be re-parented); the request gets a fresh root of its own.
-        warner.warn('foreign-malformed', () => `${PACKAGE}: the global propagator continued a malformed traceparent (${outcome.reason}) ${preview(raw)}; meshtrace started a fresh root for the request. Register new MeshPropagator() as the propagator (NodeSDK's textMapPropagator) so the HTTP instrumentation rejects it too.`);
+        warner.warn(
+          'foreign-malformed',
+          () =>
+            `${PACKAGE}: the global propagator continued a malformed traceparent (${outcome.reason}) ${preview(raw)}; meshtrace started a fresh root for the request. Register new MeshPropagator() as the propagator (NodeSDK's textMapPropagator) so the HTTP instrumentation rejects it too.`,
+        );
         active = withoutRpcMetadata(trace.deleteSpan(active));
       } else {
         if (extraction === undefined) recordOutcome(outcome, raw);
         if (decision.action !== 'continue') active = this.untrustedBeside(active, outcome, decision);
-        const rt = new RequestTrace(this, request, response, method, { context: active, span: existing, outcome, mode: 'enriched' });
+        const rt = new RequestTrace(this, request, response, method, {
+          context: active,
+          span: existing,
+          outcome,
+          mode: 'enriched',
+        });
         rt.route = route;
         // Its owner may end it on 'finish' before our listener runs: name it now if the route is known already.
         const name = rt.nameRoute();
@@ -133,12 +159,20 @@ export class ServerTracing<Req, Res> {
       this.checked = true;
       checkPropagation();
     }
-    const extracted = decision.action === 'continue' ? extractRequestContext(headers, active) : this.untrusted(headers, active, decision);
+    const extracted =
+      decision.action === 'continue'
+        ? extractRequestContext(headers, active)
+        : this.untrusted(headers, active, decision);
     if (this.ignored?.(path, request) === true) {
       // No span, but body events still run in the propagated context.
       bindEmitter(extracted.context, req);
       bindEmitter(extracted.context, res);
-      const rt = new RequestTrace(this, request, response, method, { context: extracted.context, span: trace.wrapSpanContext(trace.getSpanContext(extracted.context) ?? INVALID), outcome: extracted.outcome, mode: 'ignored' });
+      const rt = new RequestTrace(this, request, response, method, {
+        context: extracted.context,
+        span: trace.wrapSpanContext(trace.getSpanContext(extracted.context) ?? INVALID),
+        outcome: extracted.outcome,
+        mode: 'ignored',
+      });
       rt.route = route;
       return rt;
     }
@@ -175,10 +209,19 @@ export class ServerTracing<Req, Res> {
     }
 
     const tracer = this.tracer ?? this.tracerOfGlobal();
-    const span = tracer.startSpan(method === '_OTHER' ? 'HTTP' : method, { kind: SpanKind.SERVER, attributes, links: extracted.links as Link[] | undefined }, extracted.context);
+    const span = tracer.startSpan(
+      method === '_OTHER' ? 'HTTP' : method,
+      { kind: SpanKind.SERVER, attributes, links: extracted.links as Link[] | undefined },
+      extracted.context,
+    );
     const ctx = trace.setSpan(extracted.context, span);
     this.respond(res, ctx, span);
-    const rt = new RequestTrace(this, request, response, method, { context: ctx, span, outcome: extracted.outcome, mode: 'owned' });
+    const rt = new RequestTrace(this, request, response, method, {
+      context: ctx,
+      span,
+      outcome: extracted.outcome,
+      mode: 'owned',
+    });
     rt.route = route;
     callHook('requestHook', this.options.requestHook, span, request, this.adapter.name);
     return endWithResponse(rt, req, res);
@@ -189,7 +232,11 @@ export class ServerTracing<Req, Res> {
     if ((!this.traceResponse && !this.serverTiming) || res.headersSent) return;
     const sc = span.spanContext();
     // The SDK's span flags carry only "sampled"; the random flag lives in the context.
-    const value = formatTraceparent(sc.traceId, sc.spanId, ctx.getValue(RANDOM_TRACE_ID_KEY) === true ? sc.traceFlags | FLAG_RANDOM : sc.traceFlags);
+    const value = formatTraceparent(
+      sc.traceId,
+      sc.spanId,
+      ctx.getValue(RANDOM_TRACE_ID_KEY) === true ? sc.traceFlags | FLAG_RANDOM : sc.traceFlags,
+    );
     if (this.traceResponse) res.setHeader('traceresponse', value);
     if (this.serverTiming) addServerTiming(res, `trace;desc=${value}`);
   }
@@ -211,12 +258,24 @@ export class ServerTracing<Req, Res> {
     let links: Link[] | undefined;
     let inbound: Baggage | undefined;
     if (decision.action === 'restart') {
-      const seen = extractWith(DEFAULT_CONFIG, headers, defaultTextMapGetter as TextMapGetter<typeof headers>, ROOT_CONTEXT, false);
+      const seen = extractWith(
+        DEFAULT_CONFIG,
+        headers,
+        defaultTextMapGetter as TextMapGetter<typeof headers>,
+        ROOT_CONTEXT,
+        false,
+      );
       const sc = trace.getSpanContext(seen);
       if (sc !== undefined) links = [{ context: sc, attributes: { 'meshtrace.link.reason': 'restarted' } }];
       inbound = propagation.getBaggage(seen);
     } else if (this.allowList !== undefined && headers.baggage !== undefined) {
-      const seen = extractWith(BAGGAGE_ONLY, headers, defaultTextMapGetter as TextMapGetter<typeof headers>, ROOT_CONTEXT, false);
+      const seen = extractWith(
+        BAGGAGE_ONLY,
+        headers,
+        defaultTextMapGetter as TextMapGetter<typeof headers>,
+        ROOT_CONTEXT,
+        false,
+      );
       inbound = propagation.getBaggage(seen);
     }
     const outcome = trustOutcome(decision.action as 'restart' | 'ignore', decision.reason);
@@ -232,7 +291,11 @@ export class ServerTracing<Req, Res> {
   private untrustedBeside(active: Context, outcome: ExtractOutcome, decision: TrustDecision): Context {
     if (outcome.outcome === 'continued') {
       const pkg = this.adapter.name;
-      warner.warn(`${pkg}:trust-beside-instrumentation`, () => `${pkg}: the inbound policy said '${decision.action}'${decision.reason === undefined ? '' : ` (${decision.reason})`}, but an HTTP instrumentation had already continued the caller's trace in its SERVER span, which meshtrace cannot move without a second SERVER span; only the baggage was cut to baggageAllowList. Turn the instrumentation's server side off (instrumentation-http: disableIncomingRequestInstrumentation: true) so meshtrace makes the SERVER span and applies the policy.`);
+      warner.warn(
+        `${pkg}:trust-beside-instrumentation`,
+        () =>
+          `${pkg}: the inbound policy said '${decision.action}'${decision.reason === undefined ? '' : ` (${decision.reason})`}, but an HTTP instrumentation had already continued the caller's trace in its SERVER span, which meshtrace cannot move without a second SERVER span; only the baggage was cut to baggageAllowList. Turn the instrumentation's server side off (instrumentation-http: disableIncomingRequestInstrumentation: true) so meshtrace makes the SERVER span and applies the policy.`,
+      );
     }
     return this.allowedBaggage(active, propagation.getBaggage(active));
   }
@@ -252,7 +315,6 @@ export class ServerTracing<Req, Res> {
     }
     return any ? propagation.setBaggage(ctx, propagation.createBaggage(kept)) : ctx;
   }
-
 }
 
 /**
@@ -276,7 +338,9 @@ function setOutcome(span: Span, outcome: ExtractOutcome): void {
   span.setAttributes(outcomeAttributes(outcome, {}));
 }
 
-const INVALID = trace.wrapSpanContext({ traceId: '00000000000000000000000000000000', spanId: '0000000000000000', traceFlags: 0 }).spanContext();
+const INVALID = trace
+  .wrapSpanContext({ traceId: '00000000000000000000000000000000', spanId: '0000000000000000', traceFlags: 0 })
+  .spanContext();
 
 /**
  * The core of every adapter: validates `options` at setup and returns the per-request tracing.
@@ -285,6 +349,9 @@ const INVALID = trace.wrapSpanContext({ traceId: '000000000000000000000000000000
  * const t = tracing.start(req, res);
  * context.with(t.context, next);
  */
-export function createServerTracing<Req, Res>(options: MeshTraceOptions<Req, Res> | undefined, adapter: ServerAdapter<Req, Res>): ServerTracing<Req, Res> {
+export function createServerTracing<Req, Res>(
+  options: MeshTraceOptions<Req, Res> | undefined,
+  adapter: ServerAdapter<Req, Res>,
+): ServerTracing<Req, Res> {
   return new ServerTracing(options, adapter);
 }

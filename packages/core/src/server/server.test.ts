@@ -29,7 +29,10 @@ async function serve(options: MeshTraceOptions): Promise<string> {
     context.with(t.context, () => {
       const bag = propagation.getBaggage(context.active());
       // A handler that changes baggage makes a new context; it must not touch anyone else's.
-      const changed = propagation.setBaggage(context.active(), (bag ?? propagation.createBaggage()).setEntry('changed', { value: 'yes' }));
+      const changed = propagation.setBaggage(
+        context.active(),
+        (bag ?? propagation.createBaggage()).setEntry('changed', { value: 'yes' }),
+      );
       context.with(changed, () => undefined);
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify(observe()));
@@ -88,9 +91,16 @@ describe('B3 beside W3C', () => {
   test('a disagreeing B3 context becomes a link on the server span; W3C wins', async () => {
     const base = await serve({});
     const b3Trace = '4bf92f3577b34da6a3ce929d0e0e4736';
-    const { seen, span } = await call(base, { traceparent: VALID, 'x-b3-traceid': b3Trace, 'x-b3-spanid': '00f067aa0ba902b7', 'x-b3-sampled': '1' });
+    const { seen, span } = await call(base, {
+      traceparent: VALID,
+      'x-b3-traceid': b3Trace,
+      'x-b3-spanid': '00f067aa0ba902b7',
+      'x-b3-sampled': '1',
+    });
     expect(seen.traceId).toBe(T);
-    expect(span?.links.map((l) => [l.context.traceId, l.attributes?.['meshtrace.link.format']])).toEqual([[b3Trace, 'b3']]);
+    expect(span?.links.map((l) => [l.context.traceId, l.attributes?.['meshtrace.link.format']])).toEqual([
+      [b3Trace, 'b3'],
+    ]);
     expect(span?.attributes['meshtrace.propagation.format']).toBe('w3c');
   });
 
@@ -112,7 +122,9 @@ test('allow-listed baggage keys are copied onto the span, and only those', async
 
 test('a handler changing baggage never changes what another request sees', async () => {
   const base = await serve({});
-  const calls = await Promise.all(Array.from({ length: 20 }, (_, i) => call(base, { traceparent: VALID, baggage: `n=${i}` })));
+  const calls = await Promise.all(
+    Array.from({ length: 20 }, (_, i) => call(base, { traceparent: VALID, baggage: `n=${i}` })),
+  );
   calls.forEach((c, i) => expect(c.seen.baggage).toEqual({ n: String(i) }));
 });
 
@@ -143,12 +155,40 @@ describe('server-timing trace metric', () => {
   const cases: Array<[string, (res: ServerResponse) => void, string[]]> = [
     ['alone', (res) => res.end('ok'), []],
     ['after setHeader', (res) => (res.setHeader('Server-Timing', 'db;dur=53'), res.end('ok')), ['db;dur=53']],
-    ['after setHeader with a list', (res) => (res.setHeader('server-timing', ['db;dur=53', 'cache;desc="hit"']), res.end('ok')), ['db;dur=53', 'cache;desc="hit"']],
-    ['after setHeader, then writeHead without headers', (res) => (res.setHeader('server-timing', 'db;dur=53'), res.writeHead(200), res.end('ok')), ['db;dur=53']],
-    ['after writeHead headers (as Fastify sends them)', (res) => (res.writeHead(200, { 'Server-Timing': 'app;dur=47.2', 'content-type': 'text/plain' }), res.end('ok')), ['app;dur=47.2']],
-    ['after writeHead headers replacing a setHeader value', (res) => (res.setHeader('server-timing', 'old;dur=1'), res.writeHead(200, 'OK', { 'server-timing': 'app;dur=2' }), res.end('ok')), ['app;dur=2']],
-    ['after writeHead raw headers', (res) => (res.writeHead(200, ['server-timing', 'db;dur=5', 'content-type', 'text/plain']), res.end('ok')), ['db;dur=5']],
-    ['after flushHeaders', (res) => (res.setHeader('server-timing', 'db;dur=53'), res.flushHeaders(), res.end('ok')), ['db;dur=53']],
+    [
+      'after setHeader with a list',
+      (res) => (res.setHeader('server-timing', ['db;dur=53', 'cache;desc="hit"']), res.end('ok')),
+      ['db;dur=53', 'cache;desc="hit"'],
+    ],
+    [
+      'after setHeader, then writeHead without headers',
+      (res) => (res.setHeader('server-timing', 'db;dur=53'), res.writeHead(200), res.end('ok')),
+      ['db;dur=53'],
+    ],
+    [
+      'after writeHead headers (as Fastify sends them)',
+      (res) => (res.writeHead(200, { 'Server-Timing': 'app;dur=47.2', 'content-type': 'text/plain' }), res.end('ok')),
+      ['app;dur=47.2'],
+    ],
+    [
+      'after writeHead headers replacing a setHeader value',
+      (res) => (
+        res.setHeader('server-timing', 'old;dur=1'),
+        res.writeHead(200, 'OK', { 'server-timing': 'app;dur=2' }),
+        res.end('ok')
+      ),
+      ['app;dur=2'],
+    ],
+    [
+      'after writeHead raw headers',
+      (res) => (res.writeHead(200, ['server-timing', 'db;dur=5', 'content-type', 'text/plain']), res.end('ok')),
+      ['db;dur=5'],
+    ],
+    [
+      'after flushHeaders',
+      (res) => (res.setHeader('server-timing', 'db;dur=53'), res.flushHeaders(), res.end('ok')),
+      ['db;dur=53'],
+    ],
   ];
   test.each(cases)('appended %s, never replacing it; the random flag kept', async (name, how, own) => {
     const base = await timed({ serverTiming: true }, how);
@@ -156,7 +196,10 @@ describe('server-timing trace metric', () => {
     await res.text();
     const metric = `trace;desc=00-${T}-${res.headers.get('x-span')}-03`;
     // fetch folds several field lines into one, comma-separated, as the browser's parser reads them.
-    expect({ name, timing: res.headers.get('server-timing')?.split(/,\s*/) }).toEqual({ name, timing: [...own, metric] });
+    expect({ name, timing: res.headers.get('server-timing')?.split(/,\s*/) }).toEqual({
+      name,
+      timing: [...own, metric],
+    });
   });
 
   test('a fresh root says its trace id is random (Level 2 flag 0x02); traceresponse says the same', async () => {
@@ -168,7 +211,9 @@ describe('server-timing trace metric', () => {
   });
 
   test('off by default', async () => {
-    const res = await fetch(await timed({}, (res) => (res.setHeader('server-timing', 'db;dur=1'), res.end('ok'))), { headers: { traceparent: VALID } });
+    const res = await fetch(await timed({}, (res) => (res.setHeader('server-timing', 'db;dur=1'), res.end('ok'))), {
+      headers: { traceparent: VALID },
+    });
     expect(res.headers.get('server-timing')).toBe('db;dur=1');
   });
 });
@@ -185,11 +230,16 @@ describe('proxy awareness', () => {
     const base = await serve({});
     const { span } = await call(base, { traceparent: VALID, ...headers });
     expect(span?.attributes['meshtrace.proxy']).toBe(proxy);
-    expect(span?.attributes['http.request.header.x-request-id']).toEqual(headers['x-request-id'] ? [headers['x-request-id']] : undefined);
+    expect(span?.attributes['http.request.header.x-request-id']).toEqual(
+      headers['x-request-id'] ? [headers['x-request-id']] : undefined,
+    );
   });
 
   test('proxyAttributes: false records neither', async () => {
-    const { span } = await call(await serve({ proxyAttributes: false }), { 'x-envoy-attempt-count': '1', 'x-request-id': 'r' });
+    const { span } = await call(await serve({ proxyAttributes: false }), {
+      'x-envoy-attempt-count': '1',
+      'x-request-id': 'r',
+    });
     expect(span?.attributes['meshtrace.proxy']).toBeUndefined();
     expect(span?.attributes['http.request.header.x-request-id']).toBeUndefined();
   });
@@ -197,7 +247,10 @@ describe('proxy awareness', () => {
 
 test('the first request warns when propagation is broken', async () => {
   const warnings: string[] = [];
-  diag.setLogger({ warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+  diag.setLogger(
+    { warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} },
+    DiagLogLevel.WARN,
+  );
   const base = await serve({});
   propagation.disable();
   try {
@@ -212,10 +265,18 @@ test('the first request warns when propagation is broken', async () => {
 
 test('ignore: exact paths and patterns get no span; a predicate that throws is warned about and the request traced', async () => {
   const warnings: string[] = [];
-  diag.setLogger({ warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+  diag.setLogger(
+    { warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} },
+    DiagLogLevel.WARN,
+  );
   try {
     const listed = await serve({ ignore: ['/healthz', /^\/internal\//] });
-    for (const [path, traced] of [['/healthz', false], ['/healthz?probe=1', false], ['/internal/stats', false], ['/users', true]] as const) {
+    for (const [path, traced] of [
+      ['/healthz', false],
+      ['/healthz?probe=1', false],
+      ['/internal/stats', false],
+      ['/users', true],
+    ] as const) {
       const { seen, span } = await call(listed + path, { traceparent: VALID });
       // Ignored or not, the handler runs in the caller's trace.
       expect({ path, traceId: seen.traceId, traced: span !== undefined }).toEqual({ path, traceId: T, traced });
@@ -228,7 +289,9 @@ test('ignore: exact paths and patterns get no span; a predicate that throws is w
     const first = await call(throwing + '/a', { traceparent: VALID });
     const second = await call(throwing + '/b', { traceparent: VALID });
     expect([first.span !== undefined, second.span !== undefined]).toEqual([true, true]);
-    expect(warnings.filter((w) => w.includes('ignore predicate threw'))).toEqual(['@meshtrace/core-test: the ignore predicate threw, so the request is traced: predicate broke']);
+    expect(warnings.filter((w) => w.includes('ignore predicate threw'))).toEqual([
+      '@meshtrace/core-test: the ignore predicate threw, so the request is traced: predicate broke',
+    ]);
   } finally {
     diag.disable();
   }
@@ -246,7 +309,9 @@ const bad: Array<[string, unknown]> = [
   ['tracerProvider', { tracerProvider: {} }],
 ];
 test.each(bad)('bad option %s fails at setup', (option, options) => {
-  expect(() => createServerTracing(options as never, { name: '@meshtrace/x' })).toThrow(new RegExp(`^@meshtrace/x: option "${option}"`));
+  expect(() => createServerTracing(options as never, { name: '@meshtrace/x' })).toThrow(
+    new RegExp(`^@meshtrace/x: option "${option}"`),
+  );
   expect(() => createServerTracing(options as never, { name: '@meshtrace/x' })).toThrow(TypeError);
 });
 
@@ -272,7 +337,10 @@ test('a span already active is enriched, not duplicated', async () => {
 
 test("responseHook runs in the request's context even when the response ends from outside it", async () => {
   const hooked: string[] = [];
-  const t = createServerTracing<IncomingMessage, ServerResponse>({ responseHook: () => void hooked.push(trace.getActiveSpan()?.spanContext().spanId ?? 'none') }, { name: '@meshtrace/x' });
+  const t = createServerTracing<IncomingMessage, ServerResponse>(
+    { responseHook: () => void hooked.push(trace.getActiveSpan()?.spanContext().spanId ?? 'none') },
+    { name: '@meshtrace/x' },
+  );
   const server = createServer((req, res) => {
     const rt = t.start(req, res);
     const spanId = rt.span.spanContext().spanId;
@@ -281,7 +349,9 @@ test("responseHook runs in the request's context even when the response ends fro
   });
   servers.push(server);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const res = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, { headers: { traceparent: VALID } });
+  const res = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, {
+    headers: { traceparent: VALID },
+  });
   const { spanId } = (await res.json()) as { spanId: string };
   await new Promise((r) => setImmediate(r));
   expect(hooked).toEqual([spanId]);
@@ -298,9 +368,14 @@ describe('beside an HTTP instrumentation that made the SERVER span', () => {
    * start the SERVER span, record it in the RPC metadata; then an Express/Koa/Fastify
    * instrumentation's INTERNAL middleware span is active when meshtrace's middleware runs.
    */
-  async function instrumented(options: MeshTraceOptions = {}): Promise<{ base: string; rpc: Array<{ route?: string }> }> {
+  async function instrumented(
+    options: MeshTraceOptions = {},
+  ): Promise<{ base: string; rpc: Array<{ route?: string }> }> {
     const tracer = trace.getTracer('@opentelemetry/instrumentation-http');
-    const t = createServerTracing<IncomingMessage, ServerResponse>(options, { name: '@meshtrace/x', route: () => '/orders/:id' });
+    const t = createServerTracing<IncomingMessage, ServerResponse>(options, {
+      name: '@meshtrace/x',
+      route: () => '/orders/:id',
+    });
     const rpc: Array<{ route?: string }> = [];
     const server = createServer((req, res) => {
       const extracted = propagation.extract(ROOT_CONTEXT, req.headers);
@@ -321,7 +396,7 @@ describe('beside an HTTP instrumentation that made the SERVER span', () => {
     return { base: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, rpc };
   }
 
-  test("its span is found through the RPC metadata while an INTERNAL span is active: enriched and named, not duplicated, counted once", async () => {
+  test('its span is found through the RPC metadata while an INTERNAL span is active: enriched and named, not duplicated, counted once', async () => {
     const { base, rpc } = await instrumented();
     const { seen, counted } = await call(base, { traceparent: VALID });
     const serverSpans = tracing.spans().filter((s) => s.kind === SpanKind.SERVER);
@@ -339,19 +414,34 @@ describe('beside an HTTP instrumentation that made the SERVER span', () => {
   test('an inbound policy that distrusts the caller: the span is theirs and stays, the baggage is cut to the allow-list, a warning says how to apply it', async () => {
     warner.reset();
     const warnings: string[] = [];
-    diag.setLogger({ warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+    diag.setLogger(
+      { warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} },
+      DiagLogLevel.WARN,
+    );
     try {
-      const { base } = await instrumented({ inbound: { trustedPeers: ['10.0.0.0/8'] }, baggageAllowList: ['tenant'], serverTiming: true });
+      const { base } = await instrumented({
+        inbound: { trustedPeers: ['10.0.0.0/8'] },
+        baggageAllowList: ['tenant'],
+        serverTiming: true,
+      });
       const { seen, counted, res } = await call(base, { traceparent: VALID, baggage: 'tenant=acme,session=secret' });
       const serverSpans = tracing.spans().filter((s) => s.kind === SpanKind.SERVER);
-      expect(serverSpans.map((s) => [s.instrumentationScope.name, s.spanContext().traceId, s.attributes['meshtrace.propagation.outcome']])).toEqual([['@opentelemetry/instrumentation-http', T, 'continued']]);
+      expect(
+        serverSpans.map((s) => [
+          s.instrumentationScope.name,
+          s.spanContext().traceId,
+          s.attributes['meshtrace.propagation.outcome'],
+        ]),
+      ).toEqual([['@opentelemetry/instrumentation-http', T, 'continued']]);
       expect([seen.baggage, counted]).toEqual([{ tenant: 'acme' }, ['continued']]);
       expect(res.headers.get('server-timing')).toBe(`trace;desc=00-${T}-${serverSpans[0].spanContext().spanId}-01`);
       expect(warnings.filter((w) => w.includes('disableIncomingRequestInstrumentation'))).toHaveLength(1);
 
       // Trusted: nothing is cut, nothing is said.
       const trusted = await instrumented({ inbound: { trustedPeers: ['127.0.0.1'] }, baggageAllowList: ['tenant'] });
-      expect((await call(trusted.base, { traceparent: VALID, baggage: 'tenant=acme,session=secret' })).seen.baggage).toEqual({ tenant: 'acme', session: 'secret' });
+      expect(
+        (await call(trusted.base, { traceparent: VALID, baggage: 'tenant=acme,session=secret' })).seen.baggage,
+      ).toEqual({ tenant: 'acme', session: 'secret' });
       expect(warnings.filter((w) => w.includes('disableIncomingRequestInstrumentation'))).toHaveLength(1);
     } finally {
       diag.disable();
@@ -365,11 +455,21 @@ describe('beside an HTTP instrumentation that made the SERVER span', () => {
       fields: () => ['traceparent'],
       extract: (ctx, carrier, getter) => {
         const m = /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/i.exec(String(getter.get(carrier, 'traceparent')));
-        return m ? trace.setSpanContext(ctx, { traceId: m[1].toLowerCase(), spanId: m[2].toLowerCase(), traceFlags: 1, isRemote: true }) : ctx;
+        return m
+          ? trace.setSpanContext(ctx, {
+              traceId: m[1].toLowerCase(),
+              spanId: m[2].toLowerCase(),
+              traceFlags: 1,
+              isRemote: true,
+            })
+          : ctx;
       },
     };
     const warnings: string[] = [];
-    diag.setLogger({ warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} }, DiagLogLevel.WARN);
+    diag.setLogger(
+      { warn: (m: string) => warnings.push(m), error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} },
+      DiagLogLevel.WARN,
+    );
     propagation.disable();
     propagation.setGlobalPropagator(lenient);
     try {
@@ -387,7 +487,9 @@ describe('beside an HTTP instrumentation that made the SERVER span', () => {
       expect(seen.traceId).toBe(ours?.spanContext().traceId);
       expect(seen.spanId).toBe(ours?.spanContext().spanId);
       expect(counted).toEqual(['malformed:bad-trace-id']);
-      expect(warnings.filter((w) => w.includes('the global propagator continued a malformed traceparent'))).toHaveLength(1);
+      expect(
+        warnings.filter((w) => w.includes('the global propagator continued a malformed traceparent')),
+      ).toHaveLength(1);
     } finally {
       propagation.disable();
       propagation.setGlobalPropagator(new MeshPropagator());
@@ -400,7 +502,10 @@ describe('the probe id of meshtrace probe', () => {
   test.each([
     ['a continued trace', { traceparent: VALID, baggage: 'tenant=acme,meshtrace.probe=p-42' }],
     ['a lost trace: the id still ties the hop to its probe', { baggage: 'meshtrace.probe=p-42' }],
-    ['a distrusted trace: baggage is cut, the id is still recorded', { traceparent: VALID, baggage: 'meshtrace.probe=p-42', restart: '1' }],
+    [
+      'a distrusted trace: baggage is cut, the id is still recorded',
+      { traceparent: VALID, baggage: 'meshtrace.probe=p-42', restart: '1' },
+    ],
   ])('is copied from baggage onto the server span: %s', async (_name, headers) => {
     const { restart, ...sent } = headers as Record<string, string>;
     const base = await serve(restart ? { inbound: 'restart' } : {});
@@ -422,12 +527,15 @@ describe('with only the public API, as if the OpenTelemetry internals core reads
     ['valid', { traceparent: VALID }, 'continued', T],
     ['upper-case', { traceparent: VALID.toUpperCase().replace(/^00/, '00') }, 'malformed', undefined],
     ['missing', {}, 'missing', undefined],
-  ])('%s traceparent: one SERVER span from the global provider, the outcome on it and counted', async (_name, headers, outcome, traceId) => {
-    const { seen, span, counted } = await call(await serve({}), headers as Record<string, string>);
-    expect(span?.kind).toBe(SpanKind.SERVER);
-    expect(span?.attributes['meshtrace.propagation.outcome']).toBe(outcome);
-    expect(counted.some((k) => k.includes(outcome))).toBe(true);
-    if (traceId !== undefined) expect(seen.traceId).toBe(traceId);
-    else expect(seen.traceId).not.toBe(T);
-  });
+  ])(
+    '%s traceparent: one SERVER span from the global provider, the outcome on it and counted',
+    async (_name, headers, outcome, traceId) => {
+      const { seen, span, counted } = await call(await serve({}), headers as Record<string, string>);
+      expect(span?.kind).toBe(SpanKind.SERVER);
+      expect(span?.attributes['meshtrace.propagation.outcome']).toBe(outcome);
+      expect(counted.some((k) => k.includes(outcome))).toBe(true);
+      if (traceId !== undefined) expect(seen.traceId).toBe(traceId);
+      else expect(seen.traceId).not.toBe(T);
+    },
+  );
 });

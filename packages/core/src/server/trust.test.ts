@@ -15,7 +15,16 @@ const VALID = `00-${T}-${P}-01`;
 const tracing = setupTestTracing();
 const servers: Server[] = [];
 const warnings: string[] = [];
-diag.setLogger({ warn: (m: string) => void warnings.push(m), error: () => undefined, info: () => undefined, debug: () => undefined, verbose: () => undefined }, DiagLogLevel.WARN);
+diag.setLogger(
+  {
+    warn: (m: string) => void warnings.push(m),
+    error: () => undefined,
+    info: () => undefined,
+    debug: () => undefined,
+    verbose: () => undefined,
+  },
+  DiagLogLevel.WARN,
+);
 afterAll(async () => {
   await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
   await tracing.shutdown();
@@ -59,12 +68,19 @@ describe('a declarative policy decides by the socket peer', () => {
 
   test("IPv6 ranges hold IPv4-mapped peers too: '::ffff:10.0.0.0/104' trusts 10.x written either way", () => {
     const mapped = inboundPolicy<IncomingMessage>('@meshtrace/x', 'inbound', { trustedPeers: ['::ffff:10.0.0.0/104'] });
-    expect([mapped(fakeRequest('10.1.2.3'), fakeRequest('')).action, mapped(fakeRequest('::ffff:10.1.2.3'), fakeRequest('')).action, mapped(fakeRequest('11.1.2.3'), fakeRequest('')).action]).toEqual(['continue', 'continue', 'restart']);
+    expect([
+      mapped(fakeRequest('10.1.2.3'), fakeRequest('')).action,
+      mapped(fakeRequest('::ffff:10.1.2.3'), fakeRequest('')).action,
+      mapped(fakeRequest('11.1.2.3'), fakeRequest('')).action,
+    ]).toEqual(['continue', 'continue', 'restart']);
   });
 });
 
 describe('a declarative policy trusts a header the sidecar sets after mTLS', () => {
-  const decide = inboundPolicy<IncomingMessage>('@meshtrace/x', 'inbound', { trustedWhen: 'X-Forwarded-Client-Cert', otherwise: 'ignore' });
+  const decide = inboundPolicy<IncomingMessage>('@meshtrace/x', 'inbound', {
+    trustedWhen: 'X-Forwarded-Client-Cert',
+    otherwise: 'ignore',
+  });
   const cases: Array<[string, Record<string, string>, string, string | undefined]> = [
     ['present', { 'x-forwarded-client-cert': 'By=spiffe://cluster.local/ns/a/sa/b;Hash=abc' }, 'continue', undefined],
     ['absent', {}, 'ignore', 'untrusted-peer'],
@@ -77,8 +93,15 @@ describe('a declarative policy trusts a header the sidecar sets after mTLS', () 
   });
 
   test('several header names: any one of them', () => {
-    const either = inboundPolicy<IncomingMessage>('@meshtrace/x', 'inbound', { trustedWhen: ['x-forwarded-client-cert', 'l5d-client-id'] });
-    expect(either(fakeRequest('203.0.113.7', { 'l5d-client-id': 'web.default.serviceaccount.identity.linkerd.cluster.local' }), fakeRequest('')).action).toBe('continue');
+    const either = inboundPolicy<IncomingMessage>('@meshtrace/x', 'inbound', {
+      trustedWhen: ['x-forwarded-client-cert', 'l5d-client-id'],
+    });
+    expect(
+      either(
+        fakeRequest('203.0.113.7', { 'l5d-client-id': 'web.default.serviceaccount.identity.linkerd.cluster.local' }),
+        fakeRequest(''),
+      ).action,
+    ).toBe('continue');
   });
 });
 
@@ -102,9 +125,19 @@ describe('X-Forwarded-For counts only with proxyHops', () => {
   test('the decision follows the hops', () => {
     const req = fakeRequest('127.0.0.9', { 'x-forwarded-for': '203.0.113.1, 10.1.1.1' });
     const without = inboundPolicy<IncomingMessage>('@meshtrace/x', 'inbound', { trustedPeers: ['10.0.0.0/8'] });
-    const withHop = inboundPolicy<IncomingMessage>('@meshtrace/x', 'inbound', { trustedPeers: ['10.0.0.0/8'], proxyHops: 1 });
-    const twoHops = inboundPolicy<IncomingMessage>('@meshtrace/x', 'inbound', { trustedPeers: ['10.0.0.0/8'], proxyHops: 2 });
-    expect([without(req, req).action, withHop(req, req).action, twoHops(req, req).action]).toEqual(['restart', 'continue', 'restart']);
+    const withHop = inboundPolicy<IncomingMessage>('@meshtrace/x', 'inbound', {
+      trustedPeers: ['10.0.0.0/8'],
+      proxyHops: 1,
+    });
+    const twoHops = inboundPolicy<IncomingMessage>('@meshtrace/x', 'inbound', {
+      trustedPeers: ['10.0.0.0/8'],
+      proxyHops: 2,
+    });
+    expect([without(req, req).action, withHop(req, req).action, twoHops(req, req).action]).toEqual([
+      'restart',
+      'continue',
+      'restart',
+    ]);
   });
 });
 
@@ -150,7 +183,11 @@ describe('bad policies fail at setup with a TypeError naming the option', () => 
 });
 
 /** A node:http server traced with `options` on `host`, answering with what its handler observed; `route` decides per request. */
-async function serve(options: MeshTraceOptions, host = '127.0.0.1', route?: (req: IncomingMessage) => RoutePolicy<IncomingMessage> | undefined): Promise<number> {
+async function serve(
+  options: MeshTraceOptions,
+  host = '127.0.0.1',
+  route?: (req: IncomingMessage) => RoutePolicy<IncomingMessage> | undefined,
+): Promise<number> {
   const t = createServerTracing<IncomingMessage, ServerResponse>(options, { name: '@meshtrace/trust-test' });
   const server = createServer((req, res) => {
     const rt = t.start(req, res, route?.(req));
@@ -175,8 +212,22 @@ describe('on a real socket', () => {
   // A dual-stack listener reports an IPv4 client as IPv4-mapped IPv6, a single-stack one as IPv4.
   const cases: Array<[string, string, string, string[], string, string]> = [
     ['IPv4 listener, 127.0.0.1 trusted', '127.0.0.1', '127.0.0.1', ['127.0.0.1'], 'continued', T],
-    ['dual-stack listener, 127.0.0.1 trusted (peer ::ffff:127.0.0.1)', '::', '127.0.0.1', ['127.0.0.0/8'], 'continued', T],
-    ['dual-stack listener, only ::1 trusted (peer ::ffff:127.0.0.1)', '::', '127.0.0.1', ['::1'], 'restarted:untrusted-peer', ''],
+    [
+      'dual-stack listener, 127.0.0.1 trusted (peer ::ffff:127.0.0.1)',
+      '::',
+      '127.0.0.1',
+      ['127.0.0.0/8'],
+      'continued',
+      T,
+    ],
+    [
+      'dual-stack listener, only ::1 trusted (peer ::ffff:127.0.0.1)',
+      '::',
+      '127.0.0.1',
+      ['::1'],
+      'restarted:untrusted-peer',
+      '',
+    ],
     ['IPv6 listener, ::1 trusted', '::1', '[::1]', ['::1/128'], 'continued', T],
     ['IPv6 listener, only 10/8 trusted', '::1', '[::1]', ['10.0.0.0/8'], 'restarted:untrusted-peer', ''],
   ];
@@ -184,68 +235,108 @@ describe('on a real socket', () => {
     const port = await serve({ inbound: { trustedPeers } }, listen);
     const { seen, span, counted } = await call(`http://${connect}:${port}/`, { traceparent: VALID });
     const [name, reason] = outcome.split(':');
-    expect({ counted, outcome: span?.attributes['meshtrace.propagation.outcome'], reason: span?.attributes['meshtrace.propagation.reason'] }).toEqual({ counted: [outcome], outcome: name, reason });
+    expect({
+      counted,
+      outcome: span?.attributes['meshtrace.propagation.outcome'],
+      reason: span?.attributes['meshtrace.propagation.reason'],
+    }).toEqual({ counted: [outcome], outcome: name, reason });
     if (traceId) expect(seen.traceId).toBe(traceId);
     else expect(seen.traceId).not.toBe(T);
   });
 
   test("'restart' for an untrusted peer: a new trace linked to the caller's, only allow-listed baggage, counted with its reason", async () => {
     const port = await serve({ inbound: { trustedPeers: ['10.0.0.0/8'] }, baggageAllowList: ['tenant'] });
-    const { seen, span, counted } = await call(`http://127.0.0.1:${port}/`, { traceparent: VALID, baggage: 'tenant=acme,session=secret' });
+    const { seen, span, counted } = await call(`http://127.0.0.1:${port}/`, {
+      traceparent: VALID,
+      baggage: 'tenant=acme,session=secret',
+    });
     expect(seen.traceId).not.toBe(T);
     expect(span?.parentSpanContext).toBeUndefined();
-    expect(span?.links.map((l) => [l.context.traceId, l.context.spanId, l.attributes?.['meshtrace.link.reason']])).toEqual([[T, P, 'restarted']]);
+    expect(
+      span?.links.map((l) => [l.context.traceId, l.context.spanId, l.attributes?.['meshtrace.link.reason']]),
+    ).toEqual([[T, P, 'restarted']]);
     expect(seen.baggage).toEqual({ tenant: 'acme' });
     expect(counted).toEqual(['restarted:untrusted-peer']);
   });
 
   test("'ignore' for an untrusted peer: no link, no baggage but the allow-list", async () => {
-    const port = await serve({ inbound: { trustedPeers: ['10.0.0.0/8'], otherwise: 'ignore' }, baggageAllowList: ['tenant'] });
-    const { seen, span, counted } = await call(`http://127.0.0.1:${port}/`, { traceparent: VALID, baggage: 'tenant=acme,session=secret' });
+    const port = await serve({
+      inbound: { trustedPeers: ['10.0.0.0/8'], otherwise: 'ignore' },
+      baggageAllowList: ['tenant'],
+    });
+    const { seen, span, counted } = await call(`http://127.0.0.1:${port}/`, {
+      traceparent: VALID,
+      baggage: 'tenant=acme,session=secret',
+    });
     expect([span?.links, seen.baggage, counted]).toEqual([[], { tenant: 'acme' }, ['ignored:untrusted-peer']]);
   });
 
   test('the header the sidecar sets decides even for an untrusted peer', async () => {
     const port = await serve({ inbound: { trustedPeers: ['10.0.0.0/8'], trustedWhen: 'x-forwarded-client-cert' } });
-    const trusted = await call(`http://127.0.0.1:${port}/`, { traceparent: VALID, 'x-forwarded-client-cert': 'By=spiffe://cluster.local/ns/a/sa/b' });
+    const trusted = await call(`http://127.0.0.1:${port}/`, {
+      traceparent: VALID,
+      'x-forwarded-client-cert': 'By=spiffe://cluster.local/ns/a/sa/b',
+    });
     const untrusted = await call(`http://127.0.0.1:${port}/`, { traceparent: VALID });
-    expect([trusted.seen.traceId, trusted.counted, untrusted.counted]).toEqual([T, ['continued'], ['restarted:untrusted-peer']]);
+    expect([trusted.seen.traceId, trusted.counted, untrusted.counted]).toEqual([
+      T,
+      ['continued'],
+      ['restarted:untrusted-peer'],
+    ]);
   });
 
   test('X-Forwarded-For is not trusted without proxyHops, and is with it', async () => {
     const xff = { traceparent: VALID, 'x-forwarded-for': '10.1.2.3' };
     const ignored = await call(`http://127.0.0.1:${await serve({ inbound: { trustedPeers: ['10.0.0.0/8'] } })}/`, xff);
-    const hops = await call(`http://127.0.0.1:${await serve({ inbound: { trustedPeers: ['10.0.0.0/8'], proxyHops: 1 } })}/`, xff);
+    const hops = await call(
+      `http://127.0.0.1:${await serve({ inbound: { trustedPeers: ['10.0.0.0/8'], proxyHops: 1 } })}/`,
+      xff,
+    );
     expect([ignored.counted, hops.counted]).toEqual([['restarted:untrusted-peer'], ['continued']]);
   });
 
   test('a policy function: its answer, with the reason policy', async () => {
-    const port = await serve({ inbound: (req) => (req.url === '/public' ? 'restart' : req.url === '/blind' ? 'ignore' : 'continue') });
+    const port = await serve({
+      inbound: (req) => (req.url === '/public' ? 'restart' : req.url === '/blind' ? 'ignore' : 'continue'),
+    });
     const results = [];
-    for (const path of ['/internal', '/public', '/blind']) results.push((await call(`http://127.0.0.1:${port}${path}`, { traceparent: VALID })).counted);
+    for (const path of ['/internal', '/public', '/blind'])
+      results.push((await call(`http://127.0.0.1:${port}${path}`, { traceparent: VALID })).counted);
     expect(results).toEqual([['continued'], ['restarted:policy'], ['ignored:policy']]);
   });
 
   test.each([
-    ['throws', () => {
-      throw new Error('lookup failed');
-    }, 'threw'],
+    [
+      'throws',
+      () => {
+        throw new Error('lookup failed');
+      },
+      'threw',
+    ],
     ['answers something else', () => 'trust', 'answered "trust"'],
-  ])('a policy function that %s counts as the fallback (restart) and is reported once per interval', async (_name, inbound, said) => {
-    const port = await serve({ inbound: inbound as never });
-    const results = [];
-    for (let i = 0; i < 3; i++) results.push(await call(`http://127.0.0.1:${port}/`, { traceparent: VALID }));
-    expect(results.map((r) => [r.counted, r.seen.traceId === T, r.span?.links.length])).toEqual(Array(3).fill([['restarted:policy-error'], false, 1]));
-    expect(warnings.filter((w) => w.includes('inbound policy'))).toHaveLength(1);
-    expect(warnings.find((w) => w.includes('inbound policy'))).toContain(said);
-  });
+  ])(
+    'a policy function that %s counts as the fallback (restart) and is reported once per interval',
+    async (_name, inbound, said) => {
+      const port = await serve({ inbound: inbound as never });
+      const results = [];
+      for (let i = 0; i < 3; i++) results.push(await call(`http://127.0.0.1:${port}/`, { traceparent: VALID }));
+      expect(results.map((r) => [r.counted, r.seen.traceId === T, r.span?.links.length])).toEqual(
+        Array(3).fill([['restarted:policy-error'], false, 1]),
+      );
+      expect(warnings.filter((w) => w.includes('inbound policy'))).toHaveLength(1);
+      expect(warnings.find((w) => w.includes('inbound policy'))).toContain(said);
+    },
+  );
 
   test("a route's policy replaces the service's: fixed actions are recorded with the reason route-policy", async () => {
     const restart = createRoutePolicy<IncomingMessage>('@meshtrace/x', { inbound: 'restart' });
     const trustAll = createRoutePolicy<IncomingMessage>('@meshtrace/x', { inbound: 'continue' });
-    const port = await serve({ inbound: { trustedPeers: ['127.0.0.1'] } }, '127.0.0.1', (req) => (req.url === '/public' ? restart : req.url === '/open' ? trustAll : undefined));
+    const port = await serve({ inbound: { trustedPeers: ['127.0.0.1'] } }, '127.0.0.1', (req) =>
+      req.url === '/public' ? restart : req.url === '/open' ? trustAll : undefined,
+    );
     const results = [];
-    for (const path of ['/internal', '/public', '/open']) results.push((await call(`http://127.0.0.1:${port}${path}`, { traceparent: VALID })).counted);
+    for (const path of ['/internal', '/public', '/open'])
+      results.push((await call(`http://127.0.0.1:${port}${path}`, { traceparent: VALID })).counted);
     expect(results).toEqual([['continued'], ['restarted:route-policy'], ['continued']]);
   });
 });

@@ -63,7 +63,8 @@ const POLICY = { restart: decision('restart', 'policy'), ignore: decision('ignor
 /** A policy function that fails falls back to `restart`, the default `otherwise`: nobody joins a trace on a broken policy. */
 const POLICY_ERROR = decision('restart', 'policy-error');
 
-const ACTIONS = "'continue', 'restart', 'ignore', a function of the request or { trustedPeers, trustedWhen, proxyHops, otherwise }";
+const ACTIONS =
+  "'continue', 'restart', 'ignore', a function of the request or { trustedPeers, trustedWhen, proxyHops, otherwise }";
 const POLICY_KEYS = new Set(['trustedPeers', 'trustedWhen', 'proxyHops', 'otherwise']);
 /** RFC 9110 token: what a header name may be. */
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -80,7 +81,8 @@ export function inboundPolicy<Req>(pkg: string, option: string, value: unknown, 
     return () => fixed;
   }
   if (typeof value === 'function') return policyFunction(pkg, option, value as (request: Req) => unknown);
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw optionError(pkg, option, ACTIONS, value);
+  if (value === null || typeof value !== 'object' || Array.isArray(value))
+    throw optionError(pkg, option, ACTIONS, value);
   return declared(pkg, option, value as InboundTrustPolicy);
 }
 
@@ -91,26 +93,43 @@ function policyFunction<Req>(pkg: string, option: string, fn: (request: Req) => 
     try {
       action = fn(request);
     } catch (err) {
-      warner.warn(key, () => `${pkg}: the ${option} policy threw, so the request's trace was restarted: ${err instanceof Error ? err.message : String(err)}`);
+      warner.warn(
+        key,
+        () =>
+          `${pkg}: the ${option} policy threw, so the request's trace was restarted: ${err instanceof Error ? err.message : String(err)}`,
+      );
       return POLICY_ERROR;
     }
     if (action === 'continue') return CONTINUE;
     if (action === 'restart' || action === 'ignore') return POLICY[action];
-    warner.warn(key, () => `${pkg}: the ${option} policy answered ${typeof action === 'string' ? JSON.stringify(action) : typeof action}, not 'continue', 'restart' or 'ignore', so the request's trace was restarted.`);
+    warner.warn(
+      key,
+      () =>
+        `${pkg}: the ${option} policy answered ${typeof action === 'string' ? JSON.stringify(action) : typeof action}, not 'continue', 'restart' or 'ignore', so the request's trace was restarted.`,
+    );
     return POLICY_ERROR;
   };
 }
 
 function declared<Req>(pkg: string, option: string, policy: InboundTrustPolicy): TrustDecider<Req> {
   for (const key of Object.keys(policy)) {
-    if (!POLICY_KEYS.has(key)) throw optionError(pkg, `${option}.${key}`, 'absent: the policy takes trustedPeers, trustedWhen, proxyHops and otherwise', (policy as Record<string, unknown>)[key]);
+    if (!POLICY_KEYS.has(key))
+      throw optionError(
+        pkg,
+        `${option}.${key}`,
+        'absent: the policy takes trustedPeers, trustedWhen, proxyHops and otherwise',
+        (policy as Record<string, unknown>)[key],
+      );
   }
   const { trustedPeers, trustedWhen, proxyHops = 0, otherwise = 'restart' } = policy;
-  if (otherwise !== 'restart' && otherwise !== 'ignore') throw optionError(pkg, `${option}.otherwise`, "'restart' or 'ignore'", otherwise);
-  if (!Number.isInteger(proxyHops) || proxyHops < 0 || proxyHops > 64) throw optionError(pkg, `${option}.proxyHops`, 'an integer from 0 to 64', proxyHops);
+  if (otherwise !== 'restart' && otherwise !== 'ignore')
+    throw optionError(pkg, `${option}.otherwise`, "'restart' or 'ignore'", otherwise);
+  if (!Number.isInteger(proxyHops) || proxyHops < 0 || proxyHops > 64)
+    throw optionError(pkg, `${option}.proxyHops`, 'an integer from 0 to 64', proxyHops);
   const peers = trustedPeers === undefined ? undefined : peerList(pkg, `${option}.trustedPeers`, trustedPeers);
   const headers = trustedWhen === undefined ? [] : headerNames(pkg, `${option}.trustedWhen`, trustedWhen);
-  if (peers === undefined && headers.length === 0) throw optionError(pkg, option, 'a policy with trustedPeers or trustedWhen; its keys are', Object.keys(policy));
+  if (peers === undefined && headers.length === 0)
+    throw optionError(pkg, option, 'a policy with trustedPeers or trustedWhen; its keys are', Object.keys(policy));
   const fallback = UNTRUSTED[otherwise];
   return function decideByPolicy(req) {
     const h = req.headers;

@@ -10,7 +10,11 @@ const S = '00f067aa0ba902b7';
 describe('parseB3Single', () => {
   const cases: Array<[string, unknown, unknown]> = [
     ['128-bit, sampled', `${T}-${S}-1`, { traceId: T, spanId: S, sampled: true, debug: false }],
-    ['64-bit is left-padded', `${T64}-${S}-0`, { traceId: `0000000000000000${T64}`, spanId: S, sampled: false, debug: false }],
+    [
+      '64-bit is left-padded',
+      `${T64}-${S}-0`,
+      { traceId: `0000000000000000${T64}`, spanId: S, sampled: false, debug: false },
+    ],
     ['deferred', `${T}-${S}`, { traceId: T, spanId: S, sampled: undefined, debug: false }],
     ['debug', `${T}-${S}-d`, { traceId: T, spanId: S, sampled: true, debug: true }],
     ['with parent span id', `${T}-${S}-1-${S}`, { traceId: T, spanId: S, sampled: true, debug: false }],
@@ -35,7 +39,11 @@ describe('parseB3Multi', () => {
     ['sampled 1', [T, S, '1', undefined], { traceId: T, spanId: S, sampled: true, debug: false }],
     ['sampled true', [T, S, 'true', undefined], { traceId: T, spanId: S, sampled: true, debug: false }],
     ['sampled false', [T, S, 'false', undefined], { traceId: T, spanId: S, sampled: false, debug: false }],
-    ['debug flag', [T64, S, undefined, '1'], { traceId: `0000000000000000${T64}`, spanId: S, sampled: true, debug: true }],
+    [
+      'debug flag',
+      [T64, S, undefined, '1'],
+      { traceId: `0000000000000000${T64}`, spanId: S, sampled: true, debug: true },
+    ],
     ['deferred', [T, S, undefined, undefined], { traceId: T, spanId: S, sampled: undefined, debug: false }],
     ['deny only', [undefined, undefined, '0', undefined], B3_DENY],
     ['nothing', [undefined, undefined, undefined, undefined], 'missing'],
@@ -72,18 +80,30 @@ describe('interop with @opentelemetry/propagator-b3', () => {
 
   test('debug survives ours → theirs as B3 debug', () => {
     const mesh = new MeshPropagator({ b3: 'multi' });
-    const extracted = mesh.extract(ROOT_CONTEXT, { 'x-b3-traceid': T, 'x-b3-spanid': S, 'x-b3-flags': '1' }, defaultTextMapGetter);
+    const extracted = mesh.extract(
+      ROOT_CONTEXT,
+      { 'x-b3-traceid': T, 'x-b3-spanid': S, 'x-b3-flags': '1' },
+      defaultTextMapGetter,
+    );
     const out: Record<string, string> = {};
     mesh.inject(extracted, out, defaultTextMapSetter);
     expect(out).toMatchObject({ 'x-b3-traceid': T, 'x-b3-spanid': S, 'x-b3-flags': '1' });
     expect(out['x-b3-sampled']).toBeUndefined();
-    const theirs = new B3Propagator({ injectEncoding: B3InjectEncoding.MULTI_HEADER }).extract(ROOT_CONTEXT, out, defaultTextMapGetter);
+    const theirs = new B3Propagator({ injectEncoding: B3InjectEncoding.MULTI_HEADER }).extract(
+      ROOT_CONTEXT,
+      out,
+      defaultTextMapGetter,
+    );
     expect(trace.getSpanContext(theirs)?.traceFlags).toBe(1);
   });
 
   test('B3 is not written unless asked for', () => {
     const out: Record<string, string> = {};
-    new MeshPropagator().inject(trace.setSpanContext(ROOT_CONTEXT, { traceId: T, spanId: S, traceFlags: 1 }), out, defaultTextMapSetter);
+    new MeshPropagator().inject(
+      trace.setSpanContext(ROOT_CONTEXT, { traceId: T, spanId: S, traceFlags: 1 }),
+      out,
+      defaultTextMapSetter,
+    );
     expect(Object.keys(out)).toEqual(['traceparent']);
   });
 });
@@ -92,7 +112,16 @@ describe('composite extraction', () => {
   const W3C_TRACE = '0af7651916cd43dd8448eb211c80319c';
   const w3c = { traceparent: `00-${W3C_TRACE}-b7ad6b7169203331-01` };
   const b3 = { b3: `${T}-${S}-1` };
-  const cases: Array<[string, ConstructorParameters<typeof MeshPropagator>[0], Record<string, string>, string | undefined, string, number]> = [
+  const cases: Array<
+    [
+      string,
+      ConstructorParameters<typeof MeshPropagator>[0],
+      Record<string, string>,
+      string | undefined,
+      string,
+      number,
+    ]
+  > = [
     ['W3C first by default', {}, { ...w3c, ...b3 }, W3C_TRACE, 'w3c', 1],
     ['B3 first when configured', { extract: ['b3', 'w3c'] }, { ...w3c, ...b3 }, T, 'b3', 1],
     ['B3 when W3C is absent', {}, b3, T, 'b3', 0],

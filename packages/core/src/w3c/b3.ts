@@ -74,7 +74,12 @@ export function parseB3Single(value: unknown): B3Context | typeof B3_DENY | B3Re
  * Parses multi-header B3 (`x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`); sampled
  * takes `1`/`0`/`true`/`false`, `x-b3-flags: 1` means debug. Never throws.
  */
-export function parseB3Multi(traceIdValue: unknown, spanIdValue: unknown, sampledValue: unknown, flagsValue: unknown): B3Context | typeof B3_DENY | B3Reason {
+export function parseB3Multi(
+  traceIdValue: unknown,
+  spanIdValue: unknown,
+  sampledValue: unknown,
+  flagsValue: unknown,
+): B3Context | typeof B3_DENY | B3Reason {
   const t = one(traceIdValue);
   const sp = one(spanIdValue);
   const sampledText = one(sampledValue);

@@ -3,7 +3,12 @@ import { BAGGAGE_LIMITS, parseBaggage, serializeBaggage } from '@meshtrace/core'
 
 const entries = (input: unknown) => {
   const parsed = parseBaggage(input);
-  return Object.fromEntries((parsed.baggage?.getAllEntries() ?? []).map(([k, v]) => [k, v.metadata ? `${v.value};${v.metadata.toString()}` : v.value]));
+  return Object.fromEntries(
+    (parsed.baggage?.getAllEntries() ?? []).map(([k, v]) => [
+      k,
+      v.metadata ? `${v.value};${v.metadata.toString()}` : v.value,
+    ]),
+  );
 };
 
 describe('parseBaggage', () => {
@@ -23,9 +28,21 @@ describe('parseBaggage', () => {
     ['control character in a property', 'a=1;p\u0001,c=2', { c: '2' }, 1, 'bad-member'],
     ['8193 bytes drops the header', `a=${'x'.repeat(4094)},b=${'y'.repeat(4094)}`, {}, 1, 'too-large'],
     ['member over 4096 bytes', `a=${'x'.repeat(4095)},c=2`, { c: '2' }, 1, 'member-too-large'],
-    ['181 members', Array.from({ length: 181 }, (_, i) => `k${i}=${i}`).join(','), Object.fromEntries(Array.from({ length: 180 }, (_, i) => [`k${i}`, String(i)])), 1, 'too-many-members'],
+    [
+      '181 members',
+      Array.from({ length: 181 }, (_, i) => `k${i}=${i}`).join(','),
+      Object.fromEntries(Array.from({ length: 180 }, (_, i) => [`k${i}`, String(i)])),
+      1,
+      'too-many-members',
+    ],
     ['not a string', 12, {}, 1, 'bad-member'],
-    ['prototype keys are plain keys', '__proto__=x,constructor=y', JSON.parse('{"__proto__":"x","constructor":"y"}'), 0, undefined],
+    [
+      'prototype keys are plain keys',
+      '__proto__=x,constructor=y',
+      JSON.parse('{"__proto__":"x","constructor":"y"}'),
+      0,
+      undefined,
+    ],
   ];
   test.each(cases)('%s', (_name, input, want, dropped, reason) => {
     expect(entries(input)).toEqual(want);
@@ -40,7 +57,10 @@ describe('parseBaggage', () => {
 
 describe('serializeBaggage', () => {
   test('percent-encodes values and keeps metadata', () => {
-    const bag = propagation.createBaggage({ n: { value: 'Jürgen, ok' }, a: { value: '1', metadata: baggageEntryMetadataFromString('p=1') } });
+    const bag = propagation.createBaggage({
+      n: { value: 'Jürgen, ok' },
+      a: { value: '1', metadata: baggageEntryMetadataFromString('p=1') },
+    });
     expect(serializeBaggage(bag)).toEqual({ header: 'n=J%C3%BCrgen%2C%20ok,a=1;p=1', dropped: 0 });
   });
 
@@ -50,9 +70,13 @@ describe('serializeBaggage', () => {
   });
 
   test('a budget drops whole members, last first', () => {
-    const bag = propagation.createBaggage({ a: { value: 'x'.repeat(10) }, b: { value: 'y'.repeat(10) }, c: { value: 'z'.repeat(10) } });
+    const bag = propagation.createBaggage({
+      a: { value: 'x'.repeat(10) },
+      b: { value: 'y'.repeat(10) },
+      c: { value: 'z'.repeat(10) },
+    });
     expect(serializeBaggage(bag, 25)).toEqual({ header: `a=${'x'.repeat(10)},b=${'y'.repeat(10)}`, dropped: 1 });
-    expect(serializeBaggage(bag, 24)).toEqual({ header: `a=${"x".repeat(10)}`, dropped: 2 });
+    expect(serializeBaggage(bag, 24)).toEqual({ header: `a=${'x'.repeat(10)}`, dropped: 2 });
   });
 
   test('never over the spec limits', () => {

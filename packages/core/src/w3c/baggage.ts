@@ -22,12 +22,30 @@ const NOTHING: ParsedBaggage = Object.freeze({ baggage: undefined, dropped: 0, r
 /** RFC 9110 tchar. */
 function isTokenChar(c: number): boolean {
   if ((c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122)) return true;
-  return c === 33 || (c >= 35 && c <= 39) || c === 42 || c === 43 || c === 45 || c === 46 || c === 94 || c === 95 || c === 96 || c === 124 || c === 126;
+  return (
+    c === 33 ||
+    (c >= 35 && c <= 39) ||
+    c === 42 ||
+    c === 43 ||
+    c === 45 ||
+    c === 46 ||
+    c === 94 ||
+    c === 95 ||
+    c === 96 ||
+    c === 124 ||
+    c === 126
+  );
 }
 
 /** baggage-octet: %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E (W3C baggage §3.3.1). */
 function isValueChar(c: number): boolean {
-  return c === 0x21 || (c >= 0x23 && c <= 0x2b) || (c >= 0x2d && c <= 0x3a) || (c >= 0x3c && c <= 0x5b) || (c >= 0x5d && c <= 0x7e);
+  return (
+    c === 0x21 ||
+    (c >= 0x23 && c <= 0x2b) ||
+    (c >= 0x2d && c <= 0x3a) ||
+    (c >= 0x3c && c <= 0x5b) ||
+    (c >= 0x5d && c <= 0x7e)
+  );
 }
 
 function isToken(s: string, from: number, to: number): boolean {
@@ -188,7 +206,11 @@ export function parseBaggage(value: unknown): ParsedBaggage {
   const len = s.length;
   if (len === 0) return NOTHING;
   // UTF-8 takes 1 to 3 bytes per UTF-16 unit, so only lengths in between need counting.
-  if (len > BAGGAGE_LIMITS.maxBytes || (len * 3 > BAGGAGE_LIMITS.maxBytes && Buffer.byteLength(s, 'utf8') > BAGGAGE_LIMITS.maxBytes)) return { baggage: undefined, dropped: 1, reason: 'too-large' };
+  if (
+    len > BAGGAGE_LIMITS.maxBytes ||
+    (len * 3 > BAGGAGE_LIMITS.maxBytes && Buffer.byteLength(s, 'utf8') > BAGGAGE_LIMITS.maxBytes)
+  )
+    return { baggage: undefined, dropped: 1, reason: 'too-large' };
   let entries: Map<string, BaggageEntry> | undefined;
   let kept = 0;
   let dropped = 0;
@@ -237,7 +259,10 @@ export function parseBaggage(value: unknown): ParsedBaggage {
       continue;
     }
     entries ??= new Map();
-    entries.set(s.substring(a, keyEnd), props.length > 0 ? { value: decoded, metadata: baggageEntryMetadataFromString(props) } : { value: decoded });
+    entries.set(
+      s.substring(a, keyEnd),
+      props.length > 0 ? { value: decoded, metadata: baggageEntryMetadataFromString(props) } : { value: decoded },
+    );
     kept++;
   }
   if (entries === undefined && dropped === 0) return NOTHING;
@@ -266,7 +291,17 @@ export function serializeBaggage(baggage: Baggage, maxBytes: number = BAGGAGE_LI
 
 /** Characters `encodeURIComponent` leaves as they are: A-Z a-z 0-9 - _ . ! ~ * ' ( ). */
 function unreserved(c: number): boolean {
-  return (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c === 45 || c === 95 || c === 46 || c === 33 || c === 126 || (c >= 39 && c <= 42);
+  return (
+    (c >= 97 && c <= 122) ||
+    (c >= 65 && c <= 90) ||
+    (c >= 48 && c <= 57) ||
+    c === 45 ||
+    c === 95 ||
+    c === 46 ||
+    c === 33 ||
+    c === 126 ||
+    (c >= 39 && c <= 42)
+  );
 }
 
 function encodeValue(value: string): string {

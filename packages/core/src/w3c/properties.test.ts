@@ -1,6 +1,14 @@
 import fc from 'fast-check';
 import { ROOT_CONTEXT, defaultTextMapGetter, defaultTextMapSetter, propagation, trace } from '@opentelemetry/api';
-import { BAGGAGE_LIMITS, MeshPropagator, extractContext, headerGetter, parseBaggage, parseTracestate, serializeBaggage } from '@meshtrace/core';
+import {
+  BAGGAGE_LIMITS,
+  MeshPropagator,
+  extractContext,
+  headerGetter,
+  parseBaggage,
+  parseTracestate,
+  serializeBaggage,
+} from '@meshtrace/core';
 import { MeshTraceState } from '@meshtrace/core/adapter';
 import { setupTestTracing } from '@meshtrace/testkit';
 
@@ -27,14 +35,34 @@ const headerValue = fc.oneof(
   fc.integer(),
   fc.object({ maxDepth: 1 }),
 );
-const headerName = fc.oneof(fc.constantFrom('traceparent', 'TraceParent', 'tracestate', 'baggage', 'b3', 'x-b3-traceid', 'x-b3-spanid', 'x-b3-sampled', '__proto__', 'constructor', 'toString'), fc.string({ maxLength: 12 }));
+const headerName = fc.oneof(
+  fc.constantFrom(
+    'traceparent',
+    'TraceParent',
+    'tracestate',
+    'baggage',
+    'b3',
+    'x-b3-traceid',
+    'x-b3-spanid',
+    'x-b3-sampled',
+    '__proto__',
+    'constructor',
+    'toString',
+  ),
+  fc.string({ maxLength: 12 }),
+);
 const carrier = fc.dictionary(headerName, headerValue, { maxKeys: 8 });
 
 function outbound(ctx = ROOT_CONTEXT): Record<string, string> {
   const out: Record<string, string> = {};
   const sc = trace.getSpanContext(ctx);
   // A child span, as the server span would be, with fresh ids when the context was not continued.
-  const child = trace.setSpanContext(ctx, { traceId: sc?.traceId ?? '1'.repeat(32), spanId: '2'.repeat(16), traceFlags: sc?.traceFlags ?? 1, traceState: sc?.traceState });
+  const child = trace.setSpanContext(ctx, {
+    traceId: sc?.traceId ?? '1'.repeat(32),
+    spanId: '2'.repeat(16),
+    traceFlags: sc?.traceFlags ?? 1,
+    traceState: sc?.traceState,
+  });
   mesh.inject(child, out, defaultTextMapSetter);
   return out;
 }
@@ -69,9 +97,16 @@ test('extract never throws on arbitrary header maps, and what goes out is valid'
 
 test('arbitrary strings as each header never throw, and what goes out is valid', () => {
   fc.assert(
-    fc.property(fc.string({ maxLength: 600 }), fc.string({ maxLength: 600 }), fc.string({ maxLength: 600 }), (tp, ts, bg) => {
-      checkOutbound(outbound(mesh.extract(ROOT_CONTEXT, { traceparent: tp, tracestate: ts, baggage: bg }, defaultTextMapGetter)));
-    }),
+    fc.property(
+      fc.string({ maxLength: 600 }),
+      fc.string({ maxLength: 600 }),
+      fc.string({ maxLength: 600 }),
+      (tp, ts, bg) => {
+        checkOutbound(
+          outbound(mesh.extract(ROOT_CONTEXT, { traceparent: tp, tracestate: ts, baggage: bg }, defaultTextMapGetter)),
+        );
+      },
+    ),
     RUNS,
   );
 });
@@ -83,7 +118,9 @@ const validContext = fc.record({
   spanId: hex(16).filter((s) => /[1-9a-f]/.test(s)),
   traceFlags: fc.constantFrom(0, 1),
   state: fc.uniqueArray(fc.tuple(key, value), { maxLength: 32, selector: ([k]) => k }),
-  baggage: fc.dictionary(fc.stringMatching(/^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}$/), fc.string({ maxLength: 40 }), { maxKeys: 20 }),
+  baggage: fc.dictionary(fc.stringMatching(/^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}$/), fc.string({ maxLength: 40 }), {
+    maxKeys: 20,
+  }),
 });
 
 test('inject then extract of a valid context gives the same context back', () => {
@@ -100,7 +137,9 @@ test('inject then extract of a valid context gives the same context back', () =>
       const sc = trace.getSpanContext(back)!;
       expect([sc.traceId, sc.spanId, sc.traceFlags]).toEqual([traceId, spanId, traceFlags]);
       expect(sc.traceState?.serialize() ?? '').toBe(ts.serialize());
-      const got = Object.fromEntries((propagation.getBaggage(back)?.getAllEntries() ?? []).map(([k, v]) => [k, v.value]));
+      const got = Object.fromEntries(
+        (propagation.getBaggage(back)?.getAllEntries() ?? []).map(([k, v]) => [k, v.value]),
+      );
       expect(got).toEqual(baggage);
     }),
     { numRuns: 1000 },
@@ -108,8 +147,15 @@ test('inject then extract of a valid context gives the same context back', () =>
 });
 
 test('baggage values decode as decodeURIComponent does, and encode as encodeURIComponent does', () => {
-  const escape = fc.tuple(fc.constantFrom(...'0123456789abcdefABCDEFgz%'), fc.constantFrom(...'0123456789abcdefABCDEFgz')).map(([a, b]) => `%${a}${b}`);
-  const raw = fc.array(fc.oneof(escape, fc.constantFrom('a', 'Z', '9', '-', '.', '~', '!', '*', '(', ')', "'", '/', ':', '%')), { minLength: 1, maxLength: 12 }).map((parts) => parts.join(''));
+  const escape = fc
+    .tuple(fc.constantFrom(...'0123456789abcdefABCDEFgz%'), fc.constantFrom(...'0123456789abcdefABCDEFgz'))
+    .map(([a, b]) => `%${a}${b}`);
+  const raw = fc
+    .array(fc.oneof(escape, fc.constantFrom('a', 'Z', '9', '-', '.', '~', '!', '*', '(', ')', "'", '/', ':', '%')), {
+      minLength: 1,
+      maxLength: 12,
+    })
+    .map((parts) => parts.join(''));
   fc.assert(
     fc.property(raw, (v) => {
       let expected: string | undefined;

@@ -107,7 +107,12 @@ export function parseTraceparent(value: unknown): Traceparent | TraceparentReaso
   }
   const flags = checkTraceparent(value);
   if (typeof flags === 'string') return flags;
-  return { version: hexAt(value, 0) * 16 + hexAt(value, 1), traceId: value.substring(3, 35), spanId: value.substring(36, 52), traceFlags: flags };
+  return {
+    version: hexAt(value, 0) * 16 + hexAt(value, 1),
+    traceId: value.substring(3, 35),
+    spanId: value.substring(36, 52),
+    traceFlags: flags,
+  };
 }
 
 /** The ids and flags of a `traceparent` as a remote span context's fields (only the defined flags), or why there are none. */
@@ -126,11 +131,18 @@ export interface RemoteTraceparent {
 export function remoteTraceparent(raw: unknown): RemoteTraceparent | TraceparentReason {
   if (typeof raw !== 'string') {
     const tp = parseTraceparent(raw);
-    return typeof tp === 'string' ? tp : { traceId: tp.traceId, spanId: tp.spanId, traceFlags: tp.traceFlags & KNOWN_FLAGS, isRemote: true };
+    return typeof tp === 'string'
+      ? tp
+      : { traceId: tp.traceId, spanId: tp.spanId, traceFlags: tp.traceFlags & KNOWN_FLAGS, isRemote: true };
   }
   const flags = checkTraceparent(raw);
   if (typeof flags === 'string') return flags;
-  return { traceId: raw.substring(3, 35), spanId: raw.substring(36, 52), traceFlags: flags & KNOWN_FLAGS, isRemote: true };
+  return {
+    traceId: raw.substring(3, 35),
+    spanId: raw.substring(36, 52),
+    traceFlags: flags & KNOWN_FLAGS,
+    isRemote: true,
+  };
 }
 
 /** True when `id` is `length` lower-case hex digits and not all zeros. */

@@ -27,16 +27,42 @@ const WINDOW: TimeWindow = { startMs: Date.now() - 60_000, endMs: Date.now() + 6
 async function recordSpans(): Promise<ReadableSpan[]> {
   const exporter = new InMemorySpanExporter();
   const provider = (service: string): TracerProvider =>
-    new TracerProvider({ resource: resourceFromAttributes({ 'service.name': service, 'service.namespace': 'shop' }), spanProcessors: [new SimpleSpanProcessor({ exporter })] });
+    new TracerProvider({
+      resource: resourceFromAttributes({ 'service.name': service, 'service.namespace': 'shop' }),
+      spanProcessors: [new SimpleSpanProcessor({ exporter })],
+    });
   const providers = ['gateway', 'orders', 'inventory'].map(provider);
   const [gateway, orders, inventory] = providers.map((p) => p.getTracer('test'));
   const probeAttrs: Attributes = { [ATTR.probe]: PROBE, [ATTR.requestId]: [PROBE] };
-  const remote = trace.setSpanContext(context.active(), { traceId: '00000000000000004bf92f3577b34da6', spanId: '00f067aa0ba902b7', traceFlags: 1, isRemote: true });
-  const server = gateway.startSpan('GET /checkout/:id', { kind: SpanKind.SERVER, attributes: { ...probeAttrs, [ATTR.outcome]: 'continued' } }, remote);
-  const client = gateway.startSpan('GET', { kind: SpanKind.CLIENT, attributes: { 'url.full': 'http://orders:8080/orders/1', 'http.response.status_code': 200 } }, trace.setSpan(remote, server));
-  const ordersServer = orders.startSpan('GET /orders/:id', { kind: SpanKind.SERVER, attributes: { ...probeAttrs, [ATTR.outcome]: 'continued' } }, trace.setSpan(remote, client));
+  const remote = trace.setSpanContext(context.active(), {
+    traceId: '00000000000000004bf92f3577b34da6',
+    spanId: '00f067aa0ba902b7',
+    traceFlags: 1,
+    isRemote: true,
+  });
+  const server = gateway.startSpan(
+    'GET /checkout/:id',
+    { kind: SpanKind.SERVER, attributes: { ...probeAttrs, [ATTR.outcome]: 'continued' } },
+    remote,
+  );
+  const client = gateway.startSpan(
+    'GET',
+    {
+      kind: SpanKind.CLIENT,
+      attributes: { 'url.full': 'http://orders:8080/orders/1', 'http.response.status_code': 200 },
+    },
+    trace.setSpan(remote, server),
+  );
+  const ordersServer = orders.startSpan(
+    'GET /orders/:id',
+    { kind: SpanKind.SERVER, attributes: { ...probeAttrs, [ATTR.outcome]: 'continued' } },
+    trace.setSpan(remote, client),
+  );
   ordersServer.setStatus({ code: 2, message: 'stock unavailable' });
-  const orphan = inventory.startSpan('GET /stock/:sku', { kind: SpanKind.SERVER, attributes: { ...probeAttrs, [ATTR.outcome]: 'malformed', [ATTR.reason]: 'uppercase-hex' } });
+  const orphan = inventory.startSpan('GET /stock/:sku', {
+    kind: SpanKind.SERVER,
+    attributes: { ...probeAttrs, [ATTR.outcome]: 'malformed', [ATTR.reason]: 'uppercase-hex' },
+  });
   const unrelated = inventory.startSpan('GET /health', { kind: SpanKind.SERVER });
   for (const s of [unrelated, orphan, ordersServer, client, server]) s.end();
   await Promise.all(providers.map((p) => p.forceFlush()));
@@ -47,7 +73,10 @@ const TRACE_ID = '00000000000000004bf92f3577b34da6';
 let recorded: ReadableSpan[];
 let ORPHAN_TRACE: string;
 /** OTLP JSON of `spans`, as an exporter sends it. */
-const otlp = (spans: readonly ReadableSpan[]): { resourceSpans: unknown[] } => JSON.parse(Buffer.from(JsonTraceSerializer.serializeRequest([...spans])!).toString('utf8')) as { resourceSpans: unknown[] };
+const otlp = (spans: readonly ReadableSpan[]): { resourceSpans: unknown[] } =>
+  JSON.parse(Buffer.from(JsonTraceSerializer.serializeRequest([...spans])!).toString('utf8')) as {
+    resourceSpans: unknown[];
+  };
 const ofTrace = (id: string): ReadableSpan[] => recorded.filter((s) => s.spanContext().traceId === id);
 /** What the doctor should read back: the OTLP JSON through the doctor's own decoder. */
 const expected = (id: string): Span[] => spansFromOtlpJson(otlp(ofTrace(id)));
@@ -60,7 +89,9 @@ function jaegerModel(spans: readonly ReadableSpan[]): unknown {
   const processes = Object.fromEntries(
     services.map((name, i) => {
       const resource = spans.find((s) => s.resource.attributes['service.name'] === name)!.resource.attributes;
-      const tags = Object.entries(resource).filter(([k]) => k !== 'service.name').map(([key, value]) => ({ key, type: 'string', value }));
+      const tags = Object.entries(resource)
+        .filter(([k]) => k !== 'service.name')
+        .map(([key, value]) => ({ key, type: 'string', value }));
       return [`p${i + 1}`, { serviceName: name, tags }];
     }),
   );
@@ -75,14 +106,26 @@ function jaegerModel(spans: readonly ReadableSpan[]): unknown {
           traceID: s.spanContext().traceId.replace(/^0{16}/, ''),
           spanID: s.spanContext().spanId,
           operationName: s.name,
-          references: s.parentSpanContext ? [{ refType: 'CHILD_OF', traceID: s.spanContext().traceId, spanID: s.parentSpanContext.spanId }] : [],
+          references: s.parentSpanContext
+            ? [{ refType: 'CHILD_OF', traceID: s.spanContext().traceId, spanID: s.parentSpanContext.spanId }]
+            : [],
           startTime: micros(s.startTime),
           duration: micros(s.endTime) - micros(s.startTime),
           tags: [
             { key: 'span.kind', type: 'string', value: kinds[s.kind] },
-            ...(s.status.code === 2 ? [{ key: 'otel.status_code', type: 'string', value: 'ERROR' }, { key: 'error', type: 'bool', value: true }, { key: 'otel.status_description', type: 'string', value: s.status.message }] : []),
+            ...(s.status.code === 2
+              ? [
+                  { key: 'otel.status_code', type: 'string', value: 'ERROR' },
+                  { key: 'error', type: 'bool', value: true },
+                  { key: 'otel.status_description', type: 'string', value: s.status.message },
+                ]
+              : []),
             // OpenTelemetry's Jaeger translation writes arrays as JSON text.
-            ...Object.entries(s.attributes).map(([key, value]) => ({ key, type: typeof value === 'number' ? 'int64' : 'string', value: Array.isArray(value) ? JSON.stringify(value) : value })),
+            ...Object.entries(s.attributes).map(([key, value]) => ({
+              key,
+              type: typeof value === 'number' ? 'int64' : 'string',
+              value: Array.isArray(value) ? JSON.stringify(value) : value,
+            })),
           ],
           logs: [],
           processID: `p${services.indexOf(String(s.resource.attributes['service.name'])) + 1}`,
@@ -105,8 +148,10 @@ const backend: Server = createServer((req, res) => {
   asked.push(`${url.pathname}${url.search}`);
   handler(url, req, res);
 });
-const json = (res: ServerResponse, status: number, body: unknown): void => void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
-const text = (res: ServerResponse, status: number, body: string): void => void res.writeHead(status, { 'content-type': 'text/plain' }).end(body);
+const json = (res: ServerResponse, status: number, body: unknown): void =>
+  void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+const text = (res: ServerResponse, status: number, body: string): void =>
+  void res.writeHead(status, { 'content-type': 'text/plain' }).end(body);
 let base: string;
 beforeAll(async () => {
   recorded = await recordSpans();
@@ -118,15 +163,27 @@ afterAll(() => new Promise((resolve) => backend.close(resolve)));
 beforeEach(() => void (asked.length = 0));
 
 test('the fixture is what the backends are asked about', () => {
-  expect(expected(TRACE_ID).map((s) => `${s.service} ${s.kind}`).sort()).toEqual(['gateway client', 'gateway server', 'orders server']);
-  expect(expected(ORPHAN_TRACE).filter((s) => s.attributes[ATTR.probe] === PROBE).map((s) => s.service)).toEqual(['inventory']);
+  expect(
+    expected(TRACE_ID)
+      .map((s) => `${s.service} ${s.kind}`)
+      .sort(),
+  ).toEqual(['gateway client', 'gateway server', 'orders server']);
+  expect(
+    expected(ORPHAN_TRACE)
+      .filter((s) => s.attributes[ATTR.probe] === PROBE)
+      .map((s) => s.service),
+  ).toEqual(['inventory']);
 });
 
 describe('jaeger', () => {
-  const gatewayError = (res: ServerResponse, message: string): void => json(res, 404, { error: { httpCode: 404, message } });
+  const gatewayError = (res: ServerResponse, message: string): void =>
+    json(res, 404, { error: { httpCode: 404, message } });
 
   test('reads a trace over API v3: OTLP JSON in "result"', async () => {
-    handler = (url, _req, res) => (url.pathname === `/api/v3/traces/${TRACE_ID}` ? json(res, 200, { result: otlp(ofTrace(TRACE_ID)) }) : text(res, 404, '404 page not found\n'));
+    handler = (url, _req, res) =>
+      url.pathname === `/api/v3/traces/${TRACE_ID}`
+        ? json(res, 200, { result: otlp(ofTrace(TRACE_ID)) })
+        : text(res, 404, '404 page not found\n');
     const spans = await jaegerSource({ endpoint: `${base}/` }).trace(TRACE_ID, WINDOW);
     expect(byId(spans)).toEqual(byId(expected(TRACE_ID)));
     expect(asked).toEqual([`/api/v3/traces/${TRACE_ID}`]);
@@ -138,8 +195,11 @@ describe('jaeger', () => {
     expect(asked).toEqual([`/api/v3/traces/${TRACE_ID}`]);
   });
 
-  test('without API v3, reads v1 /api/traces/{id}: Jaeger\'s model becomes the same spans', async () => {
-    handler = (url, _req, res) => (url.pathname === `/api/traces/${TRACE_ID}` ? json(res, 200, jaegerModel(ofTrace(TRACE_ID))) : text(res, 404, '404 page not found\n'));
+  test("without API v3, reads v1 /api/traces/{id}: Jaeger's model becomes the same spans", async () => {
+    handler = (url, _req, res) =>
+      url.pathname === `/api/traces/${TRACE_ID}`
+        ? json(res, 200, jaegerModel(ofTrace(TRACE_ID)))
+        : text(res, 404, '404 page not found\n');
     const source = jaegerSource({ endpoint: base });
     // Jaeger keeps whole microseconds, each time rounded on its own way: the times agree to a microsecond or two.
     const [got, want] = [byId(await source.trace(TRACE_ID, WINDOW)), byId(expected(TRACE_ID))];
@@ -162,7 +222,9 @@ describe('jaeger', () => {
       json(res, 200, { result: otlp(recorded) });
     };
     const spans = await jaegerSource({ endpoint: base }).probeTraces(PROBE, WINDOW);
-    expect(byId(spans)).toEqual(byId([...expected(TRACE_ID), ...expected(ORPHAN_TRACE).filter((s) => s.traceId === ORPHAN_TRACE)]));
+    expect(byId(spans)).toEqual(
+      byId([...expected(TRACE_ID), ...expected(ORPHAN_TRACE).filter((s) => s.traceId === ORPHAN_TRACE)]),
+    );
     expect(spans.some((s) => s.name === 'GET /health')).toBe(false);
     const query = new URL(asked[0], base).searchParams;
     expect(JSON.parse(query.get('query.attributes')!)).toEqual({ [ATTR.probe]: PROBE });
@@ -174,31 +236,44 @@ describe('jaeger', () => {
     ['a 500', (res: ServerResponse) => text(res, 500, 'storage unavailable'), /answered 500: storage unavailable/],
     ['a body that is not JSON', (res: ServerResponse) => text(res, 200, '<html>'), /not JSON/],
     ['JSON without "result"', (res: ServerResponse) => json(res, 200, { data: [] }), /without the "result" object/],
-    ['OTLP that is not OTLP', (res: ServerResponse) => json(res, 200, { result: { resourceSpans: 'x' } }), /not OTLP JSON: resourceSpans is not a list/],
+    [
+      'OTLP that is not OTLP',
+      (res: ServerResponse) => json(res, 200, { result: { resourceSpans: 'x' } }),
+      /not OTLP JSON: resourceSpans is not a list/,
+    ],
   ])('%s is an error naming the URL, not a crash', async (_name, answer, message) => {
     handler = (_url, _req, res) => answer(res);
     await expect(jaegerSource({ endpoint: base }).trace(TRACE_ID, WINDOW)).rejects.toThrow(message);
   });
 
   test('a v1 answer of another shape is an error', async () => {
-    handler = (url, _req, res) => (url.pathname.startsWith('/api/v3') ? text(res, 404, 'nope') : json(res, 200, { data: [{ spans: 'x' }] }));
+    handler = (url, _req, res) =>
+      url.pathname.startsWith('/api/v3') ? text(res, 404, 'nope') : json(res, 200, { data: [{ spans: 'x' }] });
     await expect(jaegerSource({ endpoint: base }).trace(TRACE_ID, WINDOW)).rejects.toThrow(/not Jaeger's JSON model/);
   });
 
   test('an endpoint that is not a URL is a TypeError', () => {
-    expect(() => jaegerSource({ endpoint: 'jaeger:16686' })).toThrow(new TypeError('@meshtrace/doctor: endpoint must be an http(s) URL, not "jaeger:16686"'));
+    expect(() => jaegerSource({ endpoint: 'jaeger:16686' })).toThrow(
+      new TypeError('@meshtrace/doctor: endpoint must be an http(s) URL, not "jaeger:16686"'),
+    );
   });
 });
 
 describe('tempo', () => {
   test('reads a trace from /api/v2/traces/{id}: OTLP JSON in "trace"', async () => {
-    handler = (url, _req, res) => (url.pathname === `/api/v2/traces/${TRACE_ID}` ? json(res, 200, { trace: otlp(ofTrace(TRACE_ID)) }) : text(res, 404, 'trace not found'));
+    handler = (url, _req, res) =>
+      url.pathname === `/api/v2/traces/${TRACE_ID}`
+        ? json(res, 200, { trace: otlp(ofTrace(TRACE_ID)) })
+        : text(res, 404, 'trace not found');
     expect(byId(await tempoSource({ endpoint: base }).trace(TRACE_ID, WINDOW))).toEqual(byId(expected(TRACE_ID)));
     expect(asked).toEqual([`/api/v2/traces/${TRACE_ID}`]);
   });
 
   test('a Tempo without the v2 path answers /api/traces/{id} with "batches", and is asked only there afterwards', async () => {
-    handler = (url, _req, res) => (url.pathname === `/api/traces/${TRACE_ID}` ? json(res, 200, { batches: otlp(ofTrace(TRACE_ID)).resourceSpans }) : text(res, 404, '404 page not found'));
+    handler = (url, _req, res) =>
+      url.pathname === `/api/traces/${TRACE_ID}`
+        ? json(res, 200, { batches: otlp(ofTrace(TRACE_ID)).resourceSpans })
+        : text(res, 404, '404 page not found');
     const source = tempoSource({ endpoint: base });
     expect(byId(await source.trace(TRACE_ID, WINDOW))).toEqual(byId(expected(TRACE_ID)));
     await source.trace(TRACE_ID, WINDOW);
@@ -215,8 +290,20 @@ describe('tempo', () => {
       if (url.pathname === '/api/search') {
         return json(res, 200, {
           traces: [
-            { traceID: TRACE_ID.replace(/^0+/, ''), rootServiceName: 'gateway', rootTraceName: 'GET /checkout/:id', startTimeUnixNano: '1', durationMs: 3 },
-            { traceID: ORPHAN_TRACE, rootServiceName: 'inventory', rootTraceName: 'GET /stock/:sku', startTimeUnixNano: '1', durationMs: 1 },
+            {
+              traceID: TRACE_ID.replace(/^0+/, ''),
+              rootServiceName: 'gateway',
+              rootTraceName: 'GET /checkout/:id',
+              startTimeUnixNano: '1',
+              durationMs: 3,
+            },
+            {
+              traceID: ORPHAN_TRACE,
+              rootServiceName: 'inventory',
+              rootTraceName: 'GET /stock/:sku',
+              startTimeUnixNano: '1',
+              durationMs: 1,
+            },
           ],
           metrics: { inspectedBytes: '1000' },
         });
@@ -233,8 +320,16 @@ describe('tempo', () => {
   });
 
   test.each([
-    ['a 400 for the query', (res: ServerResponse) => text(res, 400, 'invalid TraceQL query'), /answered 400: invalid TraceQL query/],
-    ['a search answer without "traces" as a list', (res: ServerResponse) => json(res, 200, { traces: {} }), /without the "traces" list/],
+    [
+      'a 400 for the query',
+      (res: ServerResponse) => text(res, 400, 'invalid TraceQL query'),
+      /answered 400: invalid TraceQL query/,
+    ],
+    [
+      'a search answer without "traces" as a list',
+      (res: ServerResponse) => json(res, 200, { traces: {} }),
+      /without the "traces" list/,
+    ],
   ])('%s is an error naming the URL', async (_name, answer, message) => {
     handler = (_url, _req, res) => answer(res);
     await expect(tempoSource({ endpoint: base }).probeTraces(PROBE, WINDOW)).rejects.toThrow(message);
@@ -245,20 +340,28 @@ describe('tempo', () => {
     await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
     const { port } = closed.address() as AddressInfo;
     await new Promise((resolve) => closed.close(resolve));
-    await expect(tempoSource({ endpoint: `http://127.0.0.1:${port}` }).trace(TRACE_ID, WINDOW)).rejects.toThrow(`GET http://127.0.0.1:${port}/api/v2/traces/${TRACE_ID} failed: ECONNREFUSED`);
+    await expect(tempoSource({ endpoint: `http://127.0.0.1:${port}` }).trace(TRACE_ID, WINDOW)).rejects.toThrow(
+      `GET http://127.0.0.1:${port}/api/v2/traces/${TRACE_ID} failed: ECONNREFUSED`,
+    );
   });
 });
 
 describe('receiver', () => {
   /** Exports the recorded spans to a receiver as an OTLP/HTTP JSON exporter would. */
   async function exportTo(url: string): Promise<void> {
-    const res = await fetch(`${url}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: Buffer.from(JsonTraceSerializer.serializeRequest(recorded)!) });
+    const res = await fetch(`${url}/v1/traces`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: Buffer.from(JsonTraceSerializer.serializeRequest(recorded)!),
+    });
     expect(res.status).toBe(200);
   }
 
   async function check(source: SpanSource): Promise<void> {
     expect(byId(await source.trace(TRACE_ID, WINDOW))).toEqual(byId(expected(TRACE_ID)));
-    expect(byId(await source.probeTraces(PROBE, WINDOW))).toEqual(byId([...expected(TRACE_ID), ...expected(ORPHAN_TRACE).filter((s) => s.traceId === ORPHAN_TRACE)]));
+    expect(byId(await source.probeTraces(PROBE, WINDOW))).toEqual(
+      byId([...expected(TRACE_ID), ...expected(ORPHAN_TRACE).filter((s) => s.traceId === ORPHAN_TRACE)]),
+    );
   }
 
   test('reads what a receiver in this process received', async () => {
@@ -295,10 +398,14 @@ describe('receiver', () => {
 
   test('a server without the span query is an error saying so', async () => {
     handler = (_url, _req, res) => text(res, 404, 'no such path');
-    await expect((await receiverSource({ endpoint: base })).trace(TRACE_ID, WINDOW)).rejects.toThrow(`${base} has no span query (/api/doctor/spans answered 404): is it a meshtrace receiver?`);
+    await expect((await receiverSource({ endpoint: base })).trace(TRACE_ID, WINDOW)).rejects.toThrow(
+      `${base} has no span query (/api/doctor/spans answered 404): is it a meshtrace receiver?`,
+    );
   });
 
   test('a bad port is a TypeError', async () => {
-    await expect(receiverSource({ port: 70000 })).rejects.toThrow(new TypeError('@meshtrace/doctor: port must be an integer from 0 to 65535, not 70000'));
+    await expect(receiverSource({ port: 70000 })).rejects.toThrow(
+      new TypeError('@meshtrace/doctor: port must be an integer from 0 to 65535, not 70000'),
+    );
   });
 });

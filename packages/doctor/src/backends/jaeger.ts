@@ -66,11 +66,23 @@ export function jaegerSource(options: JaegerSourceOptions): SpanSource {
 }
 
 /** API v3 `FindTraces` over HTTP: every span of the traces with a span having `attributes`. */
-async function search(base: string, timeoutMs: number, attributes: Record<string, string>, window: TimeWindow): Promise<Span[]> {
+async function search(
+  base: string,
+  timeoutMs: number,
+  attributes: Record<string, string>,
+  window: TimeWindow,
+): Promise<Span[]> {
   const min = new Date(window.startMs).toISOString();
   const max = new Date(window.endMs).toISOString();
   // Current Jaeger reads the camelCase names and takes attributes as a JSON object; older v2 releases read the snake_case ones.
-  const query = new URLSearchParams({ 'query.attributes': JSON.stringify(attributes), 'query.startTimeMin': min, 'query.startTimeMax': max, 'query.start_time_min': min, 'query.start_time_max': max, 'query.searchDepth': '20' });
+  const query = new URLSearchParams({
+    'query.attributes': JSON.stringify(attributes),
+    'query.startTimeMin': min,
+    'query.startTimeMax': max,
+    'query.start_time_min': min,
+    'query.start_time_max': max,
+    'query.searchDepth': '20',
+  });
   const url = `${base}/api/v3/traces?${query}`;
   const answer = await getJson(url, timeoutMs);
   if (answer.status === 404 && isGatewayError(answer)) return [];
@@ -81,7 +93,8 @@ async function search(base: string, timeoutMs: number, attributes: Record<string
 /** API v3 wraps its answers as grpc-gateway does: `{result: TracesData}`, errors as `{error: {httpCode, message}}`. */
 function resultOf(url: string, answer: JsonAnswer): unknown {
   const result = (answer.body as { result?: unknown } | undefined)?.result;
-  if (typeof result !== 'object' || result === null) throw new Error(`GET ${url} answered 200 without the "result" object of Jaeger's API v3`);
+  if (typeof result !== 'object' || result === null)
+    throw new Error(`GET ${url} answered 200 without the "result" object of Jaeger's API v3`);
   return result;
 }
 
@@ -113,7 +126,13 @@ interface JaegerTrace {
   processes: Record<string, { serviceName: string; tags?: JaegerTag[] }>;
 }
 
-const KINDS: Readonly<Record<string, SpanKindName>> = { server: 'server', client: 'client', producer: 'producer', consumer: 'consumer', internal: 'internal' };
+const KINDS: Readonly<Record<string, SpanKindName>> = {
+  server: 'server',
+  client: 'client',
+  producer: 'producer',
+  consumer: 'consumer',
+  internal: 'internal',
+};
 // Tags Jaeger makes from OTLP fields rather than from attributes (OpenTelemetry's Jaeger translation).
 const FIELD_TAGS = new Set(['span.kind', 'otel.status_code', 'otel.status_description', 'error']);
 
@@ -125,7 +144,8 @@ export function spansFromJaegerModel(body: unknown): Span[] {
   const data = (body as { data?: unknown } | undefined)?.data;
   if (!Array.isArray(data)) throw new Error('the answer is not Jaeger\'s JSON model: it has no "data" list');
   return (data as JaegerTrace[]).flatMap((trace) => {
-    if (!Array.isArray(trace?.spans) || typeof trace.processes !== 'object' || trace.processes === null) throw new Error('a trace in Jaeger\'s answer has no "spans" list or "processes" map');
+    if (!Array.isArray(trace?.spans) || typeof trace.processes !== 'object' || trace.processes === null)
+      throw new Error('a trace in Jaeger\'s answer has no "spans" list or "processes" map');
     return trace.spans.map((s) => jaegerSpan(s, trace.processes));
   });
 }
@@ -151,7 +171,10 @@ function jaegerSpan(s: JaegerSpan, processes: JaegerTrace['processes']): Span {
     endMs: (s.startTime + s.duration) / 1000,
     attributes,
     resource,
-    status: statusCode === 'error' || tags.get('error') === true ? { code: 'error', ...(typeof message === 'string' ? { message } : {}) } : { code: statusCode === 'ok' ? 'ok' : 'unset' },
+    status:
+      statusCode === 'error' || tags.get('error') === true
+        ? { code: 'error', ...(typeof message === 'string' ? { message } : {}) }
+        : { code: statusCode === 'ok' ? 'ok' : 'unset' },
   };
 }
 
@@ -161,7 +184,8 @@ function tagValue(tag: JaegerTag): AttributeValue {
   if (typeof v === 'string' && v.startsWith('[')) {
     try {
       const parsed: unknown = JSON.parse(v);
-      if (Array.isArray(parsed) && parsed.every((x) => ['string', 'number', 'boolean'].includes(typeof x))) return parsed as Array<string | number | boolean>;
+      if (Array.isArray(parsed) && parsed.every((x) => ['string', 'number', 'boolean'].includes(typeof x)))
+        return parsed as Array<string | number | boolean>;
     } catch {
       // Plain text that starts with a bracket.
     }

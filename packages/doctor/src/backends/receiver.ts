@@ -38,7 +38,10 @@ export async function receiverSource(options: ReceiverSourceOptions = {}): Promi
   const timeoutMs = options.timeoutMs ?? 5000;
   if (options.endpoint === undefined) {
     const port = options.port ?? 4318;
-    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new TypeError(`@meshtrace/doctor: port must be an integer from 0 to 65535, not ${JSON.stringify(options.port)}`);
+    if (!Number.isInteger(port) || port < 0 || port > 65535)
+      throw new TypeError(
+        `@meshtrace/doctor: port must be an integer from 0 to 65535, not ${JSON.stringify(options.port)}`,
+      );
     const receiver = await startReceiver({ port });
     return { ...receivedSpanSource(receiver), close: () => receiver.close() };
   }
@@ -46,10 +49,12 @@ export async function receiverSource(options: ReceiverSourceOptions = {}): Promi
   const ask = async (query: string): Promise<Span[]> => {
     const url = `${base}${SPAN_QUERY_PATH}?${query}`;
     const answer = await getJson(url, timeoutMs);
-    if (answer.status === 404) throw new Error(`${base} has no span query (${SPAN_QUERY_PATH} answered 404): is it a meshtrace receiver?`);
+    if (answer.status === 404)
+      throw new Error(`${base} has no span query (${SPAN_QUERY_PATH} answered 404): is it a meshtrace receiver?`);
     if (answer.status !== 200) throw badAnswer(url, answer);
     const spans = (answer.body as { spans?: unknown } | undefined)?.spans;
-    if (!Array.isArray(spans) || !spans.every(isSpan)) throw new Error(`GET ${url} answered 200 without a "spans" list of spans`);
+    if (!Array.isArray(spans) || !spans.every(isSpan))
+      throw new Error(`GET ${url} answered 200 without a "spans" list of spans`);
     return spans;
   };
   return {
@@ -62,7 +67,15 @@ export async function receiverSource(options: ReceiverSourceOptions = {}): Promi
 
 function isSpan(x: unknown): x is Span {
   const s = x as Partial<Span> | null;
-  return typeof s === 'object' && s !== null && typeof s.traceId === 'string' && typeof s.spanId === 'string' && typeof s.service === 'string' && typeof s.attributes === 'object' && s.attributes !== null;
+  return (
+    typeof s === 'object' &&
+    s !== null &&
+    typeof s.traceId === 'string' &&
+    typeof s.spanId === 'string' &&
+    typeof s.service === 'string' &&
+    typeof s.attributes === 'object' &&
+    s.attributes !== null
+  );
 }
 
 /**

@@ -60,7 +60,10 @@ export async function getJson(url: string, timeoutMs: number): Promise<JsonAnswe
   try {
     return { status: res.status, body: JSON.parse(text) as unknown };
   } catch {
-    if (res.ok) throw new Error(`GET ${url} answered ${res.status} with a body that is not JSON: ${JSON.stringify(text.slice(0, 80))}`);
+    if (res.ok)
+      throw new Error(
+        `GET ${url} answered ${res.status} with a body that is not JSON: ${JSON.stringify(text.slice(0, 80))}`,
+      );
     return { status: res.status, body: text };
   }
 }
@@ -86,7 +89,8 @@ export function baseUrl(endpoint: unknown, option: string): string {
   } catch {
     url = undefined;
   }
-  if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) throw new TypeError(`@meshtrace/doctor: ${option} must be an http(s) URL, not ${JSON.stringify(endpoint)}`);
+  if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:'))
+    throw new TypeError(`@meshtrace/doctor: ${option} must be an http(s) URL, not ${JSON.stringify(endpoint)}`);
   return String(endpoint).replace(/\/+$/, '');
 }
 

@@ -13,7 +13,10 @@ export interface TempoSourceOptions {
 
 /** The trace-by-id endpoints, newest first, and where each keeps the OTLP JSON. */
 const TRACE_APIS = [
-  { path: 'api/v2/traces', otlp: (body: unknown) => (body as { trace?: unknown } | undefined)?.trace ?? { resourceSpans: [] } },
+  {
+    path: 'api/v2/traces',
+    otlp: (body: unknown) => (body as { trace?: unknown } | undefined)?.trace ?? { resourceSpans: [] },
+  },
   { path: 'api/traces', otlp: (body: unknown) => body },
 ] as const;
 
@@ -45,13 +48,21 @@ export function tempoSource(options: TempoSourceOptions): SpanSource {
     async probeTraces(probeId, window) {
       // TraceQL string literals are double-quoted with backslash escapes, as JSON's are.
       const q = `{ span.${ATTR.probe} = ${JSON.stringify(probeId)} }`;
-      const query = new URLSearchParams({ q, start: String(Math.floor(window.startMs / 1000)), end: String(Math.ceil(window.endMs / 1000)), limit: '20' });
+      const query = new URLSearchParams({
+        q,
+        start: String(Math.floor(window.startMs / 1000)),
+        end: String(Math.ceil(window.endMs / 1000)),
+        limit: '20',
+      });
       const url = `${base}/api/search?${query}`;
       const answer = await getJson(url, timeoutMs);
       if (answer.status !== 200) throw badAnswer(url, answer);
       const traces = (answer.body as { traces?: unknown } | undefined)?.traces ?? [];
-      if (!Array.isArray(traces)) throw new Error(`GET ${url} answered 200 without the "traces" list of Tempo's search`);
-      const ids = traces.map((t: { traceID?: unknown }) => t?.traceID).filter((id): id is string => typeof id === 'string');
+      if (!Array.isArray(traces))
+        throw new Error(`GET ${url} answered 200 without the "traces" list of Tempo's search`);
+      const ids = traces
+        .map((t: { traceID?: unknown }) => t?.traceID)
+        .filter((id): id is string => typeof id === 'string');
       const spans = await Promise.all(ids.map((id) => trace(padId(id, 32))));
       return tracesCarrying(spans.flat(), probeId);
     },

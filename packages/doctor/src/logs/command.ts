@@ -36,7 +36,9 @@ export async function runLogs(options: LogsOptions, out: CommandOutput): Promise
         inputs.push({ name, input: process.stdin });
         continue;
       }
-      const handle = await open(name).catch((err: NodeJS.ErrnoException) => fail(`cannot read ${name}: ${err.code ?? err.message}`));
+      const handle = await open(name).catch((err: NodeJS.ErrnoException) =>
+        fail(`cannot read ${name}: ${err.code ?? err.message}`),
+      );
       if (typeof handle === 'number') return handle;
       handles.push(handle);
       inputs.push({ name, input: handle.createReadStream() });
@@ -50,7 +52,10 @@ export async function runLogs(options: LogsOptions, out: CommandOutput): Promise
     if (options.json) out.line(JSON.stringify(report, null, 2));
     else printReport(report, out);
     if (report.lines > 0 && report.requests === 0) {
-      if (!options.json) out.line(`No line could be read as an access log${options.format && options.format !== 'auto' ? ` in the ${options.format} format` : ''}.`);
+      if (!options.json)
+        out.line(
+          `No line could be read as an access log${options.format && options.format !== 'auto' ? ` in the ${options.format} format` : ''}.`,
+        );
       return 2;
     }
     return report.findings > 0 ? 1 : 0;
@@ -73,10 +78,15 @@ function sampleLine(out: CommandOutput, s: LogSample): string {
 
 /** The report as text: inputs, then each upstream or route with its findings and a sample line each. */
 export function printReport(r: LogReport, out: CommandOutput): void {
-  out.line(`meshtrace logs: ${count(r.files.length, 'input')}, ${count(r.lines, 'line')}, ${count(r.requests, 'request')}, ${r.unparseable.count.toLocaleString('en-US')} unparseable`);
+  out.line(
+    `meshtrace logs: ${count(r.files.length, 'input')}, ${count(r.lines, 'line')}, ${count(r.requests, 'request')}, ${r.unparseable.count.toLocaleString('en-US')} unparseable`,
+  );
   for (const f of r.files) {
-    const hint = f.requests > 0 && f.withTraceparent === 0 ? ': no request carried a traceparent; is it in the log format?' : '';
-    out.line(`  ${f.name}  ${f.format ?? 'format not recognised'}  ${count(f.lines, 'line')}, ${count(f.requests, 'request')}, ${f.unparseable.toLocaleString('en-US')} unparseable${hint}`);
+    const hint =
+      f.requests > 0 && f.withTraceparent === 0 ? ': no request carried a traceparent; is it in the log format?' : '';
+    out.line(
+      `  ${f.name}  ${f.format ?? 'format not recognised'}  ${count(f.lines, 'line')}, ${count(f.requests, 'request')}, ${f.unparseable.toLocaleString('en-US')} unparseable${hint}`,
+    );
   }
   out.line();
   const flagged = r.groups.filter((g) => g.missing || g.malformed.length > 0 || g.oneHop);
@@ -93,7 +103,10 @@ export function printReport(r: LogReport, out: CommandOutput): void {
     show(g.oneHop, `trace ${g.oneHop?.count === 1 ? 'id' : 'ids'} seen at one hop only`);
   }
   for (const g of clean.slice(0, CLEAN_SHOWN)) out.line(`${paint(out, 32, '✓')} ${groupTitle(g)}`);
-  if (clean.length > CLEAN_SHOWN) out.line(`  and ${count(clean.length - CLEAN_SHOWN, 'more upstream or route', 'more upstreams or routes')} without findings`);
+  if (clean.length > CLEAN_SHOWN)
+    out.line(
+      `  and ${count(clean.length - CLEAN_SHOWN, 'more upstream or route', 'more upstreams or routes')} without findings`,
+    );
   out.line();
   const h = r.hops;
   out.line(
@@ -101,7 +114,9 @@ export function printReport(r: LogReport, out: CommandOutput): void {
       ? 'Hops: each input is one proxy, so a hop is an input. A trace id found in one input only never reached (or left) the other proxies with that id: the next proxy saw another trace id or none.'
       : 'Hops: one input, so a hop is a line. A trace id on one line only is a finding when the log holds several proxies (some trace id is on two lines or more); a single proxy logs each request once, so then nothing is judged. Give each proxy its own file to compare proxies.',
   );
-  out.line(`  ${h.judged ? '' : 'not judged: no trace id was seen at two hops; '}${count(h.traceIds, 'trace id')} followed, ${h.evicted.toLocaleString('en-US')} forgotten to stay within ${h.maxTraces.toLocaleString('en-US')}`);
+  out.line(
+    `  ${h.judged ? '' : 'not judged: no trace id was seen at two hops; '}${count(h.traceIds, 'trace id')} followed, ${h.evicted.toLocaleString('en-US')} forgotten to stay within ${h.maxTraces.toLocaleString('en-US')}`,
+  );
   if (r.unparseable.sample !== undefined) {
     out.line(`Unparseable: ${count(r.unparseable.count, 'line')}, the first (${r.unparseable.reason}):`);
     out.line(sampleLine(out, r.unparseable.sample));

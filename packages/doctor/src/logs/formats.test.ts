@@ -44,28 +44,93 @@ describe('access-log formats', () => {
   });
 
   it.each([
-    ['envoy default + traceparent', parseEnvoyLine, ENVOY, { kind: 'upstream', name: '10.244.1.17:8080', traceparent: TP }],
-    ['istio text, traceparent -', parseEnvoyLine, ISTIO_TEXT, { kind: 'upstream', name: 'outbound|8080||payments.shop.svc.cluster.local', traceparent: undefined }],
-    ['envoy without upstream host', parseEnvoyLine, ENVOY.replace('"10.244.1.17:8080"', '"-"'), { kind: 'upstream', name: 'orders.shop.svc.cluster.local:8080', traceparent: TP }],
-    ['envoy custom with key=value only', parseEnvoyLine, `[2024-05-14T09:12:03.512Z] "GET /a?b=1 HTTP/1.1" 503 request_id=abc traceparent=${TP}`, { kind: 'route', name: 'GET /a', traceparent: TP }],
+    [
+      'envoy default + traceparent',
+      parseEnvoyLine,
+      ENVOY,
+      { kind: 'upstream', name: '10.244.1.17:8080', traceparent: TP },
+    ],
+    [
+      'istio text, traceparent -',
+      parseEnvoyLine,
+      ISTIO_TEXT,
+      { kind: 'upstream', name: 'outbound|8080||payments.shop.svc.cluster.local', traceparent: undefined },
+    ],
+    [
+      'envoy without upstream host',
+      parseEnvoyLine,
+      ENVOY.replace('"10.244.1.17:8080"', '"-"'),
+      { kind: 'upstream', name: 'orders.shop.svc.cluster.local:8080', traceparent: TP },
+    ],
+    [
+      'envoy custom with key=value only',
+      parseEnvoyLine,
+      `[2024-05-14T09:12:03.512Z] "GET /a?b=1 HTTP/1.1" 503 request_id=abc traceparent=${TP}`,
+      { kind: 'route', name: 'GET /a', traceparent: TP },
+    ],
     ['istio json', parseIstioLine, ISTIO_JSON, { kind: 'upstream', name: 'inbound|8080||', traceparent: TP }],
-    ['istio json, traceparent null', parseIstioLine, ISTIO_JSON.replace(`"${TP}"`, 'null'), { kind: 'upstream', name: 'inbound|8080||', traceparent: undefined }],
-    ['istio json, no traceparent key, no upstream', parseIstioLine, '{"method":"GET","path":"/x?y=1","upstream_cluster":null}', { kind: 'route', name: 'GET /x', traceparent: undefined }],
-    ['nginx combined + "$http_traceparent"', parseNginxLine, NGINX_COMBINED, { kind: 'route', name: 'GET /api/orders/42', traceparent: TP }],
-    ['nginx mesh (testkit), traceparent -', parseNginxLine, NGINX_MESH, { kind: 'route', name: 'GET /orders/7', traceparent: undefined }],
-    ['nginx with upstream_addr', parseNginxLine, NGINX_UPSTREAM, { kind: 'upstream', name: '10.244.3.4:3000', traceparent: TP }],
-    ['nginx, folded header kept as logged', parseNginxLine, `x "GET / HTTP/1.1" 200 traceparent="${TP}, ${TP}"`, { kind: 'route', name: 'GET /', traceparent: `${TP}, ${TP}` }],
+    [
+      'istio json, traceparent null',
+      parseIstioLine,
+      ISTIO_JSON.replace(`"${TP}"`, 'null'),
+      { kind: 'upstream', name: 'inbound|8080||', traceparent: undefined },
+    ],
+    [
+      'istio json, no traceparent key, no upstream',
+      parseIstioLine,
+      '{"method":"GET","path":"/x?y=1","upstream_cluster":null}',
+      { kind: 'route', name: 'GET /x', traceparent: undefined },
+    ],
+    [
+      'nginx combined + "$http_traceparent"',
+      parseNginxLine,
+      NGINX_COMBINED,
+      { kind: 'route', name: 'GET /api/orders/42', traceparent: TP },
+    ],
+    [
+      'nginx mesh (testkit), traceparent -',
+      parseNginxLine,
+      NGINX_MESH,
+      { kind: 'route', name: 'GET /orders/7', traceparent: undefined },
+    ],
+    [
+      'nginx with upstream_addr',
+      parseNginxLine,
+      NGINX_UPSTREAM,
+      { kind: 'upstream', name: '10.244.3.4:3000', traceparent: TP },
+    ],
+    [
+      'nginx, folded header kept as logged',
+      parseNginxLine,
+      `x "GET / HTTP/1.1" 200 traceparent="${TP}, ${TP}"`,
+      { kind: 'route', name: 'GET /', traceparent: `${TP}, ${TP}` },
+    ],
   ])('%s', (_name, parse, line, expected) => {
     expect(parse(line)).toEqual(expected);
   });
 
   it.each([
-    ['envoy line without a traceparent field', parseEnvoyLine, ENVOY.replace(/ traceparent=.*/, ''), 'no-traceparent-field'],
-    ['nginx combined without traceparent', parseNginxLine, NGINX_COMBINED.replace(/ "00-.*"$/, ''), 'no-traceparent-field'],
+    [
+      'envoy line without a traceparent field',
+      parseEnvoyLine,
+      ENVOY.replace(/ traceparent=.*/, ''),
+      'no-traceparent-field',
+    ],
+    [
+      'nginx combined without traceparent',
+      parseNginxLine,
+      NGINX_COMBINED.replace(/ "00-.*"$/, ''),
+      'no-traceparent-field',
+    ],
     ['a stack trace in an envoy log', parseEnvoyLine, '    at Object.<anonymous> (/app/index.js:1:1)', 'not-envoy'],
     ['truncated json', parseIstioLine, ISTIO_JSON.slice(0, 80), 'not-istio'],
     ['json that is not an object', parseIstioLine, '[1,2]', 'not-istio'],
-    ['nginx line without a request', parseNginxLine, '2024/05/14 09:12:03 [error] 31#31: *1 connect() failed (111: Connection refused)', 'not-nginx'],
+    [
+      'nginx line without a request',
+      parseNginxLine,
+      '2024/05/14 09:12:03 [error] 31#31: *1 connect() failed (111: Connection refused)',
+      'not-nginx',
+    ],
   ])('%s is unparseable', (_name, parse, line, reason) => {
     expect(parse(line)).toBe(reason);
   });

@@ -14,7 +14,13 @@ export interface LogEntry {
 }
 
 /** Why a line could not be read as a request. */
-export type UnparseableReason = 'not-envoy' | 'not-istio' | 'not-nginx' | 'no-traceparent-field' | 'unknown-format' | 'line-too-long';
+export type UnparseableReason =
+  | 'not-envoy'
+  | 'not-istio'
+  | 'not-nginx'
+  | 'no-traceparent-field'
+  | 'unknown-format'
+  | 'line-too-long';
 
 /**
  * The fields of a text log line: `[bracketed]`, `"quoted"` and bare words, each with its brackets or quotes.
@@ -69,7 +75,12 @@ function present(value: string | undefined): string | undefined {
 function keyValue(fields: readonly string[], keys: readonly string[]): string | undefined {
   for (const key of keys) {
     for (const field of fields) {
-      if (field.length > key.length && field.charCodeAt(key.length) === 61 /* = */ && field.slice(0, key.length).toLowerCase() === key) return unquote(field.slice(key.length + 1));
+      if (
+        field.length > key.length &&
+        field.charCodeAt(key.length) === 61 /* = */ &&
+        field.slice(0, key.length).toLowerCase() === key
+      )
+        return unquote(field.slice(key.length + 1));
     }
   }
   return undefined;
@@ -79,7 +90,8 @@ const REQUEST_LINE = /^([A-Z]+) (\S+)(?: \S+)?$/;
 
 /** `GET /orders` for `GET /orders?id=1 HTTP/1.1`: the query would make every request its own route. */
 function route(method: unknown, path: unknown): string {
-  if (typeof method !== 'string' || typeof path !== 'string' || method === '-' || path === '-') return '(unknown route)';
+  if (typeof method !== 'string' || typeof path !== 'string' || method === '-' || path === '-')
+    return '(unknown route)';
   const q = path.indexOf('?');
   return `${method} ${q < 0 ? path : path.slice(0, q)}`;
 }
@@ -94,7 +106,9 @@ const UPSTREAM_KEYS = ['upstream_cluster', 'upstream_host', 'upstream_addr', 'up
 const TRACEPARENT_KEYS = ['traceparent', 'http_traceparent'];
 
 function entry(upstream: string | undefined, routeName: string, traceparent: unknown): LogEntry {
-  return upstream === undefined ? { kind: 'route', name: routeName, traceparent } : { kind: 'upstream', name: upstream, traceparent };
+  return upstream === undefined
+    ? { kind: 'route', name: routeName, traceparent }
+    : { kind: 'upstream', name: upstream, traceparent };
 }
 
 /**
@@ -148,7 +162,14 @@ export function parseNginxLine(line: string): LogEntry | UnparseableReason {
   if (r < 0) return 'not-nginx';
   let traceparent = keyValue(f, TRACEPARENT_KEYS);
   // combined: ... [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" <traceparent>
-  if (traceparent === undefined && r > 0 && f[r - 1].charCodeAt(0) === 91 && f.length > r + 5 && isQuoted(f[r + 3]) && isQuoted(f[r + 4])) {
+  if (
+    traceparent === undefined &&
+    r > 0 &&
+    f[r - 1].charCodeAt(0) === 91 &&
+    f.length > r + 5 &&
+    isQuoted(f[r + 3]) &&
+    isQuoted(f[r + 4])
+  ) {
     traceparent = unquote(f[r + 5]);
   }
   if (traceparent === undefined) return 'no-traceparent-field';

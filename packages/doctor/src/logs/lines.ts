@@ -48,5 +48,7 @@ export async function* readLines(input: LogInput): AsyncGenerator<LogLine> {
 
 function line(text: string, cut: boolean): LogLine {
   const end = text.endsWith('\r') ? text.slice(0, -1) : text;
-  return cut || end.length > MAX_LINE_LENGTH ? { text: end.slice(0, MAX_LINE_LENGTH), cut: true } : { text: end, cut: false };
+  return cut || end.length > MAX_LINE_LENGTH
+    ? { text: end.slice(0, MAX_LINE_LENGTH), cut: true }
+    : { text: end, cut: false };
 }

@@ -29,11 +29,20 @@ describe('scanLogs', () => {
       '',
     ];
     const report = await scanLogs(lines(log));
-    expect(report.files).toEqual([{ name: '-', format: 'envoy', lines: 7, requests: 5, unparseable: 1, withTraceparent: 3 }]);
+    expect(report.files).toEqual([
+      { name: '-', format: 'envoy', lines: 7, requests: 5, unparseable: 1, withTraceparent: 3 },
+    ]);
     expect(report.unparseable).toEqual({ count: 1, reason: 'not-envoy', sample: { file: '-', line: 5, text: log[4] } });
     const orders = report.groups.find((g) => g.name === '10.244.1.17:8080')!;
-    expect(orders).toMatchObject({ kind: 'upstream', requests: 4, valid: 1, missing: { count: 2, sample: { line: 2, text: log[1] } } });
-    expect(orders.malformed).toEqual([{ reason: 'zero-trace-id', count: 1, sample: { file: '-', line: 3, text: log[2] } }]);
+    expect(orders).toMatchObject({
+      kind: 'upstream',
+      requests: 4,
+      valid: 1,
+      missing: { count: 2, sample: { line: 2, text: log[1] } },
+    });
+    expect(orders.malformed).toEqual([
+      { reason: 'zero-trace-id', count: 1, sample: { file: '-', line: 3, text: log[2] } },
+    ]);
     const pay = report.groups.find((g) => g.name === '10.244.2.9:8080')!;
     expect(pay.malformed.map((m) => m.reason)).toEqual(['bad-parent-id']);
     // One file where no trace id repeats is one proxy: one hop per request is expected, nothing judged.
@@ -42,9 +51,18 @@ describe('scanLogs', () => {
   });
 
   it('with several files, each one proxy, reports trace ids that reached one of them only', async () => {
-    const gateway = [envoy('/orders', 'orders:8080', tp(1)), envoy('/orders', 'orders:8080', tp(2)), envoy('/orders', 'orders:8080', tp(3))];
+    const gateway = [
+      envoy('/orders', 'orders:8080', tp(1)),
+      envoy('/orders', 'orders:8080', tp(2)),
+      envoy('/orders', 'orders:8080', tp(3)),
+    ];
     // The sidecar saw trace 1, and trace 3 twice (a retry is still one hop); trace 2 arrived under another id.
-    const sidecar = [nginx('/orders', tp(1, '00f067aa0ba902b7')), nginx('/orders', tp(99)), nginx('/orders', tp(3)), nginx('/orders', tp(3))];
+    const sidecar = [
+      nginx('/orders', tp(1, '00f067aa0ba902b7')),
+      nginx('/orders', tp(99)),
+      nginx('/orders', tp(3)),
+      nginx('/orders', tp(3)),
+    ];
     const report = await scanLogs([
       { name: 'gateway.log', input: lines(gateway) },
       { name: 'orders.log', input: lines(sidecar) },
@@ -66,14 +84,20 @@ describe('scanLogs', () => {
       { name: 'gateway.log', input: lines(gateway) },
       { name: 'orders.log', input: lines(sidecar) },
     ]);
-    expect(report.groups.find((g) => g.name === 'orders:8080')!.oneHop).toEqual({ count: 1, sample: { file: 'gateway.log', line: 9, text: '' } });
+    expect(report.groups.find((g) => g.name === 'orders:8080')!.oneHop).toEqual({
+      count: 1,
+      sample: { file: 'gateway.log', line: 9, text: '' },
+    });
   });
 
   it('in one file holding several proxies, a trace id on one line only is a finding', async () => {
     const log = [nginx('/a', tp(1)), nginx('/b', tp(1)), nginx('/a', tp(2))];
     const report = await scanLogs(lines(log), { format: 'nginx' });
     expect(report.hops.judged).toBe(true);
-    expect(report.groups.find((g) => g.name === 'GET /a')!.oneHop).toEqual({ count: 1, sample: { file: '-', line: 3, text: log[2] } });
+    expect(report.groups.find((g) => g.name === 'GET /a')!.oneHop).toEqual({
+      count: 1,
+      sample: { file: '-', line: 3, text: log[2] },
+    });
   });
 
   it('counts every line of an input whose format it cannot recognise, without failing', async () => {

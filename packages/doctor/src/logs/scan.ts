@@ -79,7 +79,11 @@ export interface LogReport {
   readonly files: readonly FileReport[];
   readonly lines: number;
   readonly requests: number;
-  readonly unparseable: { readonly count: number; readonly reason: UnparseableReason | undefined; readonly sample: LogSample | undefined };
+  readonly unparseable: {
+    readonly count: number;
+    readonly reason: UnparseableReason | undefined;
+    readonly sample: LogSample | undefined;
+  };
   /** Upstreams and routes, those with the most findings first. */
   readonly groups: readonly GroupReport[];
   readonly hops: HopReport;
@@ -141,13 +145,20 @@ function finding(t: Tally | undefined): Finding | undefined {
  * `traceparent`, malformed ones by core's reason, and trace ids seen at one hop only. Several inputs are
  * several proxies. Lines that are not requests of the format are counted; nothing in the input throws.
  */
-export async function scanLogs(input: LogInput | readonly NamedLogInput[], options: ScanOptions = {}): Promise<LogReport> {
+export async function scanLogs(
+  input: LogInput | readonly NamedLogInput[],
+  options: ScanOptions = {},
+): Promise<LogReport> {
   const o = { ...DEFAULTS, ...options };
   const inputs: readonly NamedLogInput[] = isInputList(input) ? input : [{ name: '-', input }];
   const groups = { upstream: new Map<string, Group>(), route: new Map<string, Group>() };
   const traces = new Map<string, Hop>();
   const files: FileReport[] = [];
-  const unparseable = { count: 0, reason: undefined as UnparseableReason | undefined, sample: undefined as LogSample | undefined };
+  const unparseable = {
+    count: 0,
+    reason: undefined as UnparseableReason | undefined,
+    sample: undefined as LogSample | undefined,
+  };
   let other: Group | undefined;
   let evicted = 0;
   let repeated = false;
@@ -157,7 +168,8 @@ export async function scanLogs(input: LogInput | readonly NamedLogInput[], optio
     const map = groups[e.kind];
     let g = map.get(e.name);
     if (g !== undefined) return g;
-    if (groups.upstream.size + groups.route.size >= o.maxGroups) return (other ??= newGroup('other', `(upstreams and routes past the first ${o.maxGroups})`));
+    if (groups.upstream.size + groups.route.size >= o.maxGroups)
+      return (other ??= newGroup('other', `(upstreams and routes past the first ${o.maxGroups})`));
     g = newGroup(e.kind, e.name);
     map.set(e.name, g);
     return g;
@@ -174,7 +186,11 @@ export async function scanLogs(input: LogInput | readonly NamedLogInput[], optio
     const pending: { text: string; cut: boolean; n: number }[] = [];
 
     const read = (text: string, cut: boolean, n: number): void => {
-      const sample = (): LogSample => ({ file: name, line: n, text: text.length > SAMPLE_LENGTH ? text.slice(0, SAMPLE_LENGTH) + '...' : text });
+      const sample = (): LogSample => ({
+        file: name,
+        line: n,
+        text: text.length > SAMPLE_LENGTH ? text.slice(0, SAMPLE_LENGTH) + '...' : text,
+      });
       const e = format === undefined ? 'unknown-format' : cut ? 'line-too-long' : PARSERS[format](text);
       if (typeof e === 'string') {
         bad++;
@@ -249,7 +265,8 @@ export async function scanLogs(input: LogInput | readonly NamedLogInput[], optio
   }
   const all = [...groups.upstream.values(), ...groups.route.values(), ...(other === undefined ? [] : [other])];
   const reports = all.map(groupReport);
-  const score = (g: GroupReport) => (g.missing?.count ?? 0) + g.malformed.reduce((n, m) => n + m.count, 0) + (g.oneHop?.count ?? 0);
+  const score = (g: GroupReport) =>
+    (g.missing?.count ?? 0) + g.malformed.reduce((n, m) => n + m.count, 0) + (g.oneHop?.count ?? 0);
   reports.sort((a, b) => score(b) - score(a) || b.requests - a.requests);
   return {
     files,
@@ -277,6 +294,16 @@ function newGroup(kind: Group['kind'], name: string): Group {
 }
 
 function groupReport(g: Group): GroupReport {
-  const malformed = [...g.malformed].map(([reason, t]) => ({ reason, count: t.count, sample: t.sample })).sort((a, b) => b.count - a.count);
-  return { kind: g.kind, name: g.name, requests: g.requests, valid: g.valid, missing: finding(g.missing), malformed, oneHop: finding(g.oneHop) };
+  const malformed = [...g.malformed]
+    .map(([reason, t]) => ({ reason, count: t.count, sample: t.sample }))
+    .sort((a, b) => b.count - a.count);
+  return {
+    kind: g.kind,
+    name: g.name,
+    requests: g.requests,
+    valid: g.valid,
+    missing: finding(g.missing),
+    malformed,
+    oneHop: finding(g.oneHop),
+  };
 }

@@ -73,8 +73,12 @@ function spansOf(request: Loose, key: 'resourceSpans' | 'batches'): Span[] {
     const name = resource['service.name'];
     const service = typeof name === 'string' && name !== '' ? name : 'unknown';
     // `instrumentationLibrarySpans` is what OTLP before 0.15 sent; some agents still do.
-    const scopes = [...list(rs.scopeSpans, 'scopeSpans'), ...list(rs.instrumentationLibrarySpans, 'instrumentationLibrarySpans')];
-    for (const scope of scopes) for (const span of list(scope.spans, 'spans')) spans.push(spanOf(span, service, resource));
+    const scopes = [
+      ...list(rs.scopeSpans, 'scopeSpans'),
+      ...list(rs.instrumentationLibrarySpans, 'instrumentationLibrarySpans'),
+    ];
+    for (const scope of scopes)
+      for (const span of list(scope.spans, 'spans')) spans.push(spanOf(span, service, resource));
   }
   return spans;
 }
@@ -86,7 +90,13 @@ function spanOf(span: Loose, service: string, resource: Attributes): Span {
   const traceId = id(span.traceId, 16, 'traceId');
   const spanId = id(span.spanId, 8, 'spanId');
   // A root has no parent id, or an empty one; a decoded message's unset field is only on its prototype.
-  const parent = !has(span, 'parentSpanId') || span.parentSpanId === undefined || span.parentSpanId === null || isEmpty(span.parentSpanId) ? undefined : id(span.parentSpanId, 8, 'parentSpanId');
+  const parent =
+    !has(span, 'parentSpanId') ||
+    span.parentSpanId === undefined ||
+    span.parentSpanId === null ||
+    isEmpty(span.parentSpanId)
+      ? undefined
+      : id(span.parentSpanId, 8, 'parentSpanId');
   const status = isObject(span.status) ? span.status : {};
   const message = typeof status.message === 'string' && status.message !== '' ? status.message : undefined;
   return {
@@ -100,7 +110,10 @@ function spanOf(span: Loose, service: string, resource: Attributes): Span {
     endMs: nanosToMs(span.endTimeUnixNano, 'endTimeUnixNano'),
     attributes: attributesOf(span.attributes),
     resource,
-    status: message === undefined ? { code: enumName(status.code, STATUS, 'STATUS_CODE_', 'status.code') } : { code: enumName(status.code, STATUS, 'STATUS_CODE_', 'status.code'), message },
+    status:
+      message === undefined
+        ? { code: enumName(status.code, STATUS, 'STATUS_CODE_', 'status.code') }
+        : { code: enumName(status.code, STATUS, 'STATUS_CODE_', 'status.code'), message },
   };
 }
 
@@ -109,7 +122,8 @@ function isBytes(value: unknown): value is Uint8Array {
   return ArrayBuffer.isView(value) && !(value instanceof DataView);
 }
 
-const hexOf = (bytes: Uint8Array): string => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
+const hexOf = (bytes: Uint8Array): string =>
+  Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
 
 function isEmpty(value: unknown): boolean {
   return (typeof value === 'string' || isBytes(value)) && value.length === 0;
@@ -121,8 +135,13 @@ const HEX = /^[0-9a-fA-F]*$/;
 function id(value: unknown, bytes: number, field: string): string {
   let hex: string | undefined;
   if (isBytes(value)) hex = hexOf(value);
-  else if (typeof value === 'string') hex = value.length === 2 * bytes && HEX.test(value) ? value.toLowerCase() : Buffer.from(value, 'base64').toString('hex');
-  if (hex === undefined || hex.length !== 2 * bytes) throw new OtlpDecodeError(`${field} is not ${bytes} bytes: ${JSON.stringify(String(value))}`);
+  else if (typeof value === 'string')
+    hex =
+      value.length === 2 * bytes && HEX.test(value)
+        ? value.toLowerCase()
+        : Buffer.from(value, 'base64').toString('hex');
+  if (hex === undefined || hex.length !== 2 * bytes)
+    throw new OtlpDecodeError(`${field} is not ${bytes} bytes: ${JSON.stringify(String(value))}`);
   return hex;
 }
 
@@ -183,14 +202,17 @@ function plainValue(any: Loose): Plain | undefined {
   if (has(any, 'doubleValue')) return Number(any.doubleValue);
   if (has(any, 'bytesValue')) {
     const bytes = any.bytesValue;
-    return isBytes(bytes) ? Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64') : String(bytes);
+    return isBytes(bytes)
+      ? Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64')
+      : String(bytes);
   }
   if (has(any, 'arrayValue') && isObject(any.arrayValue)) {
     return list(any.arrayValue.values, 'arrayValue.values').map((v) => plainValue(v) ?? null);
   }
   if (has(any, 'kvlistValue') && isObject(any.kvlistValue)) {
     const entries: Record<string, Plain> = {};
-    for (const kv of list(any.kvlistValue.values, 'kvlistValue.values')) if (typeof kv.key === 'string' && isObject(kv.value)) entries[kv.key] = plainValue(kv.value) ?? null;
+    for (const kv of list(any.kvlistValue.values, 'kvlistValue.values'))
+      if (typeof kv.key === 'string' && isObject(kv.value)) entries[kv.key] = plainValue(kv.value) ?? null;
     return entries;
   }
   return undefined;

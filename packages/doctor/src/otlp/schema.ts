@@ -6,7 +6,11 @@ import descriptor from './otlp.json';
 const root = protobuf.Root.fromJSON(descriptor as protobuf.INamespace);
 
 /** opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest. */
-export const ExportTraceServiceRequest = root.lookupType('opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest');
+export const ExportTraceServiceRequest = root.lookupType(
+  'opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest',
+);
 
 /** opentelemetry.proto.collector.trace.v1.ExportTraceServiceResponse. */
-export const ExportTraceServiceResponse = root.lookupType('opentelemetry.proto.collector.trace.v1.ExportTraceServiceResponse');
+export const ExportTraceServiceResponse = root.lookupType(
+  'opentelemetry.proto.collector.trace.v1.ExportTraceServiceResponse',
+);

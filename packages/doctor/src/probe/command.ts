@@ -58,7 +58,8 @@ const POLL_MS = 250;
 
 function positive(value: number | undefined, fallback: number, option: string): number {
   if (value === undefined) return fallback;
-  if (!Number.isInteger(value) || value < 1) throw new TypeError(`@meshtrace/doctor: ${option} must be a positive whole number, not ${JSON.stringify(value)}`);
+  if (!Number.isInteger(value) || value < 1)
+    throw new TypeError(`@meshtrace/doctor: ${option} must be a positive whole number, not ${JSON.stringify(value)}`);
   return value;
 }
 
@@ -66,9 +67,15 @@ function positive(value: number | undefined, fallback: number, option: string): 
 async function openSource(options: ProbeOptions, timeoutMs: number): Promise<SpanSource> {
   const backend = options.backend ?? 'receive';
   if (backend === 'receive') return receiverSource({ endpoint: options.endpoint, port: options.port, timeoutMs });
-  if (backend !== 'jaeger' && backend !== 'tempo') throw new TypeError(`@meshtrace/doctor: backend must be receive, jaeger or tempo, not ${JSON.stringify(backend)}`);
-  if (options.endpoint === undefined) throw new TypeError(`@meshtrace/doctor: endpoint is required with backend ${backend} (its query URL, such as ${backend === 'jaeger' ? 'http://jaeger:16686' : 'http://tempo:3200'})`);
-  return backend === 'jaeger' ? jaegerSource({ endpoint: options.endpoint, timeoutMs }) : tempoSource({ endpoint: options.endpoint, timeoutMs });
+  if (backend !== 'jaeger' && backend !== 'tempo')
+    throw new TypeError(`@meshtrace/doctor: backend must be receive, jaeger or tempo, not ${JSON.stringify(backend)}`);
+  if (options.endpoint === undefined)
+    throw new TypeError(
+      `@meshtrace/doctor: endpoint is required with backend ${backend} (its query URL, such as ${backend === 'jaeger' ? 'http://jaeger:16686' : 'http://tempo:3200'})`,
+    );
+  return backend === 'jaeger'
+    ? jaegerSource({ endpoint: options.endpoint, timeoutMs })
+    : tempoSource({ endpoint: options.endpoint, timeoutMs });
 }
 
 /**
@@ -82,7 +89,8 @@ export async function runProbe(options: ProbeOptions, out: ProbeOutput): Promise
   } catch {
     throw new TypeError(`@meshtrace/doctor: url must be an http(s) URL, not ${JSON.stringify(options.url)}`);
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`@meshtrace/doctor: url must be an http(s) URL, not ${JSON.stringify(options.url)}`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new TypeError(`@meshtrace/doctor: url must be an http(s) URL, not ${JSON.stringify(options.url)}`);
   const count = positive(options.count, 1, 'count');
   const timeoutMs = positive(options.timeoutMs, 10_000, 'timeoutMs');
   const waitMs = positive(options.waitMs, 30_000, 'waitMs');
@@ -96,14 +104,33 @@ export async function runProbe(options: ProbeOptions, out: ProbeOutput): Promise
       sent.map(async (s) => {
         const collected = await collectSpans(source, s, { waitMs, quietMs, pollMs: POLL_MS });
         const verdict = judge(s, collected, source.description, waitMs);
-        return { probeId: s.probeId, traceId: s.traceId, traceparent: s.traceparent, status: s.status, error: s.error, ...verdict, searchError: collected.searchError };
+        return {
+          probeId: s.probeId,
+          traceId: s.traceId,
+          traceparent: s.traceparent,
+          status: s.status,
+          error: s.error,
+          ...verdict,
+          searchError: collected.searchError,
+        };
       }),
     );
   } finally {
     if (options.source === undefined) await source.close();
   }
-  const verdict: VerdictKind = results.some((r) => r.verdict === 'broken') ? 'broken' : results.some((r) => r.verdict === 'unknown') ? 'unknown' : 'whole';
-  if (options.json) out.line(JSON.stringify({ verdict, exitCode: EXIT[verdict], url: url.href, source: source.description, probes: results }, null, 2));
+  const verdict: VerdictKind = results.some((r) => r.verdict === 'broken')
+    ? 'broken'
+    : results.some((r) => r.verdict === 'unknown')
+      ? 'unknown'
+      : 'whole';
+  if (options.json)
+    out.line(
+      JSON.stringify(
+        { verdict, exitCode: EXIT[verdict], url: url.href, source: source.description, probes: results },
+        null,
+        2,
+      ),
+    );
   else printResults(url.href, source.description, results, out);
   return EXIT[verdict];
 }
@@ -111,14 +138,19 @@ export async function runProbe(options: ProbeOptions, out: ProbeOutput): Promise
 const PAINT: Record<VerdictKind, string> = { whole: '32', broken: '31', unknown: '33' };
 
 function printResults(url: string, asked: string, results: readonly ProbeResult[], out: ProbeOutput): void {
-  const paint = (kind: VerdictKind): string => (out.color ? `\u001b[1;${PAINT[kind]}m${kind.toUpperCase()}\u001b[0m` : kind.toUpperCase());
+  const paint = (kind: VerdictKind): string =>
+    out.color ? `\u001b[1;${PAINT[kind]}m${kind.toUpperCase()}\u001b[0m` : kind.toUpperCase();
   const span = (s: SpanRef): string => `${s.service} ${s.kind.toUpperCase()} "${s.name}" (span ${s.spanId})`;
   out.line(`meshtrace probe ${url}: ${results.length} request${results.length === 1 ? '' : 's'}, spans from ${asked}`);
   for (const [i, r] of results.entries()) {
     out.line();
-    out.line(`probe ${i + 1}: ${r.error === undefined ? `HTTP ${r.status}` : `request failed: ${r.error}`}  probe id ${r.probeId}  trace ${r.traceId}`);
+    out.line(
+      `probe ${i + 1}: ${r.error === undefined ? `HTTP ${r.status}` : `request failed: ${r.error}`}  probe id ${r.probeId}  trace ${r.traceId}`,
+    );
     if (r.verdict === 'whole') {
-      out.line(`  ${paint('whole')}  ${r.spans} spans from ${r.services.join(', ')} in one trace; every SERVER span's parent is its caller's CLIENT span`);
+      out.line(
+        `  ${paint('whole')}  ${r.spans} spans from ${r.services.join(', ')} in one trace; every SERVER span's parent is its caller's CLIENT span`,
+      );
     } else if (r.verdict === 'unknown') {
       out.line(`  ${paint('unknown')}  ${r.reason}`);
       for (const c of r.check) out.line(`    check: ${c}`);
@@ -129,6 +161,7 @@ function printResults(url: string, asked: string, results: readonly ProbeResult[
         if (b.lastCarrier !== undefined) out.line(`    last span that still carried the trace: ${span(b.lastCarrier)}`);
       }
     }
-    if (r.searchError !== undefined) out.line(`  note: the search by probe id failed (${r.searchError}); traces started elsewhere may be missing`);
+    if (r.searchError !== undefined)
+      out.line(`  note: the search by probe id failed (${r.searchError}); traces started elsewhere may be missing`);
   }
 }

@@ -40,14 +40,22 @@ export async function sendProbe(url: string, timeoutMs: number): Promise<SentPro
   let error: string | undefined;
   try {
     const res = await fetch(url, {
-      headers: { traceparent, baggage: `${PROBE_BAGGAGE_KEY}=${probeId}`, 'x-request-id': probeId, 'user-agent': 'meshtrace-probe' },
+      headers: {
+        traceparent,
+        baggage: `${PROBE_BAGGAGE_KEY}=${probeId}`,
+        'x-request-id': probeId,
+        'user-agent': 'meshtrace-probe',
+      },
       signal: AbortSignal.timeout(timeoutMs),
     });
     status = res.status;
     await res.arrayBuffer();
   } catch (err) {
     const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-    error = err instanceof Error && err.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : (cause?.code ?? cause?.message ?? (err as Error).message);
+    error =
+      err instanceof Error && err.name === 'TimeoutError'
+        ? `no answer within ${timeoutMs} ms`
+        : (cause?.code ?? cause?.message ?? (err as Error).message);
   }
   return { probeId, traceId, parentSpanId, traceparent, startMs, endMs: Date.now(), status, error };
 }

@@ -44,18 +44,35 @@ export interface ProbeVerdict {
   readonly services: readonly string[];
 }
 
-const ref = (s: Span): SpanRef => ({ service: s.service, kind: s.kind, name: s.name, traceId: s.traceId, spanId: s.spanId });
+const ref = (s: Span): SpanRef => ({
+  service: s.service,
+  kind: s.kind,
+  name: s.name,
+  traceId: s.traceId,
+  spanId: s.spanId,
+});
 const str = (v: unknown): string | undefined => (v === undefined ? undefined : String(v));
 
 /** Judges the spans collected for one probe request; `asked` names where they were read from. */
 export function judge(sent: SentProbe, collected: Collected, asked: string, waitMs: number): ProbeVerdict {
   const spans = collected.spans;
-  const base = { spans: spans.length, traces: new Set(spans.map((s) => s.traceId)).size, services: [...new Set(spans.map((s) => s.service))].sort() };
+  const base = {
+    spans: spans.length,
+    traces: new Set(spans.map((s) => s.traceId)).size,
+    services: [...new Set(spans.map((s) => s.service))].sort(),
+  };
   if (collected.error !== undefined) {
-    return { ...base, verdict: 'unknown', breaks: [], reason: `could not read spans from ${asked}: ${collected.error}`, check: ['the endpoint is the query API of the backend the services export to, and it is up'] };
+    return {
+      ...base,
+      verdict: 'unknown',
+      breaks: [],
+      reason: `could not read spans from ${asked}: ${collected.error}`,
+      check: ['the endpoint is the query API of the backend the services export to, and it is up'],
+    };
   }
   if (spans.length === 0) {
-    const request = sent.error === undefined ? `the request answered HTTP ${sent.status}` : `the request failed (${sent.error})`;
+    const request =
+      sent.error === undefined ? `the request answered HTTP ${sent.status}` : `the request failed (${sent.error})`;
     return {
       ...base,
       verdict: 'unknown',
@@ -78,7 +95,10 @@ function findBreaks(sent: SentProbe, spans: readonly Span[]): Break[] {
   const ids = new Set(inTrace.map((s) => s.spanId));
   const orphans = findOrphans(spans);
   const found: Array<{ at: number; brk: Break }> = [];
-  const lastBefore = (t: number): Span | undefined => inTrace.filter((s) => s.startMs <= t).reduce<Span | undefined>((a, b) => (a === undefined || b.startMs >= a.startMs ? b : a), undefined);
+  const lastBefore = (t: number): Span | undefined =>
+    inTrace
+      .filter((s) => s.startMs <= t)
+      .reduce<Span | undefined>((a, b) => (a === undefined || b.startMs >= a.startMs ? b : a), undefined);
 
   for (const o of orphans) {
     const carrier = o.caller?.traceId === sent.traceId ? o.caller : lastBefore(o.span.startMs);
@@ -86,8 +106,10 @@ function findBreaks(sent: SentProbe, spans: readonly Span[]): Break[] {
   }
   // The entry service itself started a new trace: nothing of the probe's trace exists, and the probe records no span to tie to.
   if (inTrace.length === 0) {
-    const first = spans.filter((s) => s.parentSpanId === undefined).sort((a, b) => a.startMs - b.startMs)[0] ?? spans[0];
-    if (!orphans.some((o) => o.span === first)) found.push({ at: first.startMs, brk: calleeBreak({ from: 'probe', to: first.service }, first, undefined) });
+    const first =
+      spans.filter((s) => s.parentSpanId === undefined).sort((a, b) => a.startMs - b.startMs)[0] ?? spans[0];
+    if (!orphans.some((o) => o.span === first))
+      found.push({ at: first.startMs, brk: calleeBreak({ from: 'probe', to: first.service }, first, undefined) });
   }
   const answered = new Set(spans.map((s) => s.parentSpanId));
   const tiedCallers = new Set(orphans.map((o) => o.caller));
@@ -96,7 +118,14 @@ function findBreaks(sent: SentProbe, spans: readonly Span[]): Break[] {
     const to = addressOf(client) ?? 'the service it called';
     found.push({
       at: client.startMs,
-      brk: { hop: { from: client.service, to }, callee: undefined, outcome: undefined, reason: undefined, lastCarrier: ref(client), detail: `${to} recorded nothing: not instrumented, not exporting, or sampled out` },
+      brk: {
+        hop: { from: client.service, to },
+        callee: undefined,
+        outcome: undefined,
+        reason: undefined,
+        lastCarrier: ref(client),
+        detail: `${to} recorded nothing: not instrumented, not exporting, or sampled out`,
+      },
     });
   }
   for (const server of inTrace) {
@@ -104,7 +133,14 @@ function findBreaks(sent: SentProbe, spans: readonly Span[]): Break[] {
     if (server.kind !== 'server' || parent === undefined || parent === sent.parentSpanId || ids.has(parent)) continue;
     found.push({
       at: server.startMs,
-      brk: { hop: { from: undefined, to: server.service }, callee: ref(server), outcome: str(server.attributes[ATTR.outcome]), reason: str(server.attributes[ATTR.reason]), lastCarrier: undefined, detail: `its caller's span ${parent} never arrived: the caller does not export its spans, or not to this backend` },
+      brk: {
+        hop: { from: undefined, to: server.service },
+        callee: ref(server),
+        outcome: str(server.attributes[ATTR.outcome]),
+        reason: str(server.attributes[ATTR.reason]),
+        lastCarrier: undefined,
+        detail: `its caller's span ${parent} never arrived: the caller does not export its spans, or not to this backend`,
+      },
     });
   }
   return found.sort((a, b) => a.at - b.at).map((f) => f.brk);
@@ -115,8 +151,18 @@ function calleeBreak(hop: Break['hop'], callee: Span, carrier: Span | undefined)
   const reason = str(callee.attributes[ATTR.reason]);
   const started = `started trace ${callee.traceId}`;
   let detail: string;
-  if (outcome === undefined) detail = `${callee.service} recorded no propagation outcome (meshtrace does not run there) and ${started}`;
-  else if (outcome === 'missing') detail = `${callee.service} recorded outcome missing: no traceparent reached it; it ${started}`;
-  else detail = `${callee.service} recorded outcome ${outcome}${reason === undefined ? '' : ` (${reason})`} and ${started}`;
-  return { hop, callee: ref(callee), outcome, reason, lastCarrier: carrier === undefined ? undefined : ref(carrier), detail };
+  if (outcome === undefined)
+    detail = `${callee.service} recorded no propagation outcome (meshtrace does not run there) and ${started}`;
+  else if (outcome === 'missing')
+    detail = `${callee.service} recorded outcome missing: no traceparent reached it; it ${started}`;
+  else
+    detail = `${callee.service} recorded outcome ${outcome}${reason === undefined ? '' : ` (${reason})`} and ${started}`;
+  return {
+    hop,
+    callee: ref(callee),
+    outcome,
+    reason,
+    lastCarrier: carrier === undefined ? undefined : ref(carrier),
+    detail,
+  };
 }

@@ -33,7 +33,10 @@ export async function collectSpans(source: SpanSource, sent: SentProbe, options:
   let searchError: string | undefined;
   for (;;) {
     const window = { startMs: sent.startMs - SKEW_MS, endMs: Date.now() + SKEW_MS };
-    const [trace, tied] = await Promise.allSettled([source.trace(sent.traceId, window), searchError === undefined ? source.probeTraces(sent.probeId, window) : Promise.resolve([])]);
+    const [trace, tied] = await Promise.allSettled([
+      source.trace(sent.traceId, window),
+      searchError === undefined ? source.probeTraces(sent.probeId, window) : Promise.resolve([]),
+    ]);
     if (tied.status === 'rejected') searchError = message(tied.reason);
     if (trace.status === 'rejected') return { spans: [...spans.values()], error: message(trace.reason), searchError };
     for (const s of [...trace.value, ...(tied.status === 'fulfilled' ? tied.value : [])]) {
@@ -44,7 +47,8 @@ export async function collectSpans(source: SpanSource, sent: SentProbe, options:
       }
     }
     const now = Date.now();
-    if ((spans.size > 0 && now - lastNew >= options.quietMs) || now >= deadline) return { spans: [...spans.values()], error: undefined, searchError };
+    if ((spans.size > 0 && now - lastNew >= options.quietMs) || now >= deadline)
+      return { spans: [...spans.values()], error: undefined, searchError };
     await new Promise((resolve) => setTimeout(resolve, Math.min(options.pollMs, Math.max(0, deadline - now))));
   }
 }

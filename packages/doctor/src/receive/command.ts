@@ -27,13 +27,22 @@ export function summaryLine(summary: Summary, stats: ReceiverStats): string {
   const parts = [`${plural(summary.traces, 'trace')}, ${plural(summary.spans, 'span')}`];
   const orphans = Object.entries(summary.orphansByService).map(([service, n]) => `${service} ${n}`);
   parts.push(orphans.length === 0 ? '0 orphaned roots' : `orphaned roots: ${orphans.join(', ')}`);
-  if (summary.hops.length > 0) parts.push(`broken hops: ${summary.hops.map((h) => `${h.from ?? '?'} → ${h.to} ×${h.count}`).join(', ')}`);
-  const outcomes = Object.entries(summary.outcomes).map(([service, counts]) => `${service} ${Object.entries(counts).map(([text, n]) => `${text} ${n}`).join('/')}`);
+  if (summary.hops.length > 0)
+    parts.push(`broken hops: ${summary.hops.map((h) => `${h.from ?? '?'} → ${h.to} ×${h.count}`).join(', ')}`);
+  const outcomes = Object.entries(summary.outcomes).map(
+    ([service, counts]) =>
+      `${service} ${Object.entries(counts)
+        .map(([text, n]) => `${text} ${n}`)
+        .join('/')}`,
+  );
   if (outcomes.length > 0) parts.push(`outcomes: ${outcomes.join(', ')}`);
   const refused = Object.entries(stats.responses).filter(([status]) => status !== '200');
   if (refused.length > 0) parts.push(`refused: ${refused.map(([status, n]) => `${n}×${status}`).join(', ')}`);
   if (stats.evictedSpans > 0) parts.push(`evicted: ${plural(stats.evictedSpans, 'span')}`);
-  if (stats.forward.url !== undefined) parts.push(`forwarded ${stats.forward.ok}${stats.forward.failed > 0 ? `, ${stats.forward.failed} failed (${stats.forward.lastError ?? 'unknown error'})` : ''}`);
+  if (stats.forward.url !== undefined)
+    parts.push(
+      `forwarded ${stats.forward.ok}${stats.forward.failed > 0 ? `, ${stats.forward.failed} failed (${stats.forward.lastError ?? 'unknown error'})` : ''}`,
+    );
   return `── ${parts.join('; ')}`;
 }
 
@@ -53,7 +62,8 @@ export async function runReceive(options: ReceiveOptions, out: ReceiveOutput): P
       const summary = summarize(receiver.spans(), analysis);
       for (const trace of traces) {
         out.line();
-        for (const line of renderTraces(trace.spans, { color: out.color, width: out.width, orphans: summary.orphans })) out.line(line);
+        for (const line of renderTraces(trace.spans, { color: out.color, width: out.width, orphans: summary.orphans }))
+          out.line(line);
       }
       out.line(summaryLine(summary, receiver.stats()));
     },

@@ -50,7 +50,14 @@ export interface ReceiverStats {
   readonly evictedSpans: number;
   readonly evictedTraces: number;
   /** Requests passed on to `forward`, and how they went (a failure is a network error or a non-2xx answer). */
-  readonly forward: { readonly url: string | undefined; readonly ok: number; readonly failed: number; readonly okSpans: number; readonly failedSpans: number; readonly lastError: string | undefined };
+  readonly forward: {
+    readonly url: string | undefined;
+    readonly ok: number;
+    readonly failed: number;
+    readonly okSpans: number;
+    readonly failedSpans: number;
+    readonly lastError: string | undefined;
+  };
 }
 
 /** A running OTLP/HTTP trace receiver. */
@@ -74,7 +81,8 @@ const FORWARD_TIMEOUT_MS = 10_000;
 const DEFAULTS = { host: '127.0.0.1', port: 4318, maxBodyBytes: 4 * 1024 * 1024, maxSpans: 100_000, quietMs: 2000 };
 
 function check(name: string, value: number, min: number): void {
-  if (!Number.isInteger(value) || value < min) throw new TypeError(`@meshtrace/doctor: ${name} must be an integer of at least ${min}, not ${String(value)}`);
+  if (!Number.isInteger(value) || value < min)
+    throw new TypeError(`@meshtrace/doctor: ${name} must be an integer of at least ${min}, not ${String(value)}`);
 }
 
 function forwardUrl(forward: string | undefined): string | undefined {
@@ -85,7 +93,8 @@ function forwardUrl(forward: string | undefined): string | undefined {
   } catch {
     throw new TypeError(`@meshtrace/doctor: forward must be an http(s) URL, not ${JSON.stringify(forward)}`);
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`@meshtrace/doctor: forward must be an http(s) URL, not ${JSON.stringify(forward)}`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new TypeError(`@meshtrace/doctor: forward must be an http(s) URL, not ${JSON.stringify(forward)}`);
   // A base endpoint gets the signal path, as OTEL_EXPORTER_OTLP_ENDPOINT does (OTLP exporter spec).
   if (!url.pathname.endsWith(TRACES_PATH)) url.pathname = `${url.pathname.replace(/\/+$/, '')}${TRACES_PATH}`;
   return url.toString();
@@ -134,11 +143,13 @@ function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
 function decompress(raw: Buffer, encoding: string | undefined, max: number): Buffer {
   const coding = (encoding ?? 'identity').trim().toLowerCase();
   if (coding === 'identity' || coding === '') return raw;
-  if (coding !== 'gzip') throw new Rejection(415, RPC_CODE.invalidArgument, `unsupported Content-Encoding ${JSON.stringify(encoding)}`);
+  if (coding !== 'gzip')
+    throw new Rejection(415, RPC_CODE.invalidArgument, `unsupported Content-Encoding ${JSON.stringify(encoding)}`);
   try {
     return gunzipSync(raw, { maxOutputLength: max });
   } catch (err) {
-    if ((err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw new Rejection(413, RPC_CODE.resourceExhausted, `decompressed body over ${max} bytes`);
+    if ((err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE')
+      throw new Rejection(413, RPC_CODE.resourceExhausted, `decompressed body over ${max} bytes`);
     throw new Rejection(400, RPC_CODE.invalidArgument, `invalid gzip: ${(err as Error).message}`);
   }
 }
@@ -156,19 +167,34 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
   const forward = forwardUrl(o.forward);
   const window = new SpanWindow(o.maxSpans, o.quietMs, (traces) => safely('onQuiet', o.onQuiet, traces));
   const responses: Record<number, number> = {};
-  const fwd = { url: forward, ok: 0, failed: 0, okSpans: 0, failedSpans: 0, lastError: undefined as string | undefined };
+  const fwd = {
+    url: forward,
+    ok: 0,
+    failed: 0,
+    okSpans: 0,
+    failedSpans: 0,
+    lastError: undefined as string | undefined,
+  };
   const inFlight = new Set<Promise<void>>();
   let accepted = 0;
 
   const answer = (res: ServerResponse, status: number, reply: OtlpBody, extra: Record<string, string> = {}): void => {
     responses[status] = (responses[status] ?? 0) + 1;
-    res.writeHead(status, { 'content-type': reply.contentType, 'content-length': String(reply.body.length), ...extra }).end(reply.body);
+    res
+      .writeHead(status, { 'content-type': reply.contentType, 'content-length': String(reply.body.length), ...extra })
+      .end(reply.body);
   };
 
   const pass = (req: IncomingMessage, raw: Buffer, spans: number): void => {
     const headers: Record<string, string> = {};
-    for (const name of ['content-type', 'content-encoding'] as const) if (req.headers[name] !== undefined) headers[name] = req.headers[name];
-    const done = fetch(forward!, { method: 'POST', headers, body: raw, signal: AbortSignal.timeout(FORWARD_TIMEOUT_MS) })
+    for (const name of ['content-type', 'content-encoding'] as const)
+      if (req.headers[name] !== undefined) headers[name] = req.headers[name];
+    const done = fetch(forward!, {
+      method: 'POST',
+      headers,
+      body: raw,
+      signal: AbortSignal.timeout(FORWARD_TIMEOUT_MS),
+    })
       .then(async (res) => {
         await res.arrayBuffer();
         if (!res.ok) throw new Error(`HTTP ${res.status}`);
@@ -191,14 +217,25 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
     const path = (req.url ?? '').split('?')[0];
     try {
       if (o.route?.(req, res) === true) return;
-      if (path !== TRACES_PATH) throw new Rejection(404, RPC_CODE.notFound, `no such path ${JSON.stringify(path)}; traces go to ${TRACES_PATH}`);
-      if (req.method !== 'POST') throw new Rejection(405, RPC_CODE.unimplemented, `method ${req.method ?? ''} not allowed; use POST`);
-      if (Number(req.headers['content-length'] ?? 0) > o.maxBodyBytes) throw new Rejection(413, RPC_CODE.resourceExhausted, `body over ${o.maxBodyBytes} bytes`);
+      if (path !== TRACES_PATH)
+        throw new Rejection(
+          404,
+          RPC_CODE.notFound,
+          `no such path ${JSON.stringify(path)}; traces go to ${TRACES_PATH}`,
+        );
+      if (req.method !== 'POST')
+        throw new Rejection(405, RPC_CODE.unimplemented, `method ${req.method ?? ''} not allowed; use POST`);
+      if (Number(req.headers['content-length'] ?? 0) > o.maxBodyBytes)
+        throw new Rejection(413, RPC_CODE.resourceExhausted, `body over ${o.maxBodyBytes} bytes`);
       const raw = await readBody(req, o.maxBodyBytes);
       let spans: Span[] = [];
       try {
         if (otlpEncoding(req.headers['content-type']) === undefined) {
-          throw new Rejection(415, RPC_CODE.invalidArgument, `unsupported Content-Type ${JSON.stringify(req.headers['content-type'] ?? '')}; send application/x-protobuf or application/json`);
+          throw new Rejection(
+            415,
+            RPC_CODE.invalidArgument,
+            `unsupported Content-Type ${JSON.stringify(req.headers['content-type'] ?? '')}; send application/x-protobuf or application/json`,
+          );
         }
         const body = decompress(raw, req.headers['content-encoding'], o.maxBodyBytes);
         spans = decodeTraces(body, req.headers['content-type']!);
@@ -211,8 +248,18 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
       answer(res, 200, successBody(encoding));
     } catch (err) {
       const rejection =
-        err instanceof Rejection ? err : err instanceof OtlpDecodeError ? new Rejection(400, RPC_CODE.invalidArgument, err.message) : new Rejection(400, RPC_CODE.invalidArgument, `could not read the request: ${(err as Error).message}`);
-      if (!res.headersSent) answer(res, rejection.status, statusBody(encoding, rejection.code, rejection.message), rejection.status === 405 ? { allow: 'POST' } : {});
+        err instanceof Rejection
+          ? err
+          : err instanceof OtlpDecodeError
+            ? new Rejection(400, RPC_CODE.invalidArgument, err.message)
+            : new Rejection(400, RPC_CODE.invalidArgument, `could not read the request: ${(err as Error).message}`);
+      if (!res.headersSent)
+        answer(
+          res,
+          rejection.status,
+          statusBody(encoding, rejection.code, rejection.message),
+          rejection.status === 405 ? { allow: 'POST' } : {},
+        );
     }
   };
 
