@@ -18,5 +18,7 @@ export {
 export type { HeaderRecorder, Spelling, TrustRow } from './outbound';
 export { hasExited, stopChild, waitExit } from './process';
 export type { TestTracing } from './otel';
+export { peerDir, peerVersion } from './peers';
+export type { PeerName } from './peers';
 export { startRabbitMq } from './rabbitmq';
 export type { RabbitMqBroker, RabbitMqOptions } from './rabbitmq';
