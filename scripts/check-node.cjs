@@ -25,8 +25,8 @@ if (!atLeast(have, want)) {
     [
       `meshtrace needs Node.js ${needs} or newer (this is ${process.versions.node}, at ${process.execPath}).`,
       'Node 22 and 24 are tested. To run a command on Node 24 without installing it, take Node from the npm registry:',
-      '  npx -y -p node@24 -- npx -y pnpm@10 install',
-      '  npx -y -p node@24 -- npx -y pnpm@10 test',
+      '  npx -y -p node@24 -p pnpm@10 -- pnpm install',
+      '  npx -y -p node@24 -p pnpm@10 -- pnpm test',
       'or switch the shell to Node 24 with a version manager (nvm install 24, fnm use 24, volta install node@24).',
       '',
     ].join('\n'),
