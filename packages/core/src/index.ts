@@ -2,13 +2,13 @@
 export { MeshPropagator } from './propagation/propagator';
 export type { MeshPropagatorOptions } from './propagation/propagator';
 export { extractContext, extractRequestContext } from './propagation/extract';
-export type { ExtractResult } from './propagation/extract';
-export type { ExtractOutcome, MalformedReason, TraceFormat } from './propagation/outcome';
+export type { ExtractResult } from './propagation/extraction';
+export type { ExtractOutcome, MalformedReason, TraceFormat, TrustReason } from './propagation/outcome';
 export { bufferHeaderSetter, headerGetter, headerSetter } from './propagation/carrier';
 export type { HeaderCarrier } from './propagation/carrier';
 export { checkPropagation } from './internal/diagnostics';
 export type { MeshTraceOptions, MeshTraceRouteOptions } from './server/options';
-export type { InboundPolicy, InboundTrust, InboundTrustPolicy, TrustReason } from './server/trust';
+export type { InboundPolicy, InboundTrust, InboundTrustPolicy } from './server/trust';
 export { FLAG_RANDOM, FLAG_SAMPLED, formatTraceparent, isValidId, parseTraceparent } from './w3c/traceparent';
 export type { Traceparent, TraceparentReason } from './w3c/traceparent';
 export { MAX_TRACESTATE_LENGTH, MAX_TRACESTATE_MEMBERS, parseTracestate, serializeTracestate } from './w3c/tracestate';

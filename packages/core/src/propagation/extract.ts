@@ -6,38 +6,11 @@ import { InboundBaggage } from '../w3c/baggage';
 import { FLAG_RANDOM, FLAG_SAMPLED, parseTraceparent, remoteTraceparent } from '../w3c/traceparent';
 import type { TraceparentReason } from '../w3c/traceparent';
 import { MeshTraceState } from '../w3c/tracestate';
-import { EXTRACTION_KEY, ExtractedContext } from './context';
+import { ExtractedContext } from './extracted-context';
+import { EXTRACTION_KEY } from './extraction';
+import type { ExtractConfig, ExtractResult, Extraction } from './extraction';
 import { CONTINUED, MALFORMED, MISSING, outcomeOf, recordOutcome, recordUnreadable } from './outcome';
 import type { ExtractOutcome, TraceFormat } from './outcome';
-
-/** The context to run the request in, why it is what it is, and contexts to link to. */
-export interface ExtractResult {
-  readonly context: Context;
-  readonly outcome: ExtractOutcome;
-  /** Inbound contexts not continued but worth a span link (a disagreeing B3 context). */
-  readonly links: readonly Link[] | undefined;
-}
-
-/** What an extraction found, kept in the context it made. */
-export interface Extraction {
-  readonly outcome: ExtractOutcome;
-  readonly links: readonly Link[] | undefined;
-  /** `deny`: the caller asked not to sample (`b3: 0`); `defer`: it left the decision to us. */
-  readonly samplingHint: 'deny' | 'defer' | undefined;
-  /** B3 debug flag received; kept for B3 injection. */
-  readonly b3Debug: boolean;
-}
-
-/** What the extraction that made `context` found, if meshtrace made it. */
-export function extractionOf(context: Context): Extraction | undefined {
-  return context.getValue(EXTRACTION_KEY) as Extraction | undefined;
-}
-
-/** How to extract; fixed when a propagator is built. */
-export interface ExtractConfig {
-  readonly formats: readonly TraceFormat[];
-  readonly baggage: boolean;
-}
 
 function fromB3(b3: B3Context): SpanContext {
   return { traceId: b3.traceId, spanId: b3.spanId, traceFlags: b3.sampled ? FLAG_SAMPLED : 0, isRemote: true };

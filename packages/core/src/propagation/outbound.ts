@@ -5,7 +5,7 @@ import { headerGetter } from './carrier';
 import type { HeaderCarrier } from './carrier';
 import { recordDropped } from '../internal/diagnostics';
 import { extractWith } from './extract';
-import type { ExtractConfig } from './extract';
+import type { ExtractConfig } from './extraction';
 
 /**
  * The trace headers a caller's own are replaced as one set, lower case: W3C and both B3 forms, so

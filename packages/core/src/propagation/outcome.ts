@@ -1,10 +1,18 @@
 import type { Attributes } from '@opentelemetry/api';
 import { PACKAGE, extractCounter, preview, warner } from '../internal/diagnostics';
 import type { Traceparent, TraceparentReason } from '../w3c/traceparent';
-import type { TrustReason } from '../server/trust';
 
 /** A trace header format meshtrace reads. */
 export type TraceFormat = 'w3c' | 'b3';
+
+const TRUST_REASONS = ['untrusted-peer', 'route-policy', 'policy', 'policy-error'] as const;
+
+/**
+ * Why a request's trace was restarted or ignored: `untrusted-peer`, a declarative policy trusted
+ * neither the peer nor a header; `route-policy`, the route says so; `policy`, the policy function
+ * said so; `policy-error`, the policy function threw or answered something else, so its fallback applied.
+ */
+export type TrustReason = (typeof TRUST_REASONS)[number];
 
 /** Why an inbound context was not continued. `bad-b3`: B3 headers present but invalid. */
 export type MalformedReason = TraceparentReason | 'bad-b3';
@@ -49,7 +57,6 @@ export const CONTINUED = {
   b3: outcome({ outcome: 'continued', format: 'b3', reason: undefined }),
 };
 export const MISSING = outcome({ outcome: 'missing', format: undefined, reason: undefined });
-const TRUST_REASONS = ['untrusted-peer', 'route-policy', 'policy', 'policy-error'] as const;
 /** `restarted` / `ignored`, without a reason (every request, by configuration) and with each reason a policy gives. */
 const UNTRUSTED: Record<'restart' | 'ignore', Record<TrustReason | 'none', ExtractOutcome>> = {
   restart: {} as never,

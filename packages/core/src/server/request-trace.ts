@@ -6,7 +6,22 @@ import { bindEmitter, bindingOf } from '../internal/emitter';
 import { errorStatus, recordRequestError } from '../internal/errors';
 import type { ExtractOutcome } from '../propagation/outcome';
 import type { RoutePolicy } from './route-policy';
-import type { ServerTracing } from './server-tracing';
+
+/** What a request's trace reads of its adapter when the response ends; one object per adapter, made at setup. */
+export interface TraceSettings<Req, Res> {
+  /** The adapter's package name, for the hooks' diagnostics. */
+  readonly name: string;
+  /** The route template of a finished request (`/users/:id`), if the framework matched one. */
+  readonly route: ((request: Req) => string | undefined) | undefined;
+  /** Called just before the span ends. */
+  readonly responseHook: ((span: Span, response: Res) => void) | undefined;
+}
+
+/**
+ * How a request's span came to be: `owned`, meshtrace started it and ends it; `enriched`, another
+ * instrumentation's SERVER span, which its owner ends; `ignored`, no span, only the propagated context.
+ */
+export type TraceMode = 'owned' | 'enriched' | 'ignored';
 
 /** The server side of one request: its context, its SERVER span and how its trace was continued. */
 export class RequestTrace<Req, Res> {
@@ -14,34 +29,27 @@ export class RequestTrace<Req, Res> {
   ended: boolean;
   /** @internal An outer adapter's trace of the same response (meshHttp around a framework), ended after this one. */
   outer: RequestTrace<unknown, unknown> | undefined;
-  /** The route policy that decided the request's inbound trust, if one did (set by the adapter that knew it). */
-  route: RoutePolicy<Req> | undefined;
   private errored = false;
-
-  /** The context the request's handlers run in. */
-  readonly context: Context;
-  /** The SERVER span (non-recording when ignored). */
-  readonly span: Span;
-  /** Whether the inbound trace was continued, and if not, why. */
-  readonly outcome: ExtractOutcome;
   private readonly owned: boolean;
 
-  /**
-   * @internal `owned`: meshtrace started the span and ends it; `enriched`: another instrumentation's
-   * SERVER span, which its owner ends; `ignored`: no span, only the propagated context.
-   */
+  /** @internal */
   constructor(
-    private readonly tracing: ServerTracing<Req, Res>,
+    private readonly settings: TraceSettings<Req, Res>,
     private readonly request: Req,
     private readonly response: Res,
     private readonly method: string,
-    span: { context: Context; span: Span; outcome: ExtractOutcome; mode: 'owned' | 'enriched' | 'ignored' },
+    /** The context the request's handlers run in. */
+    readonly context: Context,
+    /** The SERVER span (non-recording when ignored). */
+    readonly span: Span,
+    /** Whether the inbound trace was continued, and if not, why. */
+    readonly outcome: ExtractOutcome,
+    mode: TraceMode,
+    /** The route policy that decided the request's inbound trust, if one did (the adapter knew it). */
+    public route: RoutePolicy<Req> | undefined,
   ) {
-    this.context = span.context;
-    this.span = span.span;
-    this.outcome = span.outcome;
-    this.owned = span.mode === 'owned';
-    this.ended = span.mode === 'ignored';
+    this.owned = mode === 'owned';
+    this.ended = mode === 'ignored';
   }
 
   /**
@@ -57,7 +65,7 @@ export class RequestTrace<Req, Res> {
   nameRoute(): string | undefined {
     let route: string | undefined;
     try {
-      route = this.tracing.adapter.route?.(this.request);
+      route = this.settings.route?.(this.request);
     } catch {
       // Runs from a 'finish' listener: a throw here would take the process down.
       route = undefined;
@@ -84,19 +92,10 @@ export class RequestTrace<Req, Res> {
         // The SDK replaces the whole status: keep the message recordException set.
         if (statusCode >= 500 && !this.errored) span.setStatus({ code: SpanStatusCode.ERROR });
       }
-      const hook = this.tracing.options.responseHook;
+      const hook = this.settings.responseHook;
       // 'finish' and 'close' can fire from outside the request's context: the hook still runs in it.
       if (hook !== undefined)
-        api.with(
-          this.context,
-          callHook,
-          undefined,
-          'responseHook',
-          hook,
-          span,
-          this.response,
-          this.tracing.adapter.name,
-        );
+        api.with(this.context, callHook, undefined, 'responseHook', hook, span, this.response, this.settings.name);
       if (this.owned) span.end();
     }
     this.outer?.end(statusCode);
@@ -131,8 +130,9 @@ export function endWithResponse<Req, Res>(
   if (outer !== undefined) {
     rt.outer = outer;
   } else {
-    // Added before this binding, so not wrapped by it: they need no context of their own, and `end` runs the hooks in the request's.
-    // `on`, not `once`: each event comes once per response, `end` runs once anyway, and `once` allocates a wrapper and removes it.
+    // Added before this binding, so not wrapped by it: they need no context of their own, and `end` runs
+    // the hooks in the request's. `on`, not `once`: each event comes once per response, `end` runs once
+    // anyway, and `once` allocates a wrapper and removes it.
     res.on('finish', onFinish);
     res.on('close', onClose);
   }

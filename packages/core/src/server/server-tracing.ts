@@ -15,9 +15,10 @@ import { bindEmitter } from '../internal/emitter';
 import { optionError } from '../internal/options';
 import { globalTracerProvider, httpRpcMetadata, withoutRpcMetadata } from '../internal/otel-internals';
 import type { RpcMetadata } from '../internal/otel-internals';
-import { RANDOM_TRACE_ID_KEY } from '../propagation/context';
-import { DEFAULT_CONFIG, extractRequestContext, extractWith, extractionOf } from '../propagation/extract';
-import type { ExtractConfig, ExtractResult } from '../propagation/extract';
+import { RANDOM_TRACE_ID_KEY } from '../propagation/extracted-context';
+import { DEFAULT_CONFIG, extractRequestContext, extractWith } from '../propagation/extract';
+import { extractionOf } from '../propagation/extraction';
+import type { ExtractConfig, ExtractResult } from '../propagation/extraction';
 import { outcomeAttributes, outcomeOf, recordOutcome, trustOutcome } from '../propagation/outcome';
 import type { ExtractOutcome } from '../propagation/outcome';
 import { FLAG_RANDOM, formatTraceparent, parseTraceparent } from '../w3c/traceparent';
@@ -25,6 +26,7 @@ import { hostAndPort, httpMethod, probeAttribute, proxyAttributes } from './http
 import { resolveOptions } from './options';
 import type { MeshTraceOptions, ServerAdapter } from './options';
 import { RequestTrace, endWithResponse } from './request-trace';
+import type { TraceSettings } from './request-trace';
 import type { RoutePolicy } from './route-policy';
 import { addServerTiming } from './server-timing';
 import { inboundPolicy } from './trust';
@@ -37,8 +39,6 @@ const BAGGAGE_ONLY: ExtractConfig = Object.freeze({ formats: Object.freeze([]), 
 
 /** Builds the per-request tracing of an adapter; validates options once, at setup. */
 export class ServerTracing<Req, Res> {
-  /** @internal */
-  readonly options: MeshTraceOptions<Req, Res>;
   private readonly tracer: Tracer | undefined;
   /** The global provider's tracer, and the provider it came from: looked up again only when that changes. */
   private globalTracer: Tracer | undefined;
@@ -50,14 +50,16 @@ export class ServerTracing<Req, Res> {
   private readonly traceResponse: boolean;
   private readonly serverTiming: boolean;
   private readonly proxyAttributes: boolean;
+  private readonly requestHook: MeshTraceOptions<Req, Res>['requestHook'];
+  /** What each request's trace reads when its response ends. */
+  private readonly settings: TraceSettings<Req, Res>;
   private checked = false;
   private readonly incoming: (request: Req) => IncomingMessage;
   private readonly outgoing: (response: Res) => ServerResponse;
 
   constructor(
     options: MeshTraceOptions<Req, Res> | undefined,
-    /** @internal */
-    readonly adapter: ServerAdapter<Req, Res>,
+    private readonly adapter: ServerAdapter<Req, Res>,
   ) {
     const pkg = adapter.name;
     const common = resolveOptions(pkg, options);
@@ -86,8 +88,9 @@ export class ServerTracing<Req, Res> {
     this.serverTiming = serverTiming;
     this.proxyAttributes = proxyAttributes;
     this.ignored = common.ignored;
-    this.options = options ?? {};
     this.tracer = common.tracer;
+    this.requestHook = common.requestHook;
+    this.settings = { name: pkg, route: adapter.route, responseHook: common.responseHook };
     this.incoming = adapter.incoming ?? (same as (request: Req) => IncomingMessage);
     this.outgoing = adapter.outgoing ?? (same as (response: Res) => ServerResponse);
   }
@@ -101,82 +104,135 @@ export class ServerTracing<Req, Res> {
   start(request: Req, response: Res, route?: RoutePolicy<Req>): RequestTrace<Req, Res> {
     const req = this.incoming(request);
     const res = this.outgoing(response);
-    const rawMethod = req.method ?? 'GET';
-    const method = httpMethod(rawMethod);
+    const decision = (route?.decide ?? this.decide)(req, request);
+    let active = api.active();
+    // instrumentation-http keeps its SERVER span in the request's RPC metadata, so it is found even while
+    // an Express, Koa or Fastify instrumentation's INTERNAL span is the active one.
+    const rpc = httpRpcMetadata(active);
+    const existing = rpc?.span ?? trace.getSpan(active);
+    if (existing !== undefined && isServerSpan(existing, rpc)) {
+      const enriched = this.enrich(request, response, req, res, route, decision, active, existing, rpc);
+      if (enriched !== undefined) return enriched;
+      // That span continued a header meshtrace rejects: the request gets a fresh root and a span of its own.
+      active = withoutRpcMetadata(trace.deleteSpan(active));
+    }
+    const extracted = this.extract(req.headers, active, decision);
     // Express trims req.url for middleware mounted under a path; originalUrl keeps the whole target.
     const url = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? '/';
     const q = url.indexOf('?');
     const path = q < 0 ? url : url.slice(0, q);
+    if (this.ignored?.(path, request) === true) return this.ignore(request, response, req, res, route, extracted);
+    return this.own(request, response, req, res, route, extracted, path);
+  }
+
+  /**
+   * Another HTTP instrumentation already made the SERVER span and extracted: records the outcome on that
+   * span and reuses it, never a second one. Undefined when it continued a header meshtrace rejects: the
+   * span stays as it is (it cannot be re-parented) and the request must not stay in that trace.
+   */
+  private enrich(
+    request: Req,
+    response: Res,
+    req: IncomingMessage,
+    res: ServerResponse,
+    route: RoutePolicy<Req> | undefined,
+    decision: TrustDecision,
+    active: Context,
+    span: Span,
+    rpc: RpcMetadata | undefined,
+  ): RequestTrace<Req, Res> | undefined {
     const headers = req.headers;
-    const decision = (route?.decide ?? this.decide)(req, request);
-
-    // Another HTTP instrumentation already made the SERVER span and extracted: enrich it, never a second one.
-    // instrumentation-http keeps its span in the request's RPC metadata, so it is found even while an
-    // Express, Koa or Fastify instrumentation's INTERNAL span is the active one.
-    let active = api.active();
-    const rpc = httpRpcMetadata(active);
-    const existing = rpc?.span ?? trace.getSpan(active);
-    if (existing !== undefined && isServerSpan(existing, rpc)) {
-      // The global propagator was a MeshPropagator: it validated, counted and recorded the outcome already.
-      const extraction = extractionOf(active);
-      const raw = headers.traceparent;
-      const outcome = extraction?.outcome ?? outcomeOf(parseTraceparent(raw));
-      setOutcome(existing, outcome);
-      if (headers.baggage !== undefined) {
-        const probe: Attributes = {};
-        probeAttribute(headers.baggage, probe);
-        existing.setAttributes(probe);
-      }
-      if (extraction === undefined && outcome.outcome === 'malformed' && continuedFrom(existing, raw)) {
-        // Another propagator continued a header meshtrace rejects: the request must not stay in that trace.
-        // Its span stays as it is (it cannot be re-parented); the request gets a fresh root of its own.
-        warner.warn(
-          'foreign-malformed',
-          () =>
-            `${PACKAGE}: the global propagator continued a malformed traceparent (${outcome.reason}) ${preview(raw)}; meshtrace started a fresh root for the request. Register new MeshPropagator() as the propagator (NodeSDK's textMapPropagator) so the HTTP instrumentation rejects it too.`,
-        );
-        active = withoutRpcMetadata(trace.deleteSpan(active));
-      } else {
-        if (extraction === undefined) recordOutcome(outcome, raw);
-        if (decision.action !== 'continue') active = this.untrustedBeside(active, outcome, decision);
-        const rt = new RequestTrace(this, request, response, method, {
-          context: active,
-          span: existing,
-          outcome,
-          mode: 'enriched',
-        });
-        rt.route = route;
-        // Its owner may end it on 'finish' before our listener runs: name it now if the route is known already.
-        const name = rt.nameRoute();
-        // @opentelemetry/instrumentation-http names its span from this when it ends it.
-        if (name && rpc !== undefined) rpc.route = name;
-        this.respond(res, active, existing);
-        return endWithResponse(rt, req, res);
-      }
+    // The global propagator was a MeshPropagator: it validated, counted and recorded the outcome already.
+    const extraction = extractionOf(active);
+    const raw = headers.traceparent;
+    const outcome = extraction?.outcome ?? outcomeOf(parseTraceparent(raw));
+    span.setAttributes(outcomeAttributes(outcome, {}));
+    if (headers.baggage !== undefined) {
+      const probe: Attributes = {};
+      probeAttribute(headers.baggage, probe);
+      span.setAttributes(probe);
     }
+    if (extraction === undefined) {
+      if (outcome.outcome === 'malformed' && continuedFrom(span, raw)) {
+        warnForeignMalformed(outcome, raw);
+        return undefined;
+      }
+      recordOutcome(outcome, raw);
+    }
+    const ctx = decision.action === 'continue' ? active : this.untrustedBeside(active, outcome, decision);
+    const method = httpMethod(req.method ?? 'GET');
+    const rt = new RequestTrace(this.settings, request, response, method, ctx, span, outcome, 'enriched', route);
+    // Its owner may end it on 'finish' before our listener runs: name it now if the route is known already.
+    const name = rt.nameRoute();
+    // @opentelemetry/instrumentation-http names its span from this when it ends it.
+    if (name && rpc !== undefined) rpc.route = name;
+    this.respond(res, ctx, span);
+    return endWithResponse(rt, req, res);
+  }
 
+  /** An ignored request: no span, but body events still run in the propagated context. */
+  private ignore(
+    request: Req,
+    response: Res,
+    req: IncomingMessage,
+    res: ServerResponse,
+    route: RoutePolicy<Req> | undefined,
+    extracted: ExtractResult,
+  ): RequestTrace<Req, Res> {
+    const ctx = extracted.context;
+    bindEmitter(ctx, req);
+    bindEmitter(ctx, res);
+    const span = trace.wrapSpanContext(trace.getSpanContext(ctx) ?? INVALID);
+    const method = httpMethod(req.method ?? 'GET');
+    return new RequestTrace(this.settings, request, response, method, ctx, span, extracted.outcome, 'ignored', route);
+  }
+
+  /** meshtrace's own SERVER span, started in the extracted context and ended with the response. */
+  private own(
+    request: Req,
+    response: Res,
+    req: IncomingMessage,
+    res: ServerResponse,
+    route: RoutePolicy<Req> | undefined,
+    extracted: ExtractResult,
+    path: string,
+  ): RequestTrace<Req, Res> {
+    const rawMethod = req.method ?? 'GET';
+    const method = httpMethod(rawMethod);
+    const attributes = this.attributes(req, rawMethod, method, path, extracted);
+    const tracer = this.tracer ?? this.tracerOfGlobal();
+    const span = tracer.startSpan(
+      method === '_OTHER' ? 'HTTP' : method,
+      { kind: SpanKind.SERVER, attributes, links: extracted.links as Link[] | undefined },
+      extracted.context,
+    );
+    const ctx = trace.setSpan(extracted.context, span);
+    this.respond(res, ctx, span);
+    const rt = new RequestTrace(this.settings, request, response, method, ctx, span, extracted.outcome, 'owned', route);
+    callHook('requestHook', this.requestHook, span, request, this.adapter.name);
+    return endWithResponse(rt, req, res);
+  }
+
+  /** The request's context from its headers, as the inbound policy decided: continued, restarted or ignored. */
+  private extract(headers: IncomingMessage['headers'], active: Context, decision: TrustDecision): ExtractResult {
     if (!this.checked) {
       this.checked = true;
       checkPropagation();
     }
-    const extracted =
-      decision.action === 'continue'
-        ? extractRequestContext(headers, active)
-        : this.untrusted(headers, active, decision);
-    if (this.ignored?.(path, request) === true) {
-      // No span, but body events still run in the propagated context.
-      bindEmitter(extracted.context, req);
-      bindEmitter(extracted.context, res);
-      const rt = new RequestTrace(this, request, response, method, {
-        context: extracted.context,
-        span: trace.wrapSpanContext(trace.getSpanContext(extracted.context) ?? INVALID),
-        outcome: extracted.outcome,
-        mode: 'ignored',
-      });
-      rt.route = route;
-      return rt;
-    }
+    return decision.action === 'continue'
+      ? extractRequestContext(headers, active)
+      : this.untrusted(headers, active, decision);
+  }
 
+  /** The SERVER span's attributes at start (HTTP semantic conventions, the outcome, proxy and baggage). */
+  private attributes(
+    req: IncomingMessage,
+    rawMethod: string,
+    method: string,
+    path: string,
+    extracted: ExtractResult,
+  ): Attributes {
+    const headers = req.headers;
     const encrypted = (req.socket as { encrypted?: boolean } | null)?.encrypted === true;
     const [address, port] = hostAndPort(headers.host, encrypted);
     const forwarded = headers['x-forwarded-for'];
@@ -207,24 +263,7 @@ export class ServerTracing<Req, Res> {
         }
       }
     }
-
-    const tracer = this.tracer ?? this.tracerOfGlobal();
-    const span = tracer.startSpan(
-      method === '_OTHER' ? 'HTTP' : method,
-      { kind: SpanKind.SERVER, attributes, links: extracted.links as Link[] | undefined },
-      extracted.context,
-    );
-    const ctx = trace.setSpan(extracted.context, span);
-    this.respond(res, ctx, span);
-    const rt = new RequestTrace(this, request, response, method, {
-      context: ctx,
-      span,
-      outcome: extracted.outcome,
-      mode: 'owned',
-    });
-    rt.route = route;
-    callHook('requestHook', this.options.requestHook, span, request, this.adapter.name);
-    return endWithResponse(rt, req, res);
+    return attributes;
   }
 
   /** Sends the server span's context back as configured: `traceresponse` (Level 2) and the `server-timing` trace metric. */
@@ -334,8 +373,15 @@ function continuedFrom(span: Span, raw: unknown): boolean {
   return raw !== undefined && String(raw).toLowerCase().includes(traceId);
 }
 
-function setOutcome(span: Span, outcome: ExtractOutcome): void {
-  span.setAttributes(outcomeAttributes(outcome, {}));
+/** Another propagator continued a header meshtrace rejects: says how to make the HTTP instrumentation reject it too. */
+function warnForeignMalformed(outcome: ExtractOutcome, raw: unknown): void {
+  warner.warn(
+    'foreign-malformed',
+    () =>
+      `${PACKAGE}: the global propagator continued a malformed traceparent (${outcome.reason}) ${preview(raw)}; ` +
+      'meshtrace started a fresh root for the request. Register new MeshPropagator() as the propagator ' +
+      "(NodeSDK's textMapPropagator) so the HTTP instrumentation rejects it too.",
+  );
 }
 
 const INVALID = trace

@@ -2,16 +2,10 @@ import { BlockList, isIP } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import { warner } from '../internal/diagnostics';
 import { optionError } from '../internal/options';
+import type { TrustReason } from '../propagation/outcome';
 
 /** What a server does with the trace context its callers send. */
 export type InboundTrust = 'continue' | 'restart' | 'ignore';
-
-/**
- * Why a request's trace was restarted or ignored: `untrusted-peer`, a declarative policy trusted
- * neither the peer nor a header; `route-policy`, the route says so; `policy`, the policy function
- * said so; `policy-error`, the policy function threw or answered something else, so its fallback applied.
- */
-export type TrustReason = 'untrusted-peer' | 'route-policy' | 'policy' | 'policy-error';
 
 /**
  * Trust declared without code: the caller's context is continued when the peer is inside

@@ -1,6 +1,7 @@
 import { INVALID_SPAN_CONTEXT, createContextKey, propagation, trace } from '@opentelemetry/api';
 import type { Baggage, Context, Link, Span, SpanContext } from '@opentelemetry/api';
-import type { Extraction } from './extract';
+import { EXTRACTION_KEY } from './extraction';
+import type { Extraction } from './extraction';
 import type { ExtractOutcome } from './outcome';
 
 /** Catches the key the API sets, so the API's own keys are known without relying on how it makes them. */
@@ -33,8 +34,6 @@ export const BAGGAGE_KEY = keyOf((c) => propagation.setBaggage(c, propagation.cr
 
 /** Marks a context whose trace id is known to be random (W3C trace-context-2 flag 0x02). */
 export const RANDOM_TRACE_ID_KEY = createContextKey('meshtrace.random-trace-id');
-/** What the extraction that made a context found. */
-export const EXTRACTION_KEY = createContextKey('meshtrace.extraction');
 
 /** Layers on one context before they are folded into one map, so a lookup never walks far. */
 const MAX_DEPTH = 8;
