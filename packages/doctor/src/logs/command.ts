@@ -20,7 +20,46 @@ export interface CommandOutput {
 /** Clean upstreams and routes listed before the rest are only counted. */
 const CLEAN_SHOWN = 10;
 
-/** `meshtrace logs`: reads the logs and prints the report. Exit code 0 clean, 1 findings, 2 input it could not read. */
+/** What a report comes to: the exit code, and why the command cannot tell when it is 2. */
+export interface LogsVerdict {
+  /** 0 clean, 1 findings, 2 cannot tell (an empty input, no access-log line, inputs that share no trace id). */
+  readonly code: 0 | 1 | 2;
+  readonly error: string | null;
+}
+
+/** The verdict on a report: an input with nothing in it makes the comparison meaningless, so it is 2 even beside findings. */
+export function logsVerdict(r: LogReport, format: ScanOptions['format'] = 'auto'): LogsVerdict {
+  const empty = r.files.filter((f) => f.requests + f.unparseable === 0).map((f) => (f.name === '-' ? 'stdin' : f.name));
+  if (empty.length > 0)
+    return {
+      code: 2,
+      error: `${empty.join(', ')} ${empty.length === 1 ? 'has' : 'have'} no lines, so there is nothing to judge (the wrong file, or access logging off)`,
+    };
+  if (r.requests === 0)
+    return {
+      code: 2,
+      error: `no line could be read as an access log${format !== 'auto' ? ` in the ${format} format` : ''}`,
+    };
+  if (r.findings > 0) return { code: 1, error: null };
+  if (r.hops.hop === 'files' && !r.hops.judged)
+    return {
+      code: 2,
+      error:
+        'no trace id is in two inputs: either every request starts a new trace between these proxies, or the inputs do not hold the same requests (other replicas, another time window)',
+    };
+  return { code: 0, error: null };
+}
+
+/** The report as JSON: every field present, null where a value is unknown, and the verdict's `error`. */
+export function reportJson(r: LogReport, verdict: LogsVerdict): string {
+  return JSON.stringify(
+    { ...r, error: verdict.error },
+    (_key, value: unknown) => (value === undefined ? null : value),
+    2,
+  );
+}
+
+/** `meshtrace logs`: reads the logs and prints the report. Exit code 0 clean, 1 findings, 2 cannot tell (see {@link logsVerdict}). */
 export async function runLogs(options: LogsOptions, out: CommandOutput): Promise<number> {
   const names = options.files !== undefined && options.files.length > 0 ? options.files : ['-'];
   const handles: FileHandle[] = [];
@@ -49,16 +88,13 @@ export async function runLogs(options: LogsOptions, out: CommandOutput): Promise
     } catch (err) {
       return fail(`cannot read the input: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
     }
-    if (options.json) out.line(JSON.stringify(report, null, 2));
-    else printReport(report, out);
-    if (report.lines > 0 && report.requests === 0) {
-      if (!options.json)
-        out.line(
-          `No line could be read as an access log${options.format && options.format !== 'auto' ? ` in the ${options.format} format` : ''}.`,
-        );
-      return 2;
+    const verdict = logsVerdict(report, options.format);
+    if (options.json) out.line(reportJson(report, verdict));
+    else {
+      printReport(report, out);
+      if (verdict.error !== null) out.line(`meshtrace logs: cannot tell: ${verdict.error}.`);
     }
-    return report.findings > 0 ? 1 : 0;
+    return verdict.code;
   } finally {
     await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
   }
@@ -82,12 +118,15 @@ export function printReport(r: LogReport, out: CommandOutput): void {
     `meshtrace logs: ${count(r.files.length, 'input')}, ${count(r.lines, 'line')}, ${count(r.requests, 'request')}, ${r.unparseable.count.toLocaleString('en-US')} unparseable`,
   );
   for (const f of r.files) {
-    const hint =
-      f.requests > 0 && f.withTraceparent === 0 ? ': no request carried a traceparent; is it in the log format?' : '';
     out.line(
-      `  ${f.name}  ${f.format ?? 'format not recognised'}  ${count(f.lines, 'line')}, ${count(f.requests, 'request')}, ${f.unparseable.toLocaleString('en-US')} unparseable${hint}`,
+      `  ${f.name}  ${f.format ?? 'format not recognised'}  ${count(f.lines, 'line')}, ${count(f.requests, 'request')}, ${f.unparseable.toLocaleString('en-US')} unparseable`,
     );
   }
+  // One proxy that received no traceparent is a finding; none in any input is more likely a log format without it.
+  if (r.requests > 0 && r.files.every((f) => f.withTraceparent === 0))
+    out.line(
+      'No request in any input carried a traceparent: is it in the log format? (Envoy: %REQ(TRACEPARENT)%, nginx: $http_traceparent)',
+    );
   out.line();
   const flagged = r.groups.filter((g) => g.missing || g.malformed.length > 0 || g.oneHop);
   const clean = r.groups.filter((g) => !flagged.includes(g));
@@ -111,11 +150,11 @@ export function printReport(r: LogReport, out: CommandOutput): void {
   const h = r.hops;
   out.line(
     h.hop === 'files'
-      ? 'Hops: each input is one proxy, so a hop is an input. A trace id found in one input only never reached (or left) the other proxies with that id: the next proxy saw another trace id or none.'
-      : 'Hops: one input, so a hop is a line. A trace id on one line only is a finding when the log holds several proxies (some trace id is on two lines or more); a single proxy logs each request once, so then nothing is judged. Give each proxy its own file to compare proxies.',
+      ? 'Hops: each input is one proxy, so a hop is an input. Once some trace id is in two inputs, a trace id found in one input only never reached (or left) the other proxies with that id: the next proxy saw another trace id or none.'
+      : 'Hops: one input, so a hop is an upstream or route in it (Istio inbound and outbound apart); a retry to the same place is the same hop. Once some trace id is seen at two of them, the log holds consecutive hops, and a trace id seen at one only is a finding. Give each proxy its own file to compare proxies.',
   );
   out.line(
-    `  ${h.judged ? '' : 'not judged: no trace id was seen at two hops; '}${count(h.traceIds, 'trace id')} followed, ${h.evicted.toLocaleString('en-US')} forgotten to stay within ${h.maxTraces.toLocaleString('en-US')}`,
+    `  ${h.judged ? `${count(h.linked, 'trace id')} seen at two hops or more; ` : 'not judged: no trace id was seen at two hops; '}${count(h.traceIds, 'trace id')} followed, ${h.evicted.toLocaleString('en-US')} forgotten to stay within ${h.maxTraces.toLocaleString('en-US')}`,
   );
   if (r.unparseable.sample !== undefined) {
     out.line(`Unparseable: ${count(r.unparseable.count, 'line')}, the first (${r.unparseable.reason}):`);

@@ -6,10 +6,14 @@ export const LOG_FORMATS: readonly LogFormat[] = ['envoy', 'istio', 'nginx'];
 
 /** What one access-log line says about a request: where it went and the `traceparent` it carried. */
 export interface LogEntry {
-  /** `upstream` when the line names one (cluster, host or address), else `route` (method and path without the query). */
-  readonly kind: 'upstream' | 'route';
+  /**
+   * `upstream`: the service the proxy sent the request to (Istio's outbound cluster as `host:port`, else the
+   * `:authority`, else the upstream address). `inbound`: a request an Istio sidecar received for its own pod (cluster
+   * `inbound|…`), named by its `:authority`. `route`: neither is logged; method and path without the query.
+   */
+  readonly kind: 'upstream' | 'inbound' | 'route';
   readonly name: string;
-  /** The header value as logged; undefined when the proxy logged it as absent (`-`, null or no key). */
+  /** The header value as logged; undefined when the proxy logged it as absent or empty (`-`, `""`, null, no key). */
   readonly traceparent: unknown;
 }
 
@@ -58,6 +62,37 @@ export function splitFields(line: string): string[] | undefined {
   return fields;
 }
 
+/**
+ * The shape of a traceparent (W3C trace-context §3.2.2): version, 32-digit trace id, 16-digit parent id and flags,
+ * hex digits in either case. Only used to find the field that holds one; core's parser gives the verdict.
+ */
+const TRACEPARENT_SHAPE = /^\s*[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}/i;
+
+/** Whether `value` looks like a traceparent, valid or not (upper case, zero ids, a folded second value). */
+export function looksLikeTraceparent(value: unknown): boolean {
+  return typeof value === 'string' && TRACEPARENT_SHAPE.test(value);
+}
+
+/** Whether a key names the traceparent: `traceparent`, `http_traceparent`, `req_traceparent`, `x-traceparent`… */
+function isTraceparentKey(key: string): boolean {
+  return key.toLowerCase().includes('traceparent');
+}
+
+/**
+ * Undefined for a value the proxy logged as absent: `-` (Envoy's and nginx's text), `""` (nginx `escape=json`, an
+ * empty header), null (Envoy's JSON), blanks. An empty header carries no trace context, so it is missing, not malformed.
+ */
+function present<T>(value: T): T | undefined {
+  if (value === null || value === undefined) return undefined;
+  if (typeof value !== 'string') return value;
+  const s = value.trim();
+  return s === '' || s === '-' ? undefined : value;
+}
+
+function text(value: unknown): string | undefined {
+  return typeof value === 'string' ? present(value) : undefined;
+}
+
 function isQuoted(field: string): boolean {
   return field.length >= 2 && field.charCodeAt(0) === 34 && field.charCodeAt(field.length - 1) === 34;
 }
@@ -66,24 +101,34 @@ function unquote(field: string): string {
   return isQuoted(field) ? field.slice(1, -1) : field;
 }
 
-/** Envoy and nginx write `-` for a value they do not have. */
-function present(value: string | undefined): string | undefined {
-  return value === undefined || value === '-' || value === '' ? undefined : value;
+const HEX2 = /^[0-9a-fA-F]{2}$/;
+
+/**
+ * nginx's default escaping undone: `"`, `\` and bytes below 0x20 or above 0x7e are logged as `\xHH` (ngx_http_log_module,
+ * `escape=default`); the bytes are read back as UTF-8.
+ */
+export function unescapeNginx(s: string): string {
+  if (!s.includes('\\x')) return s;
+  const bytes: number[] = [];
+  for (let i = 0; i < s.length; ) {
+    if (s.charCodeAt(i) === 92 && s.charCodeAt(i + 1) === 120 && HEX2.test(s.slice(i + 2, i + 4))) {
+      bytes.push(Number.parseInt(s.slice(i + 2, i + 4), 16));
+      i += 4;
+      continue;
+    }
+    const ch = String.fromCodePoint(s.codePointAt(i) ?? 0);
+    for (const b of Buffer.from(ch, 'utf8')) bytes.push(b);
+    i += ch.length;
+  }
+  return Buffer.from(bytes).toString('utf8');
 }
 
-/** The value of the first `key=value` field among `keys` (case-insensitive keys, quotes removed), or undefined. */
-function keyValue(fields: readonly string[], keys: readonly string[]): string | undefined {
-  for (const key of keys) {
-    for (const field of fields) {
-      if (
-        field.length > key.length &&
-        field.charCodeAt(key.length) === 61 /* = */ &&
-        field.slice(0, key.length).toLowerCase() === key
-      )
-        return unquote(field.slice(key.length + 1));
-    }
-  }
-  return undefined;
+/** A `key=value` field: the key (letters, digits, `_ - . :`) and its value without quotes; undefined for others. */
+function keyValue(field: string): { key: string; value: string } | undefined {
+  if (field.charCodeAt(0) === 34 || field.charCodeAt(0) === 91) return undefined;
+  const eq = field.indexOf('=');
+  if (eq <= 0 || !/^[A-Za-z0-9_.:-]+$/.test(field.slice(0, eq))) return undefined;
+  return { key: field.slice(0, eq).toLowerCase(), value: unquote(field.slice(eq + 1)) };
 }
 
 const REQUEST_LINE = /^([A-Z]+) (\S+)(?: \S+)?$/;
@@ -101,80 +146,232 @@ function routeOf(requestLine: string): string {
   return m === null ? '(unknown route)' : route(m[1], m[2]);
 }
 
-/** Upstream names a text line may carry as `key=value`. */
-const UPSTREAM_KEYS = ['upstream_cluster', 'upstream_host', 'upstream_addr', 'upstream'];
-const TRACEPARENT_KEYS = ['traceparent', 'http_traceparent'];
+/** Istio's clusters that name no service: the request went where its authority says. */
+const ANONYMOUS_CLUSTERS = new Set(['PassthroughCluster', 'InboundPassthroughCluster', 'BlackHoleCluster']);
 
-function entry(upstream: string | undefined, routeName: string, traceparent: unknown): LogEntry {
-  return upstream === undefined
-    ? { kind: 'route', name: routeName, traceparent }
-    : { kind: 'upstream', name: upstream, traceparent };
+/**
+ * Where an Envoy or Istio request went. Istio's cluster `outbound|8080|v1|orders.default.svc.cluster.local` is
+ * `orders.default.svc.cluster.local:8080 (v1)`; `inbound|8080||` is a request to the sidecar's own pod, named by its
+ * `:authority` so it stays apart from the outbound calls the same sidecar logs. Without a cluster that names a
+ * service: the `:authority`, then the upstream address (one per pod, so the last resort), then the route.
+ */
+function destination(
+  cluster: string | undefined,
+  authority: string | undefined,
+  upstreamHost: string | undefined,
+  routeName: string,
+): Pick<LogEntry, 'kind' | 'name'> {
+  if (cluster !== undefined) {
+    const parts = cluster.split('|');
+    if (parts.length === 4 && (parts[0] === 'outbound' || parts[0] === 'inbound')) {
+      const [direction, port, subset, host] = parts;
+      const service = host === '' ? undefined : `${host}:${port}${subset === '' ? '' : ` (${subset})`}`;
+      if (direction === 'inbound')
+        return { kind: 'inbound', name: authority ?? service ?? upstreamHost ?? `port ${port}` };
+      if (service !== undefined) return { kind: 'upstream', name: service };
+    } else if (!ANONYMOUS_CLUSTERS.has(cluster.replace(/Ipv[46]$/, ''))) {
+      return { kind: 'upstream', name: cluster };
+    }
+  }
+  const name = authority ?? upstreamHost;
+  return name === undefined ? { kind: 'route', name: routeName } : { kind: 'upstream', name };
+}
+
+function entry(where: Pick<LogEntry, 'kind' | 'name'>, traceparent: unknown): LogEntry {
+  return { kind: where.kind, name: where.name, traceparent: present(traceparent) };
+}
+
+/** Keys a text line may carry its destination under, as `key=value`. */
+const CLUSTER_KEYS = ['upstream_cluster', 'cluster'];
+const AUTHORITY_KEYS = ['authority', 'host', 'http_host'];
+const UPSTREAM_KEYS = ['upstream_host', 'upstream_addr', 'upstream'];
+const KNOWN_KEYS = new Set([...CLUSTER_KEYS, ...AUTHORITY_KEYS, ...UPSTREAM_KEYS]);
+
+function firstKey(pairs: ReadonlyArray<{ key: string; value: string }>, keys: readonly string[]): string | undefined {
+  for (const key of keys) {
+    const p = pairs.find((kv) => kv.key === key);
+    if (p !== undefined) return present(p.value);
+  }
+  return undefined;
 }
 
 /**
- * Envoy's default format with `traceparent=%REQ(TRACEPARENT)%` added (Istio's TEXT format is the same with
- * more fields). The upstream is `%UPSTREAM_CLUSTER%` where Istio logs it after `"%UPSTREAM_HOST%"`, else that host:
- * the last of the five quoted fields in a row `"%REQ(X-FORWARDED-FOR)%" ... "%UPSTREAM_HOST%"`.
+ * The traceparent among a text line's fields, `undefined` as a value when it is logged empty, or `NO_FIELD`:
+ * 1. a `key=value` whose key contains `traceparent` (`traceparent=`, `http_traceparent=`), whatever its value;
+ * 2. else any `key=value` or quoted field whose value looks like a traceparent (`tp=00-…`, `"00-…"`);
+ * 3. else the first field appended after a known layout's own fields (Envoy's or Istio's default format plus
+ *    `"%REQ(TRACEPARENT)%"` or `tp=%REQ(TRACEPARENT)%`), whatever its value.
+ */
+function traceparentField(fields: readonly string[], from: number, appended: readonly string[] | undefined): unknown {
+  const pairs: { key: string; value: string }[] = [];
+  for (let i = from; i < fields.length; i++) {
+    const kv = keyValue(fields[i]);
+    if (kv === undefined) continue;
+    if (isTraceparentKey(kv.key)) return kv.value;
+    pairs.push(kv);
+  }
+  for (let i = from; i < fields.length; i++) {
+    const f = fields[i];
+    const value = isQuoted(f) ? f.slice(1, -1) : keyValue(f)?.value;
+    if (looksLikeTraceparent(value)) return value;
+  }
+  for (const f of appended ?? []) {
+    const kv = keyValue(f);
+    if (kv === undefined) return unquote(f);
+    if (!KNOWN_KEYS.has(kv.key)) return kv.value;
+  }
+  return NO_FIELD;
+}
+
+const NO_FIELD: unique symbol = Symbol('no traceparent field');
+
+/** The first index from `from` that starts `n` quoted fields in a row, or -1. */
+function quotedRun(f: readonly string[], from: number, n: number): number {
+  for (let i = from, run = 0; i < f.length; i++) {
+    run = isQuoted(f[i]) ? run + 1 : 0;
+    if (run === n) return i - n + 1;
+  }
+  return -1;
+}
+
+/**
+ * An Envoy access-log line in Envoy's default format, Istio's default TEXT format (which adds response details, the
+ * cluster and addresses), or a custom format that starts `[%START_TIME%] "%REQ(:METHOD)% … %PROTOCOL%"`. The
+ * traceparent: see {@link traceparentField}; in the default layouts the five quoted fields
+ * `"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"` give the
+ * authority and upstream, and Istio's `%UPSTREAM_CLUSTER%` follows them.
  */
 export function parseEnvoyLine(line: string): LogEntry | UnparseableReason {
   const f = splitFields(line);
   if (f === undefined || f.length < 2 || f[0].charCodeAt(0) !== 91 || !isQuoted(f[1])) return 'not-envoy';
-  const traceparent = keyValue(f, TRACEPARENT_KEYS);
-  if (traceparent === undefined) return 'no-traceparent-field';
-  let upstream = keyValue(f, UPSTREAM_KEYS);
-  for (let i = 2, run = 0; upstream === undefined && i < f.length; i++) {
-    run = isQuoted(f[i]) ? run + 1 : 0;
-    if (run >= 5 && (i + 1 === f.length || !isQuoted(f[i + 1]))) {
-      const next = f[i + 1];
-      const cluster = next !== undefined && !next.includes('=') ? present(next) : undefined;
-      upstream = cluster ?? present(unquote(f[i])) ?? present(unquote(f[i - 1]));
-      break;
+  const pairs = f
+    .slice(2)
+    .map(keyValue)
+    .filter((kv) => kv !== undefined);
+  let cluster = firstKey(pairs, CLUSTER_KEYS);
+  let authority = firstKey(pairs, AUTHORITY_KEYS);
+  let upstreamHost = firstKey(pairs, UPSTREAM_KEYS);
+  let appended: string[] | undefined;
+  const s = quotedRun(f, 2, 5);
+  if (s >= 0) {
+    authority ??= present(unquote(f[s + 3]));
+    upstreamHost ??= present(unquote(f[s + 4]));
+    // Istio: `"%UPSTREAM_TRANSPORT_FAILURE_REASON%"` at 6, then the run at 11 and six bare fields after it, the
+    // cluster first; Envoy's default format ends with the run.
+    let end = s + 5;
+    const next = f[end];
+    if (next !== undefined && !isQuoted(next) && keyValue(next) === undefined && next.includes('|')) {
+      cluster ??= present(next);
+      end++;
     }
+    if (s === 11 && isQuoted(f[6]) && f.length >= s + 11) {
+      cluster ??= present(f[s + 5]);
+      end = s + 11;
+    }
+    appended = f.slice(end);
   }
-  return entry(present(upstream), routeOf(unquote(f[1])), present(traceparent));
+  const traceparent = traceparentField(f, 2, appended);
+  if (traceparent === NO_FIELD) return 'no-traceparent-field';
+  return entry(destination(cluster, authority, upstreamHost, routeOf(unquote(f[1]))), traceparent);
 }
 
-/** Istio's JSON access log (`meshConfig.accessLogEncoding: JSON`) with a `traceparent` key added. */
-export function parseIstioLine(line: string): LogEntry | UnparseableReason {
+/** The value of a JSON log's traceparent: under a key containing `traceparent`, else any string of its shape. */
+function jsonTraceparent(r: Record<string, unknown>, depth = 0): unknown {
+  for (const key in r) if (isTraceparentKey(key)) return r[key];
+  for (const key in r) {
+    const v = r[key];
+    if (looksLikeTraceparent(v)) return v;
+    // Nested objects, as `{"http": {"headers": {"traceparent": …}}}`.
+    if (depth < 2 && typeof v === 'object' && v !== null && !Array.isArray(v)) {
+      const inner = jsonTraceparent(v as Record<string, unknown>, depth + 1);
+      if (inner !== undefined) return inner;
+    }
+  }
+  return undefined;
+}
+
+function jsonObject(line: string): Record<string, unknown> | undefined {
   let o: unknown;
   try {
     o = JSON.parse(line);
   } catch {
-    return 'not-istio';
+    return undefined;
   }
-  if (typeof o !== 'object' || o === null || Array.isArray(o)) return 'not-istio';
-  const r = o as Record<string, unknown>;
-  const text = (v: unknown) => (typeof v === 'string' ? present(v) : undefined);
-  const upstream = text(r.upstream_cluster) ?? text(r.upstream_host) ?? text(r.authority);
-  const tp = r.traceparent;
-  return entry(upstream, route(r.method, r.path), tp === null || tp === undefined || tp === '-' ? undefined : tp);
+  return typeof o === 'object' && o !== null && !Array.isArray(o) ? (o as Record<string, unknown>) : undefined;
+}
+
+const ISTIO_KEYS = ['upstream_cluster', 'authority', 'method', 'path', 'upstream_host'];
+
+/**
+ * Istio's JSON access log (`meshConfig.accessLogEncoding: JSON`: `method`, `path`, `authority`, `upstream_host`,
+ * `upstream_cluster`…) or any Envoy `json_format` with those keys, with the traceparent under any key (see
+ * {@link jsonTraceparent}); a line with none of those keys is not a request of this format. No traceparent key at all
+ * is a request without one: Envoy leaves the key out with `omit_empty_values`.
+ */
+export function parseIstioLine(line: string): LogEntry | UnparseableReason {
+  const r = jsonObject(line);
+  if (r === undefined || !ISTIO_KEYS.some((k) => k in r)) return 'not-istio';
+  const where = destination(
+    text(r.upstream_cluster),
+    text(r.authority),
+    text(r.upstream_host),
+    route(r.method, r.path),
+  );
+  return entry(where, jsonTraceparent(r));
+}
+
+const NGINX_JSON_KEYS = ['request', 'request_uri', 'uri', 'request_method', 'upstream_addr', 'remote_addr'];
+
+/** `$upstream_addr` lists every server tried (`a, b`) and each internal redirect (`a : b`): the last one answered. */
+function lastUpstream(addr: string | undefined): string | undefined {
+  if (addr === undefined) return undefined;
+  const all = addr.split(/\s*[,:]\s+|\s+:\s*/);
+  return present(all[all.length - 1]);
+}
+
+/** nginx with `log_format … escape=json '{"request":"$request", …, "traceparent":"$http_traceparent"}'`. */
+function parseNginxJson(line: string): LogEntry | UnparseableReason {
+  const r = jsonObject(line);
+  if (r === undefined || !NGINX_JSON_KEYS.some((k) => k in r)) return 'not-nginx';
+  const method = text(r.request_method) ?? text(r.method);
+  const request = text(r.request);
+  let routeName: string;
+  if (request !== undefined && REQUEST_LINE.test(request)) routeName = routeOf(request);
+  else routeName = route(method, request ?? text(r.request_uri) ?? text(r.uri) ?? text(r.path));
+  const upstream = lastUpstream(text(r.upstream_addr) ?? text(r.upstream));
+  return entry(
+    upstream === undefined ? { kind: 'route', name: routeName } : { kind: 'upstream', name: upstream },
+    jsonTraceparent(r),
+  );
 }
 
 /**
- * nginx: `combined` with `$http_traceparent` after the user agent (quoted or not), or any format with
- * `traceparent="$http_traceparent"` (as `log_format mesh '$request_id "$request" $status traceparent="$http_traceparent"'`).
- * The upstream is `upstream_addr=$upstream_addr` when logged, else the route.
+ * nginx: `combined` with `$http_traceparent` appended after the user agent (quoted or not), any format with
+ * `traceparent="$http_traceparent"` (or another key, see {@link traceparentField}), or a JSON object per line
+ * (`escape=json`). Values are read back from nginx's `\xHH` escaping. The upstream is `upstream_addr=$upstream_addr`
+ * when logged, else the route.
  */
 export function parseNginxLine(line: string): LogEntry | UnparseableReason {
+  if (line.trimStart().startsWith('{')) return parseNginxJson(line);
   const f = splitFields(line);
   if (f === undefined) return 'not-nginx';
-  const r = f.findIndex((field) => isQuoted(field) && REQUEST_LINE.test(unquote(field)));
+  const r = f.findIndex((field) => isQuoted(field) && REQUEST_LINE.test(unescapeNginx(unquote(field))));
   if (r < 0) return 'not-nginx';
-  let traceparent = keyValue(f, TRACEPARENT_KEYS);
-  // combined: ... [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" <traceparent>
-  if (
-    traceparent === undefined &&
-    r > 0 &&
-    f[r - 1].charCodeAt(0) === 91 &&
-    f.length > r + 5 &&
-    isQuoted(f[r + 3]) &&
-    isQuoted(f[r + 4])
-  ) {
-    traceparent = unquote(f[r + 5]);
-  }
-  if (traceparent === undefined) return 'no-traceparent-field';
-  const upstream = keyValue(f, UPSTREAM_KEYS);
-  return entry(present(upstream), routeOf(unquote(f[r])), present(traceparent));
+  // combined: … [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent", then ours.
+  const combined =
+    r > 0 && f[r - 1].charCodeAt(0) === 91 && f.length > r + 4 && isQuoted(f[r + 3]) && isQuoted(f[r + 4]);
+  const traceparent = traceparentField(f, r + 1, combined ? f.slice(r + 5) : undefined);
+  if (traceparent === NO_FIELD) return 'no-traceparent-field';
+  const pairs = f
+    .slice(r + 1)
+    .map(keyValue)
+    .filter((kv) => kv !== undefined);
+  const upstream = lastUpstream(firstKey(pairs, UPSTREAM_KEYS));
+  const routeName = routeOf(unescapeNginx(unquote(f[r])));
+  return entry(
+    upstream === undefined ? { kind: 'route', name: routeName } : { kind: 'upstream', name: upstream },
+    typeof traceparent === 'string' ? unescapeNginx(traceparent) : traceparent,
+  );
 }
 
 /** The line parser for each format. */
@@ -186,10 +383,20 @@ export const PARSERS: Readonly<Record<LogFormat, (line: string) => LogEntry | Un
 
 const ENVOY_START = /^\[[^\]]+\] "[A-Z]/;
 
-/** The format one line looks like, or undefined: JSON is Istio's, `[time] "METHOD` Envoy's, a quoted request line elsewhere nginx's. */
+/**
+ * The format one line looks like, or undefined. JSON is nginx's when it has nginx's keys (`request`, `request_uri`,
+ * `upstream_addr`…) and none of Istio's, else Istio's when it has Istio's keys; `[time] "METHOD` is Envoy's; a quoted
+ * request line elsewhere nginx's.
+ */
 export function detectFormat(line: string): LogFormat | undefined {
   const s = line.trimStart();
-  if (s.startsWith('{')) return parseIstioLine(s) === 'not-istio' ? undefined : 'istio';
+  if (s.startsWith('{')) {
+    const r = jsonObject(s);
+    if (r === undefined) return undefined;
+    if (ISTIO_KEYS.some((k) => k in r) && !('request' in r || 'upstream_addr' in r || 'request_uri' in r))
+      return 'istio';
+    return NGINX_JSON_KEYS.some((k) => k in r) ? 'nginx' : undefined;
+  }
   if (ENVOY_START.test(s)) return 'envoy';
   return parseNginxLine(s) === 'not-nginx' ? undefined : 'nginx';
 }

@@ -5,8 +5,9 @@ import { scanLogs } from './scan';
 const id = (n: number) => n.toString(16).padStart(32, '0');
 const tp = (n: number, parent = 'b7ad6b7169203331') => `00-${id(n)}-${parent}-01`;
 
-function envoy(path: string, host: string, traceparent: string): string {
-  return `[2024-05-14T09:12:03.512Z] "GET ${path} HTTP/1.1" 200 - 0 512 14 12 "10.244.0.1" "curl/8.5.0" "5d3e3c9e-7d2a-4c9b-9a57-2b1b1f0c6f11" "shop.example.com" "${host}" traceparent=${traceparent}`;
+/** Envoy's default format with `traceparent=%REQ(TRACEPARENT)%`; lines are grouped by their `:authority`. */
+function envoy(path: string, authority: string, traceparent: string): string {
+  return `[2024-05-14T09:12:03.512Z] "GET ${path} HTTP/1.1" 200 - 0 512 14 12 "10.244.0.1" "curl/8.5.0" "5d3e3c9e-7d2a-4c9b-9a57-2b1b1f0c6f11" "${authority}" "10.244.1.17:8080" traceparent=${traceparent}`;
 }
 
 function nginx(path: string, traceparent: string): string {
@@ -30,7 +31,7 @@ describe('scanLogs', () => {
     ];
     const report = await scanLogs(lines(log));
     expect(report.files).toEqual([
-      { name: '-', format: 'envoy', lines: 7, requests: 5, unparseable: 1, withTraceparent: 3 },
+      { name: '-', format: 'envoy', lines: 7, requests: 5, unparseable: 1, withTraceparent: 3, valid: 1 },
     ]);
     expect(report.unparseable).toEqual({ count: 1, reason: 'not-envoy', sample: { file: '-', line: 5, text: log[4] } });
     const orders = report.groups.find((g) => g.name === '10.244.1.17:8080')!;
@@ -46,7 +47,7 @@ describe('scanLogs', () => {
     const pay = report.groups.find((g) => g.name === '10.244.2.9:8080')!;
     expect(pay.malformed.map((m) => m.reason)).toEqual(['bad-parent-id']);
     // One file where no trace id repeats is one proxy: one hop per request is expected, nothing judged.
-    expect(report.hops).toMatchObject({ hop: 'lines', judged: false });
+    expect(report.hops).toMatchObject({ hop: 'groups', judged: false, linked: 0 });
     expect(report.findings).toBe(4);
   });
 
@@ -68,7 +69,7 @@ describe('scanLogs', () => {
       { name: 'orders.log', input: lines(sidecar) },
     ]);
     expect(report.files.map((f) => f.format)).toEqual(['envoy', 'nginx']);
-    expect(report.hops).toMatchObject({ hop: 'files', judged: true, traceIds: 4, evicted: 0 });
+    expect(report.hops).toMatchObject({ hop: 'files', judged: true, linked: 2, traceIds: 4, evicted: 0 });
     const g = report.groups.find((x) => x.name === 'orders:8080')!;
     expect(g.oneHop).toEqual({ count: 1, sample: { file: 'gateway.log', line: 2, text: gateway[1] } });
     const route = report.groups.find((x) => x.name === 'GET /orders')!;
@@ -93,7 +94,7 @@ describe('scanLogs', () => {
   it('in one file holding several proxies, a trace id on one line only is a finding', async () => {
     const log = [nginx('/a', tp(1)), nginx('/b', tp(1)), nginx('/a', tp(2))];
     const report = await scanLogs(lines(log), { format: 'nginx' });
-    expect(report.hops.judged).toBe(true);
+    expect(report.hops).toMatchObject({ hop: 'groups', judged: true, linked: 1 });
     expect(report.groups.find((g) => g.name === 'GET /a')!.oneHop).toEqual({
       count: 1,
       sample: { file: '-', line: 3, text: log[2] },
@@ -133,5 +134,106 @@ describe('scanLogs', () => {
     expect(report.groups).toHaveLength(51);
     const other = report.groups.find((g) => g.kind === 'other')!;
     expect(other.requests).toBe(N - 50 * (N / 500));
+  });
+});
+
+// Istio's JSON access log as a gateway and a sidecar print it, `"traceparent": "%REQ(TRACEPARENT)%"` added.
+function istio(cluster: string, authority: string, traceparent: string | null, path = '/api/orders/42'): string {
+  return JSON.stringify({
+    start_time: '2024-05-14T09:12:03.512Z',
+    method: 'GET',
+    path,
+    protocol: 'HTTP/1.1',
+    response_code: 200,
+    response_flags: '-',
+    authority,
+    upstream_host: '10.244.1.17:8080',
+    upstream_cluster: cluster,
+    x_forwarded_for: null,
+    route_name: 'default',
+    traceparent,
+  });
+}
+
+describe('scanLogs on real mesh logs', () => {
+  it('groups Istio lines by service, inbound apart from outbound, not in one inbound bucket', async () => {
+    const log = [
+      istio('inbound|8080||', 'orders.default.svc.cluster.local:8080', tp(1)),
+      istio('inbound|8080||', 'payments.default.svc.cluster.local:8080', tp(2)),
+      istio('outbound|8080||payments.default.svc.cluster.local', 'payments:8080', tp(1)),
+      istio('outbound|8080||orders.default.svc.cluster.local', 'orders:8080', ''),
+    ];
+    const report = await scanLogs(lines(log));
+    expect(report.groups.map((g) => `${g.kind} ${g.name}`).sort()).toEqual([
+      'inbound orders.default.svc.cluster.local:8080',
+      'inbound payments.default.svc.cluster.local:8080',
+      'upstream orders.default.svc.cluster.local:8080',
+      'upstream payments.default.svc.cluster.local:8080',
+    ]);
+    // An empty header is missing, not malformed.
+    const orders = report.groups.find((g) => g.kind === 'upstream' && g.name.startsWith('orders'))!;
+    expect(orders).toMatchObject({ missing: { count: 1 }, malformed: [] });
+  });
+
+  it('one file: a client retry is one hop and does not turn the one-hop check on', async () => {
+    // One proxy; the client retried trace 1 (same header, or a new span of the same trace) on the same route.
+    const log = [
+      nginx('/orders', tp(1)),
+      nginx('/orders', tp(1, '00f067aa0ba902b7')),
+      nginx('/orders', tp(2)),
+      nginx('/pay', tp(3)),
+    ];
+    const report = await scanLogs(lines(log));
+    expect(report.hops).toMatchObject({ hop: 'groups', judged: false, linked: 0 });
+    expect(report.groups.every((g) => g.oneHop === undefined)).toBe(true);
+    expect(report.findings).toBe(0);
+  });
+
+  it('one sidecar log: inbound and its outbound call are two hops; a trace restarted on the way out is found', async () => {
+    const log = [
+      istio('inbound|8080||', 'orders:8080', tp(1)),
+      istio('outbound|8080||payments.default.svc.cluster.local', 'payments:8080', tp(1, '00f067aa0ba902b7')),
+      // The app lost the context: its call went out under a new trace id.
+      istio('inbound|8080||', 'orders:8080', tp(2)),
+      istio('outbound|8080||payments.default.svc.cluster.local', 'payments:8080', tp(3)),
+      // A retry of the first call is not a second hop.
+      istio('inbound|8080||', 'orders:8080', tp(1)),
+    ];
+    const report = await scanLogs(lines(log));
+    expect(report.hops).toMatchObject({ hop: 'groups', judged: true, linked: 1 });
+    expect(report.groups.find((g) => g.kind === 'inbound')!.oneHop).toEqual({
+      count: 1,
+      sample: { file: '-', line: 3, text: log[2] },
+    });
+    expect(report.groups.find((g) => g.kind === 'upstream')!.oneHop).toMatchObject({ count: 1, sample: { line: 4 } });
+  });
+
+  it('several files that share no trace id are not judged', async () => {
+    const report = await scanLogs([
+      { name: 'gateway.log', input: lines([envoy('/orders', 'orders:8080', tp(1))]) },
+      { name: 'orders.log', input: lines([nginx('/orders', tp(2))]) },
+    ]);
+    expect(report.hops).toMatchObject({ hop: 'files', judged: false, linked: 0 });
+    expect(report.findings).toBe(0);
+  });
+
+  it('reads Envoy lines with a positional "%REQ(TRACEPARENT)%" and nginx escape=json lines', async () => {
+    const gateway = [
+      `[2024-05-14T09:12:03.512Z] "GET /orders HTTP/1.1" 200 - 0 131 9 8 "-" "curl/8.5.0" "7f1a6c2e-3b0d-9c4f-a1e2-55d0c9e8b7a3" "orders:8080" "10.244.1.17:8080" "${tp(1)}"`,
+      `[2024-05-14T09:12:04.001Z] "GET /orders HTTP/1.1" 200 - 0 131 9 8 "-" "curl/8.5.0" "0c1d6c2e-3b0d-9c4f-a1e2-55d0c9e8b7a3" "orders:8080" "10.244.1.17:8080" "-"`,
+    ];
+    const sidecar = [
+      JSON.stringify({ request: 'GET /orders HTTP/1.1', status: '200', upstream_addr: '', http_traceparent: tp(1) }),
+    ];
+    const report = await scanLogs([
+      { name: 'gateway.log', input: lines(gateway) },
+      { name: 'orders.log', input: lines(sidecar) },
+    ]);
+    expect(report.files.map((f) => [f.format, f.requests, f.unparseable])).toEqual([
+      ['envoy', 2, 0],
+      ['nginx', 1, 0],
+    ]);
+    expect(report.groups.find((g) => g.name === 'orders:8080')).toMatchObject({ valid: 1, missing: { count: 1 } });
+    expect(report.hops).toMatchObject({ judged: true, linked: 1 });
   });
 });

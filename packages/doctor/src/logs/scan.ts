@@ -38,8 +38,8 @@ export interface Finding {
 
 /** The findings for one upstream or route. */
 export interface GroupReport {
-  /** `other` collects the requests past `maxGroups` distinct upstreams or routes. */
-  readonly kind: 'upstream' | 'route' | 'other';
+  /** As {@link LogEntry}'s kind; `other` collects the requests past `maxGroups` distinct upstreams or routes. */
+  readonly kind: LogEntry['kind'] | 'other';
   readonly name: string;
   readonly requests: number;
   /** Requests with a valid `traceparent`. */
@@ -60,14 +60,24 @@ export interface FileReport {
   readonly unparseable: number;
   /** Requests that carried a traceparent value at all, valid or not. */
   readonly withTraceparent: number;
+  /** Requests with a valid traceparent. */
+  readonly valid: number;
 }
 
-/** How trace ids were followed across hops. */
+/**
+ * How trace ids were followed across hops. A hop is where a proxy logged the request: with several inputs, an input
+ * (each is one proxy); with one input, an upstream or route in it (Istio's inbound and outbound apart), so a retry or
+ * a repeated request to the same place stays one hop. The check is judged only when some trace id was seen at two
+ * hops: proof that the inputs hold consecutive hops of the same requests. Then every valid trace id seen at one hop
+ * only is a finding; otherwise nothing is (cannot tell).
+ */
 export interface HopReport {
-  /** `files`: several inputs, each one proxy, a hop is a file. `lines`: one input, a hop is a line. */
-  readonly hop: 'files' | 'lines';
-  /** False when the input does not show several hops (one file where no trace id repeats): nothing is judged then. */
+  /** `files`: several inputs, a hop is an input. `groups`: one input, a hop is an upstream or route in it. */
+  readonly hop: 'files' | 'groups';
+  /** True when some trace id was seen at two hops or more ({@link HopReport.linked} > 0). */
   readonly judged: boolean;
+  /** Trace ids seen at two hops or more, forgotten ones included: the evidence the check is judged on. */
+  readonly linked: number;
   readonly traceIds: number;
   /** Trace ids forgotten to stay within `maxTraces`: their hops are not judged. */
   readonly evicted: number;
@@ -117,7 +127,9 @@ interface Group {
 
 interface Hop {
   hops: number;
-  file: number;
+  /** Where the trace id was last seen: an input's index with several inputs, else its group. */
+  at: number | Group;
+  readonly file: number;
   readonly line: number;
   readonly group: Group;
   /** The line, kept for a few trace ids per group while they have one hop: the evidence if they stay so. */
@@ -151,7 +163,11 @@ export async function scanLogs(
 ): Promise<LogReport> {
   const o = { ...DEFAULTS, ...options };
   const inputs: readonly NamedLogInput[] = isInputList(input) ? input : [{ name: '-', input }];
-  const groups = { upstream: new Map<string, Group>(), route: new Map<string, Group>() };
+  const groups = {
+    upstream: new Map<string, Group>(),
+    inbound: new Map<string, Group>(),
+    route: new Map<string, Group>(),
+  };
   const traces = new Map<string, Hop>();
   const files: FileReport[] = [];
   const unparseable = {
@@ -161,17 +177,21 @@ export async function scanLogs(
   };
   let other: Group | undefined;
   let evicted = 0;
-  let repeated = false;
+  let linked = 0;
+  let groupCount = 0;
   const multi = inputs.length > 1;
 
   function groupOf(e: LogEntry): Group {
     const map = groups[e.kind];
     let g = map.get(e.name);
     if (g !== undefined) return g;
-    if (groups.upstream.size + groups.route.size >= o.maxGroups)
-      return (other ??= newGroup('other', `(upstreams and routes past the first ${o.maxGroups})`));
+    if (groupCount >= o.maxGroups) {
+      other ??= newGroup('other', `(upstreams and routes past the first ${o.maxGroups})`);
+      return other;
+    }
     g = newGroup(e.kind, e.name);
     map.set(e.name, g);
+    groupCount++;
     return g;
   }
 
@@ -182,6 +202,7 @@ export async function scanLogs(
     let requests = 0;
     let bad = 0;
     let withTraceparent = 0;
+    let valid = 0;
     // Lines read while the format is still unknown; at most DETECT_LINES.
     const pending: { text: string; cut: boolean; n: number }[] = [];
 
@@ -203,25 +224,27 @@ export async function scanLogs(
       requests++;
       const g = groupOf(e);
       g.requests++;
-      if (e.traceparent === undefined) {
+      const tp = e.traceparent === undefined ? 'missing' : parseTraceparent(e.traceparent);
+      // Core's `missing` is an empty value: the request carried no trace context, it is not malformed.
+      if (tp === 'missing') {
         g.missing = tally(g.missing, sample);
         return;
       }
       withTraceparent++;
-      const tp = parseTraceparent(e.traceparent);
       if (typeof tp === 'string') {
         g.malformed.set(tp, tally(g.malformed.get(tp), sample));
         return;
       }
       g.valid++;
+      valid++;
+      const at = multi ? fileIndex : g;
       const hop = traces.get(tp.traceId);
       if (hop !== undefined) {
-        // Several lines of one file are one hop when each file is a proxy (a retry, a second call).
-        if (!multi || hop.file !== fileIndex) {
-          hop.hops++;
-          hop.file = fileIndex;
+        // The same hop again (a retry, a second call with the same header) is not a second hop.
+        if (hop.at !== at) {
+          if (hop.hops++ === 1) linked++;
+          hop.at = at;
           forget(hop);
-          repeated = true;
         }
         return;
       }
@@ -233,7 +256,14 @@ export async function scanLogs(
       }
       const keep = g.kept < KEPT_PER_GROUP;
       if (keep) g.kept++;
-      traces.set(tp.traceId, { hops: 1, file: fileIndex, line: n, group: g, sample: keep ? sample() : undefined });
+      traces.set(tp.traceId, {
+        hops: 1,
+        at,
+        file: fileIndex,
+        line: n,
+        group: g,
+        sample: keep ? sample() : undefined,
+      });
     };
 
     for await (const { text, cut } of readLines(source)) {
@@ -251,10 +281,10 @@ export async function scanLogs(
       }
     }
     for (const p of pending) read(p.text, p.cut, p.n);
-    files.push({ name, format, lines, requests, unparseable: bad, withTraceparent });
+    files.push({ name, format, lines, requests, unparseable: bad, withTraceparent, valid });
   }
 
-  const judged = (multi && files.filter((f) => f.requests > 0).length > 1) || repeated;
+  const judged = linked > 0;
   if (judged) {
     for (const hop of traces.values()) {
       if (hop.hops !== 1) continue;
@@ -263,7 +293,12 @@ export async function scanLogs(
       if (g.oneHop.sample.text === '' && hop.sample !== undefined) g.oneHop.sample = hop.sample;
     }
   }
-  const all = [...groups.upstream.values(), ...groups.route.values(), ...(other === undefined ? [] : [other])];
+  const all = [
+    ...groups.upstream.values(),
+    ...groups.inbound.values(),
+    ...groups.route.values(),
+    ...(other === undefined ? [] : [other]),
+  ];
   const reports = all.map(groupReport);
   const score = (g: GroupReport) =>
     (g.missing?.count ?? 0) + g.malformed.reduce((n, m) => n + m.count, 0) + (g.oneHop?.count ?? 0);
@@ -274,7 +309,7 @@ export async function scanLogs(
     requests: files.reduce((n, f) => n + f.requests, 0),
     unparseable: { ...unparseable },
     groups: reports,
-    hops: { hop: multi ? 'files' : 'lines', judged, traceIds: traces.size, evicted, maxTraces: o.maxTraces },
+    hops: { hop: multi ? 'files' : 'groups', judged, linked, traceIds: traces.size, evicted, maxTraces: o.maxTraces },
     findings: reports.reduce((n, g) => n + score(g), 0),
   };
 }
