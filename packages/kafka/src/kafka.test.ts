@@ -1,7 +1,7 @@
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, propagation, trace } from '@opentelemetry/api';
 import type { Span } from '@opentelemetry/api';
 import { Kafka, Partitioners, logLevel } from 'kafkajs';
-import type { Consumer, IHeaders, KafkaMessage, Message, Producer } from 'kafkajs';
+import type { Admin, Consumer, ConsumerConfig, IHeaders, KafkaMessage, Message, Producer } from 'kafkajs';
 import {
   HEADER_CASES,
   PARENT_ID,
@@ -12,40 +12,61 @@ import {
   delta,
   observe,
   setupTestTracing,
+  startKafka,
 } from '@meshtrace/testkit';
-import type { Observed } from '@meshtrace/testkit';
+import type { KafkaBroker, Observed } from '@meshtrace/testkit';
 import { warner } from '@meshtrace/core/adapter';
 import { meshConsumer, meshProducer } from '@meshtrace/kafka';
 import type { MeshConsumerOptions, MeshConsumerRunConfig, MeshProducerOptions } from '@meshtrace/kafka';
-import { TestKafkaBroker } from './broker.test-util';
 
+// One real broker (Apache Kafka, KRaft) for the whole file; every test has topics and groups of its own.
 const tracing = setupTestTracing();
 type ReadableSpan = ReturnType<typeof tracing.spans>[number];
 const tracer = trace.getTracer('test');
-let broker: TestKafkaBroker;
+let broker: KafkaBroker;
 let kafka: Kafka;
+let admin: Admin;
 let stops: Array<() => Promise<void>> = [];
 let serial = 0;
 const unique = (name: string) => `${name}-${++serial}`;
 
+/** Consumer settings that keep a test's group quick to form and to rebalance. */
+const FAST: Omit<ConsumerConfig, 'groupId'> = {
+  maxWaitTimeInMs: 50,
+  sessionTimeout: 6000,
+  rebalanceTimeout: 10_000,
+  heartbeatInterval: 300,
+};
+
 beforeAll(async () => {
-  broker = await TestKafkaBroker.start();
+  broker = await startKafka();
   kafka = new Kafka({
     clientId: 'meshtrace-test',
     brokers: [broker.address],
     logLevel: logLevel.NOTHING,
-    retry: { initialRetryTime: 20, retries: 8 },
+    retry: { initialRetryTime: 50, retries: 10 },
   });
-});
+  admin = kafka.admin();
+  await admin.connect();
+}, 90_000);
 afterAll(async () => {
-  await broker.close();
+  await admin?.disconnect();
+  await broker?.stop();
   await tracing.shutdown();
-});
+}, 30_000);
 
 async function stopAll(): Promise<void> {
   const s = stops;
   stops = [];
   await Promise.all(s.map((stop) => stop()));
+}
+
+/** Creates `topics` with `partitions` each and waits for their leaders, so no test races topic creation. */
+async function makeTopics(topics: string[], partitions = 1): Promise<void> {
+  await admin.createTopics({
+    topics: topics.map((topic) => ({ topic, numPartitions: partitions, replicationFactor: 1 })),
+    waitForLeaders: true,
+  });
 }
 
 async function connectProducer(): Promise<Producer> {
@@ -55,19 +76,37 @@ async function connectProducer(): Promise<Producer> {
   return producer;
 }
 
-/** A traced consumer of `topics`, running `config`; returns its group id. */
+/** A traced consumer of `topics` (created here), running `config`; returns its group id. */
 async function startConsumer(
   topics: string[],
   config: MeshConsumerRunConfig,
   options?: MeshConsumerOptions,
 ): Promise<string> {
+  await makeTopics(topics);
   const groupId = unique('group');
-  const consumer = meshConsumer(kafka.consumer({ groupId, maxWaitTimeInMs: 50 }), options);
+  const consumer = meshConsumer(kafka.consumer({ groupId, ...FAST }), options);
   await consumer.connect();
   stops.push(() => consumer.disconnect());
   await consumer.subscribe({ topics, fromBeginning: true });
   await consumer.run(config);
   return groupId;
+}
+
+/** How many records the broker holds for `topic`, over all its partitions. */
+async function stored(topic: string): Promise<number> {
+  const offsets = await admin.fetchTopicOffsets(topic);
+  return offsets.reduce((n, p) => n + Number(p.high) - Number(p.low), 0);
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Waits until `done()` holds; fails naming `what` after `ms`. */
+async function until(what: string, done: () => boolean, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
 }
 
 /** Values pushed by handlers, awaited by the test in order. */
@@ -219,7 +258,7 @@ describe('producer and consumer', () => {
     const received = [await got.next(), await got.next(), await got.next()];
     await settled();
 
-    expect([broker.count(orders), broker.count(invoices)]).toEqual([2, 1]);
+    expect([await stored(orders), await stored(invoices)]).toEqual([2, 1]);
     expect(JSON.stringify(batch)).toBe(before);
     expect(ordersMessages[0].headers).toBe(callerHeaders);
     expect(Object.keys(callerHeaders)).toEqual(['x-caller']);
@@ -543,6 +582,154 @@ describe('producer and consumer', () => {
     }
     expect(tracing.spans()).toHaveLength(2);
   });
+});
+
+describe('consumer groups and untraced messages', () => {
+  afterEach(stopAll);
+  beforeEach(() => tracing.reset());
+
+  test('a second member joins mid-stream: across the rebalance every delivery gets its span, parented on its send', async () => {
+    const topic = unique('rebalance');
+    await makeTopics([topic], 2);
+    const groupId = unique('group');
+    const deliveries: Array<{ member: string; key: string; partition: number; seen: Observed }> = [];
+    const joins: Array<{ member: string; partitions: number[] }> = [];
+    const member = async (name: string) => {
+      const consumer = meshConsumer(kafka.consumer({ groupId, ...FAST }));
+      consumer.on(consumer.events.GROUP_JOIN, ({ payload }) =>
+        joins.push({ member: name, partitions: [...(payload.memberAssignment[topic] ?? [])].sort() }),
+      );
+      await consumer.connect();
+      stops.push(() => consumer.disconnect());
+      await consumer.subscribe({ topics: [topic], fromBeginning: true });
+      await consumer.run({
+        eachMessage: async ({ partition, message }) => {
+          deliveries.push({ member: name, key: String(message.key), partition, seen: observe() });
+        },
+      });
+    };
+    const lastJoin = (name: string) => joins.filter((j) => j.member === name).at(-1);
+    const delivered = (keys: string[]) => keys.every((key) => deliveries.some((d) => d.key === key));
+    const keys = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => `m${from + i}`);
+    const producer = meshProducer(await connectProducer());
+    // Each message its own send, inside its own request: its own trace, its own send span.
+    const send = (i: number) =>
+      inRequest(() => producer.send({ topic, messages: [{ key: `m${i}`, value: String(i), partition: i % 2 }] }));
+
+    await member('a');
+    await until('member a to own both partitions', () => lastJoin('a')?.partitions.length === 2);
+    for (let i = 0; i < 6; i++) await send(i);
+    await until('m0..m5 delivered to a', () => delivered(keys(0, 6)));
+    // b joins while messages keep coming: one every 30 ms until the group has rebalanced.
+    const rebalanced = () => lastJoin('a')?.partitions.length === 1 && lastJoin('b')?.partitions.length === 1;
+    const joining = member('b');
+    let sent = 6;
+    const deadline = Date.now() + 20_000;
+    while (!rebalanced()) {
+      if (Date.now() > deadline) throw new Error('timed out waiting for the rebalance');
+      await send(sent++);
+      await sleep(30);
+    }
+    await joining;
+    const during = sent - 6;
+    for (let i = 0; i < 4; i++) await send(sent++);
+    await until(`m0..m${sent - 1} delivered`, () => delivered(keys(0, sent)));
+    await settled();
+
+    const owner = new Map<number, string>();
+    for (const name of ['a', 'b']) for (const partition of lastJoin(name)!.partitions) owner.set(partition, name);
+    expect([...owner.keys()].sort()).toEqual([0, 1]);
+    expect(joins.filter((j) => j.member === 'a').length).toBeGreaterThanOrEqual(2);
+    // After the rebalance each member gets the messages of its own partition.
+    expect(during).toBeGreaterThan(0);
+    for (const key of keys(sent - 4, sent)) {
+      const d = deliveries.filter((one) => one.key === key);
+      expect([key, d.map((one) => one.member)]).toEqual([key, [owner.get(d[0].partition)]]);
+    }
+    expect(new Set(deliveries.map((d) => d.member))).toEqual(new Set(['a', 'b']));
+
+    const sends = spansNamed(`send ${topic}`);
+    const processes = spansNamed(`process ${topic}`);
+    expect(sends).toHaveLength(sent);
+    // A message handed to b after a's uncommitted read is delivered again: each delivery has a span of its own.
+    expect(processes).toHaveLength(deliveries.length);
+    for (const d of deliveries) {
+      const send = sends.find((s) => s.attributes['messaging.kafka.message.key'] === d.key)!;
+      const process = processes.find((s) => s.spanContext().spanId === d.seen.spanId);
+      expect({
+        key: d.key,
+        trace: process?.spanContext().traceId,
+        parent: process?.parentSpanContext?.spanId,
+        group: process?.attributes['messaging.consumer.group.name'],
+        partition: process?.attributes['messaging.destination.partition.id'],
+      }).toEqual({
+        key: d.key,
+        trace: send.spanContext().traceId,
+        parent: send.spanContext().spanId,
+        group: groupId,
+        partition: String(d.partition),
+      });
+    }
+  }, 60_000);
+
+  test.each([
+    ['no trace headers', {} as IHeaders, 'missing', undefined],
+    ['a malformed traceparent', { traceparent: `00-${TRACE_ID}-${PARENT_ID}-1` }, 'malformed', 'bad-format'],
+    [
+      'a malformed traceparent as bytes',
+      { traceparent: Buffer.from(`ff-${TRACE_ID}-${PARENT_ID}-01`) },
+      'malformed',
+      'bad-version',
+    ],
+  ] as const)(
+    'a message with %s is processed in a fresh root, and a relay from its handler forwards that trace only',
+    async (_name, headers, outcome, reason) => {
+      const inbound = unique('inbound');
+      const outbound = unique('outbound');
+      const relay = meshProducer(await connectProducer());
+      const seen = inbox<Observed>();
+      await startConsumer([inbound], {
+        // Relays the message with the headers it came with, as a forwarding service does.
+        eachMessage: async ({ message }) => {
+          seen.push(observe());
+          await relay.send({ topic: outbound, messages: [{ value: message.value, headers: message.headers }] });
+        },
+      });
+      const relayed = inbox<KafkaMessage>();
+      await makeTopics([outbound]);
+      const reader = kafka.consumer({ groupId: unique('reader'), ...FAST });
+      await reader.connect();
+      stops.push(() => reader.disconnect());
+      await reader.subscribe({ topics: [outbound], fromBeginning: true });
+      await reader.run({ eachMessage: async ({ message }) => relayed.push(message) });
+
+      const before = await tracing.outcomeCounts();
+      // Uninstrumented: the headers on the wire are exactly these.
+      const plain = await connectProducer();
+      await plain.send({ topic: inbound, messages: [{ key: 'k', value: 'untraced', headers }] });
+      const handler = await seen.next();
+      const message = await relayed.next();
+      await settled();
+
+      const [process] = spansNamed(`process ${inbound}`);
+      expect(process.parentSpanContext).toBeUndefined();
+      expect(process.spanContext().traceId).not.toBe(TRACE_ID);
+      expect(process.attributes['meshtrace.propagation.outcome']).toBe(outcome);
+      expect(process.attributes['meshtrace.propagation.reason']).toBe(reason);
+      expect(delta(before, await tracing.outcomeCounts())).toEqual({ [reason ? `${outcome}:${reason}` : outcome]: 1 });
+      expect(handler.spanId).toBe(process.spanContext().spanId);
+
+      const [relaySend] = spansNamed(`send ${outbound}`);
+      expect(relaySend.parentSpanContext?.spanId).toBe(process.spanContext().spanId);
+      const names = Object.keys(message.headers!);
+      expect(names).toEqual(['traceparent']);
+      // A fresh root draws its trace id at random, so the relay carries the Level 2 random flag.
+      expect(String(message.headers!.traceparent)).toBe(
+        `00-${process.spanContext().traceId}-${relaySend.spanContext().spanId}-03`,
+      );
+      if ('traceparent' in headers) expect(String(message.headers!.traceparent)).not.toBe(String(headers.traceparent));
+    },
+  );
 });
 
 describe('configuration errors', () => {

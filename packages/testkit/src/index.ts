@@ -2,6 +2,8 @@ export { HEADER_CASES, PARENT_ID, TRACE_ID, checkCase, delta, observe, runCase, 
 export type { HeaderCase, Observed } from './cases';
 export { startCollector, startFaultProxy } from './fault-proxy';
 export type { FaultMode, FaultProxy, FaultProxyOptions, TestCollector } from './fault-proxy';
+export { startKafka } from './kafka';
+export type { KafkaBroker, KafkaOptions } from './kafka';
 export { freePort, hasNginx, selfSignedCert, startNginx } from './nginx';
 export type { NginxSidecar, SidecarOptions } from './nginx';
 export { setupTestTracing } from './otel';
