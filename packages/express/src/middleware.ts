@@ -1,14 +1,15 @@
 import { subscribe } from 'node:diagnostics_channel';
 import { context } from '@opentelemetry/api';
-import { createRoutePolicy, createServerTracing, optionError, toDictionaryMode, warner } from '@meshtrace/core/adapter';
+import { createRouteMarker, createServerTracing, optionError } from '@meshtrace/core/adapter';
 import type { MeshTraceOptions, MeshTraceRouteOptions } from '@meshtrace/core';
-import type { RequestTrace, RoutePolicy } from '@meshtrace/core/adapter';
+import type { RequestTrace } from '@meshtrace/core/adapter';
 import type {
   ErrorRequestHandler,
   Request as ExpressRequest,
   RequestHandler,
   Response as ExpressResponse,
 } from 'express';
+import { toDictionaryMode } from './dictionary';
 import { routePolicyFor, routeTemplate } from './route';
 
 const PACKAGE = '@meshtrace/express';
@@ -19,16 +20,13 @@ export type ExpressMeshTraceOptions = MeshTraceOptions<ExpressRequest, ExpressRe
 /** Options of {@link meshTraceRoute}: the route's own `inbound` policy, with Express's `req` for a function. */
 export type ExpressMeshTraceRouteOptions = MeshTraceRouteOptions<ExpressRequest>;
 
-/** Where a {@link meshTraceRoute} middleware keeps its policy, for `meshTrace()` to find before routing. */
-const ROUTE_POLICY = Symbol.for('meshtrace.express.route-policy');
-/** How many route policies exist: none, and `meshTrace()` never walks the router. */
-let routePolicies = 0;
-
-function policyOf(handle: unknown): RoutePolicy<ExpressRequest> | undefined {
-  return typeof handle === 'function'
-    ? (handle as { [ROUTE_POLICY]?: RoutePolicy<ExpressRequest> })[ROUTE_POLICY]
-    : undefined;
-}
+/** The {@link meshTraceRoute} policies, for `meshTrace()` to find on the router before routing. */
+const routes = createRouteMarker<ExpressRequest>(
+  PACKAGE,
+  'meshTraceRoute() ran on a request for which meshTrace() had not found it on the router when the request ' +
+    "started (a sub-application, or a URL changed after meshTrace()), so the application's inbound policy " +
+    'applied. Put the route policy on a router of the application itself.',
+);
 
 declare global {
   // Express's documented way to add request properties: its Request extends this global interface.
@@ -96,7 +94,7 @@ export function meshTrace(options?: ExpressMeshTraceOptions): RequestHandler {
       return;
     }
     toDictionaryMode(req, res);
-    const t = tracing.start(req, res, routePolicies > 0 ? routePolicyFor(req, policyOf) : undefined);
+    const t = tracing.start(req, res, routes.count > 0 ? routePolicyFor(req, routes.policyOf) : undefined);
     req.meshTrace = t;
     context.with(t.context, next);
   };
@@ -113,27 +111,11 @@ export function meshTrace(options?: ExpressMeshTraceOptions): RequestHandler {
  * app.use('/webhooks', webhooks);
  */
 export function meshTraceRoute(options: ExpressMeshTraceRouteOptions): RequestHandler {
-  const policy = createRoutePolicy<ExpressRequest>(PACKAGE, options, 'meshTraceRoute');
-  routePolicies++;
   const middleware: RequestHandler = function meshTraceRouteMiddleware(req, _res, next) {
-    const t = req.meshTrace;
-    if (t === undefined) {
-      warner.warn(
-        `${PACKAGE}:route-without-trace`,
-        () =>
-          `${PACKAGE}: meshTraceRoute() ran on a request meshTrace() did not trace: add app.use(meshTrace()) before the routers.`,
-      );
-    } else if (t.route === undefined) {
-      warner.warn(
-        `${PACKAGE}:route-unmatched`,
-        () =>
-          `${PACKAGE}: meshTraceRoute() ran on a request for which meshTrace() had not found it on the router when the request started (a sub-application, or a URL changed after meshTrace()), so the application's inbound policy applied. Put the route policy on a router of the application itself.`,
-      );
-    }
+    routes.reached(req.meshTrace);
     next();
   };
-  (middleware as RequestHandler & { [ROUTE_POLICY]: RoutePolicy<ExpressRequest> })[ROUTE_POLICY] = policy;
-  return middleware;
+  return routes.mark(middleware, options);
 }
 
 /**

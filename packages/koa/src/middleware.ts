@@ -1,5 +1,5 @@
 import { context } from '@opentelemetry/api';
-import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core/adapter';
+import { createRouteMarker, createServerTracing } from '@meshtrace/core/adapter';
 import type { MeshTraceOptions, MeshTraceRouteOptions } from '@meshtrace/core';
 import type { RequestTrace, RoutePolicy } from '@meshtrace/core/adapter';
 import type { Context, Middleware, Next } from 'koa';
@@ -45,10 +45,13 @@ function routeOf(ctx: Context): string | undefined {
 
 const PACKAGE = '@meshtrace/koa';
 
-/** Where a {@link meshTraceRoute} middleware keeps its policy, for `meshTrace()` to find before routing. */
-const ROUTE_POLICY = Symbol.for('meshtrace.koa.route-policy');
-/** How many route policies exist: none, and `meshTrace()` never asks a router. */
-let routePolicies = 0;
+/** The {@link meshTraceRoute} policies, for `meshTrace()` to find by asking the routers before they run. */
+const routes = createRouteMarker<Context>(
+  PACKAGE,
+  "meshTraceRoute() ran on a request for which meshTrace() had not found it through the application's " +
+    "@koa/router routers when the request started, so the application's inbound policy applied. Use it on a " +
+    'router added with app.use(router.routes()).',
+);
 
 type Policy = RoutePolicy<Context>;
 
@@ -81,7 +84,7 @@ function routePolicyFor(ctx: Context): Policy | undefined {
       let found: Policy | undefined;
       for (const layer of layers) {
         for (const fn of layer.stack) {
-          const policy = typeof fn === 'function' ? (fn as { [ROUTE_POLICY]?: Policy })[ROUTE_POLICY] : undefined;
+          const policy = routes.policyOf(fn);
           if (policy !== undefined) found = policy;
         }
       }
@@ -109,7 +112,7 @@ export function meshTrace(options?: KoaMeshTraceOptions): Middleware {
   return function meshTraceMiddleware(ctx: Context, next: Next): Promise<unknown> {
     // Used twice on one request (a mounted sub-app with its own meshTrace()): the first one traces it.
     if (ctx.meshTrace !== undefined) return next();
-    const t = tracing.start(ctx, ctx, routePolicies > 0 ? routePolicyFor(ctx) : undefined);
+    const t = tracing.start(ctx, ctx, routes.count > 0 ? routePolicyFor(ctx) : undefined);
     (ctx as { meshTrace?: KoaRequestTrace }).meshTrace = t;
     return context.with(t.context, next).catch((err: unknown) => {
       // Koa answers with the status the error asks for, as core's rule reads it.
@@ -129,25 +132,8 @@ export function meshTrace(options?: KoaMeshTraceOptions): Middleware {
  * router.post('/webhooks/:source', meshTraceRoute({ inbound: 'restart' }), handleWebhook);
  */
 export function meshTraceRoute(options: KoaMeshTraceRouteOptions): Middleware {
-  const policy = createRoutePolicy<Context>(PACKAGE, options, 'meshTraceRoute');
-  routePolicies++;
-  const middleware = function meshTraceRouteMiddleware(ctx: Context, next: Next): Promise<unknown> {
-    const t = ctx.meshTrace;
-    if (t === undefined) {
-      warner.warn(
-        `${PACKAGE}:route-without-trace`,
-        () =>
-          `${PACKAGE}: meshTraceRoute() ran on a request meshTrace() did not trace: add app.use(meshTrace()) before the routers.`,
-      );
-    } else if (t.route === undefined) {
-      warner.warn(
-        `${PACKAGE}:route-unmatched`,
-        () =>
-          `${PACKAGE}: meshTraceRoute() ran on a request for which meshTrace() had not found it through the application's @koa/router routers when the request started, so the application's inbound policy applied. Use it on a router added with app.use(router.routes()).`,
-      );
-    }
+  return routes.mark(function meshTraceRouteMiddleware(ctx: Context, next: Next): Promise<unknown> {
+    routes.reached(ctx.meshTrace);
     return next();
-  };
-  (middleware as typeof middleware & { [ROUTE_POLICY]: Policy })[ROUTE_POLICY] = policy;
-  return middleware;
+  }, options);
 }

@@ -1,5 +1,5 @@
-export { MeshBatchSpanProcessor, countingExporter, exportStats } from './export';
-export type { CountingExporterOptions, ExportOutcome, ExportStats } from './export';
+export { MeshBatchSpanProcessor, countingExporter, exportStats } from './span-export';
+export type { CountingExporterOptions, ExportOutcome, ExportStats } from './span-export';
 export { containerIdFrom, kubernetesDetector } from './k8s';
 export type { KubernetesDetectorOptions } from './k8s';
 export { MeshSampler, samplerFromEnv } from './sampler';

@@ -2,8 +2,7 @@ import { SamplingDecision, diag, isSpanContextValid, trace } from '@opentelemetr
 import type { Attributes, Context, Link, Sampler, SamplingResult, SpanKind } from '@opentelemetry/api';
 import { FLAG_SAMPLED } from '@meshtrace/core';
 import { TallyCounter, extractionOf } from '@meshtrace/core/adapter';
-import { PACKAGE } from './options';
-import { traceSdk } from './sdk';
+import { PACKAGE, traceSdk } from './sdk';
 
 /** Who decides whether a continued trace is sampled: the caller's flag, or this service's sampler. */
 export type SamplingOwner = 'parent' | 'local';

@@ -1,5 +1,7 @@
 import type { Context, Sampler, Span, SpanContext, TracerProvider } from '@opentelemetry/api';
-import { PACKAGE } from './options';
+
+/** The package name every diagnostic and configuration error of this package starts with. */
+export const PACKAGE = '@meshtrace/node';
 
 // The trace SDK is the application's: `@opentelemetry/sdk-trace` (SDK 3, and 2.9 onwards beside the
 // older `@opentelemetry/sdk-trace-base`, which NodeSDK 0.2xx still installs). Both are optional peer

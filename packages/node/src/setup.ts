@@ -5,14 +5,13 @@ import type { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto
 import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import type { Resource, ResourceDetector } from '@opentelemetry/resources';
 import { MeshPropagator, checkPropagation } from '@meshtrace/core';
-import { hasContextManager, optionError, registeredGlobal } from '@meshtrace/core/adapter';
+import { hasContextManager, optionError } from '@meshtrace/core/adapter';
 import type { MeshPropagatorOptions } from '@meshtrace/core';
-import { MeshBatchSpanProcessor, otlpTimeoutMillis, resolveBatchConfig } from './export';
+import { MeshBatchSpanProcessor, otlpTimeoutMillis, resolveBatchConfig } from './span-export';
 import { kubernetesDetector } from './k8s';
-import { PACKAGE } from './options';
 import { MeshSampler, samplerFromEnv } from './sampler';
 import type { SamplingOwner } from './sampler';
-import { optionalPeer, traceSdk } from './sdk';
+import { PACKAGE, optionalPeer, traceSdk } from './sdk';
 import type { BufferConfig, SdkTracerProvider, SpanExporter, SpanProcessor } from './sdk';
 
 /** Options of {@link setupMeshTracing}; all optional. */
@@ -67,12 +66,25 @@ const LOG_LEVELS: Readonly<Record<string, DiagLogLevel>> = {
   ALL: DiagLogLevel.ALL,
 };
 
+/** Where `@opentelemetry/api` 1.x keeps what is registered with it (a tracer provider, a diag logger, ...). */
+const API_GLOBALS = Symbol.for('opentelemetry.js.api.1');
+
+/**
+ * Whether the application set a diag logger: the API cannot be asked, so its registry is read. Never with
+ * MESHTRACE_PUBLIC_API_ONLY=1 (core's switch for reads of OpenTelemetry's internals): then no logger is seen.
+ */
+function diagLoggerSet(): boolean {
+  if (process.env.MESHTRACE_PUBLIC_API_ONLY === '1') return false;
+  const registry = (globalThis as { [API_GLOBALS]?: Record<string, unknown> | null })[API_GLOBALS];
+  return typeof registry === 'object' && registry !== null && registry.diag !== undefined;
+}
+
 /**
  * meshtrace reports lost traces through `diag`, which logs nowhere until a logger is set. Unless
  * the application set one, log to the console at `OTEL_LOG_LEVEL` (as NodeSDK does), `WARN` when unset.
  */
 function ensureDiagLogger(env: Readonly<Record<string, string | undefined>>): string {
-  if (registeredGlobal('diag') !== undefined) return 'warnings to the diag logger set before';
+  if (diagLoggerSet()) return 'warnings to the diag logger set before';
   const name = (env.OTEL_LOG_LEVEL ?? '').trim().toUpperCase() || 'WARN';
   const level = LOG_LEVELS[name] ?? DiagLogLevel.WARN;
   if (level === DiagLogLevel.NONE) return 'warnings off (OTEL_LOG_LEVEL=none)';

@@ -2,9 +2,10 @@ import { createContextKey, metrics, trace } from '@opentelemetry/api';
 import type { Context, Span, TracerProvider } from '@opentelemetry/api';
 
 // Every shortcut core takes through OpenTelemetry's internals or V8's behaviour is switched here: the
-// reads of the API's internals below, the emitter binding (emitter.ts) and the Express dictionary step
-// (dictionary.ts). Each has a route through the public API, taken when the internals have another shape,
-// and always when MESHTRACE_PUBLIC_API_ONLY=1 (an escape hatch, and the bench's A/B of the shortcuts).
+// reads of the API's internals below and the emitter binding (emitter.ts). Each has a route through the
+// public API, taken when the internals have another shape, and always when MESHTRACE_PUBLIC_API_ONLY=1
+// (an escape hatch, and the bench's A/B of the shortcuts). @meshtrace/express's dictionary step and
+// @meshtrace/node's check for a diag logger read the same variable.
 let publicApiOnly = process.env.MESHTRACE_PUBLIC_API_ONLY === '1';
 
 /** @internal Take only the public API's routes, as if every shortcut had stopped working. */

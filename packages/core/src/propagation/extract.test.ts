@@ -1,6 +1,7 @@
 import { DiagLogLevel, ROOT_CONTEXT, diag, propagation, trace } from '@opentelemetry/api';
 import { extractContext, extractRequestContext, headerGetter } from '@meshtrace/core';
-import { RateLimitedWarner, warner } from '@meshtrace/core/adapter';
+import { warner } from '@meshtrace/core/adapter';
+import { RateLimitedWarner } from '../internal/diagnostics';
 import { setupTestTracing } from '@meshtrace/testkit';
 
 const T = '4bf92f3577b34da6a3ce929d0e0e4736';

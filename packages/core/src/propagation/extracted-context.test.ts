@@ -9,7 +9,8 @@ import {
 } from '@opentelemetry/api';
 import type { Context } from '@opentelemetry/api';
 import { MeshPropagator, serializeBaggage } from '@meshtrace/core';
-import { MeshTraceState, extractionOf } from '@meshtrace/core/adapter';
+import { extractionOf } from '@meshtrace/core/adapter';
+import { MeshTraceState } from '../w3c/tracestate';
 import { setupTestTracing } from '@meshtrace/testkit';
 
 // The context extraction returns adds its values in one layer instead of copying the parent's map:

@@ -1,7 +1,8 @@
 import { ROOT_CONTEXT, defaultTextMapGetter, defaultTextMapSetter, propagation, trace } from '@opentelemetry/api';
 import { W3CBaggagePropagator, W3CTraceContextPropagator, suppressTracing } from '@opentelemetry/core';
 import { MeshPropagator } from '@meshtrace/core';
-import { MeshTraceState, RANDOM_TRACE_ID_KEY } from '@meshtrace/core/adapter';
+import { RANDOM_TRACE_ID_KEY } from '@meshtrace/core/adapter';
+import { MeshTraceState } from '../w3c/tracestate';
 
 const T = '4bf92f3577b34da6a3ce929d0e0e4736';
 const P = '00f067aa0ba902b7';

@@ -9,7 +9,7 @@ import {
   parseTracestate,
   serializeBaggage,
 } from '@meshtrace/core';
-import { MeshTraceState } from '@meshtrace/core/adapter';
+import { MeshTraceState } from './tracestate';
 import { setupTestTracing } from '@meshtrace/testkit';
 
 // Properties over arbitrary input: whatever comes in, nothing throws and only valid headers go out.

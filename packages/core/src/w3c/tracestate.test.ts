@@ -1,6 +1,6 @@
 import { TraceState } from '@opentelemetry/core';
 import { parseTracestate, serializeTracestate } from '@meshtrace/core';
-import { MeshTraceState } from '@meshtrace/core/adapter';
+import { MeshTraceState } from './tracestate';
 
 const members = (n: number, prefix: string) => Array.from({ length: n }, (_, i) => `${prefix}${i}=v${i}`).join(',');
 const list = (n: number) => members(n, 'k');

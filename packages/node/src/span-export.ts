@@ -2,8 +2,7 @@ import { TraceFlags, diag } from '@opentelemetry/api';
 import type { Context } from '@opentelemetry/api';
 import type { Span } from '@opentelemetry/api';
 import { LazyCounter, optionError, warner } from '@meshtrace/core/adapter';
-import { PACKAGE } from './options';
-import { ExportResultCode, traceSdk } from './sdk';
+import { ExportResultCode, PACKAGE, traceSdk } from './sdk';
 import type { BufferConfig, ExportResult, ReadableSpan, SpanExporter, SpanProcessor } from './sdk';
 
 /** What happened to spans on their way out, counted by `meshtrace.export.spans` as `result`. */
