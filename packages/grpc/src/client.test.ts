@@ -26,7 +26,7 @@ import { warner } from '@meshtrace/core/adapter';
 import { PARENT_ID, SPELLINGS, TRACE_ID, callerHeaders, delta, observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { meshClientInterceptor, meshServerInterceptor, meshService } from '@meshtrace/grpc';
-import { setAddress, targetEndpoint } from './common';
+import { setAddress, targetEndpoint } from './rpc-span';
 import type { GrpcCall } from '@meshtrace/grpc';
 
 interface Say {
@@ -47,7 +47,7 @@ type EchoClient = Client & {
   bidi(metadata?: Metadata): ClientDuplexStream<Say, Said>;
 };
 
-const definition = loadSync(join(__dirname, 'echo.proto'), { defaults: true });
+const definition = loadSync(join(__dirname, '..', 'test', 'echo.proto'), { defaults: true });
 const Echo = (
   loadPackageDefinition(definition) as unknown as { meshtrace: { test: { Echo: ServiceClientConstructor } } }
 ).meshtrace.test.Echo;

@@ -1,11 +1,28 @@
 import { SpanKind, context, trace } from '@opentelemetry/api';
-import type { Span, TextMapGetter } from '@opentelemetry/api';
+import type { Span, TextMapGetter, TextMapSetter } from '@opentelemetry/api';
 import { InterceptingCall, status as Status } from '@grpc/grpc-js';
-import type { Interceptor, InterceptorOptions, NextCall, StatusObject } from '@grpc/grpc-js';
+import type { Interceptor, InterceptorOptions, Metadata, NextCall, StatusObject } from '@grpc/grpc-js';
 import { headerGetter } from '@meshtrace/core';
-import { callHook, outboundTrace, traceHeaders } from '@meshtrace/core/adapter';
-import { endSpan, metadataSetter, resolveOptions, rpcAttributes, setAddress, targetEndpoint, tracerOf } from './common';
-import type { MeshGrpcOptions } from './common';
+import { callHook, outboundTrace, preview, traceHeaders, warner } from '@meshtrace/core/adapter';
+import { PACKAGE, resolveOptions, tracerOf } from './options';
+import type { MeshGrpcOptions } from './options';
+import { endSpan, rpcAttributes, setAddress, targetEndpoint } from './rpc-span';
+
+/** Writes into grpc-js `Metadata`; a value it refuses is reported, never thrown into the call. */
+const metadataSetter: TextMapSetter<Metadata> = {
+  set(metadata, key, value) {
+    try {
+      metadata.set(key, value);
+    } catch (err) {
+      warner.warn(
+        `grpc:inject:${key}`,
+        () =>
+          `${PACKAGE}: could not write ${key} ${preview(value)} into gRPC metadata: ` +
+          (err instanceof Error ? err.message : String(err)),
+      );
+    }
+  },
+};
 
 /**
  * A grpc-js client interceptor: one CLIENT span per call, ended when its status arrives, its context in the

@@ -1,3 +1,3 @@
 export { meshClientInterceptor } from './client';
-export type { GrpcCall, GrpcStatus, MeshGrpcOptions } from './common';
+export type { GrpcCall, GrpcStatus, MeshGrpcOptions } from './options';
 export { meshServerInterceptor, meshService } from './server';

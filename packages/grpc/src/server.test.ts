@@ -52,7 +52,7 @@ type EchoClient = Client & {
   bidi(metadata: Metadata): ClientDuplexStream<Say, Said>;
 };
 
-const definition = loadSync(join(__dirname, 'echo.proto'), { defaults: true });
+const definition = loadSync(join(__dirname, '..', 'test', 'echo.proto'), { defaults: true });
 const Echo = (
   loadPackageDefinition(definition) as unknown as { meshtrace: { test: { Echo: ServiceClientConstructor } } }
 ).meshtrace.test.Echo;

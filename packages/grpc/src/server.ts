@@ -10,8 +10,9 @@ import type {
 } from '@grpc/grpc-js';
 import { extractContext, headerGetter } from '@meshtrace/core';
 import { callHook, optionError, outcomeAttributes } from '@meshtrace/core/adapter';
-import { PACKAGE, endSpan, resolveOptions, rpcAttributes, setAddress, tracerOf } from './common';
-import type { GrpcStatus, MeshGrpcOptions, Resolved } from './common';
+import { PACKAGE, resolveOptions, tracerOf } from './options';
+import type { GrpcStatus, MeshGrpcOptions, Resolved } from './options';
+import { endSpan, rpcAttributes, setAddress } from './rpc-span';
 
 /** Status codes that make a SERVER span an error (OpenTelemetry semconv, gRPC, "gRPC Status"). */
 const SERVER_ERRORS = new Set<number>([
