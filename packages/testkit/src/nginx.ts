@@ -7,6 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stopChild } from './process';
 
+/** What a sidecar does to the `traceparent` it forwards. */
+export type TraceparentMode = 'pass' | 'strip' | 'uppercase' | 'duplicate';
+
 /** How one nginx sidecar forwards to its service. */
 export interface SidecarOptions {
   /** The service's port on 127.0.0.1. */
@@ -15,6 +18,12 @@ export interface SidecarOptions {
   tls?: { cert: string; key: string };
   /** Drop the trace headers on the way through, as a misconfigured proxy does. */
   stripTraceContext?: boolean;
+  /**
+   * What happens to `traceparent` on the way through (default `pass`): `strip` drops it alone,
+   * `uppercase` forwards its hex in upper case (invalid, W3C trace-context §3.2.2.3), `duplicate`
+   * sends it on two header lines.
+   */
+  traceparent?: TraceparentMode;
   /** More directives for the `location /` block. */
   extra?: string;
 }
@@ -64,10 +73,33 @@ function readSafe(path: string): string {
   }
 }
 
+// nginx has no upper-case function: one map per character position rewrites one lower-case hex
+// letter each, chained so that every position is visited ($mesh_tp_55 holds the result).
+const TRACEPARENT_LENGTH = 55;
+function upperCaseMaps(): string {
+  const maps: string[] = [];
+  for (let i = 0; i < TRACEPARENT_LENGTH; i++) {
+    const from = i === 0 ? '$http_traceparent' : `$mesh_tp_${i}`;
+    const rules = ['a', 'b', 'c', 'd', 'e', 'f']
+      .map((c) => `    "~^(?<head>.{${i}})${c}(?<tail>.*)$" "\${head}${c.toUpperCase()}\${tail}";`)
+      .join('\n');
+    maps.push(`  map ${from} $mesh_tp_${i + 1} {\n    default ${from};\n${rules}\n  }`);
+  }
+  return maps.join('\n');
+}
+
+function traceparentDirectives(mode: TraceparentMode): string {
+  if (mode === 'strip') return 'proxy_set_header traceparent "";';
+  if (mode === 'uppercase') return `proxy_set_header traceparent $mesh_tp_${TRACEPARENT_LENGTH};`;
+  if (mode === 'duplicate')
+    return 'proxy_set_header traceparent $http_traceparent;\n      proxy_set_header traceparent $http_traceparent;';
+  return '';
+}
+
 function config(dir: string, port: number, o: SidecarOptions): string {
   const strip = o.stripTraceContext
     ? 'proxy_set_header traceparent "";\n      proxy_set_header tracestate "";\n      proxy_set_header baggage "";'
-    : '';
+    : traceparentDirectives(o.traceparent ?? 'pass');
   return `worker_processes 1;
 daemon off;
 user root;
@@ -80,6 +112,7 @@ http {
     '' $request_id;
     default $http_x_request_id;
   }
+${o.traceparent === 'uppercase' ? upperCaseMaps() : ''}
   log_format mesh '$mesh_request_id "$request" $status traceparent="$http_traceparent"';
   access_log ${dir}/access.log mesh;
   client_body_temp_path ${dir}/tmp/body;
@@ -94,7 +127,9 @@ http {
       proxy_pass http://127.0.0.1:${o.upstreamPort};
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Host $host;
+      # The client's authority with its port, as Envoy keeps :authority: the callee's SERVER span then
+      # records the address its caller's CLIENT span named.
+      proxy_set_header Host $http_host;
       # What a mesh proxy adds; trace headers pass through untouched unless stripped.
       proxy_set_header X-Request-Id $mesh_request_id;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
@@ -112,6 +147,11 @@ http {
  * configuration, logs and temp files in a directory of its own; `stop()` ends it and removes them.
  */
 export async function startNginx(options: SidecarOptions): Promise<NginxSidecar> {
+  const mode = options.traceparent ?? 'pass';
+  if (!['pass', 'strip', 'uppercase', 'duplicate'].includes(mode))
+    throw new TypeError(
+      `@meshtrace/testkit: traceparent must be pass, strip, uppercase or duplicate, not ${JSON.stringify(mode)}`,
+    );
   if (!hasNginx())
     throw new Error('nginx is not installed (apt-get install -y nginx); the sidecar tests need a real one');
   const dir = mkdtempSync(join(tmpdir(), 'meshtrace-nginx-'));
