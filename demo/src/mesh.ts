@@ -181,7 +181,8 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
         url: `${run.mesh!.entry}/checkout/probe`,
         source: receivedSpanSource(run.telemetry.receiver),
         waitMs: 10_000,
-        quietMs: 1_000,
+        // The demo's services export each span as it ends (SimpleSpanProcessor): no batch to wait for.
+        batchDelayMs: 500,
       },
       { line: (text = '') => void lines.push(text), color: out.color, width: out.width - 2 },
     );

@@ -142,9 +142,13 @@ export async function startPlainOrders(options: ServiceOptions): Promise<Running
     if (req.method !== 'GET' || match === null) return void res.writeHead(404).end();
     const requestId = typeof req.headers['x-request-id'] === 'string' ? req.headers['x-request-id'] : undefined;
     // What instrumentation-http records with headersToSpanAttributes: the header as a one-element array.
+    // And where it was called, from Host, as instrumentation-http records it: the doctor ties a caller's call by it.
+    const [host, port] = (req.headers.host ?? '').split(':');
     const attributes = {
       'http.request.method': 'GET',
       'url.path': path,
+      'server.address': host,
+      'server.port': Number(port || 80),
       ...(requestId === undefined ? {} : { 'http.request.header.x-request-id': [requestId] }),
     };
     const span = tracer.startSpan('GET /orders/:id', { kind: SpanKind.SERVER, attributes }, ROOT_CONTEXT);

@@ -1,3 +1,4 @@
+import { SpanGraph, isCallee, isOpenCall, peerMatches, stringAttribute } from './evidence';
 import { ATTR } from './model';
 import type { Span } from './model';
 
@@ -7,16 +8,16 @@ export interface Trace {
   readonly spans: readonly Span[];
 }
 
-/** How an orphaned root was tied to its caller. */
-export type OrphanVia = 'probe' | 'request-id' | 'client-span';
+/** What tied an orphaned root: a call to where it was called (`peer`), or a key it shares with the trace it broke from. */
+export type OrphanVia = 'peer' | 'probe-id' | 'request-id';
 
 /** A root span started by a service that was called from inside another trace: where a trace broke. */
 export interface Orphan {
   readonly span: Span;
-  /** The caller's span: its CLIENT span whose child never arrived when there is one, else the caller's span that carries the same key. */
+  /** The call that reached it (a CLIENT span, or a proxy's span): set only when its peer address ties them. */
   readonly caller: Span | undefined;
-  readonly via: OrphanVia | undefined;
-  /** The hop the trace broke on; `from` is undefined when no caller was found. */
+  readonly via: OrphanVia;
+  /** The hop the trace broke on; `from` is undefined when no call ties a caller. */
   readonly hop: { readonly from: string | undefined; readonly to: string };
 }
 
@@ -80,126 +81,63 @@ export function outcomesByService(spans: readonly Span[]): Record<string, Record
   return out;
 }
 
-/** A string attribute, or the single element of a one-element array (how captured headers are recorded). */
-function key(span: Span, name: string): string | undefined {
-  const value = span.attributes[name];
-  if (typeof value === 'string') return value || undefined;
-  if (Array.isArray(value) && value.length === 1 && typeof value[0] === 'string') return value[0] || undefined;
-  return undefined;
-}
-
-/** The request path a span names: `url.path`, else the path of `url.full`. */
-function pathOf(span: Span): string | undefined {
-  const path = span.attributes['url.path'];
-  if (typeof path === 'string') return path;
-  const full = span.attributes['url.full'];
-  if (typeof full !== 'string') return undefined;
-  try {
-    return new URL(full).pathname;
-  } catch {
-    return undefined;
-  }
-}
-
-/** `host:port` a span names: `server.address`/`server.port`, else the authority of `url.full`. */
-export function addressOf(span: Span): string | undefined {
-  const host = span.attributes['server.address'];
-  const port = span.attributes['server.port'];
-  if (typeof host === 'string' && port !== undefined) return `${host}:${String(port)}`;
-  const full = span.attributes['url.full'];
-  if (typeof full !== 'string') return undefined;
-  try {
-    const url = new URL(full);
-    return `${url.hostname}:${url.port || (url.protocol === 'https:' ? '443' : '80')}`;
-  } catch {
-    return undefined;
-  }
-}
-
-const within = (orphan: Span, client: Span): boolean =>
-  orphan.startMs >= client.startMs && orphan.startMs <= client.endMs;
-
 /**
- * Roots that are orphans (see {@link AnalyzeOptions.entryServices}), each tied to its caller by, in
- * this order: the `meshtrace.probe` attribute, the recorded `x-request-id`, or a CLIENT span in
- * another trace to the same path (and address, or a time window holding the orphan's start, since
- * a sidecar between them changes the address) whose child never arrived. A CLIENT span is the
- * caller of one orphan at most.
+ * Roots that are orphans, each tied by evidence (see the evidence model in `evidence.ts`): a root at the
+ * address an unanswered call in another trace went to (`peer`, which also names the caller), or a root
+ * in a trace that shares the probe id or `x-request-id` with a trace that came from elsewhere (its top
+ * span's parent is not a root of ours) or entered at one of `entryServices`. Start times are never
+ * compared: a group of traces with a shared key and no such evidence is left out.
  */
 export function findOrphans(spans: readonly Span[], options: AnalyzeOptions = {}): Orphan[] {
   const entry = new Set(options.entryServices ?? []);
-  const parents = new Set<string>();
-  for (const span of spans) if (span.parentSpanId !== undefined) parents.add(span.parentSpanId);
-  // Indexed once, so a window of many traces costs one pass, not one per root.
-  const byProbe = new Map<string, Span[]>();
-  const byRequestId = new Map<string, Span[]>();
-  // CLIENT spans whose child never arrived, by path: where a call left a trace and nothing continued it.
-  const open = new Map<string, Span[]>();
-  const roots: Span[] = [];
-  for (const span of spans) {
-    add(byProbe, key(span, ATTR.probe), span);
-    add(byRequestId, key(span, ATTR.requestId), span);
-    if (span.kind === 'client' && !parents.has(span.spanId)) add(open, pathOf(span), span);
-    if (span.parentSpanId === undefined) roots.push(span);
-  }
-  roots.sort((a, b) => a.startMs - b.startMs);
+  const graph = new SpanGraph(spans);
+  const open = spans.filter((s) => isOpenCall(graph, s));
+  const roots = spans.filter((s) => s.parentSpanId === undefined && isCallee(s) && !graph.isProxy(s));
+  // Traces that came from elsewhere: their top span has a parent that did not arrive, or it entered at an entry service.
+  const heads = new Set<string>();
+  for (const s of spans)
+    if (
+      (s.parentSpanId !== undefined && graph.parent(s) === undefined) ||
+      (s.parentSpanId === undefined && entry.has(s.service))
+    )
+      heads.add(s.traceId);
+  const byKey = new Map<string, Set<string>>();
+  for (const s of spans)
+    for (const [via, name] of [
+      ['probe-id', ATTR.probe],
+      ['request-id', ATTR.requestId],
+    ] as const) {
+      const value = stringAttribute(s, name);
+      if (value === undefined) continue;
+      const id = `${via}\u0000${value}`;
+      const traces = byKey.get(id) ?? new Set<string>();
+      traces.add(s.traceId);
+      byKey.set(id, traces);
+    }
   const used = new Set<Span>();
-  const openClients = (orphan: Span, fits: (client: Span) => boolean): Span[] =>
-    (open.get(pathOf(orphan) ?? '') ?? []).filter((c) => c.traceId !== orphan.traceId && !used.has(c) && fits(c));
-
-  /** The caller among spans of other traces that share the orphan's value of attribute `name`. */
-  const byKey = (orphan: Span, index: Map<string, Span[]>, name: string): Span | undefined => {
-    const sharing = (index.get(key(orphan, name) ?? '') ?? []).filter(
-      (s) => s.traceId !== orphan.traceId && s.startMs < orphan.startMs,
-    );
-    if (sharing.length === 0) return undefined;
-    const traces = new Set(sharing.map((s) => s.traceId));
-    const client = best(
-      orphan,
-      openClients(orphan, (c) => traces.has(c.traceId) && within(orphan, c)),
-    );
-    // Without an open CLIENT span to the same path, the latest span of the caller's request that began before the orphan.
-    return client ?? sharing.reduce((a, b) => (b.startMs > a.startMs ? b : a));
-  };
-
-  const byClient = (orphan: Span): Span | undefined => {
-    const address = addressOf(orphan);
-    return best(
-      orphan,
-      openClients(orphan, (c) => (address !== undefined && addressOf(c) === address) || within(orphan, c)),
-    );
-  };
-
   const orphans: Orphan[] = [];
   for (const root of roots) {
-    let caller: Span | undefined;
-    let via: OrphanVia | undefined;
-    if ((caller = byKey(root, byProbe, ATTR.probe)) !== undefined) via = 'probe';
-    else if ((caller = byKey(root, byRequestId, ATTR.requestId)) !== undefined) via = 'request-id';
-    else if ((caller = byClient(root)) !== undefined) via = 'client-span';
-    if (caller === undefined && (entry.size === 0 || entry.has(root.service))) continue;
-    if (caller?.kind === 'client') used.add(caller);
-    orphans.push({ span: root, caller, via, hop: { from: caller?.service, to: root.service } });
+    const calls = open.filter((c) => c.traceId !== root.traceId && peerMatches(c, root));
+    const call = calls.find((c) => !used.has(c)) ?? calls[0];
+    if (call !== undefined) {
+      used.add(call);
+      const from = graph.applicationAbove(call).app?.service ?? call.service;
+      orphans.push({ span: root, caller: call, via: 'peer', hop: { from, to: root.service } });
+      continue;
+    }
+    if (entry.has(root.service)) continue;
+    for (const [via, name] of [
+      ['probe-id', ATTR.probe],
+      ['request-id', ATTR.requestId],
+    ] as const) {
+      const value = stringAttribute(root, name);
+      const traces = value === undefined ? undefined : byKey.get(`${via}\u0000${value}`);
+      if (traces === undefined || ![...traces].some((t) => t !== root.traceId && heads.has(t))) continue;
+      orphans.push({ span: root, caller: undefined, via, hop: { from: undefined, to: root.service } });
+      break;
+    }
   }
   return orphans;
-}
-
-function add(index: Map<string, Span[]>, value: string | undefined, span: Span): void {
-  if (value === undefined) return;
-  const list = index.get(value);
-  if (list === undefined) index.set(value, [span]);
-  else list.push(span);
-}
-
-/** The candidate that holds the orphan's start and began last before it, else the one nearest in time. */
-function best(orphan: Span, candidates: readonly Span[]): Span | undefined {
-  let found: Span | undefined;
-  let score = Infinity;
-  for (const c of candidates) {
-    const s = within(orphan, c) ? orphan.startMs - c.startMs : 1e12 + Math.abs(orphan.startMs - c.startMs);
-    if (s < score) [found, score] = [c, s];
-  }
-  return found;
 }
 
 /** Traces, roots, orphans per service and hop, and outcomes per service among `spans`. */

@@ -72,6 +72,7 @@ describe('explainHeaders', () => {
       value,
       reason: 'bad-member',
       at: { index: 41, length: 5 },
+      explanation: 'the member "Bad=1" is not key=value as the spec allows (W3C trace-context §3.3.1)',
     });
   });
 
@@ -135,7 +136,7 @@ describe('runCheck', () => {
     const value = `00-${T}-${P}-0x`;
     expect(run({ traceparent: value })).toEqual({
       code: 1,
-      text: `✗ traceparent invalid: bad-flags at index 54\n    ${value}\n    ${' '.repeat(54)}^`,
+      text: `✗ traceparent invalid (bad-flags): "x" is not a hex digit, in the flags at index 54\n    ${value}\n    ${' '.repeat(54)}^`,
     });
   });
 
@@ -151,9 +152,42 @@ describe('runCheck', () => {
   it('prints JSON', () => {
     const { code, text } = run({ traceparent: '', json: true });
     expect(code).toBe(1);
+    // Every field, null when not asked: one shape whatever the input.
     expect(JSON.parse(text)).toEqual({
-      traceparent: { valid: false, value: '', reason: 'missing', at: { index: 0, length: 0 } },
+      command: 'check',
+      exitCode: 1,
+      traceparent: {
+        valid: false,
+        value: '',
+        reason: 'missing',
+        at: { index: 0, length: 0 },
+        explanation: 'the value is empty: no trace context was sent',
+      },
+      tracestate: null,
+      baggage: null,
       valid: false,
     });
+  });
+
+  // Faults core reports under one reason are told apart in words.
+  it.each([
+    ['a leading space', ` ${VALID}`, /starts with white space/],
+    ['a trailing space', `${VALID} `, /ends with white space/],
+    [
+      'upper-case hex in the trace id',
+      VALID.toUpperCase().replace('0AF', '00-0AF').slice(3),
+      /upper-case hex "A" in the trace id/,
+    ],
+    ['upper-case version', `A0-${T}-${P}-01`, /upper-case hex "A" in the version/],
+    ['too short', VALID.slice(0, 40), /is 40 characters long; a version 00 value has exactly 55/],
+    ['too long', `${VALID}-00`, /is 58 characters long; a version 00 value ends after the flags, at 55/],
+    ['version ff', `ff-${T}-${P}-01`, /version ff is forbidden/],
+    ['a dash missing', `00-${T}x${P}-01`, /"x" at index 35 where the layout .* puts a dash/],
+    ['zero trace id', `00-${'0'.repeat(32)}-${P}-01`, /trace id is all zeros/],
+    ['two values', `${VALID}, ${VALID}`, /more than one traceparent/],
+  ])('explains %s in words', (_name, value, words) => {
+    const tp = explainHeaders({ traceparent: value }).traceparent;
+    expect(tp.valid).toBe(false);
+    if (!tp.valid) expect(tp.explanation).toMatch(words);
   });
 });

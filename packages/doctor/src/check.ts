@@ -25,7 +25,14 @@ export interface Offence {
 /** One header judged by core's parser. */
 export type HeaderVerdict<Reason extends string, Fields> =
   | ({ readonly valid: true; readonly value: string } & Fields)
-  | { readonly valid: false; readonly value: string; readonly reason: Reason; readonly at: Offence };
+  | {
+      readonly valid: false;
+      readonly value: string;
+      readonly reason: Reason;
+      readonly at: Offence;
+      /** The fault in words: which character, in which field, and what the spec asks for. */
+      readonly explanation: string;
+    };
 
 /** A valid traceparent's fields. */
 export interface TraceparentFields {
@@ -103,6 +110,51 @@ export function traceparentOffence(value: string, reason: TraceparentReason): Of
   }
 }
 
+const FIELDS: ReadonlyArray<[number, string]> = [
+  [2, 'version'],
+  [35, 'trace id'],
+  [52, 'parent id'],
+  [55, 'flags'],
+];
+
+/** The traceparent field index `i` falls in. */
+function fieldAt(i: number): string {
+  return FIELDS.find(([end]) => i < end)?.[1] ?? 'flags';
+}
+
+const shown = (c: string): string => (c === ' ' ? 'a space' : c === '\t' ? 'a tab' : JSON.stringify(c));
+
+/** Why `value` is not a valid traceparent, in words, from core's `reason` and where the fault is. */
+export function traceparentExplanation(value: string, reason: TraceparentReason, at: Offence): string {
+  const c = value[at.index];
+  if (reason === 'missing') return 'the value is empty: no trace context was sent';
+  if (/^\s/.test(value))
+    return 'it starts with white space: a proxy or client added it; the value must start with the version';
+  if (/\s$/.test(value)) return 'it ends with white space after the flags: a proxy or client added it';
+  if (reason === 'multiple')
+    return 'it holds more than one traceparent (repeated header lines joined with a comma): the spec makes that invalid';
+  if (reason === 'zero-trace-id')
+    return 'the trace id is all zeros, which the spec forbids (W3C trace-context §3.2.2.3)';
+  if (reason === 'zero-parent-id')
+    return 'the parent id is all zeros, which the spec forbids (W3C trace-context §3.2.2.4)';
+  if (reason === 'bad-version' && value.startsWith('ff')) return 'version ff is forbidden (W3C trace-context §3.2.2.2)';
+  if (c !== undefined && /[A-F]/.test(c))
+    return `upper-case hex ${shown(c)} in the ${fieldAt(at.index)}: the spec requires lower-case hex; something on the way upper-cased the header`;
+  if (reason === 'bad-format') {
+    if (value.length < 55)
+      return `it is ${value.length} characters long; a version 00 value has exactly 55 (2-32-16-2 hex digits and three dashes)`;
+    if (value.startsWith('00') && value.length > 55 && DASHES.every((d) => value.charCodeAt(d) === 45))
+      return `it is ${value.length} characters long; a version 00 value ends after the flags, at 55`;
+    return c === undefined
+      ? 'it ends early'
+      : `${shown(c)} at index ${at.index} where the layout vv-<trace id>-<parent id>-ff puts ${DASHES.includes(at.index) ? 'a dash' : `a hex digit of the ${fieldAt(at.index)}`}`;
+  }
+  if (reason === 'bad-version' && c === '-') return 'the version must be two hex digits';
+  return c === undefined
+    ? `the ${fieldAt(at.index)} is cut short`
+    : `${shown(c)} is not a hex digit, in the ${fieldAt(at.index)} at index ${at.index}`;
+}
+
 /** Each non-empty list member of `value` (split at commas, blanks around it left out), with where it starts. */
 function members(value: string): { text: string; index: number }[] {
   const out: { text: string; index: number }[] = [];
@@ -118,7 +170,10 @@ function members(value: string): { text: string; index: number }[] {
 
 function explainTraceparent(value: string): CheckReport['traceparent'] {
   const tp = parseTraceparent(value);
-  if (typeof tp === 'string') return { valid: false, value, reason: tp, at: traceparentOffence(value, tp) };
+  if (typeof tp === 'string') {
+    const at = traceparentOffence(value, tp);
+    return { valid: false, value, reason: tp, at, explanation: traceparentExplanation(value, tp, at) };
+  }
   return {
     valid: true,
     value,
@@ -139,7 +194,11 @@ function explainTracestate(value: string): NonNullable<CheckReport['tracestate']
   const bad =
     ts === 'bad-member' ? list.find((m) => parseTracestate(m.text) === 'bad-member') : list[MAX_TRACESTATE_MEMBERS];
   const at = bad === undefined ? { index: 0, length: value.length } : { index: bad.index, length: bad.text.length };
-  return { valid: false, value, reason: ts, at };
+  const explanation =
+    ts === 'bad-member'
+      ? `the member ${JSON.stringify(bad?.text ?? value)} is not key=value as the spec allows (W3C trace-context §3.3.1)`
+      : `more than ${MAX_TRACESTATE_MEMBERS} members: the spec allows 32 (W3C trace-context §3.3.1.1)`;
+  return { valid: false, value, reason: ts, at, explanation };
 }
 
 function explainBaggage(value: string): NonNullable<CheckReport['baggage']> {
@@ -162,7 +221,11 @@ function explainBaggage(value: string): NonNullable<CheckReport['baggage']> {
       kept++;
     }
   }
-  return { valid: false, value, reason: parsed.reason, at };
+  const explanation =
+    parsed.reason === 'too-large'
+      ? `the value is over ${BAGGAGE_LIMITS.maxBytes} bytes, the W3C baggage limit; members past it are dropped`
+      : `core drops the member at index ${at.index} (${parsed.reason}), as W3C baggage says`;
+  return { valid: false, value, reason: parsed.reason, at, explanation };
 }
 
 /** Each header judged by core's parser: valid with its fields, or core's reason and where the first offending character is. */
@@ -183,14 +246,16 @@ export interface CheckOptions extends CheckInput {
 /** `meshtrace check`: prints each header's verdict. Exit code 0 when all are valid, 1 when any is not. */
 export function runCheck(options: CheckOptions, out: { line(text?: string): void; readonly color: boolean }): number {
   const report = explainHeaders(options);
+  const exitCode = report.valid ? 0 : 1;
   if (options.json) {
-    out.line(JSON.stringify(report, null, 2));
-    return report.valid ? 0 : 1;
+    const json = { command: 'check', exitCode, tracestate: null, baggage: null, ...report };
+    out.line(JSON.stringify(json, null, 2));
+    return exitCode;
   }
   const paint = (code: number, text: string) => (out.color ? `\u001b[${code}m${text}\u001b[0m` : text);
   const verdict = (
     name: string,
-    v: { valid: boolean; value: string; reason?: string; at?: Offence },
+    v: { valid: boolean; value: string; reason?: string; at?: Offence; explanation?: string },
     details: string[],
   ): void => {
     if (v.valid) {
@@ -198,7 +263,7 @@ export function runCheck(options: CheckOptions, out: { line(text?: string): void
       for (const d of details) out.line(`    ${d}`);
       return;
     }
-    out.line(`${paint(31, '✗')} ${name} invalid: ${v.reason} at index ${v.at!.index}`);
+    out.line(`${paint(31, '✗')} ${name} invalid (${v.reason}): ${v.explanation}`);
     out.line(`    ${v.value}`);
     out.line(`    ${' '.repeat(v.at!.index)}${paint(31, '^'.repeat(Math.max(1, v.at!.length)))}`);
   };

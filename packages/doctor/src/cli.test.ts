@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from '@meshtrace/testkit';
 
 // The command as users run it: the built file, in its own process (build first: `tsc -b packages/doctor`).
 const CLI = join(__dirname, '..', 'dist', 'cli.js');
@@ -32,20 +33,35 @@ describe('meshtrace', () => {
     expect(help.out).toContain('meshtrace logs');
   });
 
-  it('probe: 2 for a URL it cannot use', () => {
+  it('probe: 64 for a URL it cannot use, one line without the package prefix; 2 at once for a URL that refuses', async () => {
     const { code, out } = meshtrace(['probe', 'not-a-url']);
-    expect(code).toBe(2);
-    expect(out).toContain('url must be an http(s) URL');
+    expect(code).toBe(64);
+    expect(out).toBe('meshtrace: url must be an http(s) URL, not "not-a-url"\n');
+    const started = Date.now();
+    // A port nothing listens on: the connection is refused.
+    const closed = await freePort();
+    const refused = meshtrace(['probe', '--port', '0', `http://127.0.0.1:${closed}/`]);
+    expect(refused).toEqual({ code: 2, out: `meshtrace: cannot reach http://127.0.0.1:${closed}/: ECONNREFUSED\n` });
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+
+  it('a usage error is one line and a hint, exit 64; a closed pipe ends quietly with 0', () => {
+    const typo = meshtrace(['probe', '--wiat', '10', 'http://127.0.0.1:1/']);
+    expect(typo.code).toBe(64);
+    expect(typo.out).toBe("error: unknown option '--wiat'\n(Did you mean --wait?)\n(add --help for usage)\n");
+    const piped = spawnSync('sh', ['-c', `"${process.execPath}" "${CLI}" --help | head -1`], { encoding: 'utf8' });
+    expect([piped.status, piped.stderr]).toEqual([0, '']);
+    expect(piped.stdout).toBe('Usage: meshtrace [options] [command]\n');
   });
 
   it('check: 0 for valid headers, 1 for an invalid one, 2 without arguments', () => {
     expect(meshtrace(['check', TP, 'congo=t61rcWkgMzE', 'userId=alice']).code).toBe(0);
     const bad = meshtrace(['check', TP.replace('-01', '-0x')]);
     expect(bad.code).toBe(1);
-    expect(bad.out).toContain('bad-flags at index 54');
+    expect(bad.out).toContain('(bad-flags): "x" is not a hex digit, in the flags at index 54');
     // Not a terminal: no colour codes.
     expect(bad.out).not.toContain('\u001b[');
-    expect(meshtrace(['check']).code).toBe(2);
+    expect(meshtrace(['check']).code).toBe(64);
   });
 
   it('check --json', () => {
@@ -61,7 +77,7 @@ describe('meshtrace', () => {
     expect(meshtrace(['logs', '-'], envoy('10.0.0.1:80', TP)).code).toBe(0);
     const { code, out } = meshtrace(['logs'], envoy('10.0.0.1:80', TP) + envoy('10.0.0.1:80', '-'));
     expect(code).toBe(1);
-    expect(out).toContain('upstream 10.0.0.1:80: 2 requests, 1 with a valid traceparent');
+    expect(out).toContain('upstream orders:8080: 2 requests, 1 with a valid traceparent');
     expect(out).toContain('1 without traceparent');
   });
 
@@ -85,6 +101,7 @@ describe('meshtrace', () => {
     expect(missing.code).toBe(2);
     expect(missing.out).toContain('ENOENT');
     expect(meshtrace(['logs', '--format', 'nginx', '-'], 'not a log\nat all\n').code).toBe(2);
-    expect(meshtrace(['logs', '--format', 'apache', '-'], '').code).toBe(2);
+    // A format it does not know is a usage error.
+    expect(meshtrace(['logs', '--format', 'apache', '-'], '').code).toBe(64);
   });
 });

@@ -9,11 +9,21 @@ import { LOG_FORMATS } from './logs/formats';
 import type { LogFormat } from './logs/formats';
 import { runProbe } from './probe/command';
 import type { ProbeBackend } from './probe/command';
-import { runReceive } from './receive/command';
+import { PRINT_CHOICES, runReceive } from './receive/command';
+import type { PrintChoice } from './receive/command';
 
 // Exit codes: 0 all good, 1 something was found (an invalid header, a broken trace), 2 the command could
-// not do its job (bad usage, input it could not read).
-const USAGE = 2;
+// not tell (no spans, input it could not read or reach), 64 bad usage (sysexits EX_USAGE), so CI can
+// tell a typo from a mesh that sent no spans. `probe` adds 3: incomplete.
+const CANNOT_TELL = 2;
+const USAGE = 64;
+const PREFIX = /^@meshtrace\/doctor: /;
+
+// A reader that went away (`meshtrace --help | head -1`) ends the command quietly, as Unix tools do.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw err;
+});
 
 function version(): string {
   // dist/cli.js sits one level below package.json, installed or in the repository alike.
@@ -26,20 +36,38 @@ function output(): CommandOutput & { readonly width: number } {
   return { line: (text = '') => void process.stdout.write(`${text}\n`), color, width: process.stdout.columns ?? 100 };
 }
 
-/** Runs a command. A TypeError is bad configuration (the package's own message), a system error one the user can act on: a message, not a stack. */
+/**
+ * Runs a command. A TypeError is bad usage or configuration (exit 64), a system error one the user can
+ * act on, such as a port in use or a URL that refuses connections (exit 2): a message, not a stack.
+ */
 async function run(command: () => Promise<number>): Promise<void> {
   try {
     process.exitCode = await command();
   } catch (err) {
     if (!(err instanceof TypeError || (err instanceof Error && 'errno' in err))) throw err;
-    process.stderr.write(`meshtrace: ${err.message}\n`);
-    process.exitCode = USAGE;
+    process.stderr.write(`meshtrace: ${err.message.replace(PREFIX, '')}\n`);
+    process.exitCode = err instanceof TypeError ? USAGE : CANNOT_TELL;
   }
+}
+
+/** A comma-separated list option that may also be repeated. */
+function list(value: string, previous: string[] = []): string[] {
+  return [
+    ...previous,
+    ...value
+      .split(',')
+      .map((v) => v.trim())
+      .filter((v) => v.length > 0),
+  ];
 }
 
 /** `obj` without its undefined values: options left out must take the command's defaults, not override them with undefined. */
 function defined<T extends object>(obj: T): T {
   return Object.fromEntries(Object.entries(obj).filter(([, v]) => v !== undefined)) as T;
+}
+
+function port(value: string): number {
+  return value === '0' ? 0 : positiveInteger(value);
 }
 
 function positiveInteger(value: string): number {
@@ -52,7 +80,7 @@ function program(): Command {
   const cli = new Command('meshtrace')
     .description('Find where W3C trace context breaks between services behind a service mesh.')
     .version(version())
-    .showHelpAfterError()
+    .showHelpAfterError('(add --help for usage)')
     .exitOverride()
     .addHelpText(
       'after',
@@ -64,7 +92,8 @@ function program(): Command {
         '  meshtrace check 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
         '  kubectl logs deploy/orders -c istio-proxy | meshtrace logs -',
         '',
-        'Exit codes: 0 all good, 1 findings (an invalid header, requests that lost their trace), 2 bad usage or unreadable input.',
+        'Exit codes: 0 all good, 1 findings (an invalid header, requests that lost their trace), 2 cannot tell',
+        '(no spans, unreadable or unreachable input), 3 incomplete (probe: spans may still come), 64 bad usage.',
       ].join('\n'),
     );
 
@@ -78,15 +107,26 @@ function program(): Command {
         .default('receive'),
     )
     .option('--endpoint <url>', "Jaeger's or Tempo's query URL, or a running receiver's URL")
-    .option('--port <n>', 'port of the receiver started here (default: 4318)', positiveInteger)
+    .option('--host <host>', 'interface of the receiver started here (default: 127.0.0.1)')
+    .option('--port <n>', 'port of the receiver started here; 0: any free one (default: 4318)', port)
     .option('--count <n>', 'requests to send, each its own trace (default: 1)', positiveInteger)
     .option('--timeout <ms>', 'how long one request may take (default: 10000)', positiveInteger)
     .option('--wait <ms>', 'how long to wait for spans after a request (default: 30000)', positiveInteger)
-    .option('--quiet <ms>', 'spans are complete once none arrived for this long (default: 2000)', positiveInteger)
+    .option(
+      '--batch-delay <ms>',
+      "the services' exporter batch delay, OTEL_BSP_SCHEDULE_DELAY: once the entry's span is in, spans are complete when none changed for longer (default: 5000)",
+      positiveInteger,
+    )
+    .option(
+      '--mesh <peers>',
+      'peers that must be traced: host, host:port or service names, comma-separated or repeated',
+      list,
+    )
+    .option('--strict', 'fail on any peer that records nothing, not only those named by --mesh')
     .option('--json', 'print the result as JSON')
     .addHelpText(
       'after',
-      '\nExamples:\n  meshtrace probe http://shop.example.com/orders\n  meshtrace probe --backend jaeger --endpoint http://jaeger:16686 --count 5 http://shop.example.com/orders\n\nExit codes: 0 whole, 1 broken, 2 unknown.',
+      '\nExamples:\n  meshtrace probe http://shop.example.com/orders\n  meshtrace probe --backend jaeger --endpoint http://jaeger:16686 --count 5 http://shop.example.com/orders\n\nExit codes: 0 whole, 1 broken, 2 unknown (cannot tell, or the URL cannot be reached), 3 incomplete (spans may still come), 64 bad usage.',
     )
     .action(
       (
@@ -94,11 +134,14 @@ function program(): Command {
         opts: {
           backend: ProbeBackend;
           endpoint?: string;
+          host?: string;
           port?: number;
           count?: number;
           timeout?: number;
           wait?: number;
-          quiet?: number;
+          batchDelay?: number;
+          mesh?: string[];
+          strict?: boolean;
           json?: boolean;
         },
       ) =>
@@ -108,11 +151,14 @@ function program(): Command {
               url,
               backend: opts.backend,
               endpoint: opts.endpoint,
+              host: opts.host,
               port: opts.port,
               count: opts.count,
               timeoutMs: opts.timeout,
               waitMs: opts.wait,
-              quietMs: opts.quiet,
+              batchDelayMs: opts.batchDelay,
+              mesh: opts.mesh,
+              strict: opts.strict,
               json: opts.json,
             }),
             output(),
@@ -123,10 +169,10 @@ function program(): Command {
   cli
     .command('receive')
     .description(
-      'Receive OTLP/HTTP traces and print each one as a waterfall, with orphaned roots and broken hops, until stopped.',
+      'Receive OTLP/HTTP traces and print the broken ones as waterfalls, with orphaned roots and broken hops, and a running summary, until stopped.',
     )
     .option('--host <host>', 'interface to listen on', '127.0.0.1')
-    .option('--port <n>', 'port to listen on (0: any free one)', (v) => (v === '0' ? 0 : positiveInteger(v)), 4318)
+    .option('--port <n>', 'port to listen on (0: any free one)', port, 4318)
     .option('--forward <url>', 'pass every request on, unchanged, to this collector')
     .option('--max-spans <n>', 'spans kept before the oldest traces are evicted (default: 100000)', positiveInteger)
     .option(
@@ -137,12 +183,28 @@ function program(): Command {
     .option('--entry <services>', 'services requests enter at, comma-separated', (v) =>
       v.split(',').filter((s) => s.length > 0),
     )
+    .addOption(
+      new Option(
+        '--print <which>',
+        'waterfalls printed: every trace, the broken ones (an orphan or a broken hop), none',
+      )
+        .choices(PRINT_CHOICES)
+        .default('broken'),
+    )
     .addHelpText(
       'after',
       '\nExample:\n  meshtrace receive --port 4318 --forward http://otel-collector:4318\n\nStops on Ctrl-C (exit code 0); 2 when it cannot listen.',
     )
     .action(
-      (opts: { host: string; port: number; forward?: string; maxSpans?: number; quiet?: number; entry?: string[] }) =>
+      (opts: {
+        host: string;
+        port: number;
+        forward?: string;
+        maxSpans?: number;
+        quiet?: number;
+        entry?: string[];
+        print: PrintChoice;
+      }) =>
         run(async () => {
           const receiver = await runReceive(
             defined({
@@ -152,6 +214,7 @@ function program(): Command {
               maxSpans: opts.maxSpans,
               quietMs: opts.quiet,
               entryServices: opts.entry,
+              print: opts.print,
             }),
             output(),
           );
@@ -221,6 +284,7 @@ program()
     else {
       // A failure no command expected: its stack, for a bug report.
       process.stderr.write(`meshtrace: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-      process.exitCode = USAGE;
+      // EX_SOFTWARE: an internal error, not the user's.
+      process.exitCode = 70;
     }
   });

@@ -61,7 +61,7 @@ const spans: Span[] = spansFromOtlpJson({
         kind: 3,
         from: 5,
         to: 35,
-        attributes: { 'server.port': 9001, 'http.response.status_code': 200 },
+        attributes: { 'server.address': '127.0.0.1', 'server.port': 9001, 'http.response.status_code': 200 },
       },
     ]),
     otlp('orders', [
@@ -72,7 +72,7 @@ const spans: Span[] = spansFromOtlpJson({
         kind: 2,
         from: 10,
         to: 30,
-        attributes: { 'meshtrace.propagation.outcome': 'missing' },
+        attributes: { 'meshtrace.propagation.outcome': 'missing', 'server.address': '127.0.0.1', 'server.port': 9001 },
       },
     ]),
   ],

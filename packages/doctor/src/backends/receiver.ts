@@ -1,10 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Span } from '../model';
 import { startReceiver } from '../receive/receiver';
-import { badAnswer, baseUrl, getJson, tracesCarrying } from './source';
+import type { Receiver } from '../receive/receiver';
+import { badAnswer, baseUrl, getJson, rootsIn, tracesCarrying } from './source';
 import type { SpanSource } from './source';
 
-/** Where a running receiver answers span queries: `?trace=<id>` or `?probe=<id>`, with `{spans: Span[]}`. */
+/** Where a running receiver answers span queries (`?trace=<id>`, `?probe=<id>`, `?rootsFrom=<ms>&rootsTo=<ms>`) with `{spans: Span[]}`. */
 export const SPAN_QUERY_PATH = '/api/doctor/spans';
 
 /** What {@link receivedSpanSource} needs of a receiver: the spans it has received so far. */
@@ -17,6 +18,8 @@ export interface ReceivedSpans {
 export interface ReceiverSourceOptions {
   /** A receiver already running (`meshtrace receive`) to ask over HTTP. Default: start one in this process. */
   endpoint?: string;
+  /** The interface of the receiver started in this process. Default `127.0.0.1`. */
+  host?: string;
   /** The port of the receiver started in this process, where the services export OTLP/HTTP to. Default 4318. */
   port?: number;
   /** How long one request to a running receiver may take. Default 5000 ms. */
@@ -29,6 +32,7 @@ export function receivedSpanSource(receiver: ReceivedSpans): SpanSource {
     description: `the receiver at ${receiver.url}`,
     trace: async (traceId) => receiver.spans().filter((s) => s.traceId === traceId),
     probeTraces: async (probeId) => tracesCarrying(receiver.spans(), probeId),
+    recentRoots: async (window) => rootsIn(receiver.spans(), window),
     close: async () => undefined,
   };
 }
@@ -42,7 +46,19 @@ export async function receiverSource(options: ReceiverSourceOptions = {}): Promi
       throw new TypeError(
         `@meshtrace/doctor: port must be an integer from 0 to 65535, not ${JSON.stringify(options.port)}`,
       );
-    const receiver = await startReceiver({ port });
+    let receiver: Receiver;
+    try {
+      receiver = await startReceiver({ port, ...(options.host === undefined ? {} : { host: options.host }) });
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'EADDRINUSE') throw err;
+      const at = `${options.host ?? '127.0.0.1'}:${port}`;
+      throw Object.assign(
+        new Error(
+          `port ${at} is in use (a collector, or another receiver?): read from a running meshtrace receiver with --endpoint http://${at}, or start this one on another --port`,
+        ),
+        { errno: 'EADDRINUSE' },
+      );
+    }
     return { ...receivedSpanSource(receiver), close: () => receiver.close() };
   }
   const base = baseUrl(options.endpoint, 'endpoint');
@@ -61,6 +77,7 @@ export async function receiverSource(options: ReceiverSourceOptions = {}): Promi
     description: `the receiver at ${base}`,
     trace: (traceId) => ask(`trace=${encodeURIComponent(traceId)}`),
     probeTraces: (probeId) => ask(`probe=${encodeURIComponent(probeId)}`),
+    recentRoots: (window) => ask(`rootsFrom=${Math.floor(window.startMs)}&rootsTo=${Math.ceil(window.endMs)}`),
     close: async () => undefined,
   };
 }
@@ -87,12 +104,16 @@ export function answerSpanQuery(req: IncomingMessage, res: ServerResponse, spans
   if (url.pathname !== SPAN_QUERY_PATH) return false;
   const trace = url.searchParams.get('trace');
   const probe = url.searchParams.get('probe');
+  const from = Number(url.searchParams.get('rootsFrom') ?? Number.NaN);
+  const to = Number(url.searchParams.get('rootsTo') ?? Number.NaN);
   let status = 200;
   let body: unknown;
   if (req.method !== 'GET') [status, body] = [405, { error: 'use GET' }];
   else if (trace !== null) body = { spans: spans().filter((s) => s.traceId === trace.toLowerCase()) };
   else if (probe !== null) body = { spans: tracesCarrying(spans(), probe) };
-  else [status, body] = [400, { error: 'give trace=<trace id> or probe=<probe id>' }];
+  else if (Number.isFinite(from) && Number.isFinite(to))
+    body = { spans: rootsIn(spans(), { startMs: from, endMs: to }) };
+  else [status, body] = [400, { error: 'give trace=<trace id>, probe=<probe id>, or rootsFrom=<ms>&rootsTo=<ms>' }];
   res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
   return true;
 }

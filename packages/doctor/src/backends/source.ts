@@ -1,4 +1,4 @@
-import { ATTR } from '../model';
+import { probeTieOf } from '../evidence';
 import type { Span } from '../model';
 import { spansFromOtlpJson } from '../otlp/decode';
 
@@ -19,20 +19,23 @@ export interface SpanSource {
   trace(traceId: string, window: TimeWindow): Promise<Span[]>;
   /** Every span of every trace in which a span carries `probeId` (as `meshtrace.probe` or `x-request-id`). */
   probeTraces(probeId: string, window: TimeWindow): Promise<Span[]>;
+  /**
+   * Root spans that started in `window`, to find suspects (new roots during an unanswered call). A source
+   * that cannot list spans by time alone leaves it out, and the probe looks for no suspects there.
+   */
+  recentRoots?(window: TimeWindow): Promise<Span[]>;
   /** Stops what the source started (an in-process receiver); a no-op for the others. */
   close(): Promise<void>;
 }
 
-/** Whether `span` carries the probe id: the baggage copy meshtrace records, or the captured `x-request-id`. */
-export function carriesProbe(span: Span, probeId: string): boolean {
-  if (span.attributes[ATTR.probe] === probeId) return true;
-  const requestId = span.attributes[ATTR.requestId];
-  return requestId === probeId || (Array.isArray(requestId) && requestId.includes(probeId));
+/** The root spans among `spans` that started in `window`. */
+export function rootsIn(spans: readonly Span[], window: TimeWindow): Span[] {
+  return spans.filter((s) => s.parentSpanId === undefined && s.startMs >= window.startMs && s.startMs <= window.endMs);
 }
 
 /** The spans of those traces in `spans` that hold a span carrying `probeId`: a backend may ignore a filter it does not know. */
 export function tracesCarrying(spans: readonly Span[], probeId: string): Span[] {
-  const traces = new Set(spans.filter((s) => carriesProbe(s, probeId)).map((s) => s.traceId));
+  const traces = new Set(spans.filter((s) => probeTieOf(s, probeId) !== undefined).map((s) => s.traceId));
   return spans.filter((s) => traces.has(s.traceId));
 }
 

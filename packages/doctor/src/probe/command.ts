@@ -5,7 +5,7 @@ import { tempoSource } from '../backends/tempo';
 import { sendProbe } from './send';
 import type { SentProbe } from './send';
 import { judge } from './verdict';
-import type { ProbeVerdict, SpanRef, VerdictKind } from './verdict';
+import type { Hop, ProbeVerdict, SpanRef, VerdictKind } from './verdict';
 import { collectSpans } from './wait';
 
 /** Where spans are read from. */
@@ -19,6 +19,8 @@ export interface ProbeOptions {
   backend?: ProbeBackend;
   /** Jaeger's or Tempo's query URL (required for them), or a running receiver's URL. */
   endpoint?: string;
+  /** The interface of the receiver started in this process. Default `127.0.0.1`. */
+  host?: string;
   /** The port of the receiver started in this process. Default 4318. */
   port?: number;
   /** How many requests to send, each with its own trace and probe id. Default 1. */
@@ -27,8 +29,15 @@ export interface ProbeOptions {
   timeoutMs?: number;
   /** How long to wait for spans after a request. Default 30000 ms. */
   waitMs?: number;
-  /** The spans are complete once none arrived for this long. Default 2000 ms. */
-  quietMs?: number;
+  /**
+   * The services' exporter batch delay (`OTEL_BSP_SCHEDULE_DELAY`): the spans are complete once the entry's
+   * span is in and none changed for longer than this. Default 5000 ms, the SDKs' default.
+   */
+  batchDelayMs?: number;
+  /** Peers that must be traced (`host`, `host:port` or a service name): a call they record nothing for is a break. */
+  mesh?: readonly string[];
+  /** Any peer that records nothing is a break. Default false. */
+  strict?: boolean;
   /** One JSON document instead of text. Default false. */
   json?: boolean;
   /** Read spans from here instead of `backend` (a receiver this program already runs); left open. */
@@ -42,19 +51,29 @@ export interface ProbeOutput {
   readonly width: number;
 }
 
-/** One request's result, as `--json` prints it. */
+/** One request's result, as `--json` prints it: every field is there, null when unknown. */
 export interface ProbeResult extends ProbeVerdict {
   readonly probeId: string;
   readonly traceId: string;
   readonly traceparent: string;
-  readonly status: number | undefined;
-  readonly error: string | undefined;
+  readonly status: number | null;
+  readonly error: string | null;
+  /** What was waited for, in words. */
+  readonly waited: string;
   /** Why the search by probe id failed: traces started elsewhere may be missing. */
-  readonly searchError: string | undefined;
+  readonly searchError: string | null;
 }
 
-const EXIT: Record<VerdictKind, number> = { whole: 0, broken: 1, unknown: 2 };
+/** Exit codes of `meshtrace probe` by verdict; 64 is a usage error (sysexits EX_USAGE). */
+export const PROBE_EXIT: Readonly<Record<VerdictKind, number>> = { whole: 0, broken: 1, unknown: 2, incomplete: 3 };
 const POLL_MS = 250;
+/** Errors that mean the entry URL cannot be reached at all: no spans will come, so the probe stops at once. */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'bad port']);
+
+/** The entry URL could not be reached: the probe stops without waiting for spans. */
+export class UnreachableError extends Error {
+  readonly errno = 'EUNREACHABLE';
+}
 
 function positive(value: number | undefined, fallback: number, option: string): number {
   if (value === undefined) return fallback;
@@ -66,7 +85,8 @@ function positive(value: number | undefined, fallback: number, option: string): 
 /** The span source `options` name; throws a TypeError for bad configuration. */
 async function openSource(options: ProbeOptions, timeoutMs: number): Promise<SpanSource> {
   const backend = options.backend ?? 'receive';
-  if (backend === 'receive') return receiverSource({ endpoint: options.endpoint, port: options.port, timeoutMs });
+  if (backend === 'receive')
+    return receiverSource({ endpoint: options.endpoint, host: options.host, port: options.port, timeoutMs });
   if (backend !== 'jaeger' && backend !== 'tempo')
     throw new TypeError(`@meshtrace/doctor: backend must be receive, jaeger or tempo, not ${JSON.stringify(backend)}`);
   if (options.endpoint === undefined)
@@ -78,9 +98,17 @@ async function openSource(options: ProbeOptions, timeoutMs: number): Promise<Spa
     : tempoSource({ endpoint: options.endpoint, timeoutMs });
 }
 
+/** The verdict over several requests: any broken is broken, then incomplete, then unknown. */
+function overall(results: readonly ProbeResult[]): VerdictKind {
+  for (const kind of ['broken', 'incomplete', 'unknown'] as const)
+    if (results.some((r) => r.verdict === kind)) return kind;
+  return 'whole';
+}
+
 /**
  * `meshtrace probe <url>`: sends the probe requests, waits for their spans and prints whether each
- * trace came through whole. Returns the exit code: 0 whole, 1 broken, 2 unknown.
+ * trace came through whole. Returns the exit code: 0 whole, 1 broken, 2 unknown, 3 incomplete.
+ * @example const code = await runProbe({ url: 'http://127.0.0.1:8080/orders', backend: 'jaeger', endpoint: 'http://127.0.0.1:16686' }, out);
  */
 export async function runProbe(options: ProbeOptions, out: ProbeOutput): Promise<number> {
   let url: URL;
@@ -94,74 +122,132 @@ export async function runProbe(options: ProbeOptions, out: ProbeOutput): Promise
   const count = positive(options.count, 1, 'count');
   const timeoutMs = positive(options.timeoutMs, 10_000, 'timeoutMs');
   const waitMs = positive(options.waitMs, 30_000, 'waitMs');
-  const quietMs = positive(options.quietMs, 2_000, 'quietMs');
+  const batchDelayMs = positive(options.batchDelayMs, 5_000, 'batchDelayMs');
+  if (
+    options.mesh !== undefined &&
+    (!Array.isArray(options.mesh) || options.mesh.some((m) => typeof m !== 'string' || m === ''))
+  )
+    throw new TypeError(
+      `@meshtrace/doctor: mesh must be a list of host[:port] or service names, not ${JSON.stringify(options.mesh)}`,
+    );
   const source = options.source ?? (await openSource(options, timeoutMs));
   let results: ProbeResult[];
   try {
     const sent: SentProbe[] = [];
-    for (let i = 0; i < count; i++) sent.push(await sendProbe(url.href, timeoutMs));
+    for (let i = 0; i < count; i++) {
+      const s = await sendProbe(url.href, timeoutMs);
+      if (s.error !== undefined && UNREACHABLE.has(s.error))
+        throw new UnreachableError(`cannot reach ${url.href}: ${s.error}`);
+      sent.push(s);
+    }
     results = await Promise.all(
       sent.map(async (s) => {
-        const collected = await collectSpans(source, s, { waitMs, quietMs, pollMs: POLL_MS });
-        const verdict = judge(s, collected, source.description, waitMs);
+        const collected = await collectSpans(source, s, { waitMs, batchDelayMs, pollMs: POLL_MS });
+        const verdict = judge(s, collected.spans, {
+          mesh: options.mesh,
+          strict: options.strict,
+          settled: collected.settled,
+          asked: source.description,
+          recentRoots: collected.recentRoots,
+        });
+        const failed =
+          collected.error === undefined
+            ? {}
+            : {
+                verdict: 'unknown' as const,
+                reason: `could not read spans from ${source.description}: ${collected.error}`,
+                check: ['the endpoint is the query API of the backend the services export to, and it is up'],
+              };
         return {
           probeId: s.probeId,
           traceId: s.traceId,
           traceparent: s.traceparent,
-          status: s.status,
-          error: s.error,
+          status: s.status ?? null,
+          error: s.error ?? null,
           ...verdict,
-          searchError: collected.searchError,
+          ...failed,
+          waited: collected.waited,
+          searchError: collected.searchError ?? null,
         };
       }),
     );
   } finally {
     if (options.source === undefined) await source.close();
   }
-  const verdict: VerdictKind = results.some((r) => r.verdict === 'broken')
-    ? 'broken'
-    : results.some((r) => r.verdict === 'unknown')
-      ? 'unknown'
-      : 'whole';
+  const verdict = overall(results);
   if (options.json)
     out.line(
       JSON.stringify(
-        { verdict, exitCode: EXIT[verdict], url: url.href, source: source.description, probes: results },
+        {
+          command: 'probe',
+          verdict,
+          exitCode: PROBE_EXIT[verdict],
+          url: url.href,
+          source: source.description,
+          probes: results,
+        },
         null,
         2,
       ),
     );
   else printResults(url.href, source.description, results, out);
-  return EXIT[verdict];
+  return PROBE_EXIT[verdict];
 }
 
-const PAINT: Record<VerdictKind, string> = { whole: '32', broken: '31', unknown: '33' };
+const PAINT: Record<VerdictKind, string> = { whole: '32', broken: '31', unknown: '33', incomplete: '33' };
+const EVIDENCE_WORDS: Readonly<Record<string, string>> = {
+  'parent-link': 'parent link',
+  peer: "tied by the caller's peer address",
+  'probe-id': 'tied to the probe by probe id',
+  'request-id': 'tied to the probe by x-request-id',
+};
+
+function hopText(h: Hop): string {
+  const via = h.proxies.length > 0 ? ` via ${h.proxies.join(' → ')}` : '';
+  const how = h.evidence === null ? 'no evidence ties a caller' : EVIDENCE_WORDS[h.evidence];
+  return `${h.from ?? '?'} → ${h.to}${via}: ${h.state} (${how})`;
+}
 
 function printResults(url: string, asked: string, results: readonly ProbeResult[], out: ProbeOutput): void {
   const paint = (kind: VerdictKind): string =>
     out.color ? `\u001b[1;${PAINT[kind]}m${kind.toUpperCase()}\u001b[0m` : kind.toUpperCase();
   const span = (s: SpanRef): string => `${s.service} ${s.kind.toUpperCase()} "${s.name}" (span ${s.spanId})`;
-  out.line(`meshtrace probe ${url}: ${results.length} request${results.length === 1 ? '' : 's'}, spans from ${asked}`);
+  const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
+  out.line(`meshtrace probe ${url}: ${plural(results.length, 'request')}, spans from ${asked}`);
   for (const [i, r] of results.entries()) {
     out.line();
     out.line(
-      `probe ${i + 1}: ${r.error === undefined ? `HTTP ${r.status}` : `request failed: ${r.error}`}  probe id ${r.probeId}  trace ${r.traceId}`,
+      `probe ${i + 1}: ${r.error === null ? `HTTP ${r.status}` : `request failed: ${r.error}`}  probe id ${r.probeId}  trace ${r.traceId}`,
     );
+    const found = `${plural(r.spans, 'span')} from ${r.services.join(', ') || 'no service'} in ${r.traces.length === 1 ? 'one trace' : plural(r.traces.length, 'trace')}`;
     if (r.verdict === 'whole') {
-      out.line(
-        `  ${paint('whole')}  ${r.spans} spans from ${r.services.join(', ')} in one trace; every SERVER span's parent is its caller's CLIENT span`,
-      );
-    } else if (r.verdict === 'unknown') {
-      out.line(`  ${paint('unknown')}  ${r.reason}`);
+      out.line(`  ${paint('whole')}  ${found}; every SERVER span's parent is its caller's span`);
+    } else if (r.verdict === 'broken') {
+      out.line(`  ${paint('broken')}  ${found}`);
+      for (const b of r.breaks) {
+        const via = b.proxies.length > 0 ? ` (via ${b.proxies.join(' → ')})` : '';
+        out.line(`  ${paint('broken')}  ${b.hop.from ?? '?'} → ${b.hop.to}${via}`);
+        out.line(`    ${b.detail}`);
+        if (b.lastCarrier !== null) out.line(`    last span that still carried the trace: ${span(b.lastCarrier)}`);
+      }
+    } else if (r.spans === 0) {
+      out.line(`  ${paint(r.verdict)}  ${r.reason}`);
       for (const c of r.check) out.line(`    check: ${c}`);
     } else {
-      for (const b of r.breaks) {
-        out.line(`  ${paint('broken')}  ${b.hop.from ?? '?'} → ${b.hop.to}`);
-        out.line(`    ${b.detail}`);
-        if (b.lastCarrier !== undefined) out.line(`    last span that still carried the trace: ${span(b.lastCarrier)}`);
-      }
+      out.line(`  ${paint(r.verdict)}  ${found}: ${r.reason}`);
+      for (const c of r.check) out.line(`    check: ${c}`);
     }
-    if (r.searchError !== undefined)
+    if (r.hops.length > 0) {
+      out.line('  hops:');
+      for (const h of r.hops) out.line(`    ${hopText(h)}`);
+    }
+    for (const p of r.untracedPeers)
+      out.line(
+        `  untraced peer ${p.address}${p.path ?? ''} (called by ${p.caller})${p.declared ? ': declared in the mesh, so a break' : ': outside the mesh; --mesh or --strict to require it traced'}`,
+      );
+    for (const s of r.suspects) out.line(`  suspect: ${s.detail}`);
+    out.line(`  ${r.waited}`);
+    if (r.searchError !== null)
       out.line(`  note: the search by probe id failed (${r.searchError}); traces started elsewhere may be missing`);
   }
 }

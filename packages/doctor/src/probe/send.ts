@@ -4,6 +4,8 @@ import { PROBE_BAGGAGE_KEY } from '../model';
 
 /** One request the probe sent, and how it went. */
 export interface SentProbe {
+  /** The entry URL the request went to. */
+  readonly url: string;
   /** Rides in `baggage` as `meshtrace.probe` and as `x-request-id`. */
   readonly probeId: string;
   readonly traceId: string;
@@ -57,5 +59,5 @@ export async function sendProbe(url: string, timeoutMs: number): Promise<SentPro
         ? `no answer within ${timeoutMs} ms`
         : (cause?.code ?? cause?.message ?? (err as Error).message);
   }
-  return { probeId, traceId, parentSpanId, traceparent, startMs, endMs: Date.now(), status, error };
+  return { url, probeId, traceId, parentSpanId, traceparent, startMs, endMs: Date.now(), status, error };
 }

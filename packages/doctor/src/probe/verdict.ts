@@ -1,11 +1,23 @@
-import { addressOf, findOrphans } from '../analyze';
+import { outcomeText } from '../analyze';
+import {
+  SpanGraph,
+  calledAt,
+  isCallee,
+  isHealthCheck,
+  isOpenCall,
+  openCallTarget,
+  pathOf,
+  peerMatches,
+  probeTieOf,
+  proxiesPassingOn,
+} from '../evidence';
+import type { HopEvidence, ProbeTie } from '../evidence';
 import { ATTR } from '../model';
 import type { Span, SpanKindName } from '../model';
-import type { Collected } from './wait';
 import type { SentProbe } from './send';
 
-/** whole: one unbroken trace; broken: a hop lost it; unknown: the spans cannot tell. */
-export type VerdictKind = 'whole' | 'broken' | 'unknown';
+/** whole: one unbroken trace; broken: a hop lost it; unknown: the spans cannot tell; incomplete: spans may still come. */
+export type VerdictKind = 'whole' | 'broken' | 'unknown' | 'incomplete';
 
 /** A span named in a verdict. */
 export interface SpanRef {
@@ -16,33 +28,94 @@ export interface SpanRef {
   readonly spanId: string;
 }
 
+/** One call between two application services, as the spans show it. */
+export interface Hop {
+  /** The caller's service; `probe` for the entry; null when no evidence ties a caller. */
+  readonly from: string | null;
+  /** The callee's service, or the address called when it recorded nothing. */
+  readonly to: string;
+  /** Services that recorded spans of their own between the two (sidecars, ingresses), caller side first. */
+  readonly proxies: readonly string[];
+  /** What ties the two ends; null when nothing does. */
+  readonly evidence: HopEvidence | null;
+  /**
+   * continued: the callee continued the caller's trace; broken: it started another, or recorded nothing
+   * though it is in the mesh; untraced: the peer exports nothing (a dependency outside the mesh);
+   * unanswered: the spans cannot tell (a caller's span or a callee's never arrived).
+   */
+  readonly state: 'continued' | 'broken' | 'untraced' | 'unanswered';
+}
+
 /** One place the probe's trace broke. */
 export interface Break {
-  /** `from` is the caller's service (`probe` when the entry service lost the trace, undefined when unknown); `to` the callee's, or the address called when it recorded nothing. */
-  readonly hop: { readonly from: string | undefined; readonly to: string };
-  /** The callee's first span, when it recorded one. */
-  readonly callee: SpanRef | undefined;
+  readonly hop: { readonly from: string | null; readonly to: string };
+  readonly proxies: readonly string[];
+  /** What ties the callee to its caller (`parent-link`, `peer`), else what ties it to the probe; null for neither. */
+  readonly evidence: HopEvidence | ProbeTie | null;
+  /** The callee's span that started a new trace, when it recorded one. */
+  readonly callee: SpanRef | null;
   /** What the callee recorded: `meshtrace.propagation.outcome` and `.reason`. */
-  readonly outcome: string | undefined;
-  readonly reason: string | undefined;
-  /** The last span of the probe's trace before the break. */
-  readonly lastCarrier: SpanRef | undefined;
-  /** One sentence saying what happened. */
+  readonly outcome: string | null;
+  readonly reason: string | null;
+  /** The last span that still carried the probe's trace: the caller's call, when known. */
+  readonly lastCarrier: SpanRef | null;
+  /** One sentence saying what happened and what tied it. */
+  readonly detail: string;
+}
+
+/** A peer that recorded nothing for a call: outside the mesh unless declared in it. */
+export interface UntracedPeer {
+  readonly address: string;
+  /** The service that called it. */
+  readonly caller: string;
+  readonly path: string | null;
+  /** Named by `mesh`: it must be traced, so the call is a break. */
+  readonly declared: boolean;
+}
+
+/** A new root that started while a call went unanswered: tied by time alone, never a named hop. */
+export interface Suspect {
+  readonly service: string;
+  readonly traceId: string;
+  readonly spanId: string;
+  readonly outcome: string | null;
+  readonly reason: string | null;
   readonly detail: string;
 }
 
 /** The probe's finding for one request. */
 export interface ProbeVerdict {
   readonly verdict: VerdictKind;
-  /** Set for broken, first break first. */
-  readonly breaks: readonly Break[];
-  /** Set for unknown: why, and what to check. */
-  readonly reason: string | undefined;
-  readonly check: readonly string[];
+  /** The traces tied to the probe: more than one is always broken. */
+  readonly traces: readonly string[];
   readonly spans: number;
-  readonly traces: number;
   readonly services: readonly string[];
+  readonly hops: readonly Hop[];
+  /** Set for broken, in the order of the trail. */
+  readonly breaks: readonly Break[];
+  readonly untracedPeers: readonly UntracedPeer[];
+  readonly suspects: readonly Suspect[];
+  /** Set for unknown and incomplete: why, and what to check. */
+  readonly reason: string | null;
+  readonly check: readonly string[];
 }
+
+/** What the verdict knows besides the spans. */
+export interface JudgeOptions {
+  /** Peers that must be traced: `host`, `host:port` or a service name. */
+  readonly mesh?: readonly string[];
+  /** Any untraced peer is a break. */
+  readonly strict?: boolean;
+  /** The spans stopped changing before the wait ended; false: some may still be in an exporter's batch. */
+  readonly settled: boolean;
+  /** Where spans were read, for messages. */
+  readonly asked: string;
+  /** New roots that started around the probe (for suspects); empty when the source cannot list them. */
+  readonly recentRoots?: readonly Span[];
+}
+
+/** How far around an unanswered call a new root counts as a suspect: clocks of two hosts differ. */
+export const SUSPECT_SLACK_MS = 1000;
 
 const ref = (s: Span): SpanRef => ({
   service: s.service,
@@ -51,118 +124,292 @@ const ref = (s: Span): SpanRef => ({
   traceId: s.traceId,
   spanId: s.spanId,
 });
-const str = (v: unknown): string | undefined => (v === undefined ? undefined : String(v));
+const attr = (s: Span, name: string): string | null => {
+  const v = s.attributes[name];
+  return v === undefined ? null : String(v);
+};
 
-/** Judges the spans collected for one probe request; `asked` names where they were read from. */
-export function judge(sent: SentProbe, collected: Collected, asked: string, waitMs: number): ProbeVerdict {
-  const spans = collected.spans;
-  const base = {
-    spans: spans.length,
-    traces: new Set(spans.map((s) => s.traceId)).size,
-    services: [...new Set(spans.map((s) => s.service))].sort(),
-  };
-  if (collected.error !== undefined) {
-    return {
-      ...base,
-      verdict: 'unknown',
-      breaks: [],
-      reason: `could not read spans from ${asked}: ${collected.error}`,
-      check: ['the endpoint is the query API of the backend the services export to, and it is up'],
-    };
+/** The spans tied to the probe and how: its own trace, and every trace in which a span carries the probe id. */
+export function tiedSpans(sent: SentProbe, spans: readonly Span[]): Map<string, ProbeTie> {
+  const traces = new Map<string, ProbeTie>([[sent.traceId, 'trace']]);
+  for (const span of spans) {
+    const tie = probeTieOf(span, sent.probeId);
+    if (tie === undefined || traces.get(span.traceId) === 'trace' || traces.get(span.traceId) === 'probe-id') continue;
+    traces.set(span.traceId, tie);
   }
-  if (spans.length === 0) {
+  return traces;
+}
+
+/** The authority of the probe's URL, as a SERVER span there records it. */
+function entryAuthority(sent: SentProbe): string | undefined {
+  try {
+    const url = new URL(sent.url);
+    return `${url.hostname.toLowerCase()}:${url.port || (url.protocol === 'https:' ? '443' : '80')}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether `peer` (`host:port`) or `service` is named by a `mesh` entry (`host`, `host:port` or a service name). */
+function declared(mesh: readonly string[], peer: string, service: string | undefined): boolean {
+  const host = peer.slice(0, peer.lastIndexOf(':'));
+  return mesh.some((m) => {
+    const entry = m.toLowerCase();
+    return entry === peer || entry === host || (service !== undefined && entry === service.toLowerCase());
+  });
+}
+
+/** Judges the spans collected for one probe request. */
+export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOptions): ProbeVerdict {
+  const ties: Map<string, ProbeTie | 'peer'> = tiedSpans(sent, spans);
+  const probed = spans.filter((s) => ties.has(s.traceId));
+  // A root no key ties to the probe is the callee of a call the probe made when it is where that call went.
+  const roots = [...spans, ...(options.recentRoots ?? [])].filter(
+    (r) => r.parentSpanId === undefined && isCallee(r) && !isHealthCheck(r),
+  );
+  const passedOn = proxiesPassingOn(probed, roots);
+  const probedGraph = new SpanGraph(probed, passedOn);
+  const calls = probed.filter((s) => isOpenCall(probedGraph, s));
+  const reached = new Map<string, Span>();
+  for (const r of roots)
+    if (!ties.has(r.traceId) && calls.some((c) => peerMatches(c, r))) reached.set(`${r.traceId}/${r.spanId}`, r);
+  for (const r of reached.values()) ties.set(r.traceId, 'peer');
+  const tied = [...probed, ...reached.values()];
+  const graph = new SpanGraph(tied, passedOn);
+  const traces = [...new Set(tied.map((s) => s.traceId))];
+  const base = {
+    traces,
+    spans: tied.length,
+    services: [...new Set(tied.map((s) => s.service))].sort(),
+  };
+  if (tied.length === 0) {
     const request =
       sent.error === undefined ? `the request answered HTTP ${sent.status}` : `the request failed (${sent.error})`;
     return {
       ...base,
+      // Nothing at all arrived in the whole wait: nothing says the spans are on their way.
       verdict: 'unknown',
+      hops: [],
       breaks: [],
-      reason: `no spans of trace ${sent.traceId} or probe ${sent.probeId} arrived at ${asked} within ${waitMs / 1000} s; ${request}`,
+      untracedPeers: [],
+      suspects: [],
+      reason: `no span of trace ${sent.traceId} or probe ${sent.probeId} arrived at ${options.asked}; ${request}`,
       check: [
-        `the services export their spans to ${asked} (OTEL_EXPORTER_OTLP_ENDPOINT, or the collector's pipeline)`,
+        `the services export their spans to ${options.asked} (OTEL_EXPORTER_OTLP_ENDPOINT, or the collector's pipeline)`,
         'the entry service is instrumented and keeps a sampled traceparent (a parent-based sampler does)',
         'the backend makes spans searchable within --wait (ingestion and flush delays)',
       ],
     };
   }
-  const breaks = findBreaks(sent, spans);
-  return { ...base, verdict: breaks.length === 0 ? 'whole' : 'broken', breaks, reason: undefined, check: [] };
+
+  const hops: Hop[] = [];
+  const breaks: Break[] = [];
+  const gaps: string[] = [];
+  const used = new Set<Span>();
+  const entryAt = entryAuthority(sent);
+  let entrySeen = false;
+
+  // Open calls: a CLIENT span (or a proxy's span) nothing answered in the spans tied to the probe.
+  const open = tied.filter((s) => isOpenCall(graph, s));
+
+  for (const span of tied) {
+    if (!isCallee(span) || graph.isProxy(span)) continue;
+    const { caller, proxies, missingParent } = graph.callerOf(span);
+    if (caller !== undefined) {
+      hops.push({ from: caller.service, to: span.service, proxies, evidence: 'parent-link', state: 'continued' });
+      continue;
+    }
+    if (missingParent === sent.parentSpanId) {
+      entrySeen = true;
+      hops.push({ from: 'probe', to: span.service, proxies, evidence: 'parent-link', state: 'continued' });
+      continue;
+    }
+    if (missingParent !== undefined) {
+      // The trace went on, but the caller's span is not here: it exports elsewhere, or not at all.
+      hops.push({ from: null, to: span.service, proxies, evidence: null, state: 'unanswered' });
+      gaps.push(
+        `${span.service}'s caller span ${missingParent} never arrived: the caller does not export its spans to ${options.asked}`,
+      );
+      continue;
+    }
+    // A root: this service started a new trace while serving the probe.
+    const candidates = open.filter((c) => c.traceId !== span.traceId && peerMatches(c, span));
+    const call = candidates.find((c) => !used.has(c)) ?? candidates[0];
+    if (call !== undefined) {
+      used.add(call);
+      const { app, proxies: through } = graph.applicationAbove(call);
+      const from = app?.service ?? null;
+      hops.push({ from, to: span.service, proxies: [...through, ...proxies], evidence: 'peer', state: 'broken' });
+      breaks.push(calleeBreak({ from, to: span.service }, [...through, ...proxies], 'peer', span, call));
+    } else if (!tied.some((s) => s.traceId === sent.traceId)) {
+      // Nothing of the probe's own trace arrived: the entry lost it when the root is where the probe went.
+      const entry = entryAt !== undefined && calledAt(span) === entryAt;
+      if (entry) entrySeen = true;
+      const from = entry ? 'probe' : null;
+      hops.push({ from, to: span.service, proxies, evidence: entry ? 'peer' : null, state: 'broken' });
+      breaks.push(
+        calleeBreak({ from, to: span.service }, proxies, entry ? 'peer' : keyTie(ties, span), span, undefined),
+      );
+    } else {
+      hops.push({ from: null, to: span.service, proxies, evidence: null, state: 'broken' });
+      breaks.push(calleeBreak({ from: null, to: span.service }, proxies, keyTie(ties, span), span, undefined));
+    }
+  }
+
+  // Calls nothing answered: a break when the peer is in the mesh, else a peer outside it, or cannot tell.
+  const untracedPeers: UntracedPeer[] = [];
+  const suspects: Suspect[] = [];
+  const mesh = options.mesh ?? [];
+  const tracedAt = new Map<string, string>();
+  for (const s of [...spans, ...(options.recentRoots ?? [])]) {
+    const at = isCallee(s) ? calledAt(s) : undefined;
+    if (at !== undefined && !tracedAt.has(at)) tracedAt.set(at, s.service);
+  }
+  const entryService = hops.find((h) => h.from === 'probe')?.to;
+  for (const call of open) {
+    if (used.has(call)) continue;
+    const { app, proxies } = graph.applicationAbove(call);
+    const from = app?.service ?? call.service;
+    const target = openCallTarget(call) ?? 'an unrecorded address';
+    const known = tracedAt.get(target);
+    const path = pathOf(call) ?? null;
+    const isDeclared = declared(mesh, target, known);
+    if (!options.settled) {
+      hops.push({ from, to: known ?? target, proxies, evidence: null, state: 'unanswered' });
+      continue;
+    }
+    if (known !== undefined || isDeclared || options.strict === true) {
+      const why =
+        known !== undefined
+          ? `${known} at ${target} exports spans, but recorded none for this call: sampled out, or dropped before export`
+          : isDeclared
+            ? `${target} is declared in the mesh (--mesh) but recorded nothing for this call`
+            : `${target} recorded nothing for this call, and --strict fails on any untraced peer`;
+      hops.push({ from, to: known ?? target, proxies, evidence: 'peer', state: 'broken' });
+      if (known === undefined) untracedPeers.push({ address: target, caller: from, path, declared: isDeclared });
+      breaks.push({
+        hop: { from, to: known ?? target },
+        proxies,
+        evidence: 'peer',
+        callee: null,
+        outcome: null,
+        reason: null,
+        lastCarrier: ref(call),
+        detail: `${from} called ${target}${path === null ? '' : path}: ${why}`,
+      });
+      continue;
+    }
+    const around = (options.recentRoots ?? []).filter(
+      (r) =>
+        !ties.has(r.traceId) &&
+        r.parentSpanId === undefined &&
+        isCallee(r) &&
+        r.service !== entryService &&
+        r.service !== from &&
+        !isHealthCheck(r) &&
+        r.startMs >= call.startMs - SUSPECT_SLACK_MS &&
+        r.startMs <= call.endMs + SUSPECT_SLACK_MS &&
+        [undefined, 'missing', 'malformed'].includes(attr(r, ATTR.outcome) ?? undefined),
+    );
+    if (around.length === 0) {
+      hops.push({ from, to: target, proxies, evidence: null, state: 'untraced' });
+      untracedPeers.push({ address: target, caller: from, path, declared: false });
+      continue;
+    }
+    hops.push({ from, to: target, proxies, evidence: null, state: 'unanswered' });
+    for (const r of around) {
+      suspects.push({
+        service: r.service,
+        traceId: r.traceId,
+        spanId: r.spanId,
+        outcome: attr(r, ATTR.outcome),
+        reason: attr(r, ATTR.reason),
+        detail: `${r.service} started trace ${r.traceId} (${outcomeText(r) || 'no outcome recorded'}) while ${from}'s call to ${target} went unanswered; only time ties them`,
+      });
+    }
+    gaps.push(
+      `${from} called ${target}, which recorded nothing, and ${around.length === 1 ? 'a new trace' : `${around.length} new traces`} started meanwhile (suspects below): if ${target} is in the mesh, the trail is lost there; declare it with --mesh to make that a break`,
+    );
+  }
+
+  // More than one trace tied to the probe is a break even where no root was found (one still in a batch).
+  const verdict: VerdictKind =
+    breaks.length > 0 || traces.length > 1
+      ? 'broken'
+      : !entrySeen || !options.settled
+        ? 'incomplete'
+        : gaps.length > 0
+          ? 'unknown'
+          : 'whole';
+  let reason: string | null = null;
+  const check: string[] = [];
+  if (verdict === 'incomplete') {
+    reason = !entrySeen
+      ? `the entry's SERVER span (parent ${sent.parentSpanId}) has not arrived at ${options.asked}`
+      : 'spans were still arriving when the wait ended';
+    check.push(
+      'the exporters flush within --wait (the batch processor waits OTEL_BSP_SCHEDULE_DELAY, 5 s by default)',
+      'the entry service is instrumented and exports to the same backend as the others',
+    );
+  } else if (verdict === 'unknown') {
+    reason = gaps.join('; ');
+  }
+  return { ...base, verdict, hops: order(hops), breaks, untracedPeers, suspects, reason, check };
 }
 
-/** Orphaned roots, CLIENT spans nothing answered, SERVER spans whose caller never arrived: in start order. */
-function findBreaks(sent: SentProbe, spans: readonly Span[]): Break[] {
-  const inTrace = spans.filter((s) => s.traceId === sent.traceId);
-  const ids = new Set(inTrace.map((s) => s.spanId));
-  const orphans = findOrphans(spans);
-  const found: Array<{ at: number; brk: Break }> = [];
-  const lastBefore = (t: number): Span | undefined =>
-    inTrace
-      .filter((s) => s.startMs <= t)
-      .reduce<Span | undefined>((a, b) => (a === undefined || b.startMs >= a.startMs ? b : a), undefined);
-
-  for (const o of orphans) {
-    const carrier = o.caller?.traceId === sent.traceId ? o.caller : lastBefore(o.span.startMs);
-    found.push({ at: o.span.startMs, brk: calleeBreak(o.hop, o.span, carrier) });
-  }
-  // The entry service itself started a new trace: nothing of the probe's trace exists, and the probe records no span to tie to.
-  if (inTrace.length === 0) {
-    const first =
-      spans.filter((s) => s.parentSpanId === undefined).sort((a, b) => a.startMs - b.startMs)[0] ?? spans[0];
-    if (!orphans.some((o) => o.span === first))
-      found.push({ at: first.startMs, brk: calleeBreak({ from: 'probe', to: first.service }, first, undefined) });
-  }
-  const answered = new Set(spans.map((s) => s.parentSpanId));
-  const tiedCallers = new Set(orphans.map((o) => o.caller));
-  for (const client of inTrace) {
-    if (client.kind !== 'client' || answered.has(client.spanId) || tiedCallers.has(client)) continue;
-    const to = addressOf(client) ?? 'the service it called';
-    found.push({
-      at: client.startMs,
-      brk: {
-        hop: { from: client.service, to },
-        callee: undefined,
-        outcome: undefined,
-        reason: undefined,
-        lastCarrier: ref(client),
-        detail: `${to} recorded nothing: not instrumented, not exporting, or sampled out`,
-      },
-    });
-  }
-  for (const server of inTrace) {
-    const parent = server.parentSpanId;
-    if (server.kind !== 'server' || parent === undefined || parent === sent.parentSpanId || ids.has(parent)) continue;
-    found.push({
-      at: server.startMs,
-      brk: {
-        hop: { from: undefined, to: server.service },
-        callee: ref(server),
-        outcome: str(server.attributes[ATTR.outcome]),
-        reason: str(server.attributes[ATTR.reason]),
-        lastCarrier: undefined,
-        detail: `its caller's span ${parent} never arrived: the caller does not export its spans, or not to this backend`,
-      },
-    });
-  }
-  return found.sort((a, b) => a.at - b.at).map((f) => f.brk);
+/** What tied a root's trace to the probe, when no call named its caller. */
+function keyTie(ties: ReadonlyMap<string, ProbeTie | 'peer'>, span: Span): Break['evidence'] {
+  const tie = ties.get(span.traceId);
+  return tie === 'probe-id' || tie === 'request-id' ? tie : null;
 }
 
-function calleeBreak(hop: Break['hop'], callee: Span, carrier: Span | undefined): Break {
-  const outcome = str(callee.attributes[ATTR.outcome]);
-  const reason = str(callee.attributes[ATTR.reason]);
+/** Hops in the order of the trail: the entry first, then callers before their callees where the names say so. */
+function order(hops: Hop[]): Hop[] {
+  const rank = (h: Hop): number => (h.from === 'probe' ? 0 : h.state === 'continued' ? 1 : 2);
+  return hops
+    .map((h, i) => ({ h, i }))
+    .sort((a, b) => rank(a.h) - rank(b.h) || a.i - b.i)
+    .map((x) => x.h);
+}
+
+function calleeBreak(
+  hop: Break['hop'],
+  proxies: readonly string[],
+  evidence: Break['evidence'],
+  callee: Span,
+  call: Span | undefined,
+): Break {
+  const outcome = attr(callee, ATTR.outcome);
+  const reason = attr(callee, ATTR.reason);
   const started = `started trace ${callee.traceId}`;
-  let detail: string;
-  if (outcome === undefined)
-    detail = `${callee.service} recorded no propagation outcome (meshtrace does not run there) and ${started}`;
+  let what: string;
+  if (outcome === null)
+    what = `${callee.service} recorded no propagation outcome (meshtrace does not run there) and ${started}`;
   else if (outcome === 'missing')
-    detail = `${callee.service} recorded outcome missing: no traceparent reached it; it ${started}`;
-  else
-    detail = `${callee.service} recorded outcome ${outcome}${reason === undefined ? '' : ` (${reason})`} and ${started}`;
+    what = `${callee.service} recorded outcome missing: no traceparent reached it; it ${started}`;
+  else what = `${callee.service} recorded outcome ${outcome}${reason === null ? '' : ` (${reason})`} and ${started}`;
+  const lost =
+    call !== undefined && proxies.length > 0 && call.kind === 'server'
+      ? `; ${call.service} received the trace (span ${call.spanId}) and passed the call on without it`
+      : '';
+  const tie =
+    evidence === 'peer'
+      ? call === undefined
+        ? `tied to the probe's request by the address it was called at`
+        : `tied to ${call.service}'s call by the address it was called at (${calledAt(callee) ?? '?'})`
+      : evidence === 'probe-id'
+        ? `tied to the probe by its probe id; no recorded call names its caller`
+        : evidence === 'request-id'
+          ? `tied to the probe by x-request-id; no recorded call names its caller`
+          : 'nothing ties it to a caller';
   return {
     hop,
+    proxies,
+    evidence,
     callee: ref(callee),
     outcome,
     reason,
-    lastCarrier: carrier === undefined ? undefined : ref(carrier),
-    detail,
+    lastCarrier: call === undefined ? null : ref(call),
+    detail: `${what}${lost}; ${tie}`,
   };
 }
