@@ -228,7 +228,7 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
   }
   out.line('(an orphaned root is a service inside the mesh starting a new trace although its caller was traced)');
   out.line();
-  out.line('meshtrace probe, the doctor, against the entry of each copy (exit code 0 whole, 1 broken, 2 unknown):');
+  out.line('meshtrace probe, the doctor, against the entry of each copy (exit code 0 whole, 1 broken, 2 unknown, 3 incomplete):');
   for (const [i, run] of runs.entries()) {
     out.line(`${run.title}: exit ${probes[i].code}`);
     for (const line of probes[i].lines) out.line(`  ${line}`);

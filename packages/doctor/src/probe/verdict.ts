@@ -114,6 +114,9 @@ export interface JudgeOptions {
   readonly recentRoots?: readonly Span[];
 }
 
+/** Where a hop whose caller is unknown sorts: after every placed one. */
+const UNPLACED = Number.MAX_SAFE_INTEGER;
+
 /** How far around an unanswered call a new root counts as a suspect: clocks of two hosts differ. */
 export const SUSPECT_SLACK_MS = 1000;
 
@@ -205,6 +208,20 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
   const hops: Hop[] = [];
   const breaks: Break[] = [];
   const gaps: string[] = [];
+  // Where each hop and break sits in the trail: the depth of its callee in the trace (unknown last).
+  const depthOf = new Map<Hop | Break, number>();
+  const depth = (span: Span): number => {
+    let n = 0;
+    for (let at = graph.parent(span); at !== undefined; at = graph.parent(at)) n++;
+    return n;
+  };
+  const place = (d: number, hop: Hop, brk?: Break): void => {
+    hops.push(hop);
+    depthOf.set(hop, d);
+    if (brk === undefined) return;
+    breaks.push(brk);
+    depthOf.set(brk, d);
+  };
   const used = new Set<Span>();
   const entryAt = entryAuthority(sent);
   let entrySeen = false;
@@ -216,17 +233,23 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
     if (!isCallee(span) || graph.isProxy(span)) continue;
     const { caller, proxies, missingParent } = graph.callerOf(span);
     if (caller !== undefined) {
-      hops.push({ from: caller.service, to: span.service, proxies, evidence: 'parent-link', state: 'continued' });
+      place(depth(span), {
+        from: caller.service,
+        to: span.service,
+        proxies,
+        evidence: 'parent-link',
+        state: 'continued',
+      });
       continue;
     }
     if (missingParent === sent.parentSpanId) {
       entrySeen = true;
-      hops.push({ from: 'probe', to: span.service, proxies, evidence: 'parent-link', state: 'continued' });
+      place(0, { from: 'probe', to: span.service, proxies, evidence: 'parent-link', state: 'continued' });
       continue;
     }
     if (missingParent !== undefined) {
       // The trace went on, but the caller's span is not here: it exports elsewhere, or not at all.
-      hops.push({ from: null, to: span.service, proxies, evidence: null, state: 'unanswered' });
+      place(UNPLACED, { from: null, to: span.service, proxies, evidence: null, state: 'unanswered' });
       gaps.push(
         `${span.service}'s caller span ${missingParent} never arrived: the caller does not export its spans to ${options.asked}`,
       );
@@ -239,20 +262,28 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
       used.add(call);
       const { app, proxies: through } = graph.applicationAbove(call);
       const from = app?.service ?? null;
-      hops.push({ from, to: span.service, proxies: [...through, ...proxies], evidence: 'peer', state: 'broken' });
-      breaks.push(calleeBreak({ from, to: span.service }, [...through, ...proxies], 'peer', span, call));
+      const via = [...through, ...proxies];
+      place(
+        depth(call) + 1,
+        { from, to: span.service, proxies: via, evidence: 'peer', state: 'broken' },
+        calleeBreak({ from, to: span.service }, via, 'peer', span, call),
+      );
     } else if (!tied.some((s) => s.traceId === sent.traceId)) {
       // Nothing of the probe's own trace arrived: the entry lost it when the root is where the probe went.
       const entry = entryAt !== undefined && calledAt(span) === entryAt;
       if (entry) entrySeen = true;
       const from = entry ? 'probe' : null;
-      hops.push({ from, to: span.service, proxies, evidence: entry ? 'peer' : null, state: 'broken' });
-      breaks.push(
+      place(
+        entry ? 0 : UNPLACED,
+        { from, to: span.service, proxies, evidence: entry ? 'peer' : null, state: 'broken' },
         calleeBreak({ from, to: span.service }, proxies, entry ? 'peer' : keyTie(ties, span), span, undefined),
       );
     } else {
-      hops.push({ from: null, to: span.service, proxies, evidence: null, state: 'broken' });
-      breaks.push(calleeBreak({ from: null, to: span.service }, proxies, keyTie(ties, span), span, undefined));
+      place(
+        UNPLACED,
+        { from: null, to: span.service, proxies, evidence: null, state: 'broken' },
+        calleeBreak({ from: null, to: span.service }, proxies, keyTie(ties, span), span, undefined),
+      );
     }
   }
 
@@ -275,7 +306,7 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
     const path = pathOf(call) ?? null;
     const isDeclared = declared(mesh, target, known);
     if (!options.settled) {
-      hops.push({ from, to: known ?? target, proxies, evidence: null, state: 'unanswered' });
+      place(depth(call) + 1, { from, to: known ?? target, proxies, evidence: null, state: 'unanswered' });
       continue;
     }
     if (known !== undefined || isDeclared || options.strict === true) {
@@ -285,18 +316,21 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
           : isDeclared
             ? `${target} is declared in the mesh (--mesh) but recorded nothing for this call`
             : `${target} recorded nothing for this call, and --strict fails on any untraced peer`;
-      hops.push({ from, to: known ?? target, proxies, evidence: 'peer', state: 'broken' });
       if (known === undefined) untracedPeers.push({ address: target, caller: from, path, declared: isDeclared });
-      breaks.push({
-        hop: { from, to: known ?? target },
-        proxies,
-        evidence: 'peer',
-        callee: null,
-        outcome: null,
-        reason: null,
-        lastCarrier: ref(call),
-        detail: `${from} called ${target}${path === null ? '' : path}: ${why}`,
-      });
+      place(
+        depth(call) + 1,
+        { from, to: known ?? target, proxies, evidence: 'peer', state: 'broken' },
+        {
+          hop: { from, to: known ?? target },
+          proxies,
+          evidence: 'peer',
+          callee: null,
+          outcome: null,
+          reason: null,
+          lastCarrier: ref(call),
+          detail: `${from} called ${target}${path === null ? '' : path}: ${why}`,
+        },
+      );
       continue;
     }
     const around = (options.recentRoots ?? []).filter(
@@ -312,11 +346,11 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
         [undefined, 'missing', 'malformed'].includes(attr(r, ATTR.outcome) ?? undefined),
     );
     if (around.length === 0) {
-      hops.push({ from, to: target, proxies, evidence: null, state: 'untraced' });
+      place(depth(call) + 1, { from, to: target, proxies, evidence: null, state: 'untraced' });
       untracedPeers.push({ address: target, caller: from, path, declared: false });
       continue;
     }
-    hops.push({ from, to: target, proxies, evidence: null, state: 'unanswered' });
+    place(depth(call) + 1, { from, to: target, proxies, evidence: null, state: 'unanswered' });
     for (const r of around) {
       suspects.push({
         service: r.service,
@@ -354,22 +388,18 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
   } else if (verdict === 'unknown') {
     reason = gaps.join('; ');
   }
-  return { ...base, verdict, hops: order(hops), breaks, untracedPeers, suspects, reason, check };
+  const inTrail = <T extends Hop | Break>(list: T[]): T[] =>
+    list
+      .map((x, i) => ({ x, i }))
+      .sort((a, b) => depthOf.get(a.x)! - depthOf.get(b.x)! || a.i - b.i)
+      .map(({ x }) => x);
+  return { ...base, verdict, hops: inTrail(hops), breaks: inTrail(breaks), untracedPeers, suspects, reason, check };
 }
 
 /** What tied a root's trace to the probe, when no call named its caller. */
 function keyTie(ties: ReadonlyMap<string, ProbeTie | 'peer'>, span: Span): Break['evidence'] {
   const tie = ties.get(span.traceId);
   return tie === 'probe-id' || tie === 'request-id' ? tie : null;
-}
-
-/** Hops in the order of the trail: the entry first, then callers before their callees where the names say so. */
-function order(hops: Hop[]): Hop[] {
-  const rank = (h: Hop): number => (h.from === 'probe' ? 0 : h.state === 'continued' ? 1 : 2);
-  return hops
-    .map((h, i) => ({ h, i }))
-    .sort((a, b) => rank(a.h) - rank(b.h) || a.i - b.i)
-    .map((x) => x.h);
 }
 
 function calleeBreak(
