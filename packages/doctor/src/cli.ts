@@ -2,11 +2,11 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { runCheck } from './check';
+import { runCheck } from './check/command';
 import { runLogs } from './logs/command';
-import type { CommandOutput } from './logs/command';
 import { LOG_FORMATS } from './logs/formats';
 import type { LogFormat } from './logs/formats';
+import type { Output } from './output';
 import { runProbe } from './probe/command';
 import type { ProbeBackend } from './probe/command';
 import { PRINT_CHOICES, runReceive } from './receive/command';
@@ -30,7 +30,7 @@ function version(): string {
   return (JSON.parse(readFileSync(join(__dirname, '..', 'package.json'), 'utf8')) as { version: string }).version;
 }
 
-function output(): CommandOutput & { readonly width: number } {
+function output(): Output {
   // https://no-color.org: any non-empty NO_COLOR turns colour off; so does output that is not a terminal.
   const color = process.stdout.isTTY === true && !process.env.NO_COLOR;
   return { line: (text = '') => void process.stdout.write(`${text}\n`), color, width: process.stdout.columns ?? 100 };

@@ -1,6 +1,7 @@
 // What a program calls; the `meshtrace` command (cli.ts) is the usual way in.
 export { runProbe } from './probe/command';
-export type { ProbeBackend, ProbeOptions, ProbeOutput, ProbeResult } from './probe/command';
+export type { ProbeBackend, ProbeOptions, ProbeResult } from './probe/command';
+export type { Output } from './output';
 export type { Break, ProbeVerdict, SpanRef, VerdictKind } from './probe/verdict';
 export { jaegerSource } from './backends/jaeger';
 export type { JaegerSourceOptions } from './backends/jaeger';
@@ -21,6 +22,6 @@ export { scanLogs } from './logs/scan';
 export type { LogReport, NamedLogInput, ScanOptions } from './logs/scan';
 export type { LogInput } from './logs/lines';
 export type { LogFormat } from './logs/formats';
-export { explainHeaders } from './check';
-export type { CheckInput, CheckReport, HeaderVerdict } from './check';
+export { explainHeaders } from './check/command';
+export type { CheckInput, CheckReport, HeaderVerdict } from './check/command';
 export type { AttributeValue, Attributes, Span, SpanKindName } from './model';

@@ -1,6 +1,8 @@
 import { groupTraces, outcomeText } from './analyze';
 import type { Orphan } from './analyze';
 import type { Span } from './model';
+import { palette } from './output';
+import type { Palette, Paint } from './output';
 
 /** How {@link renderTraces} draws. */
 export interface WaterfallOptions {
@@ -12,21 +14,6 @@ export interface WaterfallOptions {
   orphans?: readonly Orphan[];
   /** Names what listens on a port, to say where a CLIENT span went. */
   describePort?: (port: number) => string | undefined;
-}
-
-type Paint = (text: string) => string;
-interface Palette {
-  readonly dim: Paint;
-  readonly bold: Paint;
-  readonly good: Paint;
-  readonly warn: Paint;
-  readonly bad: Paint;
-  readonly bar: Paint;
-}
-
-function palette(color: boolean): Palette {
-  const sgr = (code: string): Paint => (color ? (text) => `\u001b[${code}m${text}\u001b[0m` : (text) => text);
-  return { dim: sgr('2'), bold: sgr('1'), good: sgr('32'), warn: sgr('33'), bad: sgr('31'), bar: sgr('36') };
 }
 
 function outcomePaint(p: Palette, outcome: string, orphan: boolean): Paint {

@@ -1,4 +1,5 @@
 import { probeTieOf } from '../evidence';
+import { fetchFailure } from '../output';
 import type { Span } from '../model';
 import { spansFromOtlpJson } from '../otlp/decode';
 
@@ -57,7 +58,7 @@ export async function getJson(url: string, timeoutMs: number): Promise<JsonAnswe
     res = await fetch(url, { headers: { accept: 'application/json' }, signal: AbortSignal.timeout(timeoutMs) });
     text = await res.text();
   } catch (err) {
-    throw new Error(`GET ${url} failed: ${describeFetchError(err)}`);
+    throw new Error(`GET ${url} failed: ${fetchFailure(err)}`);
   }
   if (text.trim() === '') return { status: res.status, body: undefined };
   try {
@@ -69,13 +70,6 @@ export async function getJson(url: string, timeoutMs: number): Promise<JsonAnswe
       );
     return { status: res.status, body: text };
   }
-}
-
-/** The message of a failed fetch, with undici's cause code (ECONNREFUSED) when it has one. */
-function describeFetchError(err: unknown): string {
-  if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError')) return 'no answer in time';
-  const cause = (err as { cause?: { code?: string; message?: string } } | undefined)?.cause;
-  return cause?.code ?? cause?.message ?? (err instanceof Error ? err.message : String(err));
 }
 
 /** Why an answer is unusable: "answered 500: <start of the body>". */

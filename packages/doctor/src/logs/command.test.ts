@@ -27,7 +27,7 @@ describe('meshtrace logs', () => {
 
   async function run(options: LogsOptions): Promise<{ code: number; out: string }> {
     const out: string[] = [];
-    const code = await runLogs(options, { line: (t = '') => out.push(t), color: false });
+    const code = await runLogs(options, { line: (t = '') => out.push(t), color: false, width: 100 });
     return { code, out: out.join('\n') };
   }
 

@@ -2,6 +2,8 @@ import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { scanLogs } from './scan';
 import type { Finding, GroupReport, LogReport, LogSample, NamedLogInput, ScanOptions } from './scan';
+import { palette } from '../output';
+import type { Output } from '../output';
 
 /** What `meshtrace logs` was asked. */
 export interface LogsOptions extends ScanOptions {
@@ -9,12 +11,6 @@ export interface LogsOptions extends ScanOptions {
   files?: readonly string[];
   /** Print the report as JSON. */
   json?: boolean;
-}
-
-/** Where a command prints: one line at a time, in colour or not. */
-export interface CommandOutput {
-  line(text?: string): void;
-  readonly color: boolean;
 }
 
 /** Clean upstreams and routes listed before the rest are only counted. */
@@ -60,7 +56,7 @@ export function reportJson(r: LogReport, verdict: LogsVerdict): string {
 }
 
 /** `meshtrace logs`: reads the logs and prints the report. Exit code 0 clean, 1 findings, 2 cannot tell (see {@link logsVerdict}). */
-export async function runLogs(options: LogsOptions, out: CommandOutput): Promise<number> {
+export async function runLogs(options: LogsOptions, out: Output): Promise<number> {
   const names = options.files !== undefined && options.files.length > 0 ? options.files : ['-'];
   const handles: FileHandle[] = [];
   const fail = (message: string): number => {
@@ -104,16 +100,17 @@ function count(n: number, one: string, many = `${one}s`): string {
   return `${n.toLocaleString('en-US')} ${n === 1 ? one : many}`;
 }
 
-function paint(out: CommandOutput, code: number, text: string): string {
-  return out.color ? `\u001b[${code}m${text}\u001b[0m` : text;
+function paint(out: Output, code: 2 | 31 | 32, text: string): string {
+  const p = palette(out.color);
+  return code === 2 ? p.dim(text) : code === 31 ? p.bad(text) : p.good(text);
 }
 
-function sampleLine(out: CommandOutput, s: LogSample): string {
+function sampleLine(out: Output, s: LogSample): string {
   return '      ' + paint(out, 2, `${s.file}:${s.line}  ${s.text || '(line not kept)'}`);
 }
 
 /** The report as text: inputs, then each upstream or route with its findings and a sample line each. */
-export function printReport(r: LogReport, out: CommandOutput): void {
+export function printReport(r: LogReport, out: Output): void {
   out.line(
     `meshtrace logs: ${count(r.files.length, 'input')}, ${count(r.lines, 'line')}, ${count(r.requests, 'request')}, ${r.unparseable.count.toLocaleString('en-US')} unparseable`,
   );

@@ -7,6 +7,8 @@ import type { SentProbe } from './send';
 import { judge } from './verdict';
 import type { Hop, ProbeVerdict, SpanRef, VerdictKind } from './verdict';
 import { collectSpans } from './wait';
+import { palette } from '../output';
+import type { Output } from '../output';
 
 /** Where spans are read from. */
 export type ProbeBackend = 'receive' | 'jaeger' | 'tempo';
@@ -42,13 +44,6 @@ export interface ProbeOptions {
   json?: boolean;
   /** Read spans from here instead of `backend` (a receiver this program already runs); left open. */
   source?: SpanSource;
-}
-
-/** Where the command writes. */
-export interface ProbeOutput {
-  line(text?: string): void;
-  readonly color: boolean;
-  readonly width: number;
 }
 
 /** One request's result, as `--json` prints it: every field is there, null when unknown. */
@@ -110,7 +105,7 @@ function overall(results: readonly ProbeResult[]): VerdictKind {
  * trace came through whole. Returns the exit code: 0 whole, 1 broken, 2 unknown, 3 incomplete.
  * @example const code = await runProbe({ url: 'http://127.0.0.1:8080/orders', backend: 'jaeger', endpoint: 'http://127.0.0.1:16686' }, out);
  */
-export async function runProbe(options: ProbeOptions, out: ProbeOutput): Promise<number> {
+export async function runProbe(options: ProbeOptions, out: Output): Promise<number> {
   let url: URL;
   try {
     url = new URL(options.url);
@@ -194,7 +189,6 @@ export async function runProbe(options: ProbeOptions, out: ProbeOutput): Promise
   return PROBE_EXIT[verdict];
 }
 
-const PAINT: Record<VerdictKind, string> = { whole: '32', broken: '31', unknown: '33', incomplete: '33' };
 const EVIDENCE_WORDS: Readonly<Record<string, string>> = {
   'parent-link': 'parent link',
   peer: "tied by the caller's peer address",
@@ -208,9 +202,10 @@ function hopText(h: Hop): string {
   return `${h.from ?? '?'} → ${h.to}${via}: ${h.state} (${how})`;
 }
 
-function printResults(url: string, asked: string, results: readonly ProbeResult[], out: ProbeOutput): void {
+function printResults(url: string, asked: string, results: readonly ProbeResult[], out: Output): void {
+  const p = palette(out.color);
   const paint = (kind: VerdictKind): string =>
-    out.color ? `\u001b[1;${PAINT[kind]}m${kind.toUpperCase()}\u001b[0m` : kind.toUpperCase();
+    p.bold((kind === 'whole' ? p.good : kind === 'broken' ? p.bad : p.warn)(kind.toUpperCase()));
   const span = (s: SpanRef): string => `${s.service} ${s.kind.toUpperCase()} "${s.name}" (span ${s.spanId})`;
   const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;
   out.line(`meshtrace probe ${url}: ${plural(results.length, 'request')}, spans from ${asked}`);

@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { FLAG_RANDOM, FLAG_SAMPLED, formatTraceparent } from '@meshtrace/core';
 import { PROBE_BAGGAGE_KEY } from '../model';
+import { fetchFailure } from '../output';
 
 /** One request the probe sent, and how it went. */
 export interface SentProbe {
@@ -53,11 +54,7 @@ export async function sendProbe(url: string, timeoutMs: number): Promise<SentPro
     status = res.status;
     await res.arrayBuffer();
   } catch (err) {
-    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-    error =
-      err instanceof Error && err.name === 'TimeoutError'
-        ? `no answer within ${timeoutMs} ms`
-        : (cause?.code ?? cause?.message ?? (err as Error).message);
+    error = fetchFailure(err, timeoutMs);
   }
   return { url, probeId, traceId, parentSpanId, traceparent, startMs, endMs: Date.now(), status, error };
 }

@@ -1,6 +1,6 @@
 import { parseTraceparent } from '@meshtrace/core';
 import type { TraceparentReason } from '@meshtrace/core';
-import { explainHeaders, runCheck, traceparentOffence } from './check';
+import { explainHeaders, runCheck, traceparentOffence } from './command';
 
 const T = '0af7651916cd43dd8448eb211c80319c';
 const P = 'b7ad6b7169203331';
@@ -128,7 +128,7 @@ describe('explainHeaders', () => {
 describe('runCheck', () => {
   function run(input: Parameters<typeof runCheck>[0]): { code: number; text: string } {
     const lines: string[] = [];
-    const code = runCheck(input, { line: (t = '') => lines.push(t), color: false });
+    const code = runCheck(input, { line: (t = '') => lines.push(t), color: false, width: 100 });
     return { code, text: lines.join('\n') };
   }
 

@@ -8,6 +8,8 @@ import {
   parseTracestate,
 } from '@meshtrace/core';
 import type { BaggageDropReason, TraceparentReason, TracestateReason } from '@meshtrace/core';
+import { palette } from '../output';
+import type { Output } from '../output';
 
 /** The header values to explain; tracestate and baggage only when given. */
 export interface CheckInput {
@@ -244,7 +246,7 @@ export interface CheckOptions extends CheckInput {
 }
 
 /** `meshtrace check`: prints each header's verdict. Exit code 0 when all are valid, 1 when any is not. */
-export function runCheck(options: CheckOptions, out: { line(text?: string): void; readonly color: boolean }): number {
+export function runCheck(options: CheckOptions, out: Output): number {
   const report = explainHeaders(options);
   const exitCode = report.valid ? 0 : 1;
   if (options.json) {
@@ -252,20 +254,20 @@ export function runCheck(options: CheckOptions, out: { line(text?: string): void
     out.line(JSON.stringify(json, null, 2));
     return exitCode;
   }
-  const paint = (code: number, text: string) => (out.color ? `\u001b[${code}m${text}\u001b[0m` : text);
+  const p = palette(out.color);
   const verdict = (
     name: string,
     v: { valid: boolean; value: string; reason?: string; at?: Offence; explanation?: string },
     details: string[],
   ): void => {
     if (v.valid) {
-      out.line(`${paint(32, '✓')} ${name} valid`);
+      out.line(`${p.good('✓')} ${name} valid`);
       for (const d of details) out.line(`    ${d}`);
       return;
     }
-    out.line(`${paint(31, '✗')} ${name} invalid (${v.reason}): ${v.explanation}`);
+    out.line(`${p.bad('✗')} ${name} invalid (${v.reason}): ${v.explanation}`);
     out.line(`    ${v.value}`);
-    out.line(`    ${' '.repeat(v.at!.index)}${paint(31, '^'.repeat(Math.max(1, v.at!.length)))}`);
+    out.line(`    ${' '.repeat(v.at!.index)}${p.bad('^'.repeat(Math.max(1, v.at!.length)))}`);
   };
   const tp = report.traceparent;
   verdict(
