@@ -1,14 +1,24 @@
-import { summarize } from '../analyze';
+import { outcomeText, summarize } from '../analyze';
 import { answerSpanQuery } from '../backends/receiver';
 import type { Summary } from '../analyze';
+import type { Span } from '../model';
 import { renderTraces } from '../waterfall';
 import { startReceiver } from './receiver';
 import type { Receiver, ReceiverOptions, ReceiverStats } from './receiver';
+import type { QuietTrace } from './window';
+
+/** Which quiet traces `meshtrace receive` prints a waterfall of: every one, the broken ones, or none (the summary line only). */
+export type PrintChoice = 'all' | 'broken' | 'none';
+
+/** The values of {@link PrintChoice}, for a command line. */
+export const PRINT_CHOICES: readonly PrintChoice[] = ['all', 'broken', 'none'];
 
 /** Options of `meshtrace receive`: the receiver's, without its callbacks, and the mesh's entry services. */
 export interface ReceiveOptions extends Omit<ReceiverOptions, 'onQuiet' | 'onSpans' | 'route'> {
   /** Services requests enter at (see `AnalyzeOptions.entryServices`). */
   entryServices?: readonly string[];
+  /** Waterfalls printed as traces go quiet; the summary line is printed in every case. Default `broken`. */
+  print?: PrintChoice;
 }
 
 /** Where the command writes and how. */
@@ -39,6 +49,7 @@ export function summaryLine(summary: Summary, stats: ReceiverStats): string {
   const refused = Object.entries(stats.responses).filter(([status]) => status !== '200');
   if (refused.length > 0) parts.push(`refused: ${refused.map(([status, n]) => `${n}×${status}`).join(', ')}`);
   if (stats.evictedSpans > 0) parts.push(`evicted: ${plural(stats.evictedSpans, 'span')}`);
+  if (stats.duplicateSpans > 0) parts.push(`duplicates: ${plural(stats.duplicateSpans, 'span')}`);
   if (stats.forward.url !== undefined)
     parts.push(
       `forwarded ${stats.forward.ok}${stats.forward.failed > 0 ? `, ${stats.forward.failed} failed (${stats.forward.lastError ?? 'unknown error'})` : ''}`,
@@ -46,12 +57,31 @@ export function summaryLine(summary: Summary, stats: ReceiverStats): string {
   return `── ${parts.join('; ')}`;
 }
 
+// A SERVER span that got a trace context it could not read: the trace broke there, whatever the analysis ties.
+const BROKEN_OUTCOME = /^malformed\b/;
+
+/** The traces a summary shows broken: an orphaned root or its caller is in them, or a SERVER span that did not continue what it got. */
+function brokenTraces(summary: Summary, traces: readonly QuietTrace[]): QuietTrace[] {
+  const ids = new Set<string>();
+  for (const orphan of summary.orphans) {
+    ids.add(orphan.span.traceId);
+    if (orphan.caller !== undefined) ids.add(orphan.caller.traceId);
+  }
+  const broken = (span: Span): boolean => span.kind === 'server' && BROKEN_OUTCOME.test(outcomeText(span));
+  return traces.filter((t) => ids.has(t.traceId) || t.spans.some(broken));
+}
+
 /**
- * `meshtrace receive`: starts the receiver, prints each trace's waterfall once it is quiet and then
- * a summary line over the whole window. Resolves once listening; `close()` on the receiver stops it.
+ * `meshtrace receive`: starts the receiver, prints the waterfall of each quiet trace `print` asks
+ * for, and then a summary line over the whole window. Resolves once listening; `close()` on the
+ * receiver stops it.
  */
 export async function runReceive(options: ReceiveOptions, out: ReceiveOutput): Promise<Receiver> {
-  const { entryServices, ...receiverOptions } = options;
+  const { entryServices, print = 'broken', ...receiverOptions } = options;
+  if (!PRINT_CHOICES.includes(print))
+    throw new TypeError(
+      `@meshtrace/doctor: print must be one of ${PRINT_CHOICES.join(', ')}, not ${JSON.stringify(print)}`,
+    );
   const analysis = { entryServices };
   const receiver: Receiver = await startReceiver({
     ...receiverOptions,
@@ -60,7 +90,8 @@ export async function runReceive(options: ReceiveOptions, out: ReceiveOutput): P
     onQuiet: (traces) => {
       // Orphans are found over the whole window: the caller of a trace is in another trace.
       const summary = summarize(receiver.spans(), analysis);
-      for (const trace of traces) {
+      const shown = print === 'all' ? traces : print === 'broken' ? brokenTraces(summary, traces) : [];
+      for (const trace of shown) {
         out.line();
         for (const line of renderTraces(trace.spans, { color: out.color, width: out.width, orphans: summary.orphans }))
           out.line(line);

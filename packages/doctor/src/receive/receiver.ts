@@ -19,19 +19,38 @@ export interface ReceiverOptions {
   port?: number;
   /** Largest body accepted, compressed and decompressed, in bytes; larger ones get 413. Default 4 MiB. */
   maxBodyBytes?: number;
+  /**
+   * Bytes of request bodies held at once: being read, decoded, or passed on to `forward`. A request
+   * that would go past it gets 429 with `Retry-After` (OTLP/HTTP "Throttling"), which exporters retry.
+   * At least `maxBodyBytes`. Default 32 MiB, or `maxBodyBytes` when that is larger.
+   */
+  maxInFlightBytes?: number;
   /** Spans kept; past it the oldest traces are evicted (and counted). Default 100 000. */
   maxSpans?: number;
+  /**
+   * Heap the kept spans may take, as estimated from their strings and attributes; past it the oldest
+   * traces are evicted too, so that a few huge spans cannot hold more memory than many small ones.
+   * Default 32 MiB (about 25 000 spans of ten attributes).
+   */
+  maxWindowBytes?: number;
+  /**
+   * Characters kept of each string attribute value (and of each string in an array value); longer
+   * ones are cut on ingest, as an SDK's attribute value length limit would. Default 4096.
+   */
+  maxAttributeLength?: number;
   /** A trace is quiet, and handed to `onQuiet`, once no span of it arrived for this long. Default 2000 ms. */
   quietMs?: number;
   /**
    * Pass every request to `/v1/traces` whose body is within the cap on, unchanged (body bytes,
    * `Content-Type`, `Content-Encoding`), to this collector: a base URL gets `/v1/traces` appended.
-   * Its answers and failures are counted and never change the answer to the sender.
+   * Its answers and failures are counted and never change the answer to the sender. A request whose
+   * every span the window already held is not passed on again: it is a retry of one passed on, or
+   * one that came back round a loop of forwarding receivers.
    */
   forward?: string;
   /** Traces that went quiet together, each with the spans the window holds of it. */
   onQuiet?: (traces: readonly QuietTrace[]) => void;
-  /** The spans of each accepted request, as they arrive. */
+  /** The spans of each accepted request that the window did not already hold, as they arrive. */
   onSpans?: (spans: readonly Span[]) => void;
   /** Offered every request first (a span query, say); returns true when it answered it. */
   route?: (req: IncomingMessage, res: ServerResponse) => boolean;
@@ -39,13 +58,21 @@ export interface ReceiverOptions {
 
 /** What the receiver has seen so far. */
 export interface ReceiverStats {
-  /** Requests answered, by HTTP status (200, 400, 404, 405, 413, 415). */
+  /** Requests answered, by HTTP status (200, 400, 404, 405, 413, 415, and 429 when too much was in flight). */
   readonly responses: Readonly<Record<number, number>>;
-  /** Spans accepted. */
+  /** Spans in accepted requests, duplicates included. */
   readonly spans: number;
-  /** Spans and traces the window holds now. */
+  /** Spans received again (same trace id and span id as one the window held), stored once. */
+  readonly duplicateSpans: number;
+  /** Attribute values cut to `maxAttributeLength`. */
+  readonly truncatedValues: number;
+  /** Spans and traces the window holds now, and their estimated heap. */
   readonly windowSpans: number;
   readonly windowTraces: number;
+  readonly windowBytes: number;
+  /** Bytes of request bodies held now, and the most held at once. */
+  readonly inFlightBytes: number;
+  readonly peakInFlightBytes: number;
   /** Spans and traces evicted to keep the window under `maxSpans`. */
   readonly evictedSpans: number;
   readonly evictedTraces: number;
@@ -77,8 +104,22 @@ export interface Receiver {
 /** The OTLP/HTTP path for traces (OTLP spec, "OTLP/HTTP Request"). */
 const TRACES_PATH = '/v1/traces';
 const FORWARD_TIMEOUT_MS = 10_000;
+const MIB = 1024 * 1024;
+/**
+ * The longest wait a refused sender is told. The OpenTelemetry JS exporter gives an export 10 s in
+ * all and waits exactly what Retry-After says: told more than 5 s, it could not retry even once.
+ */
+const MAX_RETRY_AFTER_S = 5;
 
-const DEFAULTS = { host: '127.0.0.1', port: 4318, maxBodyBytes: 4 * 1024 * 1024, maxSpans: 100_000, quietMs: 2000 };
+const DEFAULTS = {
+  host: '127.0.0.1',
+  port: 4318,
+  maxBodyBytes: 4 * MIB,
+  maxSpans: 100_000,
+  maxWindowBytes: 32 * MIB,
+  maxAttributeLength: 4096,
+  quietMs: 2000,
+};
 
 function check(name: string, value: number, min: number): void {
   if (!Number.isInteger(value) || value < min)
@@ -115,27 +156,54 @@ class Rejection extends Error {
     readonly status: number,
     readonly code: number,
     message: string,
+    readonly headers: Record<string, string> = {},
   ) {
     super(message);
   }
 }
 
-/** Reads the body, stopping at `max` bytes: a longer one is a {@link Rejection} (413). */
-function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+/**
+ * Reads the body, stopping at `max` bytes (a longer one is a 413 {@link Rejection}) or when `take`
+ * refuses a chunk (its rejection). A sender that goes away mid-body rejects it too, so nothing waits on it.
+ */
+function readBody(
+  req: IncomingMessage,
+  max: number,
+  length: number,
+  take: (bytes: number) => Rejection | undefined,
+): Promise<Buffer> {
   return new Promise((resolve, reject) => {
+    // A declared length is read into one buffer of that size: no second copy to join the chunks.
+    const whole = length > 0 ? Buffer.allocUnsafeSlow(length) : undefined;
     const chunks: Buffer[] = [];
     let size = 0;
+    let done = false;
+    const stop = (err: Error): void => {
+      done = true;
+      req.removeAllListeners('data');
+      // Drain what is left so the answer reaches the sender instead of a reset connection.
+      req.resume();
+      reject(err);
+    };
     req.on('data', (chunk: Buffer) => {
       size += chunk.length;
-      if (size > max) {
-        req.removeAllListeners('data');
-        // Drain what is left so the answer reaches the sender instead of a reset connection.
-        req.resume();
-        reject(new Rejection(413, RPC_CODE.resourceExhausted, `body over ${max} bytes`));
-      } else chunks.push(chunk);
+      if (size > max) return stop(new Rejection(413, RPC_CODE.resourceExhausted, `body over ${max} bytes`));
+      const refused = take(chunk.length);
+      if (refused !== undefined) return stop(refused);
+      if (whole === undefined) chunks.push(chunk);
+      else if (size <= whole.length) chunk.copy(whole, size - chunk.length);
+      else return stop(new Rejection(400, RPC_CODE.invalidArgument, 'body longer than its Content-Length'));
     });
-    req.once('end', () => resolve(Buffer.concat(chunks)));
-    req.once('error', reject);
+    req.once('end', () => {
+      done = true;
+      resolve(whole === undefined ? Buffer.concat(chunks) : whole.subarray(0, size));
+    });
+    req.once('error', (err) => {
+      if (!done) stop(err);
+    });
+    req.once('close', () => {
+      if (!done) stop(new Error('the sender closed the connection before the body ended'));
+    });
   });
 }
 
@@ -162,10 +230,23 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
   const o = { ...DEFAULTS, ...options };
   check('port', o.port, 0);
   check('maxBodyBytes', o.maxBodyBytes, 1);
+  const maxInFlightBytes = o.maxInFlightBytes ?? Math.max(32 * MIB, o.maxBodyBytes);
+  // Smaller, and a body that fits maxBodyBytes could never be taken in.
+  check('maxInFlightBytes', maxInFlightBytes, o.maxBodyBytes);
   check('maxSpans', o.maxSpans, 1);
+  check('maxWindowBytes', o.maxWindowBytes, 1);
+  check('maxAttributeLength', o.maxAttributeLength, 1);
   check('quietMs', o.quietMs, 1);
   const forward = forwardUrl(o.forward);
-  const window = new SpanWindow(o.maxSpans, o.quietMs, (traces) => safely('onQuiet', o.onQuiet, traces));
+  const window = new SpanWindow(
+    {
+      maxSpans: o.maxSpans,
+      maxBytes: o.maxWindowBytes,
+      maxAttributeLength: o.maxAttributeLength,
+      quietMs: o.quietMs,
+    },
+    (traces) => safely('onQuiet', o.onQuiet, traces),
+  );
   const responses: Record<number, number> = {};
   const fwd = {
     url: forward,
@@ -177,6 +258,59 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
   };
   const inFlight = new Set<Promise<void>>();
   let accepted = 0;
+  let duplicateSpans = 0;
+  let truncatedValues = 0;
+  let heldBytes = 0;
+  let peakHeldBytes = 0;
+  /** When (monotonic ms) the senders refused so far have been told to come back, one after another. */
+  let retrySlot = 0;
+  // How fast bodies have been getting through: bytes released over the time any were held (halved now and then, to follow changes).
+  let drainedBytes = 0;
+  let busyMs = 0;
+  let busySince = 0;
+
+  /** Bytes a millisecond taken in of late; before any was, `maxInFlightBytes` a second. */
+  const drainRate = (now: number): number => {
+    const ms = busyMs + (heldBytes > 0 ? now - busySince : 0);
+    return drainedBytes > 0 && ms > 0 ? drainedBytes / ms : maxInFlightBytes / 1000;
+  };
+
+  /**
+   * The 429 for a request of `bytes` that does not fit. Its Retry-After spreads refused senders over
+   * the seconds ahead at the rate bodies have been getting through, so that they do not all come back
+   * at once (OTLP exporters wait exactly what Retry-After says).
+   */
+  const busy = (bytes: number): Rejection => {
+    const now = performance.now();
+    retrySlot = Math.max(retrySlot, now) + bytes / drainRate(now);
+    const seconds = Math.min(MAX_RETRY_AFTER_S, Math.max(1, Math.ceil((retrySlot - now) / 1000)));
+    return new Rejection(
+      429,
+      RPC_CODE.resourceExhausted,
+      `busy: ${heldBytes} bytes of requests in flight, at most ${maxInFlightBytes}; retry after ${seconds} s`,
+      { 'retry-after': String(seconds) },
+    );
+  };
+  /** Holds `bytes` more of request bodies, or says why not. */
+  const take = (bytes: number): Rejection | undefined => {
+    if (heldBytes + bytes > maxInFlightBytes) return busy(bytes);
+    if (heldBytes === 0 && bytes > 0) busySince = performance.now();
+    heldBytes += bytes;
+    peakHeldBytes = Math.max(peakHeldBytes, heldBytes);
+    return undefined;
+  };
+  const release = (bytes: number): void => {
+    if (bytes === 0) return;
+    heldBytes -= bytes;
+    drainedBytes += bytes;
+    if (heldBytes === 0) {
+      busyMs += performance.now() - busySince;
+      if (busyMs > 10_000) {
+        busyMs /= 2;
+        drainedBytes /= 2;
+      }
+    }
+  };
 
   const answer = (res: ServerResponse, status: number, reply: OtlpBody, extra: Record<string, string> = {}): void => {
     responses[status] = (responses[status] ?? 0) + 1;
@@ -185,7 +319,8 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
       .end(reply.body);
   };
 
-  const pass = (req: IncomingMessage, raw: Buffer, spans: number): void => {
+  /** Passes the body on; the bytes it holds are released once the collector answered or failed. */
+  const pass = (req: IncomingMessage, raw: Buffer, spans: number, held: number): void => {
     const headers: Record<string, string> = {};
     for (const name of ['content-type', 'content-encoding'] as const)
       if (req.headers[name] !== undefined) headers[name] = req.headers[name];
@@ -207,7 +342,10 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
         const cause = (err as { cause?: { code?: string } }).cause?.code;
         fwd.lastError = [(err as Error).message, cause].filter(Boolean).join(': ');
       })
-      .finally(() => inFlight.delete(done));
+      .finally(() => {
+        release(held);
+        inFlight.delete(done);
+      });
     inFlight.add(done);
   };
 
@@ -225,27 +363,55 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
         );
       if (req.method !== 'POST')
         throw new Rejection(405, RPC_CODE.unimplemented, `method ${req.method ?? ''} not allowed; use POST`);
-      if (Number(req.headers['content-length'] ?? 0) > o.maxBodyBytes)
+      const length = Number(req.headers['content-length'] ?? 0);
+      if (length > o.maxBodyBytes)
         throw new Rejection(413, RPC_CODE.resourceExhausted, `body over ${o.maxBodyBytes} bytes`);
-      const raw = await readBody(req, o.maxBodyBytes);
-      let spans: Span[] = [];
+      let held = 0;
       try {
-        if (otlpEncoding(req.headers['content-type']) === undefined) {
-          throw new Rejection(
-            415,
-            RPC_CODE.invalidArgument,
-            `unsupported Content-Type ${JSON.stringify(req.headers['content-type'] ?? '')}; send application/x-protobuf or application/json`,
-          );
+        // A declared length is held whole before a byte is read; a chunked body chunk by chunk.
+        const busyNow = take(length);
+        if (busyNow !== undefined) {
+          req.resume();
+          throw busyNow;
         }
-        const body = decompress(raw, req.headers['content-encoding'], o.maxBodyBytes);
-        spans = decodeTraces(body, req.headers['content-type']!);
+        held = length;
+        let read = 0;
+        const raw = await readBody(req, o.maxBodyBytes, length, (bytes) => {
+          read += bytes;
+          if (read <= held) return undefined;
+          const refused = take(read - held);
+          if (refused === undefined) held = read;
+          return refused;
+        });
+        let spans: Span[] = [];
+        let added: ReturnType<typeof window.add> | undefined;
+        try {
+          if (otlpEncoding(req.headers['content-type']) === undefined) {
+            throw new Rejection(
+              415,
+              RPC_CODE.invalidArgument,
+              `unsupported Content-Type ${JSON.stringify(req.headers['content-type'] ?? '')}; send application/x-protobuf or application/json`,
+            );
+          }
+          // Decompressing, decoding and storing run without a pause, so one decoded body is alive at a time.
+          const body = decompress(raw, req.headers['content-encoding'], o.maxBodyBytes);
+          spans = decodeTraces(body, req.headers['content-type']!);
+          added = window.add(spans);
+        } finally {
+          // A request whose every span was held already is not passed on again: that ends a forward loop.
+          if (forward !== undefined && (added === undefined || spans.length === 0 || added.spans.length > 0)) {
+            pass(req, raw, spans.length, held);
+            held = 0;
+          }
+        }
+        accepted += spans.length;
+        duplicateSpans += added.duplicates;
+        truncatedValues += added.truncated;
+        if (added.spans.length > 0) safely('onSpans', o.onSpans, added.spans);
+        answer(res, 200, successBody(encoding));
       } finally {
-        if (forward !== undefined) pass(req, raw, spans.length);
+        release(held);
       }
-      accepted += spans.length;
-      window.add(spans);
-      safely('onSpans', o.onSpans, spans);
-      answer(res, 200, successBody(encoding));
     } catch (err) {
       const rejection =
         err instanceof Rejection
@@ -258,7 +424,7 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
           res,
           rejection.status,
           statusBody(encoding, rejection.code, rejection.message),
-          rejection.status === 405 ? { allow: 'POST' } : {},
+          rejection.status === 405 ? { allow: 'POST', ...rejection.headers } : rejection.headers,
         );
     }
   };
@@ -280,8 +446,13 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
     stats: () => ({
       responses: { ...responses },
       spans: accepted,
+      duplicateSpans,
+      truncatedValues,
       windowSpans: window.size,
       windowTraces: window.traceCount,
+      windowBytes: window.bytes,
+      inFlightBytes: heldBytes,
+      peakInFlightBytes: peakHeldBytes,
       evictedSpans: window.evictedSpans,
       evictedTraces: window.evictedTraces,
       forward: { ...fwd },
