@@ -248,3 +248,14 @@ export function proxiesPassingOn(spans: readonly Span[], roots: readonly Span[])
   }
   return out;
 }
+
+/** The root spans among `spans` that started in `window`. */
+export function rootsIn(spans: readonly Span[], window: { readonly startMs: number; readonly endMs: number }): Span[] {
+  return spans.filter((s) => s.parentSpanId === undefined && s.startMs >= window.startMs && s.startMs <= window.endMs);
+}
+
+/** The spans of those traces in `spans` that hold a span carrying `probeId`: a backend may ignore a filter it does not know. */
+export function tracesCarrying(spans: readonly Span[], probeId: string): Span[] {
+  const traces = new Set(spans.filter((s) => probeTieOf(s, probeId) !== undefined).map((s) => s.traceId));
+  return spans.filter((s) => traces.has(s.traceId));
+}

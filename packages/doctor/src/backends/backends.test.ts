@@ -12,7 +12,8 @@ import type { Span } from '../model';
 import { spansFromOtlpJson } from '../otlp/decode';
 import { startReceiver } from '../receive/receiver';
 import { jaegerSource } from './jaeger';
-import { answerSpanQuery, receivedSpanSource, receiverSource } from './receiver';
+import { answerSpanQuery } from '../receive/query';
+import { receivedSpanSource, receiverSource } from './receiver';
 import type { SpanSource, TimeWindow } from './source';
 import { tempoSource } from './tempo';
 

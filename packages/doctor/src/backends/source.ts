@@ -1,4 +1,3 @@
-import { probeTieOf } from '../evidence';
 import { fetchFailure } from '../output';
 import type { Span } from '../model';
 import { spansFromOtlpJson } from '../otlp/decode';
@@ -27,17 +26,6 @@ export interface SpanSource {
   recentRoots?(window: TimeWindow): Promise<Span[]>;
   /** Stops what the source started (an in-process receiver); a no-op for the others. */
   close(): Promise<void>;
-}
-
-/** The root spans among `spans` that started in `window`. */
-export function rootsIn(spans: readonly Span[], window: TimeWindow): Span[] {
-  return spans.filter((s) => s.parentSpanId === undefined && s.startMs >= window.startMs && s.startMs <= window.endMs);
-}
-
-/** The spans of those traces in `spans` that hold a span carrying `probeId`: a backend may ignore a filter it does not know. */
-export function tracesCarrying(spans: readonly Span[], probeId: string): Span[] {
-  const traces = new Set(spans.filter((s) => probeTieOf(s, probeId) !== undefined).map((s) => s.traceId));
-  return spans.filter((s) => traces.has(s.traceId));
 }
 
 /** A JSON answer: its status, and the parsed body (`undefined` for an empty one). */

@@ -1,6 +1,7 @@
 import { ATTR } from '../model';
 import type { Span } from '../model';
-import { badAnswer, baseUrl, getJson, otlpSpans, padId, tracesCarrying } from './source';
+import { tracesCarrying } from '../evidence';
+import { badAnswer, baseUrl, getJson, otlpSpans, padId } from './source';
 import type { SpanSource } from './source';
 
 /** Options of {@link tempoSource}. */

@@ -1,5 +1,5 @@
 import { outcomeText, summarize } from '../analyze';
-import { answerSpanQuery } from '../backends/receiver';
+import { answerSpanQuery } from './query';
 import type { Summary } from '../analyze';
 import type { Span } from '../model';
 import { renderTraces } from '../waterfall';
