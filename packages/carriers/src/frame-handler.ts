@@ -20,9 +20,15 @@ export interface FrameHandlerOptions {
   tracerProvider?: TracerProvider;
   /** The span name, `{operation} {destination}` as messaging spans are named. Default `'process frame'`. */
   spanName?: string;
-  /** Called once the span has started, e.g. to add attributes from the frame; a throw is reported, never breaks the message. */
+  /**
+   * Called once the span has started, e.g. to add attributes from the frame; a throw is reported, never breaks the
+   * message.
+   */
   frameHook?: (span: Span, frame: Frame) => void;
-  /** Called with bytes that are not a frame (the handler never sees them), e.g. to close the socket; a throw is reported. */
+  /**
+   * Called with bytes that are not a frame (the handler never sees them), e.g. to close the socket; a throw is
+   * reported.
+   */
   onInvalidFrame?: (reason: FrameError, data: FrameData) => void;
 }
 

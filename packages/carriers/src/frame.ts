@@ -23,7 +23,9 @@ import type { HeaderCarrier } from '@meshtrace/core';
 
 /** The format version {@link encodeFrame} writes and {@link decodeFrame} reads. */
 export const FRAME_VERSION = 1;
-/** The largest header block a frame may carry (16 KiB): W3C baggage (8192) and tracestate (512) fit with room to spare. */
+/**
+ * The largest header block a frame may carry (16 KiB): W3C baggage (8192) and tracestate (512) fit with room to spare.
+ */
 export const MAX_FRAME_HEADER_BYTES = 16384;
 
 const PKG = '@meshtrace/carriers';

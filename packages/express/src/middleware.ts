@@ -80,6 +80,7 @@ function observeRouterErrors(): void {
  */
 export function meshTrace(options?: ExpressMeshTraceOptions): RequestHandler {
   // `app.use(meshTrace)` would call this with (req, res, next) and leave every request hanging.
+  // biome-ignore lint/complexity/noArguments: a rest parameter would put the misuse into the public signature.
   if (arguments.length > 1)
     throw optionError(PACKAGE, 'options', 'an object (use app.use(meshTrace()), not app.use(meshTrace))', options);
   const tracing = createServerTracing<ExpressRequest, ExpressResponse>(options, {

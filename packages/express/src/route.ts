@@ -45,7 +45,7 @@ function matchExpress4(regexp: NonNullable<Layer['regexp']>, keys: Layer['keys']
   if (regexp.fast_star) return { template: '/*', length: path.length };
   let re = withIndices.get(regexp);
   if (re === undefined) {
-    re = new RegExp(regexp.source, regexp.flags.replace(/[gyd]/g, '') + 'd');
+    re = new RegExp(regexp.source, `${regexp.flags.replace(/[gyd]/g, '')}d`);
     withIndices.set(regexp, re);
   }
   const m = re.exec(path);
@@ -123,7 +123,7 @@ function mountTemplate(
     const mount = matchLayer(layer, path);
     if (mount === undefined) continue;
     const rest = path.slice(mount.length);
-    const below = mountTemplate(inner, rest.startsWith('/') ? rest : '/' + rest, route, innerOwner, mounted);
+    const below = mountTemplate(inner, rest.startsWith('/') ? rest : `/${rest}`, route, innerOwner, mounted);
     if (below !== undefined) return withoutTrailingSlash(mount.template) + below;
   }
   return undefined;
@@ -149,7 +149,7 @@ export function routeTemplate(req: Request): string | undefined {
     const root = routerOf(top);
     const path = typeof route.path === 'string' ? route.path : String(route.path);
     // A route on the application's own router is reached one way only: its path is the template, no matching needed.
-    if (root !== undefined && root.stack.some((layer) => layer.route === route)) return path;
+    if (root?.stack.some((layer) => layer.route === route)) return path;
     const url = req.originalUrl;
     const q = url.indexOf('?');
     const prefix =
@@ -207,7 +207,7 @@ function policyIn<P>(
       continue;
     }
     const rest = path.slice(mount.length);
-    const below = policyIn(inner!, rest.startsWith('/') ? rest : '/' + rest, method, policyOf);
+    const below = policyIn(inner!, rest.startsWith('/') ? rest : `/${rest}`, method, policyOf);
     if (below !== undefined) found = below;
   }
   return found;

@@ -89,7 +89,9 @@ function postInChunks(
   });
 }
 
-/** An async and a callback-style hook for every lifecycle stage, each noting the active span before and after it waits. */
+/**
+ * An async and a callback-style hook for every lifecycle stage, each noting the active span before and after it waits.
+ */
 function observeEveryHook(app: FastifyInstance): void {
   const both = (hook: string) => ({
     async: async (request: FastifyRequest) => {
@@ -143,7 +145,8 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
   beforeAll(async () => {
     app = Fastify();
     await app.register(meshTrace);
-    // A parser of its own shows the body is parsed in the request's context, not just that the context comes back after.
+    // A parser of its own shows the body is parsed in the request's context, not just that the context comes back
+    // after.
     app.addContentTypeParser('application/vnd.meshtrace+json', { parseAs: 'string' }, (request, body, done) => {
       note(request, 'body parser');
       done(null, JSON.parse(body as string));
@@ -181,7 +184,8 @@ describe.each(MAJORS)('%s', (_major, Fastify) => {
       return 'done';
     });
 
-    // A callback-style hook that resumes the lifecycle from outside the request's context, as a pooled client's callback does.
+    // A callback-style hook that resumes the lifecycle from outside the request's context, as a pooled client's
+    // callback does.
     app.get(
       '/lost-in-a-hook',
       {

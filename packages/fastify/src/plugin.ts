@@ -49,7 +49,10 @@ function addRoutePolicy(policies: Policies, config: unknown): void {
   policies.set(options as object, policy);
 }
 
-/** The policy of the request's route; one added before the plugin was registered is checked on its first request (a bad one is reported and skipped). */
+/**
+ * The policy of the request's route; one added before the plugin was registered is checked on its first request (a bad
+ * one is reported and skipped).
+ */
 function routePolicyOf(policies: Policies, request: FastifyRequest): RoutePolicy<FastifyRequest> | undefined {
   const options = (request.routeOptions?.config as { meshTrace?: unknown } | undefined)?.meshTrace;
   if (options === undefined || options === null || typeof options !== 'object') return undefined;
@@ -66,7 +69,8 @@ function routePolicyOf(policies: Policies, request: FastifyRequest): RoutePolicy
       warner.warn(
         `${PACKAGE}:route-policy`,
         () =>
-          `${(err as Error).message}; the route was added before the plugin was registered, so the plugin's own inbound policy applies to it.`,
+          `${(err as Error).message}; the route was added before the plugin was registered, so the plugin's own ` +
+          'inbound policy applies to it.',
       );
     }
     policies.set(options, policy);
@@ -74,7 +78,10 @@ function routePolicyOf(policies: Policies, request: FastifyRequest): RoutePolicy
   return policy ?? undefined;
 }
 
-/** `request.routeOptions` exists from Fastify 4.10; the deprecated `routerPath` warns on every read, so it is never touched. */
+/**
+ * `request.routeOptions` exists from Fastify 4.10; the deprecated `routerPath` warns on every read, so it is never
+ * touched.
+ */
 function route(request: FastifyRequest): string | undefined {
   return request.routeOptions?.url;
 }
@@ -89,12 +96,16 @@ function answerStatus(error: FastifyError & { status?: unknown }, replyStatus: n
   return replyStatus >= 400 && replyStatus <= 599 ? replyStatus : 500;
 }
 
-/** The request's context; unset when a hook registered before the plugin answered the request before its onRequest ran. */
+/**
+ * The request's context; unset when a hook registered before the plugin answered the request before its onRequest ran.
+ */
 function contextOf(request: FastifyRequest): Context | undefined {
   return (request.meshTrace as RequestTrace<FastifyRequest, FastifyReply> | undefined)?.context;
 }
 
-/** Resumes the lifecycle in the request's context: it is active already unless the last step went on from outside it. */
+/**
+ * Resumes the lifecycle in the request's context: it is active already unless the last step went on from outside it.
+ */
 function resumeStage(request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction): void {
   const ctx = contextOf(request);
   if (ctx === undefined || context.active() === ctx) done();
@@ -211,7 +222,8 @@ const plugin: FastifyPluginAsync<FastifyMeshTraceOptions> = async function meshT
   fastify.addHook('onRequest', function meshTraceStart(request, reply, done) {
     const trace = tracing.start(request, reply, routePolicyOf(policies, request));
     request.meshTrace = trace;
-    // The rest of the lifecycle starts inside the context, so AsyncLocalStorage carries it into every later hook, await and timer.
+    // The rest of the lifecycle starts inside the context, so AsyncLocalStorage carries it into every later hook, await
+    // and timer.
     context.with(trace.context, done);
   });
 

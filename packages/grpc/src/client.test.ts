@@ -419,8 +419,8 @@ describe('options', () => {
     const hooked = echoClient(target, {
       interceptors: [
         meshClientInterceptor({
-          requestHook: (span, call) => seen.push([call.path, String(call.metadata.get('traceparent')[0])]),
-          responseHook: (span, s) => codes.push(s.code),
+          requestHook: (_span, call) => seen.push([call.path, String(call.metadata.get('traceparent')[0])]),
+          responseHook: (_span, s) => codes.push(s.code),
         }),
       ],
     });
@@ -485,7 +485,10 @@ describe("the caller's trace metadata, in any letter case, is replaced by the ca
     baggage: 'tenant=acme,region=eu',
   };
 
-  /** Sends one unary call with the caller's `entries` as metadata, inside `ctx`; resolves with the metadata the server received. */
+  /**
+   * Sends one unary call with the caller's `entries` as metadata, inside `ctx`; resolves with the metadata the server
+   * received.
+   */
   function sendMetadata(
     ctx: ReturnType<typeof context.active>,
     entries: Array<[string, string]>,

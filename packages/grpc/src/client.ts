@@ -37,7 +37,7 @@ export function meshClientInterceptor(options?: MeshGrpcOptions): Interceptor {
     const path = callOptions.method_definition.path;
     const call = nextCall(callOptions);
     return new InterceptingCall(call, {
-      start(metadata, listener, next) {
+      start(metadata, _listener, next) {
         // A copy: callers often forward the metadata they received, and stale trace fields in it
         // (a malformed traceparent, the tracestate beside it) must not travel further.
         const outgoing = metadata.clone();

@@ -50,7 +50,7 @@ export function targetEndpoint(target: string): string {
   if (m === null) return target;
   const [, scheme, authority, path] = m;
   // `unix:///run/app.sock` is absolute: the empty authority swallowed its leading slash.
-  if (scheme.startsWith('unix')) return authority === undefined ? path : '/' + path;
+  if (scheme.startsWith('unix')) return authority === undefined ? path : `/${path}`;
   const comma = path.indexOf(',');
   return comma < 0 ? path : path.slice(0, comma);
 }

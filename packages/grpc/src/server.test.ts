@@ -523,7 +523,7 @@ describe('options', () => {
     const statuses: number[] = [];
     const running = await start(echo, {
       ignore: (path) => path.endsWith('/ServerStream'),
-      requestHook: (span, call: GrpcCall) => {
+      requestHook: (_span, call: GrpcCall) => {
         calls.push([call.path, String(call.metadata.get('x-tenant')[0])]);
         throw new Error('request hook broke');
       },
@@ -569,7 +569,7 @@ describe('options', () => {
   test('meshService keeps handlers that live on a class prototype, bound to their instance', async () => {
     class Impl {
       private readonly greeting = 'hello';
-      unary(call: ServerUnaryCall<Say, Said>, callback: sendUnaryData<Said>) {
+      unary(_call: ServerUnaryCall<Say, Said>, callback: sendUnaryData<Said>) {
         callback(null, { text: this.greeting, seen: seen() });
       }
     }

@@ -56,7 +56,10 @@ class ServerCall {
     // Metadata.toJSON() is a plain map of value lists (strings, Buffers for -bin keys), which core's getter reads.
     const extracted = extractContext(metadata.toJSON(), headerGetter, context.active());
     const info = { path: this.path, metadata };
-    if (this.o.ignored(info)) return (this.context = extracted.context);
+    if (this.o.ignored(info)) {
+      this.context = extracted.context;
+      return this.context;
+    }
     const [name, attributes] = rpcAttributes(this.path);
     outcomeAttributes(extracted.outcome, attributes);
     setAddress(attributes, 'server', this.call.getHost());
@@ -68,7 +71,8 @@ class ServerCall {
     );
     this.span = span;
     callHook('requestHook', this.o.requestHook, span, info);
-    return (this.context = trace.setSpan(extracted.context, span));
+    this.context = trace.setSpan(extracted.context, span);
+    return this.context;
   }
 
   end(status: GrpcStatus): void {
@@ -139,13 +143,16 @@ export function meshService<T extends object>(implementation: T): T {
     for (const name of Object.getOwnPropertyNames(o)) {
       if (name === 'constructor' || Object.hasOwn(wrapped, name)) continue;
       const handler = (implementation as Record<string, unknown>)[name];
-      if (typeof handler === 'function') wrapped[name] = wrapHandler(handler, implementation);
+      if (typeof handler === 'function') wrapped[name] = wrapHandler(handler as Handler, implementation);
     }
   }
   return wrapped as T;
 }
 
-function wrapHandler(handler: Function, self: object) {
+/** A grpc-js handler as the service implementation holds it: `(call)` or `(call, callback)`, on its instance. */
+type Handler = (this: object, call: unknown, callback: unknown) => unknown;
+
+function wrapHandler(handler: Handler, self: object) {
   return function meshHandler(call: unknown, callback: unknown): unknown {
     const ctx = context.active();
     if (call instanceof EventEmitter) context.bind(ctx, call);

@@ -526,7 +526,7 @@ describe('meshRequest', () => {
       `https://127.0.0.1:${tlsPort}/echo`,
       `https://127.0.0.1:${tlsPort}/echo`,
     ]);
-    value.forEach((res, i) => expectPropagated(`https ${i}`, res.headers, spans[i]));
+    for (const [i, res] of value.entries()) expectPropagated(`https ${i}`, res.headers, spans[i]);
   });
 
   test('5xx ends the span in ERROR with the status code', async () => {

@@ -22,7 +22,10 @@ const PACKAGE = '@meshtrace/http';
 
 /** Options of {@link meshClient}; all optional. */
 export interface MeshClientOptions {
-  /** Where meshtrace's own CLIENT spans come from (not an instrumentation's). Default: the global tracer provider at call time. */
+  /**
+   * Where meshtrace's own CLIENT spans come from (not an instrumentation's). Default: the global tracer provider at
+   * call time.
+   */
   tracerProvider?: TracerProvider;
 }
 
@@ -61,7 +64,11 @@ function withTrace(ot: OutboundTrace, ctx: Context): unknown {
 
 const UNTRACED_HTTP = 'http:injectHeaders:http.request-uninstrumented';
 function untracedHttpWarning(): string {
-  return `${PACKAGE}: fetch is instrumented (a tracer listens on undici:request:create), so injectHeaders() leaves the trace headers to it; http.request / https.request are not instrumented, so clients built on them (axios, got) send no trace context. Use meshRequest for them, or enable @opentelemetry/instrumentation-http.`;
+  return (
+    `${PACKAGE}: fetch is instrumented (a tracer listens on undici:request:create), so injectHeaders() leaves the ` +
+    'trace headers to it; http.request / https.request are not instrumented, so clients built on them (axios, ' +
+    'got) send no trace context. Use meshRequest for them, or enable @opentelemetry/instrumentation-http.'
+  );
 }
 
 /**
@@ -319,7 +326,10 @@ function requestWith(tracer: Tracer | undefined): MeshRequest {
     const path = String(options?.path || (url !== undefined ? url.pathname + url.search : '/'));
     const credentials = options?.auth || url?.username || url?.password;
     const q = path.indexOf('?');
-    const full = `${protocol}//${credentials ? 'REDACTED:REDACTED@' : ''}${address.includes(':') ? `[${address}]` : address}${port === (secure ? 443 : 80) ? '' : `:${port}`}${q < 0 ? path : path.slice(0, q) + redactQuery(path.slice(q))}`;
+    const host = address.includes(':') ? `[${address}]` : address;
+    const shownPort = port === (secure ? 443 : 80) ? '' : `:${port}`;
+    const shownPath = q < 0 ? path : path.slice(0, q) + redactQuery(path.slice(q));
+    const full = `${protocol}//${credentials ? 'REDACTED:REDACTED@' : ''}${host}${shownPort}${shownPath}`;
     const span = startClientSpan(
       tracer ?? trace.getTracer(PACKAGE),
       ot.context,

@@ -22,7 +22,10 @@ const INBOUND = {
   tracestate: 'congo=t61rcWkgMzE',
   baggage: 'tenant=acme,region=eu',
 };
-/** The merged baggage: the context's entries in their order, the caller's value winning for its key (`tenant`), the caller's new keys after. */
+/**
+ * The merged baggage: the context's entries in their order, the caller's value winning for its key (`tenant`), the
+ * caller's new keys after.
+ */
 const MERGED = 'tenant=override,region=eu,caller=1';
 
 let recorder: HeaderRecorder;

@@ -135,7 +135,8 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
   test('context survives await next(), timers, promise chains, events and reading the body', async () => {
     const base = await app((koa) => {
       koa.use(async (ctx, next) => {
-        const stages: Record<string, Observed> = (ctx.state.stages = {});
+        const stages: Record<string, Observed> = {};
+        ctx.state.stages = stages;
         stages['middleware before next()'] = observe();
         await next();
         stages['middleware after await next()'] = observe();
@@ -273,14 +274,26 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
     beforeAll(async () => {
       base = await app((koa) => {
         const main = new Router();
-        main.get('/hello', (ctx) => void (ctx.body = 'hi'));
-        main.get('/users/:id', (ctx) => void (ctx.body = ctx.params.id));
-        main.get('/users/me', (ctx) => void (ctx.body = 'me'));
-        main.post('/users', (ctx) => void (ctx.status = 201));
+        main.get('/hello', (ctx) => {
+          ctx.body = 'hi';
+        });
+        main.get('/users/:id', (ctx) => {
+          ctx.body = ctx.params.id;
+        });
+        main.get('/users/me', (ctx) => {
+          ctx.body = 'me';
+        });
+        main.post('/users', (ctx) => {
+          ctx.status = 201;
+        });
         const prefixed = new Router({ prefix: '/v1' });
-        prefixed.get('/items/:id', (ctx) => void (ctx.body = ctx.params.id));
+        prefixed.get('/items/:id', (ctx) => {
+          ctx.body = ctx.params.id;
+        });
         const users = new Router();
-        users.get('/users/:id', (ctx) => void (ctx.body = ctx.params.id));
+        users.get('/users/:id', (ctx) => {
+          ctx.body = ctx.params.id;
+        });
         const orgs = new Router();
         orgs.use('/orgs/:org', users.routes());
         const api = new Router({ prefix: '/api' });
@@ -423,7 +436,9 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
     ],
   ] as const)('ignore: %s', async (name, options, path, headers, traced) => {
     const base = await app((koa) => {
-      koa.use((ctx) => void (ctx.body = observe()));
+      koa.use((ctx) => {
+        ctx.body = observe();
+      });
     }, options as KoaMeshTraceOptions);
     const seen = (await (
       await fetch(`${base}${path}`, { headers: { ...headers, traceparent: traceparent() } })
@@ -449,7 +464,9 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
     const base = await app(
       (koa) => {
         const router = new Router();
-        router.get('/users/:id', (ctx) => void (ctx.body = 'ok'));
+        router.get('/users/:id', (ctx) => {
+          ctx.body = 'ok';
+        });
         koa.use(router.routes());
       },
       {
@@ -478,7 +495,9 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
   test('span attributes', async () => {
     const base = await app((koa) => {
       const router = new Router();
-      router.get('/users/:id', (ctx) => void (ctx.body = 'ok'));
+      router.get('/users/:id', (ctx) => {
+        ctx.body = 'ok';
+      });
       koa.use(router.routes());
     });
     const port = Number(new URL(base).port);
@@ -540,7 +559,9 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
     const base = await app(
       (koa) => {
         const router = new Router();
-        router.get('/users/:id', (ctx) => void (ctx.body = 'ok'));
+        router.get('/users/:id', (ctx) => {
+          ctx.body = 'ok';
+        });
         router.get('/boom', () => {
           throw new Error('boom');
         });
@@ -592,7 +613,9 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
     koa.silent = true;
     koa.use(meshTrace());
     const router = new Router();
-    router.get('/users/:id', (ctx) => void (ctx.body = observe()));
+    router.get('/users/:id', (ctx) => {
+      ctx.body = observe();
+    });
     koa.use(router.routes());
     const callback = koa.callback();
     const outerSpans: string[] = [];
@@ -638,7 +661,9 @@ describe.each(MAJORS)('%s', (major, KoaApp, version) => {
     const inner: Middleware = meshTrace();
     const base = await app((koa) => {
       koa.use(inner);
-      koa.use((ctx) => void (ctx.body = observe()));
+      koa.use((ctx) => {
+        ctx.body = observe();
+      });
     });
     const seen = (await (await fetch(`${base}/twice`, { headers: { traceparent: traceparent() } })).json()) as Observed;
     const spans = await ended(TRACE_ID);

@@ -12,7 +12,8 @@ function fakeProc(cgroup: string, mountinfo = ''): string {
   mkdirSync(join(root, 'self'));
   writeFileSync(join(root, 'self', 'cgroup'), cgroup);
   writeFileSync(join(root, 'self', 'mountinfo'), mountinfo);
-  return (proc = root);
+  proc = root;
+  return root;
 }
 afterEach(() => proc && rmSync(proc, { recursive: true, force: true }));
 

@@ -174,9 +174,10 @@ test.each(cases)(
     const total = counts(start);
     // Every span is accounted for exactly once: delivered, failed or dropped.
     expect(total.exported + total.failed + total.dropped).toBe(sent);
-    // The collector has what was counted as delivered; a delayed batch cut off by the switch is sent again, so it may have it twice.
-    // Otherwise it has at most what was delivered plus what was counted failed: a request in flight when the fault ends can reach
-    // the collector after the exporter gave up on it (seen on a loaded machine), and is then counted failed, never twice.
+    // The collector has what was counted as delivered; a delayed batch cut off by the switch is sent again, so it may
+    // have it twice. Otherwise it has at most what was delivered plus what was counted failed: a request in flight when
+    // the fault ends can reach the collector after the exporter gave up on it (seen on a loaded machine), and is then
+    // counted failed, never twice.
     expect(collector.spans).toBeGreaterThanOrEqual(total.exported);
     if (c.mode !== 'delay') expect(collector.spans).toBeLessThanOrEqual(total.exported + total.failed);
     expect(rejections).toEqual([]);

@@ -62,8 +62,10 @@ export class MeshSampler implements Sampler {
     this.warned = true;
     diag.warn(
       this.owner === 'parent'
-        ? `${PACKAGE}: the caller's traceparent says "not sampled" but this service's sampler would record; following the caller (sampling: 'parent'). Align proxy and SDK sampling rates.`
-        : `${PACKAGE}: the caller's traceparent says "not sampled" but this service samples (sampling: 'local'); its spans will have no recorded parent.`,
+        ? `${PACKAGE}: the caller's traceparent says "not sampled" but this service's sampler would record; ` +
+            "following the caller (sampling: 'parent'). Align proxy and SDK sampling rates."
+        : `${PACKAGE}: the caller's traceparent says "not sampled" but this service samples (sampling: 'local'); ` +
+            'its spans will have no recorded parent.',
     );
   }
 

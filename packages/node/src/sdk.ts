@@ -3,9 +3,9 @@ import type { Context, Sampler, Span, SpanContext, TracerProvider } from '@opent
 /** The package name every diagnostic and configuration error of this package starts with. */
 export const PACKAGE = '@meshtrace/node';
 
-// The trace SDK is the application's: `@opentelemetry/sdk-trace` (SDK 3, and 2.9 onwards beside the
-// older `@opentelemetry/sdk-trace-base`, which NodeSDK 0.2xx still installs). Both are optional peer
-// dependencies, loaded here by name, so one build of this package runs beside either line. The types below are the shapes both lines share,
+// The trace SDK is the application's: `@opentelemetry/sdk-trace` (SDK 3, and 2.9 onwards beside the older
+// `@opentelemetry/sdk-trace-base`, which NodeSDK 0.2xx still installs). Both are optional peer dependencies, loaded
+// here by name, so one build of this package runs beside either line. The types below are the shapes both lines share,
 // so an application's exporter, processor or sampler of either line fits them.
 
 /** What an exporter reports for one export (`@opentelemetry/core`'s `ExportResult`). */
@@ -78,7 +78,8 @@ type Loader = (name: string) => Record<string, unknown>;
 const CANDIDATES = ['@opentelemetry/sdk-trace', '@opentelemetry/sdk-trace-base'] as const;
 
 function fromModule(name: TraceSdk['name'], m: Record<string, unknown>): TraceSdk {
-  // `sdk-trace` names it TracerProvider, `sdk-trace-base` BasicTracerProvider; NodeTracerProvider only added register().
+  // `sdk-trace` names it TracerProvider, `sdk-trace-base` BasicTracerProvider; NodeTracerProvider only added
+  // register().
   const options = name === '@opentelemetry/sdk-trace';
   const provider = options ? m.TracerProvider : m.BasicTracerProvider;
   const Batch = m.BatchSpanProcessor as new (...args: unknown[]) => SpanProcessor;
@@ -114,7 +115,8 @@ export function loadTraceSdk(candidates: readonly TraceSdk['name'][] = CANDIDATE
     return fromModule(name, m);
   }
   throw new TypeError(
-    `${PACKAGE}: no OpenTelemetry trace SDK is installed: npm install @opentelemetry/sdk-trace (SDK 3 and 2.9+) or @opentelemetry/sdk-trace-base (SDK 2.x)`,
+    `${PACKAGE}: no OpenTelemetry trace SDK is installed: npm install @opentelemetry/sdk-trace (SDK 3 and 2.9+) ` +
+      'or @opentelemetry/sdk-trace-base (SDK 2.x)',
   );
 }
 
@@ -122,7 +124,8 @@ let cached: TraceSdk | undefined;
 
 /** The application's trace SDK, loaded once. */
 export function traceSdk(): TraceSdk {
-  return (cached ??= loadTraceSdk());
+  cached ??= loadTraceSdk();
+  return cached;
 }
 
 /**

@@ -273,7 +273,8 @@ describe('warnings reach the application', () => {
   const lost = () => propagation.extract(ROOT_CONTEXT, { traceparent: 'garbage' }, defaultTextMapGetter);
 
   test('without a diag logger, setup logs warnings to the console at WARN and says so', () => {
-    // The API's console logger keeps the console methods it found when it loaded, so this runs in a child process (on the build).
+    // The API's console logger keeps the console methods it found when it loaded, so this runs in a child process (on
+    // the build).
     const script = `
       const { propagation, ROOT_CONTEXT } = require('@opentelemetry/api');
       const { setupMeshTracing } = require(${JSON.stringify(join(__dirname, '..', 'dist', 'index.js'))});

@@ -22,7 +22,10 @@ export interface SetupOptions {
   exporter?: SpanExporter;
   /** Extra span processors, after the batch processor. */
   spanProcessors?: SpanProcessor[];
-  /** The local sampler for new traces (and for continued ones with `sampling: 'local'`). Default: `OTEL_TRACES_SAMPLER`, else always-on. */
+  /**
+   * The local sampler for new traces (and for continued ones with `sampling: 'local'`). Default: `OTEL_TRACES_SAMPLER`,
+   * else always-on.
+   */
   sampler?: Sampler;
   /**
    * Who decides for a continued trace: `'parent'` (the inbound sampled flag, so proxy and SDK agree)
@@ -30,7 +33,9 @@ export interface SetupOptions {
    * `'local'` when `OTEL_TRACES_SAMPLER` names a sampler that is not parent-based.
    */
   sampling?: SamplingOwner;
-  /** Resource detectors. Default: `OTEL_RESOURCE_ATTRIBUTES`/`OTEL_SERVICE_NAME` and Kubernetes (downward API, cgroup). */
+  /**
+   * Resource detectors. Default: `OTEL_RESOURCE_ATTRIBUTES`/`OTEL_SERVICE_NAME` and Kubernetes (downward API, cgroup).
+   */
   resourceDetectors?: ResourceDetector[];
   /**
    * Batch processor queue and timing (`maxQueueSize` bounds memory while the collector is away;
@@ -135,7 +140,7 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
   const log =
     options.log === false
       ? () => undefined
-      : (options.log ?? ((line: string) => void process.stderr.write(line + '\n')));
+      : (options.log ?? ((line: string) => void process.stderr.write(`${line}\n`)));
   const disabled = String(env.OTEL_SDK_DISABLED).trim().toLowerCase() === 'true';
   // OTLP/HTTP §endpoint: the signal-specific variable is used as is; the generic one gets /v1/traces.
   const endpoint =
@@ -170,7 +175,8 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
   const fields = propagator.fields().join(', ');
   if (sdk === undefined) {
     log(
-      `${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; OTEL_SDK_DISABLED=true, so no spans are recorded; ${warnings}`,
+      `${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; OTEL_SDK_DISABLED=true, ` +
+        `so no spans are recorded; ${warnings}`,
     );
     return { tracerProvider: undefined, propagator, shutdown: async () => undefined };
   }
@@ -203,7 +209,9 @@ export function setupMeshTracing(options: SetupOptions = {}): MeshTracing {
       ? exporter.constructor.name
       : 'no exporter (spans are not exported)';
   log(
-    `${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; service ${String(resource.attributes['service.name'] ?? 'unknown_service:node')}; spans to ${where} (${sdk.name}); ${warnings}`,
+    `${PACKAGE}: propagating ${fields}${replaced}; context manager ${contextManager}; service ` +
+      `${String(resource.attributes['service.name'] ?? 'unknown_service:node')}; spans to ${where} (${sdk.name}); ` +
+      `${warnings}`,
   );
   if (!exporter && !options.spanProcessors?.length)
     diag.warn(`${PACKAGE}: no exporter and no span processor: spans are recorded but go nowhere`);

@@ -162,7 +162,8 @@ class CountingExporter implements SpanExporter {
   }
 
   shutdown(): Promise<void> {
-    return (this.shutdownOnce ??= this.inner.shutdown());
+    this.shutdownOnce ??= this.inner.shutdown();
+    return this.shutdownOnce;
   }
 
   forceFlush(): Promise<void> {
@@ -213,7 +214,8 @@ export function resolveBatchConfig(
     if (Number.isInteger(value) && value >= min) out[key] = value;
     else
       diag.warn(
-        `${PACKAGE}: ignoring ${BATCH_ENV[key]}=${JSON.stringify(raw)}, not ${min === 0 ? 'a non-negative' : 'a positive'} integer; using ${out[key]}.`,
+        `${PACKAGE}: ignoring ${BATCH_ENV[key]}=${JSON.stringify(raw)}, not ` +
+          `${min === 0 ? 'a non-negative' : 'a positive'} integer; using ${out[key]}.`,
       );
   }
   return out;
@@ -303,7 +305,8 @@ export class MeshBatchSpanProcessor implements SpanProcessor {
       warner.warn(
         'export:dropped',
         () =>
-          `${PACKAGE}: span queue full (maxQueueSize ${this.maxQueueSize}): dropping spans until the exporter catches up; ${totals.dropped} dropped so far.`,
+          `${PACKAGE}: span queue full (maxQueueSize ${this.maxQueueSize}): dropping spans until the exporter ` +
+          `catches up; ${totals.dropped} dropped so far.`,
       );
       return;
     }

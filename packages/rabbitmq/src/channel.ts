@@ -29,13 +29,20 @@ export interface PublishInfo {
 export interface RabbitMqTraceOptions {
   /** Where spans come from. Default: the global tracer provider at publish / delivery time. */
   tracerProvider?: TracerProvider;
-  /** Called once a PRODUCER span has started, before the message is written; a throw is reported, never breaks the publish. */
+  /**
+   * Called once a PRODUCER span has started, before the message is written; a throw is reported, never breaks the
+   * publish.
+   */
   publishHook?: (span: Span, publish: PublishInfo) => void;
-  /** Called once a CONSUMER span has started, before the handler runs; a throw is reported, never breaks the delivery. */
+  /**
+   * Called once a CONSUMER span has started, before the handler runs; a throw is reported, never breaks the delivery.
+   */
   consumeHook?: (span: Span, message: ConsumeMessage) => void;
 }
 
-/** The channel methods this package wraps; amqplib's `Channel` and `ConfirmChannel` (promise or callback API) have them. */
+/**
+ * The channel methods this package wraps; amqplib's `Channel` and `ConfirmChannel` (promise or callback API) have them.
+ */
 export interface AmqpChannel {
   publish(
     exchange: string,
@@ -143,7 +150,8 @@ export function instrumentChannel<C extends AmqpChannel>(channel: C, options?: R
     !isFunction(channel.on)
   ) {
     throw new TypeError(
-      `${PACKAGE}: channel must be an amqplib Channel or ConfirmChannel, got ${channel === null ? 'null' : typeof channel}`,
+      `${PACKAGE}: channel must be an amqplib Channel or ConfirmChannel, got ` +
+        `${channel === null ? 'null' : typeof channel}`,
     );
   }
   const { tracerProvider, publishHook, consumeHook } = checkOptions(PACKAGE, options ?? undefined, {
@@ -157,7 +165,8 @@ export function instrumentChannel<C extends AmqpChannel>(channel: C, options?: R
   const ownTracer = tracerProvider?.getTracer(PACKAGE);
   const tracer = (): Tracer => ownTracer ?? trace.getTracer(PACKAGE);
   const confirms = isFunction((channel as { waitForConfirms?: unknown }).waitForConfirms);
-  // Delivery tags are per channel and grow monotonically (RabbitMQ, Consumer Acknowledgements), so insertion order is tag order.
+  // Delivery tags are per channel and grow monotonically (RabbitMQ, Consumer Acknowledgements), so insertion order is
+  // tag order.
   const pending = new Map<number, Delivery>();
 
   function settleOne(delivery: Delivery, how: Settlement, requeue: boolean | undefined): void {

@@ -65,7 +65,7 @@ function checkDelay(delayMs: unknown): number {
 const ignore = (): void => undefined;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-class Proxy implements FaultProxy {
+class LoopbackFaultProxy implements FaultProxy {
   mode: FaultMode;
   accepted = 0;
   port = 0;
@@ -236,7 +236,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     throw optionError(PACKAGE, 'targetPort', 'a port number', targetPort);
   if (typeof targetHost !== 'string' || targetHost.length === 0)
     throw optionError(PACKAGE, 'targetHost', 'a host name or address', targetHost);
-  const proxy = new Proxy(targetPort, targetHost, checkMode(mode), checkDelay(delayMs));
+  const proxy = new LoopbackFaultProxy(targetPort, targetHost, checkMode(mode), checkDelay(delayMs));
   // Starting in `refuse` still reserves the port, so `url` is known before the target is reachable.
   await proxy.listen();
   if (mode === 'refuse') await proxy.unlisten();

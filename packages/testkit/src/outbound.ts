@@ -60,7 +60,10 @@ export async function inServerSpan(
 /** An HTTP server on 127.0.0.1 answering `ok`, that keeps the raw header lines of each request by path. */
 export interface HeaderRecorder {
   readonly base: string;
-  /** Every value of `header` the request to `path` carried, whatever letter case its lines used: a duplicate shows as two. */
+  /**
+   * Every value of `header` the request to `path` carried, whatever letter case its lines used: a duplicate shows as
+   * two.
+   */
   values(path: string, header: string): string[];
   close(): Promise<void>;
 }
@@ -88,13 +91,19 @@ export async function startHeaderRecorder(): Promise<HeaderRecorder> {
   };
 }
 
-/** The options every adapter's route-policy table runs under: loopback peers trusted, only `tenant` baggage kept otherwise. */
+/**
+ * The options every adapter's route-policy table runs under: loopback peers trusted, only `tenant` baggage kept
+ * otherwise.
+ */
 export const TRUST_SERVICE = Object.freeze({
   inbound: Object.freeze({ trustedPeers: ['127.0.0.1', '::ffff:127.0.0.1'] }),
   baggageAllowList: ['tenant'],
 });
 
-/** One row of a route-policy table: name, method, path, the outcome counted (`outcome:reason`), whether the caller's trace is continued. */
+/**
+ * One row of a route-policy table: name, method, path, the outcome counted (`outcome:reason`), whether the caller's
+ * trace is continued.
+ */
 export type TrustRow = readonly [name: string, method: string, path: string, outcome: string, continued: boolean];
 
 /**

@@ -21,7 +21,10 @@ import { hasExited, stopChild } from './process';
 
 /** Options of {@link startRabbitMq}; all optional. */
 export interface RabbitMqOptions {
-  /** Path of the `rabbitmq-server` script. Default: found on `PATH`, `/usr/sbin`, `/usr/lib/rabbitmq/bin`, `/usr/local/sbin`, `/opt/homebrew/sbin`. */
+  /**
+   * Path of the `rabbitmq-server` script. Default: found on `PATH`, `/usr/sbin`, `/usr/lib/rabbitmq/bin`,
+   * `/usr/local/sbin`, `/opt/homebrew/sbin`.
+   */
   server?: string;
   /** How long to wait for the broker to accept AMQP connections. Default 60000 ms. */
   startTimeoutMs?: number;
@@ -38,7 +41,8 @@ export interface RabbitMqBroker {
 
 const SEARCH = ['/usr/sbin', '/usr/lib/rabbitmq/bin', '/usr/local/sbin', '/opt/homebrew/sbin'];
 const INSTALL_HINT =
-  'install it (Debian/Ubuntu: apt-get install -y rabbitmq-server; macOS: brew install rabbitmq) or pass its path as `server`';
+  'install it (Debian/Ubuntu: apt-get install -y rabbitmq-server; macOS: brew install rabbitmq) or pass its ' +
+  'path as `server`';
 
 function isExecutable(path: string): boolean {
   try {
@@ -69,7 +73,8 @@ function findServer(explicit: string | undefined): string {
   }
   const where = explicit !== undefined ? explicit : `PATH, ${SEARCH.join(', ')}`;
   throw new Error(
-    `rabbitmq-server not found (looked in ${where})${process.env.CI ? ' on CI' : ''}: the RabbitMQ tests need a real broker; ${INSTALL_HINT}.`,
+    `rabbitmq-server not found (looked in ${where})${process.env.CI ? ' on CI' : ''}: the RabbitMQ tests need a ` +
+      `real broker; ${INSTALL_HINT}.`,
   );
 }
 
@@ -152,7 +157,8 @@ export async function startRabbitMq(options: RabbitMqOptions = {}): Promise<Rabb
   try {
     writeFileSync(
       join(dir, 'rabbitmq.conf'),
-      '# Test machines can be short of disk; the 50MB default would block publishers.\ndisk_free_limit.absolute = 1MB\n',
+      '# Test machines can be short of disk; the 50MB default would block publishers.\n' +
+        'disk_free_limit.absolute = 1MB\n',
     );
     writeFileSync(join(dir, 'enabled_plugins'), '[].\n');
     writeFileSync(join(dir, 'rabbitmq-env.conf'), '');
@@ -194,7 +200,8 @@ export async function startRabbitMq(options: RabbitMqOptions = {}): Promise<Rabb
       const err = await Promise.race([epmdFailed, sleep(50).then(() => undefined)]);
       if (err || hasExited(epmd) || i > 100)
         throw new Error(
-          `epmd did not start on 127.0.0.1:${epmdPort}${err ? `: ${err.message}` : ''} (it comes with Erlang, which rabbitmq-server needs)`,
+          `epmd did not start on 127.0.0.1:${epmdPort}${err ? `: ${err.message}` : ''} (it comes with Erlang, ` +
+            'which rabbitmq-server needs)',
         );
     }
 
@@ -211,11 +218,13 @@ export async function startRabbitMq(options: RabbitMqOptions = {}): Promise<Rabb
       if (err) throw new Error(`could not run ${server}: ${err.message}`);
       if (hasExited(broker))
         throw new Error(
-          `rabbitmq-server exited (${broker.exitCode ?? broker.signalCode}) before accepting connections:\n${tail(serverLog)}`,
+          `rabbitmq-server exited (${broker.exitCode ?? broker.signalCode}) before accepting ` +
+            `connections:\n${tail(serverLog)}`,
         );
       if (Date.now() > deadline)
         throw new Error(
-          `rabbitmq-server did not accept AMQP connections on 127.0.0.1:${port} within ${startTimeoutMs} ms:\n${tail(serverLog)}`,
+          `rabbitmq-server did not accept AMQP connections on 127.0.0.1:${port} within ${startTimeoutMs} ` +
+            `ms:\n${tail(serverLog)}`,
         );
     }
   } catch (err) {

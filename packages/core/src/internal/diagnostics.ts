@@ -90,13 +90,15 @@ export class TallyCounter {
   }
 
   private resolve(): void {
-    const registered = (this.registered = registeredMeterProvider());
+    const registered = registeredMeterProvider();
+    this.registered = registered;
     if (registered === undefined) {
       this.tallies = undefined;
       return;
     }
     // Each provider reports its own tallies: the one it replaced keeps what it had counted.
-    const tallies = (this.tallies = new Map());
+    const tallies = new Map<Attributes, number>();
+    this.tallies = tallies;
     const counter = metrics
       .getMeterProvider()
       .getMeter(PACKAGE)
@@ -155,7 +157,8 @@ export function recordDropped(header: 'tracestate' | 'baggage', reason: string, 
   warner.warn(
     `${header}:${reason}`,
     () =>
-      `${PACKAGE}: dropped ${count} ${header} member(s) (${reason})${raw === undefined ? '' : ` from ${preview(raw)}`}.`,
+      `${PACKAGE}: dropped ${count} ${header} member(s) ` +
+      `(${reason})${raw === undefined ? '' : ` from ${preview(raw)}`}.`,
   );
 }
 

@@ -165,7 +165,10 @@ function installOnInstance(ee: Bindable, proto: Bindable): void {
   ee.off = p[6];
 }
 
-/** Prototypes, put in front of a class's by a framework, whose chain routes every listener method through the patched ones. */
+/**
+ * Prototypes, put in front of a class's by a framework, whose chain routes every listener method through the patched
+ * ones.
+ */
 const routedPrototypes = new WeakSet<object>();
 
 /**
@@ -183,9 +186,12 @@ export function bindEmitter(ctx: Context, emitter: object): EmitterBinding {
     // The public route, or bound by another binder already (an HTTP instrumentation's): the context
     // manager's own binding, which leaves an earlier one standing.
     context.bind(ctx, emitter);
-    return (ee[STATE] = { context: undefined, attachment: undefined });
+    const unbound: Binding = { context: undefined, attachment: undefined };
+    ee[STATE] = unbound;
+    return unbound;
   }
-  const binding: Binding = (ee[STATE] = { context: ctx, attachment: undefined });
+  const binding: Binding = { context: ctx, attachment: undefined };
+  ee[STATE] = binding;
   const proto = Object.getPrototypeOf(ee) as Bindable | null;
   if (!ownOn && proto !== null && routedPrototypes.has(proto)) return binding;
   const classProto = (ee.constructor as { prototype?: unknown } | undefined)?.prototype;
@@ -203,7 +209,8 @@ export function bindEmitter(ctx: Context, emitter: object): EmitterBinding {
       }
     }
   }
-  // The class's own prototype (patched for nobody), or something in front of the one patched overrides a listener method.
+  // The class's own prototype (patched for nobody), or something in front of the one patched overrides a listener
+  // method.
   if (ownOn || proto === null) {
     if (!routed(ee)) install(ee);
   } else if (!routed(proto)) {

@@ -17,7 +17,10 @@ function errorLike(value: unknown): value is Error {
   return typeof value === 'object' && value !== null && typeof (value as Error).message === 'string';
 }
 
-/** The HTTP status an error asks for (`status` / `statusCode`, as http-errors, Koa and Fastify set), if it is one (400-599). */
+/**
+ * The HTTP status an error asks for (`status` / `statusCode`, as http-errors, Koa and Fastify set), if it is one
+ * (400-599).
+ */
 export function errorStatus(error: unknown): number | undefined {
   if (typeof error !== 'object' || error === null) return undefined;
   const s =

@@ -24,7 +24,10 @@ export function onlyPublicApi(): boolean {
 const SUPPRESS_TRACING_KEY = createContextKey('OpenTelemetry SDK Context Key SUPPRESS_TRACING');
 const RPC_METADATA_KEY = createContextKey('OpenTelemetry SDK Context Key RPC_METADATA');
 
-/** Where `@opentelemetry/api` 1.x keeps what is registered with it (a tracer provider, meter provider, diag logger, ...). */
+/**
+ * Where `@opentelemetry/api` 1.x keeps what is registered with it (a tracer provider, meter provider, diag logger,
+ * ...).
+ */
 const API_GLOBALS = Symbol.for('opentelemetry.js.api.1');
 
 /**

@@ -32,7 +32,7 @@ const cases: Array<
   ],
   [
     '10,000 empty tracestate members',
-    { traceparent: VALID, tracestate: ','.repeat(10000) + 'a=1' },
+    { traceparent: VALID, tracestate: `${','.repeat(10000)}a=1` },
     'continued',
     { tracestate: 'a=1' },
   ],
@@ -72,6 +72,7 @@ describe('adversarial headers, extracted directly', () => {
     const out: Record<string, string> = {};
     const ctx = mesh.extract(ROOT_CONTEXT, headers, defaultTextMapGetter);
     mesh.inject(ctx, out, defaultTextMapSetter);
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: a NUL smuggled into a header is what this looks for.
     for (const v of Object.values(out)) expect(v).not.toMatch(/[\r\n\u0000]|x-evil|xxxxxxxx/);
     if (outcome !== 'continued') expect(out.traceparent).toBeUndefined();
     else expect(out.traceparent).toBe(VALID);

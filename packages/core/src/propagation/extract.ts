@@ -38,14 +38,16 @@ export function extractWith<C>(
   let rawTracestate: unknown;
   let rawBaggage: unknown;
   let unreadable = false;
-  // The default getter is `carrier[key]`: read a plain carrier (Node's header object) by name, which is an inline-cached load instead of a keyed lookup per header.
+  // The default getter is `carrier[key]`: read a plain carrier (Node's header object) by name, which is an
+  // inline-cached load instead of a keyed lookup per header.
   const h =
     getter === defaultTextMapGetter && typeof carrier === 'object' && carrier !== null
       ? (carrier as Record<string, unknown>)
       : undefined;
   try {
     if (readW3c) {
-      w3c = remoteTraceparent((rawTraceparent = h !== undefined ? h.traceparent : getter.get(carrier, 'traceparent')));
+      rawTraceparent = h !== undefined ? h.traceparent : getter.get(carrier, 'traceparent');
+      w3c = remoteTraceparent(rawTraceparent);
       if (typeof w3c !== 'string') rawTracestate = h !== undefined ? h.tracestate : getter.get(carrier, 'tracestate');
     }
     if (readB3) {
@@ -54,7 +56,8 @@ export function extractWith<C>(
         b3 = parseB3Single(single);
       } else {
         const traceId = h !== undefined ? h['x-b3-traceid'] : getter.get(carrier, 'x-b3-traceid');
-        // Without a trace id the multi headers hold at most a sampling hint or a fault, which only matter when W3C gave nothing.
+        // Without a trace id the multi headers hold at most a sampling hint or a fault, which only matter when W3C gave
+        // nothing.
         if (traceId !== undefined || typeof w3c === 'string')
           b3 = parseB3Multi(
             traceId,

@@ -131,7 +131,10 @@ export class ExtractedContext extends Layered implements Extraction {
 
   getValue(key: symbol): unknown {
     if (key === SPAN_KEY) {
-      if (this.spanContext !== undefined) return (this.span ??= trace.wrapSpanContext(this.spanContext));
+      if (this.spanContext !== undefined) {
+        this.span ??= trace.wrapSpanContext(this.spanContext);
+        return this.span;
+      }
     } else if (key === EXTRACTION_KEY) {
       return this;
     } else if (key === BAGGAGE_KEY) {

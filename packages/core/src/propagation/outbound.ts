@@ -22,7 +22,9 @@ const TRACE_HEADERS: readonly string[] = [
   'x-b3-flags',
 ];
 
-/** Reads what trace context a caller's own headers name, counting nothing: they are outbound, not a request received. */
+/**
+ * Reads what trace context a caller's own headers name, counting nothing: they are outbound, not a request received.
+ */
 const CALLER: ExtractConfig = Object.freeze({ formats: Object.freeze(['w3c', 'b3'] as const), baggage: false });
 
 /** Text of one header value from any client's form; lists element-wise, Buffers decoded. */
@@ -137,7 +139,10 @@ function withCallerBaggage(parent: Context, headers: unknown, getter: TextMapGet
   return propagation.setBaggage(parent, propagation.createBaggage(Object.fromEntries(entries)));
 }
 
-/** The lower-case names of every trace header: meshtrace's own set and whatever the registered propagator writes (`fields`). */
+/**
+ * The lower-case names of every trace header: meshtrace's own set and whatever the registered propagator writes
+ * (`fields`).
+ */
 function traceNames(fields: readonly string[]): string[] {
   const names = new Set(TRACE_HEADERS);
   for (const field of fields) if (field.toLowerCase() !== 'baggage') names.add(field.toLowerCase());

@@ -95,7 +95,10 @@ export function outcomeOf(parsed: Traceparent | TraceparentReason): ExtractOutco
   return parsed === 'missing' ? MISSING : MALFORMED[parsed];
 }
 
-/** The outcome constant equal to `o`: every series of the extract counter is one constant attribute object, whoever built the outcome. */
+/**
+ * The outcome constant equal to `o`: every series of the extract counter is one constant attribute object, whoever
+ * built the outcome.
+ */
 function constantOf(o: ExtractOutcome): ExtractOutcome {
   switch (o.outcome) {
     case 'continued':
@@ -112,10 +115,16 @@ function constantOf(o: ExtractOutcome): ExtractOutcome {
 
 function traceparentWarning(reason: MalformedReason, raw: unknown): string {
   if (reason === 'missing')
-    return `${PACKAGE}: request without traceparent; started a fresh root trace. If a sidecar should forward one, check that nothing strips it.`;
+    return (
+      `${PACKAGE}: request without traceparent; started a fresh root trace. If a sidecar should forward one, ` +
+      'check that nothing strips it.'
+    );
   if (reason === 'bad-b3')
     return `${PACKAGE}: malformed B3 headers; started a fresh root trace and will not forward them.`;
-  return `${PACKAGE}: malformed traceparent (${reason}) ${preview(raw)}; started a fresh root trace and will not forward it.`;
+  return (
+    `${PACKAGE}: malformed traceparent (${reason}) ${preview(raw)}; started a fresh root trace and will not ` +
+    'forward it.'
+  );
 }
 
 /**
@@ -139,7 +148,10 @@ export function recordUnreadable(what: string): void {
   );
 }
 
-/** The span attributes of an outcome: `meshtrace.propagation.outcome`, `.reason` and `.format`, written into `attributes`. */
+/**
+ * The span attributes of an outcome: `meshtrace.propagation.outcome`, `.reason` and `.format`, written into
+ * `attributes`.
+ */
 export function outcomeAttributes(outcome: ExtractOutcome, attributes: Attributes): Attributes {
   attributes['meshtrace.propagation.outcome'] = outcome.outcome;
   if (outcome.reason !== undefined) attributes['meshtrace.propagation.reason'] = outcome.reason;

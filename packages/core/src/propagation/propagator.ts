@@ -17,7 +17,9 @@ import { serializeTracestate } from '../w3c/tracestate';
 export interface MeshPropagatorOptions {
   /** Formats read, in order: the first valid one is continued. Default `['w3c', 'b3']`. */
   extract?: readonly TraceFormat[];
-  /** Also write B3 beside W3C, for Envoy's Zipkin tracer and older Linkerd: `'single'` or `'multi'`. Default `false`. */
+  /**
+   * Also write B3 beside W3C, for Envoy's Zipkin tracer and older Linkerd: `'single'` or `'multi'`. Default `false`.
+   */
   b3?: false | 'single' | 'multi';
   /** Propagate W3C `baggage` beside the trace context. Default `true`. */
   baggage?: boolean;

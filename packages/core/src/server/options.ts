@@ -26,26 +26,37 @@ export interface MeshTraceOptions<Req = IncomingMessage, Res = ServerResponse> {
   inbound?: InboundPolicy<Req>;
   /** With `inbound: 'restart'` or `'ignore'`, the inbound baggage keys kept (all others are dropped). Default none. */
   baggageAllowList?: readonly string[];
-  /** Baggage keys copied onto the server span as `baggage.<key>`. Never all keys: values can be high-cardinality. Default none. */
+  /**
+   * Baggage keys copied onto the server span as `baggage.<key>`. Never all keys: values can be high-cardinality.
+   * Default none.
+   */
   baggageAttributes?: readonly string[];
   /** Send the W3C Level 2 `traceresponse` header so callers and proxies can correlate. Default `false`. */
   traceResponse?: boolean;
   /**
-   * Append the `trace;desc=<traceparent>` metric to `server-timing` (after any the application sets), so a
-   * page can read the server span through the Performance API; cross-origin pages need `Timing-Allow-Origin`. Default `false`.
+   * Append the `trace;desc=<traceparent>` metric to `server-timing` (after any the application sets), so a page can
+   * read the server span through the Performance API; cross-origin pages need `Timing-Allow-Origin`. Default `false`.
    */
   serverTiming?: boolean;
-  /** Record `x-request-id` and the proxy that forwarded the request (`meshtrace.proxy`: envoy, istio, linkerd). Default `true`. */
+  /**
+   * Record `x-request-id` and the proxy that forwarded the request (`meshtrace.proxy`: envoy, istio, linkerd). Default
+   * `true`.
+   */
   proxyAttributes?: boolean;
 }
 
-/** A route's own options (Fastify route `config.meshTrace`, `meshTraceRoute()` on an Express or Koa router); they replace the adapter's for that route. */
+/**
+ * A route's own options (Fastify route `config.meshTrace`, `meshTraceRoute()` on an Express or Koa router); they
+ * replace the adapter's for that route.
+ */
 export interface MeshTraceRouteOptions<Req = IncomingMessage> {
   /** The route's inbound policy, in any form the adapter's `inbound` takes. */
   inbound: InboundPolicy<Req>;
 }
 
-/** What an adapter tells core about its framework: its name, Node's request and response under its own, and the route. */
+/**
+ * What an adapter tells core about its framework: its name, Node's request and response under its own, and the route.
+ */
 export interface ServerAdapter<Req, Res> {
   /** The adapter's package name, used in configuration errors and diagnostics. */
   readonly name: string;
@@ -57,7 +68,9 @@ export interface ServerAdapter<Req, Res> {
   readonly route?: (request: Req) => string | undefined;
 }
 
-/** The options every meshtrace instrumentation takes, HTTP or not: where spans come from, what is ignored, the hooks. */
+/**
+ * The options every meshtrace instrumentation takes, HTTP or not: where spans come from, what is ignored, the hooks.
+ */
 export type CommonOptions<Req, Res> = Pick<
   MeshTraceOptions<Req, Res>,
   'tracerProvider' | 'ignore' | 'requestHook' | 'responseHook'
@@ -69,7 +82,10 @@ const COMMON_RULES = { tracerProvider: 'tracerProvider', requestHook: 'function'
 export interface ResolvedOptions<Req, Res> {
   /** The tracer of `tracerProvider`, named after the package; undefined to use the global provider at request time. */
   readonly tracer: Tracer | undefined;
-  /** `ignore` as one predicate (a throw in the user's is warned about and counts as not ignored); undefined when nothing is ignored. */
+  /**
+   * `ignore` as one predicate (a throw in the user's is warned about and counts as not ignored); undefined when nothing
+   * is ignored.
+   */
   readonly ignored: ((path: string, request: Req) => boolean) | undefined;
   readonly requestHook: CommonOptions<Req, Res>['requestHook'];
   readonly responseHook: CommonOptions<Req, Res>['responseHook'];
@@ -108,7 +124,8 @@ function ignoreMatcher<Req>(
         warner.warn(
           `${pkg}:ignore`,
           () =>
-            `${pkg}: the ignore predicate threw, so the request is traced: ${err instanceof Error ? err.message : String(err)}`,
+            `${pkg}: the ignore predicate threw, so the request is traced: ` +
+            `${err instanceof Error ? err.message : String(err)}`,
         );
         return false;
       }

@@ -58,7 +58,10 @@ export class RouteMarker<Req> {
     this.key = Symbol.for(`${pkg.replace(/^@/, '').replace('/', '.')}.route-policy`);
   }
 
-  /** Checks `options` (a `TypeError` naming the package and `meshTraceRoute` when wrong) and marks `middleware` with their policy. */
+  /**
+   * Checks `options` (a `TypeError` naming the package and `meshTraceRoute` when wrong) and marks `middleware` with
+   * their policy.
+   */
   mark<F extends object>(middleware: F, options: MeshTraceRouteOptions<Req>): F {
     const policy = createRoutePolicy<Req>(this.pkg, options, 'meshTraceRoute');
     this.count++;

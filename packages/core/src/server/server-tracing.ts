@@ -266,7 +266,9 @@ export class ServerTracing<Req, Res> {
     return attributes;
   }
 
-  /** Sends the server span's context back as configured: `traceresponse` (Level 2) and the `server-timing` trace metric. */
+  /**
+   * Sends the server span's context back as configured: `traceresponse` (Level 2) and the `server-timing` trace metric.
+   */
   private respond(res: ServerResponse, ctx: Context, span: Span): void {
     if ((!this.traceResponse && !this.serverTiming) || res.headersSent) return;
     const sc = span.spanContext();
@@ -280,7 +282,10 @@ export class ServerTracing<Req, Res> {
     if (this.serverTiming) addServerTiming(res, `trace;desc=${value}`);
   }
 
-  /** The tracer named after the adapter (its instrumentation scope), cached per registered provider (the SDK hands out one tracer per name anyway). */
+  /**
+   * The tracer named after the adapter (its instrumentation scope), cached per registered provider (the SDK hands out
+   * one tracer per name anyway).
+   */
   private tracerOfGlobal(): Tracer {
     const provider = globalTracerProvider();
     if (provider === undefined) return trace.getTracer(this.adapter.name);
@@ -333,7 +338,12 @@ export class ServerTracing<Req, Res> {
       warner.warn(
         `${pkg}:trust-beside-instrumentation`,
         () =>
-          `${pkg}: the inbound policy said '${decision.action}'${decision.reason === undefined ? '' : ` (${decision.reason})`}, but an HTTP instrumentation had already continued the caller's trace in its SERVER span, which meshtrace cannot move without a second SERVER span; only the baggage was cut to baggageAllowList. Turn the instrumentation's server side off (instrumentation-http: disableIncomingRequestInstrumentation: true) so meshtrace makes the SERVER span and applies the policy.`,
+          `${pkg}: the inbound policy said ` +
+          `'${decision.action}'${decision.reason === undefined ? '' : ` (${decision.reason})`}, but an HTTP ` +
+          "instrumentation had already continued the caller's trace in its SERVER span, which meshtrace cannot " +
+          'move without a second SERVER span; only the baggage was cut to baggageAllowList. Turn the ' +
+          "instrumentation's server side off (instrumentation-http: disableIncomingRequestInstrumentation: " +
+          'true) so meshtrace makes the SERVER span and applies the policy.',
       );
     }
     return this.allowedBaggage(active, propagation.getBaggage(active));

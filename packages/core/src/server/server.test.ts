@@ -125,7 +125,7 @@ test('a handler changing baggage never changes what another request sees', async
   const calls = await Promise.all(
     Array.from({ length: 20 }, (_, i) => call(base, { traceparent: VALID, baggage: `n=${i}` })),
   );
-  calls.forEach((c, i) => expect(c.seen.baggage).toEqual({ n: String(i) }));
+  for (const [i, c] of calls.entries()) expect(c.seen.baggage).toEqual({ n: String(i) });
 });
 
 test('traceresponse names the server span (W3C Level 2)', async () => {
@@ -286,8 +286,8 @@ test('ignore: exact paths and patterns get no span; a predicate that throws is w
         throw new Error('predicate broke');
       },
     });
-    const first = await call(throwing + '/a', { traceparent: VALID });
-    const second = await call(throwing + '/b', { traceparent: VALID });
+    const first = await call(`${throwing}/a`, { traceparent: VALID });
+    const second = await call(`${throwing}/b`, { traceparent: VALID });
     expect([first.span !== undefined, second.span !== undefined]).toEqual([true, true]);
     expect(warnings.filter((w) => w.includes('ignore predicate threw'))).toEqual([
       '@meshtrace/core-test: the ignore predicate threw, so the request is traced: predicate broke',

@@ -182,7 +182,10 @@ describe('bad policies fail at setup with a TypeError naming the option', () => 
   });
 });
 
-/** A node:http server traced with `options` on `host`, answering with what its handler observed; `route` decides per request. */
+/**
+ * A node:http server traced with `options` on `host`, answering with what its handler observed; `route` decides per
+ * request.
+ */
 async function serve(
   options: MeshTraceOptions,
   host = '127.0.0.1',

@@ -41,7 +41,10 @@ export interface TrustDecision {
   readonly reason: TrustReason | undefined;
 }
 
-/** A checked inbound policy: decides for one request from its socket, its headers and the framework's request. Never throws. */
+/**
+ * A checked inbound policy: decides for one request from its socket, its headers and the framework's request. Never
+ * throws.
+ */
 export type TrustDecider<Req> = (req: IncomingMessage, request: Req) => TrustDecision;
 
 function decision(action: InboundTrust, reason: TrustReason | undefined): TrustDecision {
@@ -54,7 +57,10 @@ const STATIC = { restart: decision('restart', undefined), ignore: decision('igno
 const ROUTE = { restart: decision('restart', 'route-policy'), ignore: decision('ignore', 'route-policy') };
 const UNTRUSTED = { restart: decision('restart', 'untrusted-peer'), ignore: decision('ignore', 'untrusted-peer') };
 const POLICY = { restart: decision('restart', 'policy'), ignore: decision('ignore', 'policy') };
-/** A policy function that fails falls back to `restart`, the default `otherwise`: nobody joins a trace on a broken policy. */
+/**
+ * A policy function that fails falls back to `restart`, the default `otherwise`: nobody joins a trace on a broken
+ * policy.
+ */
 const POLICY_ERROR = decision('restart', 'policy-error');
 
 const ACTIONS =
@@ -90,7 +96,8 @@ function policyFunction<Req>(pkg: string, option: string, fn: (request: Req) => 
       warner.warn(
         key,
         () =>
-          `${pkg}: the ${option} policy threw, so the request's trace was restarted: ${err instanceof Error ? err.message : String(err)}`,
+          `${pkg}: the ${option} policy threw, so the request's trace was restarted: ` +
+          `${err instanceof Error ? err.message : String(err)}`,
       );
       return POLICY_ERROR;
     }
@@ -99,7 +106,9 @@ function policyFunction<Req>(pkg: string, option: string, fn: (request: Req) => 
     warner.warn(
       key,
       () =>
-        `${pkg}: the ${option} policy answered ${typeof action === 'string' ? JSON.stringify(action) : typeof action}, not 'continue', 'restart' or 'ignore', so the request's trace was restarted.`,
+        `${pkg}: the ${option} policy answered ` +
+        `${typeof action === 'string' ? JSON.stringify(action) : typeof action}, not 'continue', 'restart' or ` +
+        "'ignore', so the request's trace was restarted.",
     );
     return POLICY_ERROR;
   };

@@ -73,7 +73,10 @@ function hexDigit(c: number): number {
   return c >= 97 && c <= 102 ? c - 87 : -1;
 }
 
-/** Percent-decodes `s[from, to)` as decodeURIComponent does, or undefined where it would throw; ASCII escapes without the call. */
+/**
+ * Percent-decodes `s[from, to)` as decodeURIComponent does, or undefined where it would throw; ASCII escapes without
+ * the call.
+ */
 function decodeValue(s: string, from: number, to: number): string | undefined {
   let pct = s.indexOf('%', from);
   if (pct < 0 || pct >= to) return s.substring(from, to);
@@ -99,9 +102,15 @@ function decodeValue(s: string, from: number, to: number): string | undefined {
   return out + s.substring(i, to);
 }
 
-/** An immutable `Baggage` over one map: what the API's `createBaggage` makes, without its copy of every entry through `Object.entries`. */
+/**
+ * An immutable `Baggage` over one map: what the API's `createBaggage` makes, without its copy of every entry through
+ * `Object.entries`.
+ */
 class MapBaggage implements Baggage {
-  /** The last header written from this (immutable) baggage and its budget: a service forwards the same baggage on every outbound call. */
+  /**
+   * The last header written from this (immutable) baggage and its budget: a service forwards the same baggage on every
+   * outbound call.
+   */
   serialized: SerializedBaggage | undefined;
   serializedFor = -1;
 
@@ -320,14 +329,14 @@ function serializeEntries(entries: Iterable<[string, BaggageEntry]>, maxBytes: n
     }
     let member: string;
     try {
-      member = key + '=' + encodeValue(entry.value);
+      member = `${key}=${encodeValue(entry.value)}`;
     } catch {
       // A lone surrogate cannot be encoded.
       dropped++;
       continue;
     }
     const meta = entry.metadata?.toString();
-    if (meta && isValidProperties(meta)) member += ';' + meta;
+    if (meta && isValidProperties(meta)) member += `;${meta}`;
     if (member.length > BAGGAGE_LIMITS.maxMemberBytes || members.length === BAGGAGE_LIMITS.maxMembers) {
       dropped++;
       continue;

@@ -147,14 +147,17 @@ test('inject then extract of a valid context gives the same context back', () =>
 });
 
 test('baggage values decode as decodeURIComponent does, and encode as encodeURIComponent does', () => {
-  const escape = fc
+  const percentEscape = fc
     .tuple(fc.constantFrom(...'0123456789abcdefABCDEFgz%'), fc.constantFrom(...'0123456789abcdefABCDEFgz'))
     .map(([a, b]) => `%${a}${b}`);
   const raw = fc
-    .array(fc.oneof(escape, fc.constantFrom('a', 'Z', '9', '-', '.', '~', '!', '*', '(', ')', "'", '/', ':', '%')), {
-      minLength: 1,
-      maxLength: 12,
-    })
+    .array(
+      fc.oneof(percentEscape, fc.constantFrom('a', 'Z', '9', '-', '.', '~', '!', '*', '(', ')', "'", '/', ':', '%')),
+      {
+        minLength: 1,
+        maxLength: 12,
+      },
+    )
     .map((parts) => parts.join(''));
   fc.assert(
     fc.property(raw, (v) => {

@@ -29,7 +29,10 @@ export const KNOWN_FLAGS = FLAG_SAMPLED | FLAG_RANDOM;
 
 const TRACEPARENT_LENGTH = 55;
 
-/** Lower-case hex digit values by the low byte of a char code; 0xff for anything else (upper case is invalid, W3C trace-context §3.2.2). */
+/**
+ * Lower-case hex digit values by the low byte of a char code; 0xff for anything else (upper case is invalid, W3C
+ * trace-context §3.2.2).
+ */
 const HEX_VALUE = new Uint8Array(256).fill(0xff);
 for (let i = 0; i < 16; i++) HEX_VALUE['0123456789abcdef'.charCodeAt(i)] = i;
 
@@ -115,7 +118,10 @@ export function parseTraceparent(value: unknown): Traceparent | TraceparentReaso
   };
 }
 
-/** The ids and flags of a `traceparent` as a remote span context's fields (only the defined flags), or why there are none. */
+/**
+ * The ids and flags of a `traceparent` as a remote span context's fields (only the defined flags), or why there are
+ * none.
+ */
 export interface RemoteTraceparent {
   readonly traceId: string;
   readonly spanId: string;
@@ -158,5 +164,5 @@ const HEX = '0123456789abcdef';
  */
 export function formatTraceparent(traceId: string, spanId: string, traceFlags: number): string {
   const f = traceFlags & KNOWN_FLAGS;
-  return '00-' + traceId + '-' + spanId + '-0' + HEX[f];
+  return `00-${traceId}-${spanId}-0${HEX[f]}`;
 }

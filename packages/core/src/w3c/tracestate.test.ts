@@ -179,7 +179,8 @@ describe('parseTracestate', () => {
 });
 
 describe('MeshTraceState', () => {
-  // "Modified keys MUST be moved to the beginning (left) of the list." / "The new key-value pair SHOULD be added to the beginning of the list."
+  // "Modified keys MUST be moved to the beginning (left) of the list." / "The new key-value pair SHOULD be added to the
+  // beginning of the list."
   test('set puts the entry leftmost and replaces an existing key', () => {
     const ts = parseTracestate('a=1,b=2,c=3') as MeshTraceState;
     expect(ts.set('b', 'x').serialize()).toBe('b=x,a=1,c=3');
@@ -187,7 +188,8 @@ describe('MeshTraceState', () => {
     expect(ts.serialize()).toBe('a=1,b=2,c=3');
   });
 
-  // "There can be a maximum of 32 list-members in a list." with "Then entries SHOULD be removed starting from the end of tracestate."
+  // "There can be a maximum of 32 list-members in a list." with "Then entries SHOULD be removed starting from the end
+  // of tracestate."
   test('set on a full list drops the rightmost entry (Level 2)', () => {
     const ts = parseTracestate(list(32)) as MeshTraceState;
     const next = ts.set('mine', 'x');

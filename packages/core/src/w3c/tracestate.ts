@@ -170,7 +170,7 @@ function serializeEntries(keys: readonly string[], values: readonly string[], li
   let out = '';
   for (let i = 0; i < n; i++) {
     if (keep && !keep[i]) continue;
-    out += (out.length > 0 ? ',' : '') + keys[i] + '=' + values[i];
+    out += `${(out.length > 0 ? ',' : '') + keys[i]}=${values[i]}`;
   }
   return out;
 }
