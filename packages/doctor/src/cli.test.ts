@@ -36,7 +36,7 @@ describe('meshtrace', () => {
   it('probe: 64 for a URL it cannot use, one line without the package prefix; 2 at once for a URL that refuses', async () => {
     const { code, out } = meshtrace(['probe', 'not-a-url']);
     expect(code).toBe(64);
-    expect(out).toBe('meshtrace: url must be an http(s) URL, not "not-a-url"\n');
+    expect(out).toBe('meshtrace: option "url" must be an http(s) URL, got "not-a-url"\n');
     const started = Date.now();
     // A port nothing listens on: the connection is refused.
     const closed = await freePort();

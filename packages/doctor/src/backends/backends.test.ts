@@ -255,7 +255,7 @@ describe('jaeger', () => {
 
   test('an endpoint that is not a URL is a TypeError', () => {
     expect(() => jaegerSource({ endpoint: 'jaeger:16686' })).toThrow(
-      new TypeError('@meshtrace/doctor: endpoint must be an http(s) URL, not "jaeger:16686"'),
+      new TypeError('@meshtrace/doctor: option "endpoint" must be an http(s) URL, got "jaeger:16686"'),
     );
   });
 });
@@ -406,7 +406,7 @@ describe('receiver', () => {
 
   test('a bad port is a TypeError', async () => {
     await expect(receiverSource({ port: 70000 })).rejects.toThrow(
-      new TypeError('@meshtrace/doctor: port must be an integer from 0 to 65535, not 70000'),
+      new TypeError('@meshtrace/doctor: option "port" must be an integer from 0 to 65535, got 70000'),
     );
   });
 });

@@ -3,6 +3,7 @@ import { startReceiver } from '../receive/receiver';
 import type { Receiver } from '../receive/receiver';
 import { rootsIn, tracesCarrying } from '../evidence';
 import { SPAN_QUERY_PATH } from '../receive/query';
+import { numbers } from '../options';
 import { badAnswer, baseUrl, getJson } from './source';
 import type { SpanSource } from './source';
 
@@ -39,11 +40,7 @@ export function receivedSpanSource(receiver: ReceivedSpans): SpanSource {
 export async function receiverSource(options: ReceiverSourceOptions = {}): Promise<SpanSource> {
   const timeoutMs = options.timeoutMs ?? 5000;
   if (options.endpoint === undefined) {
-    const port = options.port ?? 4318;
-    if (!Number.isInteger(port) || port < 0 || port > 65535)
-      throw new TypeError(
-        `@meshtrace/doctor: port must be an integer from 0 to 65535, not ${JSON.stringify(options.port)}`,
-      );
+    const { port } = numbers(options, { port: ['port', 4318] });
     let receiver: Receiver;
     try {
       receiver = await startReceiver({ port, ...(options.host === undefined ? {} : { host: options.host }) });

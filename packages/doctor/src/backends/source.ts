@@ -1,3 +1,4 @@
+import { httpUrl } from '../options';
 import { fetchFailure } from '../output';
 import type { Span } from '../model';
 import { spansFromOtlpJson } from '../otlp/decode';
@@ -68,14 +69,7 @@ export function badAnswer(url: string, answer: JsonAnswer): Error {
 
 /** `endpoint` without trailing slashes, checked to be an http(s) URL; `option` names the option in the TypeError. */
 export function baseUrl(endpoint: unknown, option: string): string {
-  let url: URL | undefined;
-  try {
-    url = typeof endpoint === 'string' ? new URL(endpoint) : undefined;
-  } catch {
-    url = undefined;
-  }
-  if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:'))
-    throw new TypeError(`@meshtrace/doctor: ${option} must be an http(s) URL, not ${JSON.stringify(endpoint)}`);
+  httpUrl(endpoint, option);
   return String(endpoint).replace(/\/+$/, '');
 }
 

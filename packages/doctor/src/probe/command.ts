@@ -7,6 +7,8 @@ import type { SentProbe } from './send';
 import { judge } from './verdict';
 import type { Hop, ProbeVerdict, SpanRef, VerdictKind } from './verdict';
 import { collectSpans } from './wait';
+import { checkOptions, optionError } from '@meshtrace/core/adapter';
+import { PACKAGE, httpUrl, numbers } from '../options';
 import { palette } from '../output';
 import type { Output } from '../output';
 
@@ -70,13 +72,6 @@ export class UnreachableError extends Error {
   readonly errno = 'EUNREACHABLE';
 }
 
-function positive(value: number | undefined, fallback: number, option: string): number {
-  if (value === undefined) return fallback;
-  if (!Number.isInteger(value) || value < 1)
-    throw new TypeError(`@meshtrace/doctor: ${option} must be a positive whole number, not ${JSON.stringify(value)}`);
-  return value;
-}
-
 /** The span source `options` name; throws a TypeError for bad configuration. */
 async function openSource(options: ProbeOptions, timeoutMs: number): Promise<SpanSource> {
   const backend = options.backend ?? 'receive';
@@ -106,25 +101,19 @@ function overall(results: readonly ProbeResult[]): VerdictKind {
  * @example const code = await runProbe({ url: 'http://127.0.0.1:8080/orders', backend: 'jaeger', endpoint: 'http://127.0.0.1:16686' }, out);
  */
 export async function runProbe(options: ProbeOptions, out: Output): Promise<number> {
-  let url: URL;
-  try {
-    url = new URL(options.url);
-  } catch {
-    throw new TypeError(`@meshtrace/doctor: url must be an http(s) URL, not ${JSON.stringify(options.url)}`);
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:')
-    throw new TypeError(`@meshtrace/doctor: url must be an http(s) URL, not ${JSON.stringify(options.url)}`);
-  const count = positive(options.count, 1, 'count');
-  const timeoutMs = positive(options.timeoutMs, 10_000, 'timeoutMs');
-  const waitMs = positive(options.waitMs, 30_000, 'waitMs');
-  const batchDelayMs = positive(options.batchDelayMs, 5_000, 'batchDelayMs');
+  const url = httpUrl(options.url, 'url');
+  const { count, timeoutMs, waitMs, batchDelayMs } = numbers(options, {
+    count: ['positive integer', 1],
+    timeoutMs: ['positive integer', 10_000],
+    waitMs: ['positive integer', 30_000],
+    batchDelayMs: ['positive integer', 5_000],
+  });
+  checkOptions(PACKAGE, options, { backend: ['receive', 'jaeger', 'tempo'], strict: 'boolean', json: 'boolean' });
   if (
     options.mesh !== undefined &&
     (!Array.isArray(options.mesh) || options.mesh.some((m) => typeof m !== 'string' || m === ''))
   )
-    throw new TypeError(
-      `@meshtrace/doctor: mesh must be a list of host[:port] or service names, not ${JSON.stringify(options.mesh)}`,
-    );
+    throw optionError(PACKAGE, 'mesh', 'a list of host[:port] or service names', options.mesh);
   const source = options.source ?? (await openSource(options, timeoutMs));
   let results: ProbeResult[];
   try {

@@ -1,5 +1,8 @@
 import { outcomeText, summarize } from '../analyze';
 import { answerSpanQuery } from './query';
+import { checkOptions } from '@meshtrace/core/adapter';
+import { PACKAGE } from '../options';
+import type { Output } from '../output';
 import type { Summary } from '../analyze';
 import type { Span } from '../model';
 import { renderTraces } from '../waterfall';
@@ -19,13 +22,6 @@ export interface ReceiveOptions extends Omit<ReceiverOptions, 'onQuiet' | 'onSpa
   entryServices?: readonly string[];
   /** Waterfalls printed as traces go quiet; the summary line is printed in every case. Default `broken`. */
   print?: PrintChoice;
-}
-
-/** Where the command writes and how. */
-export interface ReceiveOutput {
-  line(text?: string): void;
-  readonly color: boolean;
-  readonly width: number;
 }
 
 function plural(n: number, word: string): string {
@@ -76,12 +72,9 @@ function brokenTraces(summary: Summary, traces: readonly QuietTrace[]): QuietTra
  * for, and then a summary line over the whole window. Resolves once listening; `close()` on the
  * receiver stops it.
  */
-export async function runReceive(options: ReceiveOptions, out: ReceiveOutput): Promise<Receiver> {
+export async function runReceive(options: ReceiveOptions, out: Output): Promise<Receiver> {
   const { entryServices, print = 'broken', ...receiverOptions } = options;
-  if (!PRINT_CHOICES.includes(print))
-    throw new TypeError(
-      `@meshtrace/doctor: print must be one of ${PRINT_CHOICES.join(', ')}, not ${JSON.stringify(print)}`,
-    );
+  checkOptions(PACKAGE, options, { print: PRINT_CHOICES });
   const analysis = { entryServices };
   const receiver: Receiver = await startReceiver({
     ...receiverOptions,

@@ -333,10 +333,10 @@ test('a trace is handed on once, after quietMs without a span of it', async () =
 
 test('setup errors name the option', async () => {
   await expect(startReceiver({ maxSpans: 0 })).rejects.toThrow(
-    new TypeError('@meshtrace/doctor: maxSpans must be an integer of at least 1, not 0'),
+    new TypeError('@meshtrace/doctor: option "maxSpans" must be a positive integer, got 0'),
   );
   await expect(startReceiver({ forward: 'localhost:4318' })).rejects.toThrow(
-    '@meshtrace/doctor: forward must be an http(s) URL',
+    '@meshtrace/doctor: option "forward" must be an http(s) URL',
   );
 });
 
@@ -519,7 +519,9 @@ describe('throttling: past maxInFlightBytes, 429 with Retry-After, which a sende
 
   test('setup: maxInFlightBytes below maxBodyBytes could never take a whole body in', async () => {
     await expect(startReceiver({ maxBodyBytes: 1024, maxInFlightBytes: 512 })).rejects.toThrow(
-      new TypeError('@meshtrace/doctor: maxInFlightBytes must be an integer of at least 1024, not 512'),
+      new TypeError(
+        '@meshtrace/doctor: option "maxInFlightBytes" must be an integer of at least maxBodyBytes (1024), got 512',
+      ),
     );
   });
 });
@@ -589,6 +591,6 @@ describe('meshtrace receive --print: which quiet traces get a waterfall', () => 
   test('an unknown choice is a setup error', async () => {
     await expect(
       runReceive({ port: 0, print: 'some' as PrintChoice }, { line: () => {}, color: false, width: 80 }),
-    ).rejects.toThrow(new TypeError('@meshtrace/doctor: print must be one of all, broken, none, not "some"'));
+    ).rejects.toThrow(new TypeError('@meshtrace/doctor: option "print" must be one of all, broken, none, got "some"'));
   });
 });

@@ -1,3 +1,5 @@
+import { optionError } from '@meshtrace/core/adapter';
+import { PACKAGE, httpUrl, numbers } from '../options';
 import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -121,21 +123,9 @@ const DEFAULTS = {
   quietMs: 2000,
 };
 
-function check(name: string, value: number, min: number): void {
-  if (!Number.isInteger(value) || value < min)
-    throw new TypeError(`@meshtrace/doctor: ${name} must be an integer of at least ${min}, not ${String(value)}`);
-}
-
 function forwardUrl(forward: string | undefined): string | undefined {
   if (forward === undefined) return undefined;
-  let url: URL;
-  try {
-    url = new URL(forward);
-  } catch {
-    throw new TypeError(`@meshtrace/doctor: forward must be an http(s) URL, not ${JSON.stringify(forward)}`);
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:')
-    throw new TypeError(`@meshtrace/doctor: forward must be an http(s) URL, not ${JSON.stringify(forward)}`);
+  const url = httpUrl(forward, 'forward');
   // A base endpoint gets the signal path, as OTEL_EXPORTER_OTLP_ENDPOINT does (OTLP exporter spec).
   if (!url.pathname.endsWith(TRACES_PATH)) url.pathname = `${url.pathname.replace(/\/+$/, '')}${TRACES_PATH}`;
   return url.toString();
@@ -228,15 +218,23 @@ function decompress(raw: Buffer, encoding: string | undefined, max: number): Buf
  */
 export async function startReceiver(options: ReceiverOptions = {}): Promise<Receiver> {
   const o = { ...DEFAULTS, ...options };
-  check('port', o.port, 0);
-  check('maxBodyBytes', o.maxBodyBytes, 1);
+  numbers(o, {
+    port: ['port', 0],
+    maxBodyBytes: ['positive integer', 0],
+    maxSpans: ['positive integer', 0],
+    maxWindowBytes: ['positive integer', 0],
+    maxAttributeLength: ['positive integer', 0],
+    quietMs: ['positive integer', 0],
+  });
   const maxInFlightBytes = o.maxInFlightBytes ?? Math.max(32 * MIB, o.maxBodyBytes);
   // Smaller, and a body that fits maxBodyBytes could never be taken in.
-  check('maxInFlightBytes', maxInFlightBytes, o.maxBodyBytes);
-  check('maxSpans', o.maxSpans, 1);
-  check('maxWindowBytes', o.maxWindowBytes, 1);
-  check('maxAttributeLength', o.maxAttributeLength, 1);
-  check('quietMs', o.quietMs, 1);
+  if (!Number.isInteger(maxInFlightBytes) || maxInFlightBytes < o.maxBodyBytes)
+    throw optionError(
+      PACKAGE,
+      'maxInFlightBytes',
+      `an integer of at least maxBodyBytes (${o.maxBodyBytes})`,
+      maxInFlightBytes,
+    );
   const forward = forwardUrl(o.forward);
   const window = new SpanWindow(
     {
