@@ -2,8 +2,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { startCaddy } from './caddy';
 import { freePort, startNginx } from './nginx';
-import type { NginxSidecar, TraceparentMode } from './nginx';
+import type { TraceparentMode } from './nginx';
 import { hasExited, stopChild } from './process';
 
 /** A service with meshtrace set up by `setupMeshTracing` on this adapter. */
@@ -33,12 +34,15 @@ export interface MeshServiceSpec {
   readonly clockSkewMs?: number;
 }
 
-/** A proxy of a process mesh, in front of one node. */
+/**
+ * A proxy of a process mesh, in front of one node: nginx, which records nothing, or Caddy with its
+ * tracing on, which records a SERVER span of its own (`service.name` the proxy's name) and forwards its context.
+ */
 export interface MeshProxySpec {
-  readonly kind: 'nginx';
+  readonly kind: 'nginx' | 'caddy';
   /** The node it forwards to. */
   readonly upstream: string;
-  /** What it does to `traceparent`. Default `pass`. */
+  /** nginx only: what it does to `traceparent`. Default `pass`. */
   readonly traceparent?: TraceparentMode;
 }
 
@@ -91,7 +95,8 @@ function specError(message: string): TypeError {
   return new TypeError(`@meshtrace/testkit: ${message}`);
 }
 
-const isProxy = (spec: MeshServiceSpec | MeshProxySpec): spec is MeshProxySpec => spec.kind === 'nginx';
+const isProxy = (spec: MeshServiceSpec | MeshProxySpec): spec is MeshProxySpec =>
+  spec.kind === 'nginx' || spec.kind === 'caddy';
 const dependencies = (spec: MeshServiceSpec | MeshProxySpec): readonly string[] =>
   isProxy(spec) ? [spec.upstream] : (spec.calls ?? []);
 
@@ -102,6 +107,8 @@ function validate(spec: ProcessMeshSpec): void {
   for (const [name, node] of Object.entries(spec.nodes)) {
     if (!isProxy(node) && !SERVICE_KINDS.has(node.kind))
       throw specError(`node ${name} has an unknown kind ${JSON.stringify(node.kind)}`);
+    if (isProxy(node) && node.kind === 'caddy' && (node.traceparent ?? 'pass') !== 'pass')
+      throw specError(`node ${name}: only nginx changes traceparent; Caddy forwards its own span's`);
     for (const dep of dependencies(node))
       if (!names.includes(dep)) throw specError(`node ${name} calls ${JSON.stringify(dep)}, which is not a node`);
     if (
@@ -201,7 +208,7 @@ export async function startProcessMesh(spec: ProcessMeshSpec): Promise<ProcessMe
   const deadlineMs = spec.startTimeoutMs ?? 30_000;
   const children = new Map<string, ChildProcess>();
   const outputs = new Map<string, string>();
-  const proxies: NginxSidecar[] = [];
+  const proxies: Array<{ stop(): Promise<void> }> = [];
   const started = new Map<string, Promise<MeshNode>>();
   let stopping = false;
 
@@ -247,7 +254,11 @@ export async function startProcessMesh(spec: ProcessMeshSpec): Promise<ProcessMe
             node,
             deps.map((d) => d.url),
           );
-        const proxy = await startNginx({ upstreamPort: deps[0].port, traceparent: node.traceparent });
+        const upstreamPort = deps[0].port;
+        const proxy =
+          node.kind === 'caddy'
+            ? await startCaddy({ upstreamPort, otlpEndpoint: spec.otlpEndpoint, serviceName: name })
+            : await startNginx({ upstreamPort, traceparent: node.traceparent });
         proxies.push(proxy);
         return { kind: node.kind, port: proxy.port, url: proxy.url, address: `127.0.0.1:${proxy.port}` };
       });
