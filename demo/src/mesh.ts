@@ -1,8 +1,8 @@
 import { DiagLogLevel, context, diag, propagation } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { MeshPropagator } from '@meshtrace/core';
-import { receivedSpanSource, renderTraces, runProbe, summarize } from '@meshtrace/doctor';
-import type { AnalyzeOptions, Span } from '@meshtrace/doctor';
+import { meshMapUi, receivedSpanSource, renderTraces, runProbe, startReceiver, summarize } from '@meshtrace/doctor';
+import type { AnalyzeOptions, MeshMapUi, Span } from '@meshtrace/doctor';
 import { hasNginx } from '@meshtrace/testkit';
 import { Stopper } from './lifecycle';
 import { defaultSidecarKind } from './sidecar';
@@ -18,9 +18,11 @@ export interface DemoArgs {
   otlpUrl: string | undefined;
   sidecars: SidecarKind | 'auto';
   help: boolean;
+  /** Serve the mesh map both copies export to, and keep the meshes running for it until stopped. */
+  ui?: boolean;
 }
 
-const USAGE = `usage: pnpm demo [-- --otlp <url>] [-- --sidecar auto|nginx|node]
+const USAGE = `usage: pnpm demo [-- --otlp <url>] [-- --sidecar auto|nginx|node] [-- --ui]
 
 Starts gateway (Express) -> orders (Fastify) -> inventory (Koa) on 127.0.0.1, each behind its own
 sidecar proxy (nginx when it is on the PATH, else a small Node proxy), sends a few requests, and
@@ -31,6 +33,8 @@ with plain fetch.
                    them (http://localhost:4318 gets /v1/traces appended); also read from
                    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT
   --sidecar <kind> auto (default), nginx or node
+  --ui             serve the mesh map on 127.0.0.1 (both copies export to it) and keep the
+                   meshes running for its probe form until Ctrl-C
   --help           this text`;
 
 /** The OTLP/HTTP traces URL for a base endpoint: `/v1/traces` is appended unless it is there (OTLP exporter spec). */
@@ -47,6 +51,7 @@ export function parseArgs(
   let otlp: string | undefined;
   let sidecars: DemoArgs['sidecars'] = 'auto';
   let help = false;
+  let ui = false;
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] =
       argv[i].startsWith('--') && argv[i].includes('=')
@@ -55,6 +60,7 @@ export function parseArgs(
     const value = (): string | undefined => inline ?? argv[++i];
     if (flag === '--') continue;
     if (flag === '--help' || flag === '-h') help = true;
+    else if (flag === '--ui') ui = true;
     else if (flag === '--otlp') {
       otlp = value();
       if (!otlp) return '--otlp needs a URL, such as http://localhost:4318';
@@ -79,7 +85,7 @@ export function parseArgs(
       return `the OTLP endpoint must be an http(s) URL, not ${JSON.stringify(otlp)}`;
     }
   }
-  return { otlpUrl: otlp, sidecars, help };
+  return { otlpUrl: otlp, sidecars, help, ...(ui ? { ui } : {}) };
 }
 
 /** The requests sent into each copy of the mesh. */
@@ -126,18 +132,21 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
   if (kind === 'node' && args.sidecars === 'auto')
     out.line('nginx is not on the PATH, so the sidecars are the embedded Node reverse proxy');
   out.line('starting two copies: one with meshtrace, one whose services call each other with plain fetch');
+  const map = args.ui ? await stopper.track(startMap(args.otlpUrl)) : undefined;
+  // With the map, the copies export to it, and it passes the spans on to --otlp.
+  const otlpUrl = map === undefined ? args.otlpUrl : `${map.url}/v1/traces`;
 
   const runs: Run[] = [
     {
       title: 'with meshtrace',
       propagate: true,
-      telemetry: await createTelemetry({ otlpUrl: args.otlpUrl, run: 'with-meshtrace' }),
+      telemetry: await createTelemetry({ otlpUrl, run: 'with-meshtrace' }),
       results: [],
     },
     {
       title: 'without outbound propagation (plain fetch)',
       propagate: false,
-      telemetry: await createTelemetry({ otlpUrl: args.otlpUrl, run: 'plain-fetch' }),
+      telemetry: await createTelemetry({ otlpUrl, run: 'plain-fetch' }),
       results: [],
     },
   ];
@@ -188,6 +197,15 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
     );
     probes.push({ code, lines });
   }
+  if (map !== undefined) {
+    out.line(`the mesh map: ${map.url}/?by=meshtrace.demo.run`);
+    out.line(
+      `  probe ${runs[0].mesh!.entry}/checkout/1 (with meshtrace) or ${runs[1].mesh!.entry}/checkout/1 (plain fetch) from it`,
+    );
+    out.line('  the meshes keep running for it; Ctrl-C stops everything');
+    // Until a signal: main's handler stops what the stopper holds and exits.
+    await new Promise<never>(() => undefined);
+  }
   await stopper.stop();
   if (args.otlpUrl !== undefined) out.line(`flushing the spans to OTLP ${args.otlpUrl}`);
   await Promise.all(runs.map((r) => r.telemetry.shutdown()));
@@ -228,7 +246,9 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
   }
   out.line('(an orphaned root is a service inside the mesh starting a new trace although its caller was traced)');
   out.line();
-  out.line('meshtrace probe, the doctor, against the entry of each copy (exit code 0 whole, 1 broken, 2 unknown, 3 incomplete):');
+  out.line(
+    'meshtrace probe, the doctor, against the entry of each copy (exit code 0 whole, 1 broken, 2 unknown, 3 incomplete):',
+  );
   for (const [i, run] of runs.entries()) {
     out.line(`${run.title}: exit ${probes[i].code}`);
     for (const line of probes[i].lines) out.line(`  ${line}`);
@@ -254,6 +274,21 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
   }
   // The copy with meshtrace must come through whole; the plain copy breaking is the point of the demo.
   return probes[0].code === 0 ? 0 : 1;
+}
+
+/** A receiver serving the mesh map (`--ui`), passing every export on to `forward` when given. */
+async function startMap(forward: string | undefined): Promise<{ url: string; stop(): Promise<void> }> {
+  let page: MeshMapUi | undefined;
+  const receiver = await startReceiver({ port: 0, forward, route: (req, res) => page?.route(req, res) ?? false });
+  const ui = meshMapUi({ receiver, host: '127.0.0.1', entryServices: ANALYSIS.entryServices });
+  page = ui;
+  return {
+    url: receiver.url,
+    stop: async () => {
+      ui.close();
+      await receiver.close();
+    },
+  };
 }
 
 function plural(n: number, word: string): string {

@@ -191,9 +191,13 @@ function program(): Command {
         .choices(PRINT_CHOICES)
         .default('broken'),
     )
+    .option(
+      '--ui',
+      'also serve the mesh map on the same port (/): where traces break, live, with a probe form; for 127.0.0.1 only',
+    )
     .addHelpText(
       'after',
-      '\nExample:\n  meshtrace receive --port 4318 --forward http://otel-collector:4318\n\nStops on Ctrl-C (exit code 0); 2 when it cannot listen.',
+      '\nExamples:\n  meshtrace receive --port 4318 --forward http://otel-collector:4318\n  meshtrace receive --ui --entry gateway   (then open http://127.0.0.1:4318/)\n\nStops on Ctrl-C (exit code 0); 2 when it cannot listen.',
     )
     .action(
       (opts: {
@@ -204,6 +208,7 @@ function program(): Command {
         quiet?: number;
         entry?: string[];
         print: PrintChoice;
+        ui?: boolean;
       }) =>
         run(async () => {
           const receiver = await runReceive(
@@ -215,6 +220,7 @@ function program(): Command {
               quietMs: opts.quiet,
               entryServices: opts.entry,
               print: opts.print,
+              ui: opts.ui,
             }),
             output(),
           );

@@ -17,6 +17,8 @@ export { decodeTraces } from './otlp/decode';
 export { findOrphans, summarize } from './analyze';
 export type { AnalyzeOptions, Orphan, OrphanVia, Summary, Trace } from './analyze';
 export { renderTraces } from './waterfall';
+export { meshMapUi } from './ui/server';
+export type { MappedReceiver, MeshMapUi, MeshMapUiOptions } from './ui/server';
 export type { WaterfallOptions } from './waterfall';
 export { scanLogs } from './logs/scan';
 export type { LogReport, NamedLogInput, ScanOptions } from './logs/scan';

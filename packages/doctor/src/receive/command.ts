@@ -5,6 +5,7 @@ import { PACKAGE } from '../options';
 import type { Output } from '../output';
 import type { Summary } from '../analyze';
 import type { Span } from '../model';
+import { meshMapUi } from '../ui/server';
 import { renderTraces } from '../waterfall';
 import { startReceiver } from './receiver';
 import type { Receiver, ReceiverOptions, ReceiverStats } from './receiver';
@@ -22,6 +23,8 @@ export interface ReceiveOptions extends Omit<ReceiverOptions, 'onQuiet' | 'onSpa
   entryServices?: readonly string[];
   /** Waterfalls printed as traces go quiet; the summary line is printed in every case. Default `broken`. */
   print?: PrintChoice;
+  /** Also serve the mesh map, a page with its API, on the same port (`/`). Default false. */
+  ui?: boolean;
 }
 
 function plural(n: number, word: string): string {
@@ -73,13 +76,14 @@ function brokenTraces(summary: Summary, traces: readonly QuietTrace[]): QuietTra
  * receiver stops it.
  */
 export async function runReceive(options: ReceiveOptions, out: Output): Promise<Receiver> {
-  const { entryServices, print = 'broken', ...receiverOptions } = options;
-  checkOptions(PACKAGE, options, { print: PRINT_CHOICES });
+  const { entryServices, print = 'broken', ui = false, ...receiverOptions } = options;
+  checkOptions(PACKAGE, options, { print: PRINT_CHOICES, ui: 'boolean' });
   const analysis = { entryServices };
+  let map: ReturnType<typeof meshMapUi> | undefined;
   const receiver: Receiver = await startReceiver({
     ...receiverOptions,
     // So that `meshtrace probe --endpoint` can ask this receiver for the spans it holds.
-    route: (req, res) => answerSpanQuery(req, res, () => receiver.spans()),
+    route: (req, res) => answerSpanQuery(req, res, () => receiver.spans()) || (map?.route(req, res) ?? false),
     onQuiet: (traces) => {
       // Orphans are found over the whole window: the caller of a trace is in another trace.
       const summary = summarize(receiver.spans(), analysis);
@@ -95,5 +99,16 @@ export async function runReceive(options: ReceiveOptions, out: Output): Promise<
   out.line(`receiving OTLP/HTTP traces on ${receiver.url}/v1/traces: set OTEL_EXPORTER_OTLP_ENDPOINT=${receiver.url}`);
   const forward = receiver.stats().forward.url;
   if (forward !== undefined) out.line(`passing every request on to ${forward}`);
-  return receiver;
+  if (!ui) return receiver;
+  const page = meshMapUi({ receiver, host: receiverOptions.host ?? '127.0.0.1', entryServices });
+  map = page;
+  out.line(`the mesh map: ${receiver.url}/ (for this machine: its probe form sends requests from here)`);
+  // The page's live streams stay open until ended: end them, or closing would wait for the page.
+  return {
+    ...receiver,
+    close: async () => {
+      page.close();
+      await receiver.close();
+    },
+  };
 }
