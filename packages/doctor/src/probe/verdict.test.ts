@@ -236,3 +236,20 @@ test('fan-out: only the branch that lost the trace is named', () => {
   expect(v.breaks.map((b) => [b.hop.from, b.hop.to])).toEqual([['gateway', 'prices']]);
   expect(v.hops.filter((h) => h.state === 'continued').map((h) => h.to)).toEqual(['gateway', 'orders', 'inventory']);
 });
+
+test('a service that recorded no call while a new root started elsewhere is a suspect: cannot tell, not whole', () => {
+  // orders calls inventory with plain fetch: no CLIENT span, nothing forwarded.
+  const [g, gc, o] = chain();
+  const lost = span('inventory', 'server', NEW_TRACE, undefined, [30, 40], at(9002, '/stock', MISSING));
+  const v = judge(SENT, [g, gc, o], { ...SETTLED, recentRoots: [lost] });
+  expect(v.verdict).toBe('unknown');
+  expect(v.suspects.map((s) => [s.service, s.traceId])).toEqual([['inventory', NEW_TRACE]]);
+  expect(v.breaks).toEqual([]);
+  // Other traffic at the entry, at a service already in the trail, or a health check is no suspect.
+  const other = [
+    span('gateway', 'server', 'c'.repeat(32), undefined, [30, 40], at(8000, '/checkout', MISSING)),
+    span('orders', 'server', 'd'.repeat(32), undefined, [30, 40], at(9001, '/orders', MISSING)),
+    span('inventory', 'server', 'e'.repeat(32), undefined, [30, 40], at(9002, '/healthz', MISSING)),
+  ];
+  expect(judge(SENT, [g, gc, o], { ...SETTLED, recentRoots: other }).verdict).toBe('whole');
+});

@@ -3,6 +3,7 @@ import {
   SpanGraph,
   calledAt,
   isCallee,
+  isCaller,
   isHealthCheck,
   isOpenCall,
   openCallTarget,
@@ -297,6 +298,27 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
     if (at !== undefined && !tracedAt.has(at)) tracedAt.set(at, s.service);
   }
   const entryService = hops.find((h) => h.from === 'probe')?.to;
+  /** New roots no key ties to the probe that started while `during` ran, outside `services`: suspects, by time alone. */
+  const suspectsDuring = (during: Span, services: ReadonlyArray<string | undefined>): Span[] =>
+    (options.recentRoots ?? []).filter(
+      (r) =>
+        !ties.has(r.traceId) &&
+        r.parentSpanId === undefined &&
+        isCallee(r) &&
+        !services.includes(r.service) &&
+        !isHealthCheck(r) &&
+        r.startMs >= during.startMs - SUSPECT_SLACK_MS &&
+        r.startMs <= during.endMs + SUSPECT_SLACK_MS &&
+        [undefined, 'missing', 'malformed'].includes(attr(r, ATTR.outcome) ?? undefined),
+    );
+  const suspect = (r: Span, when: string): Suspect => ({
+    service: r.service,
+    traceId: r.traceId,
+    spanId: r.spanId,
+    outcome: attr(r, ATTR.outcome),
+    reason: attr(r, ATTR.reason),
+    detail: `${r.service} started trace ${r.traceId} (${outcomeText(r) || 'no outcome recorded'}) ${when}; only time ties them`,
+  });
   for (const call of open) {
     if (used.has(call)) continue;
     const { app, proxies } = graph.applicationAbove(call);
@@ -333,37 +355,42 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
       );
       continue;
     }
-    const around = (options.recentRoots ?? []).filter(
-      (r) =>
-        !ties.has(r.traceId) &&
-        r.parentSpanId === undefined &&
-        isCallee(r) &&
-        r.service !== entryService &&
-        r.service !== from &&
-        !isHealthCheck(r) &&
-        r.startMs >= call.startMs - SUSPECT_SLACK_MS &&
-        r.startMs <= call.endMs + SUSPECT_SLACK_MS &&
-        [undefined, 'missing', 'malformed'].includes(attr(r, ATTR.outcome) ?? undefined),
-    );
+    const around = suspectsDuring(call, [entryService, from]);
     if (around.length === 0) {
       place(depth(call) + 1, { from, to: target, proxies, evidence: null, state: 'untraced' });
       untracedPeers.push({ address: target, caller: from, path, declared: false });
       continue;
     }
     place(depth(call) + 1, { from, to: target, proxies, evidence: null, state: 'unanswered' });
-    for (const r of around) {
-      suspects.push({
-        service: r.service,
-        traceId: r.traceId,
-        spanId: r.spanId,
-        outcome: attr(r, ATTR.outcome),
-        reason: attr(r, ATTR.reason),
-        detail: `${r.service} started trace ${r.traceId} (${outcomeText(r) || 'no outcome recorded'}) while ${from}'s call to ${target} went unanswered; only time ties them`,
-      });
-    }
+    for (const r of around) suspects.push(suspect(r, `while ${from}'s call to ${target} went unanswered`));
     gaps.push(
       `${from} called ${target}, which recorded nothing, and ${around.length === 1 ? 'a new trace' : `${around.length} new traces`} started meanwhile (suspects below): if ${target} is in the mesh, the trail is lost there; declare it with --mesh to make that a break`,
     );
+  }
+
+  // A service that recorded no call may still have called on with a client that records nothing and
+  // forwards nothing (plain fetch): a new root elsewhere while it worked is a suspect, so not WHOLE.
+  const probeServices = new Set(tied.map((s) => s.service));
+  /** Whether the service recorded a call under `span`: a CLIENT span, or a child in another service, at any depth. */
+  const callsBelow = (span: Span): boolean =>
+    graph.children(span).some((c) => isCaller(c) || c.service !== span.service || callsBelow(c));
+  for (const server of tied) {
+    if (server.kind !== 'server' || graph.isProxy(server)) continue;
+    if (breaks.length > 0 || callsBelow(server)) continue;
+    const around = suspectsDuring(server, [entryService, ...probeServices]).filter(
+      (r) => !suspects.some((s) => s.spanId === r.spanId),
+    );
+    for (const r of around)
+      suspects.push(
+        suspect(
+          r,
+          `while ${server.service} served the probe and recorded no call of its own (a client that records nothing, such as plain fetch, forwards nothing)`,
+        ),
+      );
+    if (around.length > 0)
+      gaps.push(
+        `${server.service} recorded no outbound call, and ${around.length === 1 ? 'a new trace' : `${around.length} new traces`} started while it served the probe (suspects below): if it called on with a client that forwards nothing, the trail is lost there`,
+      );
   }
 
   // More than one trace tied to the probe is a break even where no root was found (one still in a batch).
