@@ -51,12 +51,14 @@ function count(framework: Framework, candidate: Candidate, requests: number): Pr
     { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] },
   );
   let stderr = '';
-  child.stderr?.on('data', (c: Buffer) => void (stderr = (stderr + c.toString()).slice(-4000)));
+  child.stderr?.on('data', (c: Buffer) => {
+    stderr = (stderr + c.toString()).slice(-4000);
+  });
   return new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(
-      () => (child.kill('SIGKILL'), reject(new Error(`${framework}/${candidate}: no answer within 10 min`))),
-      600_000,
-    );
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${framework}/${candidate}: no answer within 10 min`));
+    }, 600_000);
     child.on('message', (m: FromServer) => {
       if (m.type === 'error') reject(new Error(`${framework}/${candidate}: ${m.message}`));
       if (m.type !== 'ready') return;

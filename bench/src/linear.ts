@@ -9,7 +9,7 @@ const T = '0af7651916cd43dd8448eb211c80319c';
 const shapes: Record<string, (bytes: number) => string> = {
   'traceparent, long tail': (n) => `00-${T}-b7ad6b7169203331-01`.padEnd(n, 'x'),
   'tracestate, one long value': (n) => `a=${'v'.repeat(n - 2)}`,
-  'tracestate, empty members': (n) => ','.repeat(n - 3) + 'a=1',
+  'tracestate, empty members': (n) => `${','.repeat(n - 3)}a=1`,
   'tracestate, members without =': (n) => 'abc,'.repeat(n / 4),
   'baggage, many members': (n) => 'k=v,'.repeat(n / 4).slice(0, Math.min(n, 8192)),
   'baggage, over the limit': (n) => `a=${'x'.repeat(n - 2)}`,
@@ -35,8 +35,8 @@ function nsPerByte(parse: (s: string) => unknown, input: string): number {
 
 export function runLinear(): string[] {
   const lines = [
-    '| input | ' + SIZES.map((s) => `${s / 1024} KiB`).join(' | ') + ' | 64 KiB / 1 KiB |',
-    '|---|' + SIZES.map(() => '---:').join('|') + '|---:|',
+    `| input | ${SIZES.map((s) => `${s / 1024} KiB`).join(' | ')} | 64 KiB / 1 KiB |`,
+    `|---|${SIZES.map(() => '---:').join('|')}|---:|`,
   ];
   let worst = 0;
   for (const [name, make] of Object.entries(shapes)) {

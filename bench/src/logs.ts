@@ -72,7 +72,7 @@ function generate(format: Format, megabytes: number): { chunks: Buffer[]; bytes:
   let pending: string[] = [];
   let pendingLength = 0;
   while (bytes + pendingLength < megabytes * MB) {
-    const l = line(format, lines++) + '\n';
+    const l = `${line(format, lines++)}\n`;
     pending.push(l);
     pendingLength += l.length;
     if (pendingLength >= 64 * 1024) {

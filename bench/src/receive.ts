@@ -102,10 +102,9 @@ export async function benchReceive(
 
   log(`receive: decoding ${fmt(total)} spans in process`);
   let start = performance.now();
-  let decoded: number;
   const all = bodies.flatMap((b) => decodeTraces(b, 'application/x-protobuf'));
   const decodeMs = performance.now() - start;
-  decoded = all.length;
+  const decoded = all.length;
   start = performance.now();
   const summary = summarize(all);
   const analyseMs = performance.now() - start;

@@ -109,7 +109,7 @@ export function startApp(
       }
       const listening = LISTENING.exec(line);
       if (listening === null) {
-        other += line + '\n';
+        other += `${line}\n`;
         return;
       }
       clearTimeout(timer);

@@ -26,7 +26,7 @@ export async function installApp(label: string, dependencies: Readonly<Record<st
   const dir = mkdtempSync(join(tmpdir(), `meshtrace-e2e-${label}-`));
   writeFileSync(
     join(dir, 'package.json'),
-    JSON.stringify({ name: `meshtrace-e2e-${label}`, version: '1.0.0', private: true, dependencies }, null, 2) + '\n',
+    `${JSON.stringify({ name: `meshtrace-e2e-${label}`, version: '1.0.0', private: true, dependencies }, null, 2)}\n`,
   );
   cpSync(FIXTURES, dir, { recursive: true });
   const args = ['install', '--no-audit', '--no-fund', '--loglevel=error', '--prefer-offline'];

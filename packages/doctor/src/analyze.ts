@@ -74,7 +74,8 @@ export function outcomesByService(spans: readonly Span[]): Record<string, Record
   const out: Record<string, Record<string, number>> = {};
   for (const span of spans) {
     if (span.kind !== 'server') continue;
-    const counts = (out[span.service] ??= {});
+    out[span.service] ??= {};
+    const counts = out[span.service];
     const text = outcomeText(span) || 'none';
     counts[text] = (counts[text] ?? 0) + 1;
   }

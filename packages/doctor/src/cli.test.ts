@@ -87,7 +87,7 @@ describe('meshtrace', () => {
     writeFileSync(a, envoy('10.0.0.1:80', TP));
     writeFileSync(
       b,
-      JSON.stringify({ method: 'GET', path: '/orders', upstream_cluster: 'inbound|8080||', traceparent: TP }) + '\n',
+      `${JSON.stringify({ method: 'GET', path: '/orders', upstream_cluster: 'inbound|8080||', traceparent: TP })}\n`,
     );
     const { code, out } = meshtrace(['logs', '--json', a, b]);
     expect(code).toBe(0);

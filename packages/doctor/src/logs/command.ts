@@ -106,7 +106,7 @@ function paint(out: Output, code: 2 | 31 | 32, text: string): string {
 }
 
 function sampleLine(out: Output, s: LogSample): string {
-  return '      ' + paint(out, 2, `${s.file}:${s.line}  ${s.text || '(line not kept)'}`);
+  return `      ${paint(out, 2, `${s.file}:${s.line}  ${s.text || '(line not kept)'}`)}`;
 }
 
 /** The report as text: inputs, then each upstream or route with its findings and a sample line each. */

@@ -210,7 +210,7 @@ export async function scanLogs(
       const sample = (): LogSample => ({
         file: name,
         line: n,
-        text: text.length > SAMPLE_LENGTH ? text.slice(0, SAMPLE_LENGTH) + '...' : text,
+        text: text.length > SAMPLE_LENGTH ? `${text.slice(0, SAMPLE_LENGTH)}...` : text,
       });
       const e = format === undefined ? 'unknown-format' : cut ? 'line-too-long' : PARSERS[format](text);
       if (typeof e === 'string') {

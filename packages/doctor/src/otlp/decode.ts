@@ -64,7 +64,7 @@ function list(value: unknown, what: string): Loose[] {
 }
 
 // Own properties only: a decoded protobuf message keeps the defaults of unset fields on its prototype.
-const has = (o: Loose, key: string): boolean => Object.prototype.hasOwnProperty.call(o, key);
+const has = (o: Loose, key: string): boolean => Object.hasOwn(o, key);
 
 function spansOf(request: Loose, key: 'resourceSpans' | 'batches'): Span[] {
   const spans: Span[] = [];
