@@ -1,4 +1,7 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,6 +46,27 @@ describe('meshtrace', () => {
     const refused = meshtrace(['probe', '--port', '0', `http://127.0.0.1:${closed}/`]);
     expect(refused).toEqual({ code: 2, out: `meshtrace: cannot reach http://127.0.0.1:${closed}/: ECONNREFUSED\n` });
     expect(Date.now() - started).toBeLessThan(10_000);
+  });
+
+  it('probe: a receiver port in use says to read from it with --endpoint, exit 2', async () => {
+    const busy = createServer().listen(0, '127.0.0.1');
+    await once(busy, 'listening');
+    const { port } = busy.address() as AddressInfo;
+    try {
+      const run = spawn(process.execPath, [CLI, 'probe', '--port', String(port), 'http://127.0.0.1:9/'], {
+        env: { PATH: process.env.PATH },
+      });
+      let out = '';
+      run.stderr.on('data', (c: Buffer) => {
+        out += c.toString();
+      });
+      const [code] = (await once(run, 'exit')) as [number];
+      expect(code).toBe(2);
+      expect(out).toContain(`port 127.0.0.1:${port} is in use`);
+      expect(out).toContain(`--endpoint http://127.0.0.1:${port}`);
+    } finally {
+      busy.close();
+    }
   });
 
   it('a usage error is one line and a hint, exit 64; a closed pipe ends quietly with 0', () => {
