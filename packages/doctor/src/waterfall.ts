@@ -22,13 +22,17 @@ function outcomePaint(p: Palette, outcome: string, orphan: boolean): Paint {
   return p.warn;
 }
 
-interface Row {
+/** How a trace's first span came to be. */
+export type HeadlineKind = 'continues' | 'parent-missing' | 'orphan' | 'edge';
+
+/** A span of a trace and its depth under the trace's first span. */
+export interface Row {
   readonly depth: number;
   readonly span: Span;
 }
 
 /** Depth-first, children in start order; spans whose parent is not in the set start a tree. */
-function rows(trace: readonly Span[]): Row[] {
+export function traceRows(trace: readonly Span[]): Row[] {
   const ids = new Set(trace.map((s) => s.spanId));
   const children = new Map<string, Span[]>();
   const tops: Span[] = [];
@@ -46,17 +50,33 @@ function rows(trace: readonly Span[]): Row[] {
   return out;
 }
 
-function headline(p: Palette, traceId: string, top: Span, orphan: boolean): string {
+/** What a trace's headline says of its first span, in words, for the terminal and the page alike. */
+export function traceHeadline(top: Span, orphan: boolean): { readonly headline: HeadlineKind; readonly text: string } {
   const parent = top.parentSpanId;
-  let what: string;
   // OTLP does not say whether a parent was remote; a SERVER span's parent is its caller's span by definition.
   if (parent !== undefined)
-    what =
-      top.kind === 'server' ? p.good(`continues the caller's span ${parent}`) : `parent ${parent} was not recorded`;
-  else if (orphan)
-    what = p.bad(`ORPHANED ROOT: ${top.service} started a new trace (${outcomeText(top) || 'no outcome'})`);
-  else what = p.warn(`new trace at the edge (${outcomeText(top) || 'no outcome'})`);
-  return `${p.dim('trace')} ${traceId}  ${what}`;
+    return top.kind === 'server'
+      ? { headline: 'continues', text: `continues the caller's span ${parent}` }
+      : { headline: 'parent-missing', text: `parent ${parent} was not recorded` };
+  if (orphan)
+    return {
+      headline: 'orphan',
+      text: `ORPHANED ROOT: ${top.service} started a new trace (${outcomeText(top) || 'no outcome'})`,
+    };
+  return { headline: 'edge', text: `new trace at the edge (${outcomeText(top) || 'no outcome'})` };
+}
+
+const HEADLINE_PAINT: Readonly<Record<HeadlineKind, keyof Palette | undefined>> = {
+  continues: 'good',
+  'parent-missing': undefined,
+  orphan: 'bad',
+  edge: 'warn',
+};
+
+function headline(p: Palette, traceId: string, top: Span, orphan: boolean): string {
+  const { headline: kind, text } = traceHeadline(top, orphan);
+  const paint = HEADLINE_PAINT[kind];
+  return `${p.dim('trace')} ${traceId}  ${paint === undefined ? text : p[paint](text)}`;
 }
 
 function pad(text: string, width: number): string {
@@ -72,7 +92,7 @@ export function renderTraces(spans: readonly Span[], options: WaterfallOptions):
   if (spans.length === 0) return ['(no spans)'];
   const p = palette(options.color);
   const orphans = new Set((options.orphans ?? []).map((o) => o.span));
-  const traces = groupTraces(spans).map((t) => ({ id: t.traceId, rows: rows(t.spans) }));
+  const traces = groupTraces(spans).map((t) => ({ id: t.traceId, rows: traceRows(t.spans) }));
 
   const t0 = Math.min(...spans.map((s) => s.startMs));
   const t1 = Math.max(...spans.map((s) => s.endMs));

@@ -1,14 +1,13 @@
 import { groupTraces, outcomeText } from '../analyze';
 import { peerOf } from '../evidence';
 import type { Span, SpanKindName } from '../model';
+import { traceHeadline, traceRows } from '../waterfall';
+import type { HeadlineKind } from '../waterfall';
 
 /*
  * The terminal waterfall (`waterfall.ts`) as data for the page: the same headline per trace and the same
  * columns per span (service indented under its parent, name, kind, outcome or callee, bar, duration).
  */
-
-/** How a trace's first span came to be. */
-export type HeadlineKind = 'continues' | 'parent-missing' | 'orphan' | 'edge';
 
 /** One span of a waterfall. */
 export interface WaterfallRow {
@@ -40,39 +39,6 @@ export interface WaterfallTrace {
 /** Most spans drawn of one trace: the page shows the first ones and says how many more. */
 const MAX_ROWS = 200;
 
-/** Depth-first, children in start order; spans whose parent is not in the set start a tree. */
-function order(trace: readonly Span[]): Array<{ depth: number; span: Span }> {
-  const ids = new Set(trace.map((s) => s.spanId));
-  const children = new Map<string, Span[]>();
-  const tops: Span[] = [];
-  for (const span of trace) {
-    const parent = span.parentSpanId;
-    if (parent === undefined || !ids.has(parent)) tops.push(span);
-    else children.set(parent, [...(children.get(parent) ?? []), span]);
-  }
-  const out: Array<{ depth: number; span: Span }> = [];
-  const walk = (span: Span, depth: number): void => {
-    out.push({ depth, span });
-    for (const child of children.get(span.spanId) ?? []) walk(child, depth + 1);
-  };
-  for (const top of tops) walk(top, 0);
-  return out;
-}
-
-function headline(top: Span, orphan: boolean): { headline: HeadlineKind; text: string } {
-  const parent = top.parentSpanId;
-  if (parent !== undefined)
-    return top.kind === 'server'
-      ? { headline: 'continues', text: `continues the caller's span ${parent}` }
-      : { headline: 'parent-missing', text: `parent ${parent} was not recorded` };
-  if (orphan)
-    return {
-      headline: 'orphan',
-      text: `ORPHANED ROOT: ${top.service} started a new trace (${outcomeText(top) || 'no outcome'})`,
-    };
-  return { headline: 'edge', text: `new trace at the edge (${outcomeText(top) || 'no outcome'})` };
-}
-
 /**
  * The traces of `spans` as waterfalls, in the order of their first span, on one time axis; `orphans`
  * are the span ids of roots that broke a trace (their traces are headed as such).
@@ -88,11 +54,11 @@ export function waterfall(spans: readonly Span[], orphans: ReadonlySet<string> =
   const total = Math.max(1e-6, t1 - t0);
   const pct = (ms: number): number => Math.round(Math.min(100, Math.max(0, (ms / total) * 100)) * 100) / 100;
   return groupTraces(spans).map((trace) => {
-    const rows = order(trace.spans).slice(0, MAX_ROWS);
+    const rows = traceRows(trace.spans).slice(0, MAX_ROWS);
     const top = rows[0].span;
     return {
       traceId: trace.traceId,
-      ...headline(top, orphans.has(top.spanId)),
+      ...traceHeadline(top, orphans.has(top.spanId)),
       rows: rows.map(({ depth, span }) => {
         const outcome = outcomeText(span);
         const status = span.attributes['http.response.status_code'];
