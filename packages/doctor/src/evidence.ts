@@ -76,9 +76,16 @@ function fromHostHeader(value: unknown, scheme: string | undefined): string | un
 export function calledAt(span: Span): string | undefined {
   const a = span.attributes;
   const scheme = typeof a['url.scheme'] === 'string' ? a['url.scheme'] : undefined;
+  const oldScheme = typeof a['http.scheme'] === 'string' ? a['http.scheme'] : scheme;
+  // Older conventions: `http.host` is the Host header, which may leave out the port that `net.host.port`
+  // (the port the server listens on) then gives; OpenTelemetry Python's aiohttp server records it so.
+  const host = typeof a['http.host'] === 'string' ? a['http.host'] : undefined;
+  const hostOnly = host !== undefined && !/:\d+$/.test(host);
   return (
     authority(a['server.address'], a['server.port'], scheme) ??
-    fromHostHeader(a['http.host'], typeof a['http.scheme'] === 'string' ? a['http.scheme'] : scheme) ??
+    (hostOnly && port(a['net.host.port']) !== undefined
+      ? authority(host.replace(/^\[|\]$/g, ''), a['net.host.port'], oldScheme)
+      : fromHostHeader(host, oldScheme)) ??
     authority(a['net.host.name'], a['net.host.port'], scheme)
   );
 }

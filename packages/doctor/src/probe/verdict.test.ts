@@ -253,3 +253,15 @@ test('a service that recorded no call while a new root started elsewhere is a su
   ];
   expect(judge(SENT, [g, gc, o], { ...SETTLED, recentRoots: other }).verdict).toBe('whole');
 });
+
+test("older conventions: a SERVER span's http.host without a port takes net.host.port (OpenTelemetry Python's aiohttp)", () => {
+  const [g, gc] = chain();
+  const py = span('python', 'server', NEW_TRACE, undefined, [10, 70], {
+    'http.host': '127.0.0.1',
+    'net.host.port': 9001,
+    'http.target': '/orders?x=1',
+    'http.scheme': 'http',
+  });
+  const v = judge(SENT, [g, gc], { ...SETTLED, recentRoots: [py] });
+  expect(v.breaks.map((b) => [b.hop.from, b.hop.to, b.evidence])).toEqual([['gateway', 'python', 'peer']]);
+});
