@@ -161,7 +161,9 @@ beforeAll(async () => {
   base = `http://127.0.0.1:${(backend.address() as AddressInfo).port}`;
 });
 afterAll(() => new Promise((resolve) => backend.close(resolve)));
-beforeEach(() => void (asked.length = 0));
+beforeEach(() => {
+  asked.length = 0;
+});
 
 test('the fixture is what the backends are asked about', () => {
   expect(
@@ -210,10 +212,38 @@ describe('jaeger', () => {
       expect(Math.abs(g.startMs - want[i].startMs)).toBeLessThan(0.003);
       expect(Math.abs(g.endMs - want[i].endMs)).toBeLessThan(0.003);
     }
-    // Once v1 has answered, v3 is not asked again, and the attribute search (v3 only) is skipped.
+    // Once v1 has answered, v3 is not asked again.
     expect(byId(await source.trace(TRACE_ID, WINDOW))).toHaveLength(3);
-    expect(await source.probeTraces(PROBE, WINDOW)).toEqual([]);
     expect(asked).toEqual([`/api/v3/traces/${TRACE_ID}`, `/api/traces/${TRACE_ID}`, `/api/traces/${TRACE_ID}`]);
+  });
+
+  test("without API v3, finds the traces carrying the probe with v1's search, one service at a time", async () => {
+    const traces: Record<string, ReadableSpan[]> = {
+      gateway: ofTrace(TRACE_ID),
+      orders: ofTrace(TRACE_ID),
+      inventory: recorded.filter((s) => s.resource.attributes['service.name'] === 'inventory'),
+    };
+    handler = (url, _req, res) => {
+      if (url.pathname.startsWith('/api/v3/')) return text(res, 404, '404 page not found\n');
+      if (url.pathname === '/api/services') return json(res, 200, { data: Object.keys(traces), total: 3 });
+      if (url.pathname !== '/api/traces') return text(res, 404, '404 page not found\n');
+      const spans = traces[url.searchParams.get('service') ?? ''];
+      // One v1 model per trace, as Jaeger answers a search.
+      const ids = [...new Set(spans.map((s) => s.spanContext().traceId))];
+      const models = ids.map(
+        (id) => (jaegerModel(spans.filter((s) => s.spanContext().traceId === id)) as { data: unknown[] }).data,
+      );
+      json(res, 200, { data: models.flat(), total: ids.length });
+    };
+    const spans = await jaegerSource({ endpoint: base }).probeTraces(PROBE, WINDOW);
+    const untimed = (list: Span[]): unknown[] => byId(list).map(({ startMs: _s, endMs: _e, ...rest }) => rest);
+    expect(untimed(spans)).toEqual(
+      untimed([...expected(TRACE_ID), ...expected(ORPHAN_TRACE).filter((s) => s.traceId === ORPHAN_TRACE)]),
+    );
+    const searches = asked.filter((a) => a.startsWith('/api/traces?')).map((a) => new URL(a, base).searchParams);
+    expect(searches.map((q) => q.get('service'))).toEqual(['gateway', 'orders', 'inventory']);
+    expect(searches[0].get('start')).toBe(String(WINDOW.startMs * 1000));
+    expect(searches[0].get('end')).toBe(String(WINDOW.endMs * 1000));
   });
 
   test('finds the traces carrying the probe with an API v3 attribute search', async () => {
@@ -231,6 +261,8 @@ describe('jaeger', () => {
     expect(JSON.parse(query.get('query.attributes')!)).toEqual({ [ATTR.probe]: PROBE });
     expect(query.get('query.startTimeMin')).toBe(new Date(WINDOW.startMs).toISOString());
     expect(query.get('query.start_time_max')).toBe(new Date(WINDOW.endMs).toISOString());
+    // Jaeger 1.75 takes the depth only as num_traces, and answers 500 without one.
+    expect(query.get('query.num_traces')).toBe('20');
   });
 
   test.each([

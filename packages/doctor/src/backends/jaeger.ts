@@ -14,7 +14,8 @@ export interface JaegerSourceOptions {
 
 /**
  * Reads spans from Jaeger's query service: API v3 (`/api/v3/traces/{id}`, OTLP JSON in `result`) and
- * its attribute search; a Jaeger without API v3 is read over v1 (`/api/traces/{id}`, Jaeger's own model).
+ * its search; a Jaeger without API v3 is read over v1 (`/api/traces/{id}`, Jaeger's own model, and a
+ * search per service).
  */
 export function jaegerSource(options: JaegerSourceOptions): SpanSource {
   const base = baseUrl(options.endpoint, 'endpoint');
@@ -58,37 +59,72 @@ export function jaegerSource(options: JaegerSourceOptions): SpanSource {
       return spans ?? [];
     },
     async probeTraces(probeId, window) {
-      // The attribute filter needs API v3 (Jaeger v2); v1's search needs a service name the probe does not know.
-      if (api === 'v1') return [];
-      return tracesCarrying(await search(base, timeoutMs, { [ATTR.probe]: probeId }, window), probeId);
+      const found = api === 'v1' ? undefined : await search(base, timeoutMs, { [ATTR.probe]: probeId }, window);
+      // Without API v3, v1's search, which needs a service name: each service's traces of the window.
+      return tracesCarrying(found ?? (await searchV1(base, timeoutMs, window)), probeId);
     },
     close: async () => undefined,
   };
 }
 
-/** API v3 `FindTraces` over HTTP: every span of the traces with a span having `attributes`. */
+/** How many traces one search returns: newest first, so the probe's own are among them. */
+const SEARCH_DEPTH = 20;
+
+/** API v3 `FindTraces` over HTTP: every span of the traces with a span having `attributes`; undefined without API v3. */
 async function search(
   base: string,
   timeoutMs: number,
   attributes: Record<string, string>,
   window: TimeWindow,
-): Promise<Span[]> {
+): Promise<Span[] | undefined> {
   const min = new Date(window.startMs).toISOString();
   const max = new Date(window.endMs).toISOString();
-  // Current Jaeger reads the camelCase names and takes attributes as a JSON object; older v2 releases read the snake_case ones.
+  // Current Jaeger reads the camelCase names and takes attributes as a JSON object; older v2 releases (Jaeger
+  // 1.75 / 2.x) read the snake_case ones, take the depth as `num_traces` (500 "search depth must be greater than 0"
+  // without it) and ignore the attributes, so the traces are filtered here (tracesCarrying).
   const query = new URLSearchParams({
     'query.attributes': JSON.stringify(attributes),
     'query.startTimeMin': min,
     'query.startTimeMax': max,
     'query.start_time_min': min,
     'query.start_time_max': max,
-    'query.searchDepth': '20',
+    'query.searchDepth': String(SEARCH_DEPTH),
+    'query.num_traces': String(SEARCH_DEPTH),
   });
   const url = `${base}/api/v3/traces?${query}`;
   const answer = await getJson(url, timeoutMs);
-  if (answer.status === 404 && isGatewayError(answer)) return [];
+  if (answer.status === 404) return isGatewayError(answer) ? [] : undefined;
   if (answer.status !== 200) throw badAnswer(url, answer);
   return otlpSpans(url, resultOf(url, answer));
+}
+
+/**
+ * API v1 search (`/api/traces?service=`, times in microseconds): the traces of the window of every service
+ * `/api/services` lists, each once; v1 has no search without a service name.
+ */
+async function searchV1(base: string, timeoutMs: number, window: TimeWindow): Promise<Span[]> {
+  const listUrl = `${base}/api/services`;
+  const list = await getJson(listUrl, timeoutMs);
+  const services = (list.body as { data?: unknown } | undefined)?.data;
+  if (list.status !== 200 || !(services === null || Array.isArray(services))) throw badAnswer(listUrl, list);
+  const spans = new Map<string, Span>();
+  for (const service of (services ?? []).filter((x): x is string => typeof x === 'string')) {
+    const query = new URLSearchParams({
+      service,
+      start: String(Math.floor(window.startMs * 1000)),
+      end: String(Math.ceil(window.endMs * 1000)),
+      limit: String(SEARCH_DEPTH),
+    });
+    const url = `${base}/api/traces?${query}`;
+    const answer = await getJson(url, timeoutMs);
+    if (answer.status !== 200) throw badAnswer(url, answer);
+    try {
+      for (const span of spansFromJaegerModel(answer.body)) spans.set(`${span.traceId}/${span.spanId}`, span);
+    } catch (err) {
+      throw new Error(`GET ${url} answered 200 with a body that is not Jaeger's JSON model: ${(err as Error).message}`);
+    }
+  }
+  return [...spans.values()];
 }
 
 /** API v3 wraps its answers as grpc-gateway does: `{result: TracesData}`, errors as `{error: {httpCode, message}}`. */
