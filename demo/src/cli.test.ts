@@ -60,7 +60,7 @@ function processesInGroup(pgid: number): string[] {
  * Runs the compiled demo in a process group of its own, with a temp directory of its own (where
  * nginx keeps its files), and reports what it printed and what it left behind.
  */
-async function runCompiled(args: string[], interrupt?: Interrupt): Promise<Finished> {
+async function runCompiled(args: string[], interrupt?: Interrupt, killAfterMs = 20_000): Promise<Finished> {
   const tmp = mkdtempSync(join(tmpdir(), 'meshtrace-demo-run-'));
   const env: NodeJS.ProcessEnv = { ...process.env, TMPDIR: tmp };
   for (const name of Object.keys(env))
@@ -93,7 +93,7 @@ async function runCompiled(args: string[], interrupt?: Interrupt): Promise<Finis
     }
   };
   // A hung demo is killed with its whole group (nginx included) before jest's own timeout.
-  const timer = setTimeout(() => kill(-pgid), 20_000);
+  const timer = setTimeout(() => kill(-pgid), killAfterMs);
   const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
     child.once('close', (c, s) => resolve([c, s])),
   );
@@ -219,10 +219,59 @@ describe('pnpm demo', () => {
     }
   });
 
+  test("--sidecar caddy --jaeger: waterfalls read back from a Jaeger of its own, with the sidecars' spans, and the probe through it", async () => {
+    const run = await runCompiled(['--sidecar', 'caddy', '--jaeger'], undefined, 90_000);
+    expect({
+      code: run.code,
+      stderr: run.stderr,
+      leftovers: run.leftovers,
+      leftoverFiles: run.leftoverFiles,
+    }).toEqual({ code: 0, stderr: '', leftovers: [], leftoverFiles: [] });
+    expect(run.stdout).toContain('each behind its own Caddy sidecar (tracing on');
+    expect(run.stdout).toMatch(/^reading the traces back from Jaeger's query API \(http:\/\/127\.0\.0\.1:\d+\)$/m);
+    // The caller's trace, as Jaeger holds it: each sidecar's span between the caller and its service.
+    const waterfall = run.stdout.slice(
+      run.stdout.indexOf("trace 4bf92f3577b34da6a3ce929d0e0e4736  continues the caller's span"),
+    );
+    const rows = waterfall
+      .split('\n')
+      .slice(1, 9)
+      .map((line) =>
+        line
+          .replace(/\s*\|.*$/, '')
+          .trim()
+          .split(/\s+/)
+          .slice(0, 3)
+          .join(' '),
+      );
+    expect(rows).toEqual([
+      'gateway-sidecar handler server',
+      'gateway GET /checkout/:id',
+      'gateway GET client',
+      'orders-sidecar handler server',
+      'orders GET /orders/:id',
+      'orders GET client',
+      'inventory-sidecar handler server',
+      'inventory GET /stock/:sku',
+    ]);
+    // 3 services and 3 sidecars, 2 calls: 8 spans a request with meshtrace; 6 in 3 traces with plain fetch.
+    expect(run.stdout).toMatch(/^with meshtrace: +3 requests → 3 traces, 24 spans, 0 orphaned roots$/m);
+    expect(run.stdout).toMatch(/^without outbound propagation \(plain fetch\): +3 requests → 9 traces, 18 spans, /m);
+    expect(run.stdout).toMatch(
+      /^ {2}meshtrace probe http:\/\/127\.0\.0\.1:\d+\/checkout\/probe: 1 request, spans from Jaeger at /m,
+    );
+    expect(run.stdout).toContain(
+      'WHOLE  8 spans from gateway, gateway-sidecar, inventory, inventory-sidecar, orders, orders-sidecar in one trace',
+    );
+    expect(run.stdout).toContain('probe → gateway via gateway-sidecar: continued (parent link)');
+    expect(run.stdout).toContain('gateway → orders via orders-sidecar: continued (parent link)');
+    expect(run.stdout).toMatch(/^without outbound propagation \(plain fetch\): exit 1$/m);
+  }, 120_000);
+
   test('reports a bad argument with usage and exit code 2', async () => {
     const run = await runCompiled(['--sidecar', 'envoy']);
     expect({ code: run.code, stdout: run.stdout }).toEqual({ code: 2, stdout: '' });
-    expect(run.stderr).toContain('--sidecar takes auto, nginx or node, not "envoy"');
+    expect(run.stderr).toContain('--sidecar takes auto, nginx, node or caddy, not "envoy"');
     expect(run.stderr).toContain('usage: pnpm demo');
   });
 });
@@ -279,6 +328,30 @@ describe('parseArgs', () => {
       '--otlp needs a URL, such as http://localhost:4318',
     ],
     ['unknown flag', ['--verbose'], {}, 'unknown argument "--verbose"'],
+    [
+      '--sidecar caddy --jaeger',
+      ['--sidecar', 'caddy', '--jaeger'],
+      {},
+      { otlpUrl: undefined, sidecars: 'caddy', help: false, jaeger: true },
+    ],
+    [
+      '--jaeger exports to its own Jaeger: the OTLP variables are not read',
+      ['--jaeger'],
+      { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://b:4318' },
+      { otlpUrl: undefined, sidecars: 'auto', help: false, jaeger: true },
+    ],
+    [
+      '--jaeger with --otlp',
+      ['--jaeger', '--otlp', 'http://a:4318'],
+      {},
+      '--jaeger exports to a Jaeger of its own: it takes neither --otlp nor --ui',
+    ],
+    [
+      '--jaeger with --ui',
+      ['--ui', '--jaeger'],
+      {},
+      '--jaeger exports to a Jaeger of its own: it takes neither --otlp nor --ui',
+    ],
   ])('%s', (_name, argv, env, expected) => {
     expect(parseArgs(argv, env)).toEqual(expected);
   });

@@ -4,12 +4,13 @@ import { MeshPropagator } from '@meshtrace/core';
 import { meshMapUi, receivedSpanSource, renderTraces, runProbe, startReceiver, summarize } from '@meshtrace/doctor';
 import type { AnalyzeOptions, MeshMapUi, Span } from '@meshtrace/doctor';
 import { hasNginx } from '@meshtrace/testkit';
+import { readBack, missingPeers, startDemoJaeger } from './jaeger';
 import { Stopper } from './lifecycle';
 import { defaultSidecarKind } from './sidecar';
 import type { SidecarKind } from './sidecar';
 import { FRAMEWORK, SERVICES, createTelemetry } from './telemetry';
 import type { Telemetry } from './telemetry';
-import { startMesh } from './topology';
+import { sidecarName, startMesh } from './topology';
 import type { Mesh } from './topology';
 
 /** What the command line asked for. */
@@ -20,9 +21,11 @@ export interface DemoArgs {
   help: boolean;
   /** Serve the mesh map both copies export to, and keep the meshes running for it until stopped. */
   ui?: boolean;
+  /** Start a Jaeger all-in-one, export to it, read the waterfalls back from it and probe through it. */
+  jaeger?: boolean;
 }
 
-const USAGE = `usage: pnpm demo [-- --otlp <url>] [-- --sidecar auto|nginx|node] [-- --ui]
+const USAGE = `usage: pnpm demo [-- --otlp <url>] [-- --sidecar auto|nginx|node|caddy] [-- --jaeger] [-- --ui]
 
 Starts gateway (Express) -> orders (Fastify) -> inventory (Koa) on 127.0.0.1, each behind its own
 sidecar proxy (nginx when it is on the PATH, else a small Node proxy), sends a few requests, and
@@ -32,7 +35,10 @@ with plain fetch.
   --otlp <url>     send the spans to an OTLP/HTTP collector, Jaeger or Tempo instead of printing
                    them (http://localhost:4318 gets /v1/traces appended); also read from
                    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT
-  --sidecar <kind> auto (default), nginx or node
+  --sidecar <kind> auto (default), nginx, node, or caddy: Caddy with its OpenTelemetry tracing on,
+                   a sidecar that records a span of its own per request (pnpm peers caddy builds it)
+  --jaeger         start a private Jaeger (pnpm peers jaeger builds it), export the services' and
+                   sidecars' spans to it, read the waterfalls back from it and probe through it
   --ui             serve the mesh map on 127.0.0.1 (both copies export to it) and keep the
                    meshes running for its probe form until Ctrl-C
   --help           this text`;
@@ -52,6 +58,7 @@ export function parseArgs(
   let sidecars: DemoArgs['sidecars'] = 'auto';
   let help = false;
   let ui = false;
+  let jaeger = false;
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] =
       argv[i].startsWith('--') && argv[i].includes('=')
@@ -61,15 +68,21 @@ export function parseArgs(
     if (flag === '--') continue;
     if (flag === '--help' || flag === '-h') help = true;
     else if (flag === '--ui') ui = true;
+    else if (flag === '--jaeger') jaeger = true;
     else if (flag === '--otlp') {
       otlp = value();
       if (!otlp) return '--otlp needs a URL, such as http://localhost:4318';
     } else if (flag === '--sidecar') {
       const v = value();
-      if (v !== 'auto' && v !== 'nginx' && v !== 'node')
-        return `--sidecar takes auto, nginx or node, not ${JSON.stringify(v)}`;
+      if (v !== 'auto' && v !== 'nginx' && v !== 'node' && v !== 'caddy')
+        return `--sidecar takes auto, nginx, node or caddy, not ${JSON.stringify(v)}`;
       sidecars = v;
     } else return `unknown argument ${JSON.stringify(argv[i])}`;
+  }
+  // The Jaeger it starts is where the spans go: the OTLP variables are not read.
+  if (jaeger) {
+    if (otlp !== undefined || ui) return '--jaeger exports to a Jaeger of its own: it takes neither --otlp nor --ui';
+    return { otlpUrl: undefined, sidecars, help, jaeger };
   }
   if (otlp === undefined) {
     if (env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) otlp = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT;
@@ -103,8 +116,14 @@ const REQUESTS: ReadonlyArray<{ label: string; headers: Record<string, string> }
   },
 ];
 
-// Requests enter at the gateway: a root anywhere else is a service starting a new trace mid-request.
-const ANALYSIS: AnalyzeOptions = { entryServices: [SERVICES[0]] };
+// Requests enter at the gateway (or its tracing sidecar): a root anywhere else is a service starting a new trace mid-request.
+const ANALYSIS: AnalyzeOptions = { entryServices: [SERVICES[0], sidecarName(SERVICES[0])] };
+
+const SIDECAR_WORDS: Readonly<Record<SidecarKind, string>> = {
+  nginx: 'nginx sidecar',
+  node: 'Node sidecar',
+  caddy: 'Caddy sidecar (tracing on: it records a span of its own per request)',
+};
 
 interface Run {
   readonly title: string;
@@ -128,25 +147,37 @@ export interface Output {
 export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Promise<number> {
   const kind = args.sidecars === 'auto' ? defaultSidecarKind() : args.sidecars;
   const chain = SERVICES.map((s) => `${s} (${FRAMEWORK[s]})`).join(' → ');
-  out.line(`meshtrace demo: ${chain}, each behind its own ${kind === 'nginx' ? 'nginx' : 'Node'} sidecar on 127.0.0.1`);
+  out.line(`meshtrace demo: ${chain}, each behind its own ${SIDECAR_WORDS[kind]} on 127.0.0.1`);
   if (kind === 'node' && args.sidecars === 'auto')
     out.line('nginx is not on the PATH, so the sidecars are the embedded Node reverse proxy');
   out.line('starting two copies: one with meshtrace, one whose services call each other with plain fetch');
   const map = args.ui ? await stopper.track(startMap(args.otlpUrl)) : undefined;
+  const jaeger = args.jaeger ? await startDemoJaeger(stopper) : undefined;
+  if (jaeger !== undefined)
+    out.line(
+      `Jaeger all-in-one on 127.0.0.1: OTLP ${jaeger.otlpHttpUrl}, query ${jaeger.queryUrl} (stopped at the end)`,
+    );
   // With the map, the copies export to it, and it passes the spans on to --otlp.
-  const otlpUrl = map === undefined ? args.otlpUrl : `${map.url}/v1/traces`;
+  const otlpUrl =
+    map === undefined
+      ? jaeger === undefined
+        ? args.otlpUrl
+        : `${jaeger.otlpHttpUrl}/v1/traces`
+      : `${map.url}/v1/traces`;
+  // With Jaeger, the services export to it and to the receiver here, which tells when a request's spans are in.
+  const exportTo = jaeger === undefined ? 'receiver' : 'both';
 
   const runs: Run[] = [
     {
       title: 'with meshtrace',
       propagate: true,
-      telemetry: await createTelemetry({ otlpUrl, run: 'with-meshtrace' }),
+      telemetry: await createTelemetry({ otlpUrl, exportTo, run: 'with-meshtrace' }),
       results: [],
     },
     {
       title: 'without outbound propagation (plain fetch)',
       propagate: false,
-      telemetry: await createTelemetry({ otlpUrl, run: 'plain-fetch' }),
+      telemetry: await createTelemetry({ otlpUrl, exportTo, run: 'plain-fetch' }),
       results: [],
     },
   ];
@@ -157,6 +188,8 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
         propagate: run.propagate,
         providers: run.telemetry.providers,
         stopper,
+        // Tracing sidecars export where the services' spans are read: Jaeger, or this copy's receiver.
+        sidecarOtlp: jaeger?.otlpHttpUrl ?? run.telemetry.receiver.url,
       });
     }),
   );
@@ -175,8 +208,25 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
       run.telemetry.reset();
       const res = await fetch(`${run.mesh!.entry}/checkout/${i + 1}`, { headers: request.headers });
       await res.arrayBuffer();
-      // Each service ends its SERVER span as it answers; wait for all three before moving on.
-      run.results.push({ status: res.status, spans: await run.telemetry.waitForServerSpans(SERVICES.length) });
+      // Each service ends its SERVER span as it answers (and each tracing sidecar, when it exports here); wait for them all.
+      const servers = kind === 'caddy' && jaeger === undefined ? 2 * SERVICES.length : SERVICES.length;
+      run.results.push({ status: res.status, spans: await run.telemetry.waitForServerSpans(servers) });
+    }
+  }
+  if (jaeger !== undefined) {
+    // The waterfalls are what Jaeger holds for each request's traces: the sidecars' spans included.
+    out.line(`reading the traces back from Jaeger's query API (${jaeger.queryUrl})`);
+    for (const run of runs) {
+      const ids = [...new Set(run.results.flatMap((r) => r.spans.map((s) => s.traceId)))];
+      const held = await readBack(jaeger.queryUrl, ids);
+      // Both copies continue the same caller's trace id: a copy's spans are those that name its sidecars' ports
+      // (a SERVER span the port it was called at, a CLIENT span the port it called).
+      const ports = new Set(SERVICES.map((s) => run.mesh!.sidecars[s].port));
+      const ours = (span: Span): boolean => ports.has(Number(span.attributes['server.port']));
+      for (const result of run.results)
+        result.spans = [...new Set(result.spans.map((s) => s.traceId))].flatMap((id) =>
+          (held.get(id) ?? []).filter(ours),
+        );
     }
   }
   const describe = (port: number): string | undefined =>
@@ -188,7 +238,9 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
     const code = await runProbe(
       {
         url: `${run.mesh!.entry}/checkout/probe`,
-        source: receivedSpanSource(run.telemetry.receiver),
+        ...(jaeger === undefined
+          ? { source: receivedSpanSource(run.telemetry.receiver) }
+          : { backend: 'jaeger' as const, endpoint: jaeger.queryUrl }),
         waitMs: 10_000,
         // The demo's services export each span as it ends (SimpleSpanProcessor): no batch to wait for.
         batchDelayMs: 500,
@@ -253,7 +305,7 @@ export async function runDemo(args: DemoArgs, out: Output, stopper: Stopper): Pr
     out.line(`${run.title}: exit ${probes[i].code}`);
     for (const line of probes[i].lines) out.line(`  ${line}`);
   }
-  const otlp = runs[0].telemetry.otlp;
+  const otlp = jaeger === undefined ? runs[0].telemetry.otlp : undefined;
   if (otlp !== undefined) {
     const exported = runs.reduce((n, r) => n + r.telemetry.otlp!.exported, 0);
     const lost = runs.reduce((n, r) => n + r.telemetry.otlp!.failed, 0);
@@ -329,6 +381,12 @@ function main(): void {
   }
   if (parsed.sidecars === 'nginx' && !hasNginx()) {
     process.stderr.write('nginx is not on the PATH: install it, or run with --sidecar node\n');
+    process.exitCode = 2;
+    return;
+  }
+  const missing = missingPeers(parsed);
+  if (missing !== undefined) {
+    process.stderr.write(`${missing}\n`);
     process.exitCode = 2;
     return;
   }

@@ -17,7 +17,9 @@ beforeAll(() => {
 });
 
 let tracing: TestTracing;
-beforeAll(() => void (tracing = setupTestTracing()));
+beforeAll(() => {
+  tracing = setupTestTracing();
+});
 afterAll(() => tracing.shutdown());
 
 interface Probed {

@@ -4,10 +4,26 @@ import * as http from 'node:http';
 import type { IncomingMessage, OutgoingHttpHeaders, Server, ServerResponse } from 'node:http';
 import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { hasNginx, startNginx } from '@meshtrace/testkit';
+import { hasNginx, startCaddy, startNginx } from '@meshtrace/testkit';
+import type { CaddyPropagator, CaddySampler } from '@meshtrace/testkit';
 
-/** Which proxy plays the sidecars: a real nginx, or the small Node proxy below. */
-export type SidecarKind = 'nginx' | 'node';
+/**
+ * Which proxy plays the sidecars: a real nginx, the small Node proxy below (neither records spans), or
+ * Caddy with its OpenTelemetry tracing on, which records a SERVER span per request as a tracing sidecar does.
+ */
+export type SidecarKind = 'nginx' | 'node' | 'caddy';
+
+/** How a tracing sidecar (Caddy) records and exports its spans. */
+export interface SidecarTracing {
+  /** `service.name` of the sidecar's spans, such as `orders-sidecar`. */
+  serviceName: string;
+  /** The OTLP/HTTP base URL it exports to (`/v1/traces` is added); none: it traces but exports nothing. */
+  otlpEndpoint?: string;
+  /** The headers it reads and writes (OTEL_PROPAGATORS). Default `tracecontext`. */
+  propagators?: CaddyPropagator | readonly CaddyPropagator[];
+  /** Its sampler (OTEL_TRACES_SAMPLER); `always_off` decides against a sampled caller. Default parent-based. */
+  sampler?: CaddySampler;
+}
 
 /** How a sidecar forwards to the service behind it. */
 export interface SidecarOptions {
@@ -17,6 +33,8 @@ export interface SidecarOptions {
   tls?: { cert: string; key: string };
   /** Drop `traceparent`, `tracestate` and `baggage`, as a misconfigured proxy does. */
   stripTraceContext?: boolean;
+  /** Caddy only: how it traces. Default: service name `sidecar`, no export. */
+  tracing?: SidecarTracing;
 }
 
 /** A running reverse proxy on 127.0.0.1. */
@@ -24,7 +42,7 @@ export interface Sidecar {
   readonly kind: SidecarKind;
   readonly port: number;
   readonly url: string;
-  /** One line per request: request id, request line, status and the `traceparent` the proxy received. */
+  /** One line per request: request id, request line, status and the `traceparent` the proxy received (Caddy: its own log). */
   accessLog(): string;
   stop(): Promise<void>;
 }
@@ -37,6 +55,7 @@ export function defaultSidecarKind(): SidecarKind {
 /** Starts a sidecar of `kind` in front of `options.upstreamPort`. */
 export async function startSidecar(kind: SidecarKind, options: SidecarOptions): Promise<Sidecar> {
   if (kind === 'node') return startNodeSidecar(options);
+  if (kind === 'caddy') return startCaddySidecar(options);
   const nginx = await startNginx({
     upstreamPort: options.upstreamPort,
     tls: options.tls,
@@ -47,6 +66,21 @@ export async function startSidecar(kind: SidecarKind, options: SidecarOptions): 
       : undefined,
   });
   return { kind: 'nginx', port: nginx.port, url: nginx.url, accessLog: nginx.accessLog, stop: nginx.stop };
+}
+
+/** Caddy with its `tracing` directive on, in front of `options.upstreamPort` (the build `pnpm peers caddy` brings). */
+async function startCaddySidecar(options: SidecarOptions): Promise<Sidecar> {
+  if (options.tls !== undefined) throw new TypeError('@meshtrace/demo: a Caddy sidecar does not terminate TLS here');
+  const tracing = options.tracing;
+  const caddy = await startCaddy({
+    upstreamPort: options.upstreamPort,
+    stripTraceContext: options.stripTraceContext,
+    serviceName: tracing?.serviceName ?? 'sidecar',
+    otlpEndpoint: tracing?.otlpEndpoint,
+    propagators: tracing?.propagators,
+    sampler: tracing?.sampler,
+  });
+  return { kind: 'caddy', port: caddy.port, url: caddy.url, accessLog: caddy.output, stop: caddy.stop };
 }
 
 // RFC 9110 §7.6.1: these describe one connection and are never forwarded.
@@ -88,7 +122,10 @@ export async function startNodeSidecar(options: SidecarOptions): Promise<Sidecar
   const forward = (req: IncomingMessage, res: ServerResponse): void => {
     const headers = forwardable(req.rawHeaders, drop);
     let requestId = header(headers, 'x-request-id');
-    if (requestId === undefined) headers.push('x-request-id', (requestId = randomUUID()));
+    if (requestId === undefined) {
+      requestId = randomUUID();
+      headers.push('x-request-id', requestId);
+    }
     const peer = req.socket.remoteAddress ?? '';
     const xff = header(headers, 'x-forwarded-for');
     const rest = forwardable(headers, new Set(['x-forwarded-for', 'x-forwarded-proto']));

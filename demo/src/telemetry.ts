@@ -1,6 +1,7 @@
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
+import type { ReadableSpan, Sampler, SpanExporter, SpanProcessor } from '@opentelemetry/sdk-trace';
 import { startReceiver } from '@meshtrace/doctor';
 import type { ReceivedSpans, Span } from '@meshtrace/doctor';
 
@@ -29,6 +30,13 @@ export interface OtlpReport {
 export interface TelemetryOptions {
   /** Also pass every export on, over OTLP/HTTP (protobuf), to this URL (`.../v1/traces`). */
   otlpUrl?: string;
+  /**
+   * Where the services export: `receiver` (default; the receiver passes every export on to `otlpUrl`),
+   * `otlp` straight to `otlpUrl` instead (the receiver gets nothing), or `both`, each export to both.
+   */
+  exportTo?: 'receiver' | 'otlp' | 'both';
+  /** Every service's sampler. Default the SDK's: parent-based, always on for new traces. */
+  sampler?: Sampler;
   /** A resource attribute `meshtrace.demo.run` telling runs apart in a tracing backend. */
   run?: string;
 }
@@ -57,12 +65,15 @@ export interface Telemetry {
  * receiver in this process, which passes every export on to `otlpUrl` when there is one.
  */
 export async function createTelemetry(options: TelemetryOptions = {}): Promise<Telemetry> {
+  const exportTo = options.exportTo ?? 'receiver';
+  if (exportTo !== 'receiver' && options.otlpUrl === undefined)
+    throw new TypeError(`@meshtrace/demo: exportTo ${exportTo} needs an otlpUrl`);
   let received: Span[] = [];
   let servers = 0;
   let waiters: Array<{ count: number; resolve: () => void }> = [];
   const receiver = await startReceiver({
     port: 0,
-    forward: options.otlpUrl,
+    forward: exportTo === 'receiver' ? options.otlpUrl : undefined,
     onSpans: (spans) => {
       received.push(...spans);
       servers += spans.filter((s) => s.kind === 'server').length;
@@ -73,14 +84,38 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<T
   });
   const otlp: OtlpReport | undefined =
     options.otlpUrl === undefined ? undefined : { url: options.otlpUrl, exported: 0, failed: 0, lastError: undefined };
+  // Straight exports are counted here; the receiver counts what it passes on.
+  const direct = { exported: 0, failed: 0, lastError: undefined as string | undefined };
   const make = (name: ServiceName): TracerProvider => {
     // One export per span, so a span is at the receiver as soon as its export resolves.
-    const exporter = new OTLPTraceExporter({ url: `${receiver.url}/v1/traces` });
+    const processors: SpanProcessor[] = [];
+    if (exportTo !== 'otlp')
+      processors.push(
+        new SimpleSpanProcessor({ exporter: new OTLPTraceExporter({ url: `${receiver.url}/v1/traces` }) }),
+      );
+    if (exportTo !== 'receiver') {
+      const exporter = new OTLPTraceExporter({ url: options.otlpUrl });
+      const counted: SpanExporter = {
+        export: (spans: ReadableSpan[], done) =>
+          exporter.export(spans, (result) => {
+            if (result.error === undefined && result.code === 0) direct.exported += spans.length;
+            else {
+              direct.failed += spans.length;
+              direct.lastError = result.error?.message ?? 'export failed';
+            }
+            done(result);
+          }),
+        shutdown: () => exporter.shutdown(),
+        forceFlush: () => exporter.forceFlush(),
+      };
+      processors.push(new SimpleSpanProcessor({ exporter: counted }));
+    }
     const attributes: Record<string, string> = { 'service.name': name, 'service.namespace': 'meshtrace-demo' };
     if (options.run !== undefined) attributes['meshtrace.demo.run'] = options.run;
     return new TracerProvider({
       resource: resourceFromAttributes(attributes),
-      spanProcessors: [new SimpleSpanProcessor({ exporter })],
+      spanProcessors: processors,
+      ...(options.sampler === undefined ? {} : { sampler: options.sampler }),
     });
   };
   const providers = { gateway: make('gateway'), orders: make('orders'), inventory: make('inventory') };
@@ -98,7 +133,13 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<T
       if (servers < count) {
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, timeoutMs);
-          waiters.push({ count, resolve: () => (clearTimeout(timer), resolve()) });
+          waiters.push({
+            count,
+            resolve: () => {
+              clearTimeout(timer);
+              resolve();
+            },
+          });
         });
       }
       // A CLIENT span ends before its SERVER parent does, but its export may still be on the way.
@@ -108,12 +149,12 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<T
     shutdown: async () => {
       await Promise.allSettled(Object.values(providers).map((p) => p.shutdown()));
       await receiver.close();
-      if (otlp !== undefined) {
+      if (otlp !== undefined && exportTo === 'receiver') {
         const forward = receiver.stats().forward;
         otlp.exported = forward.okSpans;
         otlp.failed = forward.failedSpans;
         otlp.lastError = forward.lastError;
-      }
+      } else if (otlp !== undefined) Object.assign(otlp, direct);
     },
   };
 }

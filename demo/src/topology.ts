@@ -3,7 +3,7 @@ import { Stopper } from './lifecycle';
 import { startGateway, startInventory, startOrders, startPlainOrders } from './services';
 import type { RunningService, ServiceOptions } from './services';
 import { startSidecar } from './sidecar';
-import type { Sidecar, SidecarKind } from './sidecar';
+import type { Sidecar, SidecarKind, SidecarTracing } from './sidecar';
 import { SERVICES } from './telemetry';
 import type { ServiceName } from './telemetry';
 
@@ -25,6 +25,10 @@ export interface MeshOptions {
   ingress?: { cert: string; key: string };
   /** Where everything started is registered; `Mesh.stop()` stops it. Default: a new one. */
   stopper?: Stopper;
+  /** Tracing sidecars (Caddy): the OTLP/HTTP base URL they export to, as `<service>-sidecar`. */
+  sidecarOtlp?: string;
+  /** Tracing sidecars (Caddy): the propagators or sampler of one service's sidecar. */
+  sidecarTracing?: Partial<Record<ServiceName, Pick<SidecarTracing, 'propagators' | 'sampler'>>>;
 }
 
 /** Three services, each behind its own sidecar, calling the next one through that sidecar. */
@@ -37,6 +41,11 @@ export interface Mesh {
   /** The service behind `port` (its own or its sidecar's), for labelling CLIENT spans. */
   describePort(port: number): string | undefined;
   stop(): Promise<void>;
+}
+
+/** The `service.name` of a tracing sidecar's spans: `orders-sidecar` in front of orders. */
+export function sidecarName(service: ServiceName): string {
+  return `${service}-sidecar`;
 }
 
 const STARTERS: Record<ServiceName, (o: ServiceOptions) => Promise<RunningService>> = {
@@ -77,6 +86,11 @@ export async function startMesh(options: MeshOptions): Promise<Mesh> {
           startSidecar(options.sidecars, {
             upstreamPort: services[name].port,
             stripTraceContext: options.stripAt === name,
+            tracing: {
+              ...options.sidecarTracing?.[name],
+              serviceName: sidecarName(name),
+              otlpEndpoint: options.sidecarOtlp,
+            },
           }),
         );
       }),

@@ -1,0 +1,56 @@
+import { jaegerSource } from '@meshtrace/doctor';
+import type { Span } from '@meshtrace/doctor';
+import { peerDir, startJaeger } from '@meshtrace/testkit';
+import type { JaegerServer } from '@meshtrace/testkit';
+import type { Stopper } from './lifecycle';
+
+/** Why `--sidecar caddy` or `--jaeger` cannot run: the peer is not built (with the command that builds it), else undefined. */
+export function missingPeers(args: { sidecars: string; jaeger?: boolean }): string | undefined {
+  const needed = [
+    ...(args.sidecars === 'caddy' ? ['caddy' as const] : []),
+    ...(args.jaeger ? ['jaeger' as const] : []),
+  ];
+  for (const name of needed) {
+    try {
+      peerDir(name);
+    } catch (err) {
+      return (err as Error).message;
+    }
+  }
+  return undefined;
+}
+
+/** A private Jaeger all-in-one on 127.0.0.1 (in-memory storage), stopped with everything else. */
+export function startDemoJaeger(stopper: Stopper): Promise<JaegerServer> {
+  return stopper.track(startJaeger());
+}
+
+/**
+ * The spans of `traceIds` as Jaeger's query API answers them, read with the doctor's own Jaeger client,
+ * once no trace has changed for `quietMs` (the sidecars export in batches) or `timeoutMs` passed.
+ */
+export async function readBack(
+  queryUrl: string,
+  traceIds: readonly string[],
+  options: { quietMs?: number; timeoutMs?: number } = {},
+): Promise<Map<string, Span[]>> {
+  const source = jaegerSource({ endpoint: queryUrl });
+  const quietMs = options.quietMs ?? 1000;
+  const deadline = Date.now() + (options.timeoutMs ?? 10_000);
+  const window = { startMs: Date.now() - 600_000, endMs: Date.now() + 60_000 };
+  const traces = new Map<string, Span[]>();
+  let count = -1;
+  let since = Date.now();
+  for (;;) {
+    for (const id of traceIds) traces.set(id, await source.trace(id, window));
+    const now = [...traces.values()].reduce((n, spans) => n + spans.length, 0);
+    if (now !== count) {
+      count = now;
+      since = Date.now();
+    } else if (Date.now() - since >= quietMs) break;
+    if (Date.now() > deadline) break;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  await source.close();
+  return traces;
+}
