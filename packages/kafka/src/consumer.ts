@@ -11,7 +11,7 @@ import type {
   EachMessagePayload,
   KafkaMessage,
 } from 'kafkajs';
-import { KAFKA_ERRORS, PACKAGE, SYSTEM, keyAttribute, recordError, tracerOf, typeName } from './common';
+import { KAFKA_ERRORS, PACKAGE, SYSTEM, keyAttribute, recordError, tracerOf, typeName } from './message-span';
 
 /** Options of {@link meshConsumer}; all optional. */
 export interface MeshConsumerOptions {

@@ -12,7 +12,7 @@ import type {
   RecordMetadata,
   TopicMessages,
 } from 'kafkajs';
-import { PACKAGE, SYSTEM, keyAttribute, recordError, tracerOf, typeName } from './common';
+import { PACKAGE, SYSTEM, keyAttribute, recordError, tracerOf, typeName } from './message-span';
 
 /** Options of {@link meshProducer}; all optional. */
 export interface MeshProducerOptions {

@@ -1,5 +1,6 @@
 import { optionError } from '@meshtrace/core/adapter';
 import { PACKAGE, httpUrl, numbers } from '../options';
+import { fetchFailure } from '../output';
 import { createServer } from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -337,8 +338,7 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
       .catch((err: unknown) => {
         fwd.failed++;
         fwd.failedSpans += spans;
-        const cause = (err as { cause?: { code?: string } }).cause?.code;
-        fwd.lastError = [(err as Error).message, cause].filter(Boolean).join(': ');
+        fwd.lastError = fetchFailure(err);
       })
       .finally(() => {
         release(held);
