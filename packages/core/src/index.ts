@@ -7,6 +7,13 @@ export type { ExtractOutcome, MalformedReason, TraceFormat, TrustReason } from '
 export { bufferHeaderSetter, headerGetter, headerSetter } from './propagation/carrier';
 export type { HeaderCarrier } from './propagation/carrier';
 export { checkPropagation } from './internal/diagnostics';
+export {
+  ATTR_PROBE,
+  ATTR_PROPAGATION_FORMAT,
+  ATTR_PROPAGATION_OUTCOME,
+  ATTR_PROPAGATION_REASON,
+  ATTR_REQUEST_ID,
+} from './span-attributes';
 export type { MeshTraceOptions, MeshTraceRouteOptions } from './server/options';
 export type { InboundPolicy, InboundTrust, InboundTrustPolicy } from './server/trust';
 export { FLAG_RANDOM, FLAG_SAMPLED, formatTraceparent, isValidId, parseTraceparent } from './w3c/traceparent';

@@ -1,3 +1,11 @@
+import {
+  ATTR_PROBE,
+  ATTR_PROPAGATION_FORMAT,
+  ATTR_PROPAGATION_OUTCOME,
+  ATTR_PROPAGATION_REASON,
+  ATTR_REQUEST_ID,
+} from '@meshtrace/core';
+
 /** A span attribute value as OTLP carries it (arrays of scalars; nested values flattened to JSON text). */
 export type AttributeValue = string | number | boolean | ReadonlyArray<string | number | boolean>;
 
@@ -29,14 +37,14 @@ export interface Span {
 
 /** The span attributes meshtrace writes and the doctor reads. */
 export const ATTR = {
-  outcome: 'meshtrace.propagation.outcome',
-  reason: 'meshtrace.propagation.reason',
-  format: 'meshtrace.propagation.format',
+  outcome: ATTR_PROPAGATION_OUTCOME,
+  reason: ATTR_PROPAGATION_REASON,
+  format: ATTR_PROPAGATION_FORMAT,
   /** Copied from the `meshtrace.probe` baggage entry by meshtrace's server side. */
-  probe: 'meshtrace.probe',
+  probe: ATTR_PROBE,
   /** OpenTelemetry's captured request header (instrumentation-http `headersToSpanAttributes`). */
-  requestId: 'http.request.header.x-request-id',
+  requestId: ATTR_REQUEST_ID,
 } as const;
 
 /** The baggage key (and span attribute) that ties every span of one probe together. */
-export const PROBE_BAGGAGE_KEY = 'meshtrace.probe';
+export const PROBE_BAGGAGE_KEY = ATTR_PROBE;

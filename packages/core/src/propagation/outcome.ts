@@ -1,3 +1,4 @@
+import { ATTR_PROPAGATION_FORMAT, ATTR_PROPAGATION_OUTCOME, ATTR_PROPAGATION_REASON } from '../span-attributes';
 import type { Attributes } from '@opentelemetry/api';
 import { PACKAGE, extractCounter, preview, warner } from '../internal/diagnostics';
 import type { Traceparent, TraceparentReason } from '../w3c/traceparent';
@@ -153,8 +154,8 @@ export function recordUnreadable(what: string): void {
  * `attributes`.
  */
 export function outcomeAttributes(outcome: ExtractOutcome, attributes: Attributes): Attributes {
-  attributes['meshtrace.propagation.outcome'] = outcome.outcome;
-  if (outcome.reason !== undefined) attributes['meshtrace.propagation.reason'] = outcome.reason;
-  if (outcome.format !== undefined) attributes['meshtrace.propagation.format'] = outcome.format;
+  attributes[ATTR_PROPAGATION_OUTCOME] = outcome.outcome;
+  if (outcome.reason !== undefined) attributes[ATTR_PROPAGATION_REASON] = outcome.reason;
+  if (outcome.format !== undefined) attributes[ATTR_PROPAGATION_FORMAT] = outcome.format;
   return attributes;
 }

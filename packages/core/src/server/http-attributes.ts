@@ -1,3 +1,4 @@
+import { ATTR_PROBE, ATTR_REQUEST_ID } from '../span-attributes';
 import type { Attributes } from '@opentelemetry/api';
 import type { IncomingMessage } from 'node:http';
 import { parseBaggage } from '../w3c/baggage';
@@ -39,7 +40,7 @@ const ENVOY_ISTIO = 'x-envoy-peer-metadata';
 /** `x-request-id` and which proxy forwarded the request, from the headers it adds. */
 export function proxyAttributes(headers: IncomingMessage['headers'], attributes: Attributes): void {
   const requestId = headers['x-request-id'];
-  if (typeof requestId === 'string') attributes['http.request.header.x-request-id'] = [requestId];
+  if (typeof requestId === 'string') attributes[ATTR_REQUEST_ID] = [requestId];
   let proxy: string | undefined;
   for (const name in headers) {
     if (name.charCodeAt(0) === 108 /* l */ && name.startsWith('l5d-')) {
@@ -58,7 +59,7 @@ export function proxyAttributes(headers: IncomingMessage['headers'], attributes:
 }
 
 /** The baggage key a `meshtrace probe` sends, copied onto the server span (a probe-only key: no cardinality risk). */
-const PROBE = 'meshtrace.probe';
+const PROBE = ATTR_PROBE;
 
 /**
  * Copies the `meshtrace.probe` baggage entry onto the span's attributes, read from the raw header, so a
