@@ -188,6 +188,31 @@ test('a proxy that records its own spans sits between two application services',
   expect(broken.breaks[0].detail).toMatch(/caddy-orders received the trace/);
 });
 
+test('tracing sidecars in front of every service: the hops of a trace started at a break come after the break', () => {
+  // The probe's trace is deeper than the new one (two sidecar spans before the break, one after).
+  const gs = span('gateway-sidecar', 'server', PROBE_TRACE, PROBE_PARENT, [0, 95], at(8000, '/checkout'));
+  const g = span('gateway', 'server', PROBE_TRACE, gs, [1, 90], at(8000, '/checkout', CONTINUED));
+  const gc = span('gateway', 'client', PROBE_TRACE, g, [5, 80], call(9001, '/orders'));
+  const os = span('orders-sidecar', 'server', PROBE_TRACE, gc, [6, 75], at(9001, '/orders'));
+  const o = span('orders', 'server', NEW_TRACE, undefined, [10, 70], at(9001, '/orders', MISSING));
+  const oc = span('orders', 'client', NEW_TRACE, o, [20, 60], call(9002, '/stock'));
+  const is = span('inventory-sidecar', 'server', NEW_TRACE, oc, [22, 58], at(9002, '/stock'));
+  const i = span('inventory', 'server', NEW_TRACE, is, [25, 55], at(9002, '/stock', CONTINUED));
+  // Met in any order, the trail is the same.
+  for (const spans of [
+    [gs, g, gc, os, o, oc, is, i],
+    [i, is, oc, o, os, gc, g, gs],
+  ]) {
+    const v = judge(SENT, spans, SETTLED);
+    expect(v.verdict).toBe('broken');
+    expect(v.hops.map((h) => [h.from, h.to, h.proxies, h.state])).toEqual([
+      ['probe', 'gateway', ['gateway-sidecar'], 'continued'],
+      ['gateway', 'orders', ['orders-sidecar'], 'broken'],
+      ['orders', 'inventory', ['inventory-sidecar'], 'continued'],
+    ]);
+  }
+});
+
 test('the entry lost the trace: a root where the probe went, tied by the probe id', () => {
   const g = span(
     'gateway',

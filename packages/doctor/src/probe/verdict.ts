@@ -209,14 +209,25 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
   const hops: Hop[] = [];
   const breaks: Break[] = [];
   const gaps: string[] = [];
-  // Where each hop and break sits in the trail: the depth of its callee in the trace (unknown last).
-  const depthOf = new Map<Hop | Break, number>();
+  // Where each hop and break sits in the trail: the depth of its callee in the trace (unknown last). A trace
+  // a callee started at a break continues the trail from there: proxies recording spans (tracing sidecars)
+  // make the traces differ in depth, so a depth within one trace does not place a hop after another trace's.
+  // Evaluated once every hop is placed, since a hop can be met before the break that starts its trace.
+  const depthOf = new Map<Hop | Break, () => number>();
+  const startedAt = new Map<string, () => number>();
+  const resolving = new Set<string>();
   const depth = (span: Span): number => {
     let n = 0;
     for (let at = graph.parent(span); at !== undefined; at = graph.parent(at)) n++;
-    return n;
+    const start = startedAt.get(span.traceId);
+    // Two traces each started at a call of the other would never resolve: the second one counts from zero.
+    if (start === undefined || resolving.has(span.traceId)) return n;
+    resolving.add(span.traceId);
+    const offset = start();
+    resolving.delete(span.traceId);
+    return n + offset;
   };
-  const place = (d: number, hop: Hop, brk?: Break): void => {
+  const place = (d: () => number, hop: Hop, brk?: Break): void => {
     hops.push(hop);
     depthOf.set(hop, d);
     if (brk === undefined) return;
@@ -234,7 +245,7 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
     if (!isCallee(span) || graph.isProxy(span)) continue;
     const { caller, proxies, missingParent } = graph.callerOf(span);
     if (caller !== undefined) {
-      place(depth(span), {
+      place(() => depth(span), {
         from: caller.service,
         to: span.service,
         proxies,
@@ -245,12 +256,12 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
     }
     if (missingParent === sent.parentSpanId) {
       entrySeen = true;
-      place(0, { from: 'probe', to: span.service, proxies, evidence: 'parent-link', state: 'continued' });
+      place(() => 0, { from: 'probe', to: span.service, proxies, evidence: 'parent-link', state: 'continued' });
       continue;
     }
     if (missingParent !== undefined) {
       // The trace went on, but the caller's span is not here: it exports elsewhere, or not at all.
-      place(UNPLACED, { from: null, to: span.service, proxies, evidence: null, state: 'unanswered' });
+      place(() => UNPLACED, { from: null, to: span.service, proxies, evidence: null, state: 'unanswered' });
       gaps.push(
         `${span.service}'s caller span ${missingParent} never arrived: the caller does not export its spans to ${options.asked}`,
       );
@@ -264,8 +275,10 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
       const { app, proxies: through } = graph.applicationAbove(call);
       const from = app?.service ?? null;
       const via = [...through, ...proxies];
+      const at = (): number => depth(call) + 1;
+      startedAt.set(span.traceId, at);
       place(
-        depth(call) + 1,
+        at,
         { from, to: span.service, proxies: via, evidence: 'peer', state: 'broken' },
         calleeBreak({ from, to: span.service }, via, 'peer', span, call),
       );
@@ -275,13 +288,13 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
       if (entry) entrySeen = true;
       const from = entry ? 'probe' : null;
       place(
-        entry ? 0 : UNPLACED,
+        () => (entry ? 0 : UNPLACED),
         { from, to: span.service, proxies, evidence: entry ? 'peer' : null, state: 'broken' },
         calleeBreak({ from, to: span.service }, proxies, entry ? 'peer' : keyTie(ties, span), span, undefined),
       );
     } else {
       place(
-        UNPLACED,
+        () => UNPLACED,
         { from: null, to: span.service, proxies, evidence: null, state: 'broken' },
         calleeBreak({ from: null, to: span.service }, proxies, keyTie(ties, span), span, undefined),
       );
@@ -328,7 +341,7 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
     const path = pathOf(call) ?? null;
     const isDeclared = declared(mesh, target, known);
     if (!options.settled) {
-      place(depth(call) + 1, { from, to: known ?? target, proxies, evidence: null, state: 'unanswered' });
+      place(() => depth(call) + 1, { from, to: known ?? target, proxies, evidence: null, state: 'unanswered' });
       continue;
     }
     if (known !== undefined || isDeclared || options.strict === true) {
@@ -340,7 +353,7 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
             : `${target} recorded nothing for this call, and --strict fails on any untraced peer`;
       if (known === undefined) untracedPeers.push({ address: target, caller: from, path, declared: isDeclared });
       place(
-        depth(call) + 1,
+        () => depth(call) + 1,
         { from, to: known ?? target, proxies, evidence: 'peer', state: 'broken' },
         {
           hop: { from, to: known ?? target },
@@ -357,11 +370,11 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
     }
     const around = suspectsDuring(call, [entryService, from]);
     if (around.length === 0) {
-      place(depth(call) + 1, { from, to: target, proxies, evidence: null, state: 'untraced' });
+      place(() => depth(call) + 1, { from, to: target, proxies, evidence: null, state: 'untraced' });
       untracedPeers.push({ address: target, caller: from, path, declared: false });
       continue;
     }
-    place(depth(call) + 1, { from, to: target, proxies, evidence: null, state: 'unanswered' });
+    place(() => depth(call) + 1, { from, to: target, proxies, evidence: null, state: 'unanswered' });
     for (const r of around) suspects.push(suspect(r, `while ${from}'s call to ${target} went unanswered`));
     gaps.push(
       `${from} called ${target}, which recorded nothing, and ${around.length === 1 ? 'a new trace' : `${around.length} new traces`} started meanwhile (suspects below): if ${target} is in the mesh, the trail is lost there; declare it with --mesh to make that a break`,
@@ -417,8 +430,8 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
   }
   const inTrail = <T extends Hop | Break>(list: T[]): T[] =>
     list
-      .map((x, i) => ({ x, i }))
-      .sort((a, b) => depthOf.get(a.x)! - depthOf.get(b.x)! || a.i - b.i)
+      .map((x, i) => ({ x, i, d: depthOf.get(x)!() }))
+      .sort((a, b) => a.d - b.d || a.i - b.i)
       .map(({ x }) => x);
   return { ...base, verdict, hops: inTrail(hops), breaks: inTrail(breaks), untracedPeers, suspects, reason, check };
 }
