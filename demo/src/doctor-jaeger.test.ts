@@ -156,20 +156,12 @@ describe.each(APIS)(
             lastCarrier: expect.objectContaining({ service: 'orders-sidecar', kind: 'server' }),
           }),
         ]);
-        // The hops, in whatever order: the break sits between the two continued ones.
-        expect(p.hops).toHaveLength(3);
-        expect(p.hops).toEqual(
-          expect.arrayContaining([
-            expect.objectContaining({ from: 'probe', to: 'gateway', proxies: ['gateway-sidecar'], state: 'continued' }),
-            expect.objectContaining({ from: 'gateway', to: 'orders', proxies: ['orders-sidecar'], state: 'broken' }),
-            expect.objectContaining({
-              from: 'orders',
-              to: 'inventory',
-              proxies: ['inventory-sidecar'],
-              state: 'continued',
-            }),
-          ]),
-        );
+        // In the order of the trail, though the new trace has fewer sidecar spans above inventory than the first had above the break.
+        expect(p.hops.map((h) => [h.from, h.to, h.proxies, h.state])).toEqual([
+          ['probe', 'gateway', ['gateway-sidecar'], 'continued'],
+          ['gateway', 'orders', ['orders-sidecar'], 'broken'],
+          ['orders', 'inventory', ['inventory-sidecar'], 'continued'],
+        ]);
         // The callee the doctor names is, in Jaeger, a root of orders that recorded outcome missing.
         const callee = p.breaks[0].callee!;
         const spans = await jaegerTrace(jaeger.queryUrl, callee.traceId);
