@@ -213,6 +213,24 @@ test('tracing sidecars in front of every service: the hops of a trace started at
   }
 });
 
+test('a tracing sidecar that started the trace, nothing having reached it: the sidecar started it, the service continued it', () => {
+  // gateway called orders with a client that sends no traceparent (plain fetch): orders' sidecar started a trace.
+  const g = span('gateway', 'server', PROBE_TRACE, PROBE_PARENT, [1, 90], at(8000, '/checkout', CONTINUED));
+  const os = span('orders-sidecar', 'server', NEW_TRACE, undefined, [6, 75], at(9001, '/orders'));
+  const o = span('orders', 'server', NEW_TRACE, os, [10, 70], {
+    ...at(9001, '/orders', { 'meshtrace.propagation.outcome': 'continued' }),
+    'http.request.header.x-request-id': ['p-1'],
+  });
+  const v = judge(SENT, [g, os, o], SETTLED);
+  expect(v.verdict).toBe('broken');
+  expect(v.breaks).toEqual([
+    expect.objectContaining({ hop: { from: null, to: 'orders' }, proxies: ['orders-sidecar'], evidence: 'request-id' }),
+  ]);
+  expect(v.breaks[0].detail).toBe(
+    `orders-sidecar, a proxy that records spans, started trace ${NEW_TRACE} (no trace context reached it), and orders continued it (outcome continued); tied to the probe by x-request-id; no recorded call names its caller`,
+  );
+});
+
 test('the entry lost the trace: a root where the probe went, tied by the probe id', () => {
   const g = span(
     'gateway',

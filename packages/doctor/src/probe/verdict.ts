@@ -452,8 +452,13 @@ function calleeBreak(
   const outcome = attr(callee, ATTR.outcome);
   const reason = attr(callee, ATTR.reason);
   const started = `started trace ${callee.traceId}`;
+  // A callee with a parent here is below a proxy that recorded a span and started the trace (a tracing sidecar
+  // nothing reached): the proxy started it, and the callee continued the proxy's span.
+  const starter = callee.parentSpanId === undefined ? undefined : proxies[proxies.length - 1];
   let what: string;
-  if (outcome === null)
+  if (starter !== undefined)
+    what = `${starter}, a proxy that records spans, ${started} (no trace context reached it), and ${callee.service} continued it${outcome === null ? '' : ` (outcome ${outcome})`}`;
+  else if (outcome === null)
     what = `${callee.service} recorded no propagation outcome (meshtrace does not run there) and ${started}`;
   else if (outcome === 'missing')
     what = `${callee.service} recorded outcome missing: no traceparent reached it; it ${started}`;
