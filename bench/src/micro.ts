@@ -44,7 +44,7 @@ const CARRIERS = {
     baggage: BAGGAGE,
   }),
 };
-type CaseName = keyof typeof CARRIERS | 'inject' | 'round trip';
+export type CaseName = keyof typeof CARRIERS | 'inject' | 'round trip';
 const CASES: CaseName[] = [
   'traceparent',
   'traceparent + tracestate',
@@ -53,12 +53,13 @@ const CASES: CaseName[] = [
   'round trip',
 ];
 
-interface Candidate {
+export interface Candidate {
   readonly name: string;
   readonly propagator: TextMapPropagator;
 }
 
-function candidates(): Candidate[] {
+/** meshtrace, OTel W3C and the OTel composite, in that order. */
+export function candidates(): Candidate[] {
   return [
     { name: 'meshtrace `MeshPropagator`', propagator: new MeshPropagator() },
     { name: 'OTel `W3CTraceContextPropagator`', propagator: new W3CTraceContextPropagator() },
@@ -75,7 +76,7 @@ function candidates(): Candidate[] {
 const sink: unknown[] = new Array(16);
 
 /** The operation a candidate repeats for a case. Inject writes the context the candidate itself extracted from all three headers, as a service forwarding its caller's trace does. */
-function operation(c: Candidate, name: CaseName): () => unknown {
+export function operation(c: Candidate, name: CaseName): () => unknown {
   const p = c.propagator;
   if (name === 'round trip') {
     // A fresh request's headers in, one outbound call out: whatever an extract leaves for later is paid here.

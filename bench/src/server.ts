@@ -22,14 +22,23 @@ export const CANDIDATES = [
   'otel',
 ] as const;
 export type Candidate = (typeof CANDIDATES)[number];
+/**
+ * Candidates only the steady-state count runs: the attribute floor (the floor plus the span content
+ * meshtrace records), NodeSDK alone, and NodeSDK with instrumentation-http's server side off and
+ * meshtrace making the SERVER span.
+ */
+export const STEADY_ONLY = ['attr-floor', 'nodesdk', 'nodesdk-own'] as const;
+export type AnyCandidate = Candidate | (typeof STEADY_ONLY)[number];
+export const ALL_CANDIDATES: readonly AnyCandidate[] = [...CANDIDATES, ...STEADY_ONLY];
 
 /** Parent to child. */
-export type ToServer = { type: 'stats'; flush: boolean } | { type: 'stop' };
+export type ToServer = { type: 'stats'; flush: boolean } | { type: 'stop' } | { type: 'gc' };
 /** Child to parent. */
 export type FromServer =
   | { type: 'ready'; port: number }
   | { type: 'stats'; served: number; spans: number; rssBytes: number; cpuMicros: number }
-  | { type: 'error'; message: string };
+  | { type: 'error'; message: string }
+  | { type: 'gc' };
 
 export const ROUTE = '/users/:id';
 export const PATH = '/users/42';
@@ -54,15 +63,26 @@ interface Tracing {
   forceFlush(): Promise<void>;
 }
 
+/**
+ * The batch processor of every candidate: SDK defaults, except in a steady-state count (`MESHTRACE_BENCH_STEADY=1`),
+ * where the 5 s timer never fires so every export happens when maxExportBatchSize (512) spans are queued, at the
+ * same request in every run whatever the machine's speed.
+ */
+function batchProcessor(exporter: SpanExporter): import('@opentelemetry/sdk-trace').SpanProcessor {
+  const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
+  return process.env.MESHTRACE_BENCH_STEADY === '1'
+    ? new BatchSpanProcessor({ exporter, scheduledDelayMillis: 3_600_000 })
+    : new BatchSpanProcessor({ exporter });
+}
+
 /** The SDK as every traced candidate uses it: one provider, a BatchSpanProcessor with its defaults, the discarding exporter. */
 function provider(propagator: 'meshtrace' | 'default'): Tracing {
-  const { TracerProvider, BatchSpanProcessor } =
-    require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
+  const { TracerProvider } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
   const { AsyncLocalStorageContextManager } =
     require('@opentelemetry/context-async-hooks') as typeof import('@opentelemetry/context-async-hooks');
   const api = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
   const exporter = new DiscardingExporter();
-  const p = new TracerProvider({ spanProcessors: [new BatchSpanProcessor({ exporter })] });
+  const p = new TracerProvider({ spanProcessors: [batchProcessor(exporter)] });
   // What NodeTracerProvider.register() did before SDK 3: context manager, propagator, provider.
   api.context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   if (propagator === 'meshtrace') {
@@ -81,12 +101,13 @@ function provider(propagator: 'meshtrace' | 'default'): Tracing {
 }
 
 /**
- * meshtrace as an application that already starts NodeSDK has it: NodeSDK with instrumentation-http and
- * instrumentation-undici, `MeshPropagator` as its propagator, the same processor and exporter.
+ * An application that starts NodeSDK with instrumentation-http and instrumentation-undici and the same processor
+ * and exporter. `alone`: the SDK's default propagator and no meshtrace. `enrich`: `MeshPropagator` as its
+ * propagator, and meshtrace's adapter enriches instrumentation-http's SERVER span. `own`: the same, with
+ * instrumentation-http's server side off (`disableIncomingRequestInstrumentation`), so meshtrace makes the SERVER span.
  */
-function inNodeSdk(): Tracing {
+function inNodeSdk(mode: 'alone' | 'enrich' | 'own' = 'enrich'): Tracing {
   const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
-  const { BatchSpanProcessor } = require('@opentelemetry/sdk-trace') as typeof import('@opentelemetry/sdk-trace');
   const { HttpInstrumentation } =
     require('@opentelemetry/instrumentation-http') as typeof import('@opentelemetry/instrumentation-http');
   const { UndiciInstrumentation } =
@@ -95,9 +116,12 @@ function inNodeSdk(): Tracing {
   const api = require('@opentelemetry/api') as typeof import('@opentelemetry/api');
   const exporter = new DiscardingExporter();
   const sdk = new NodeSDK({
-    spanProcessors: [new BatchSpanProcessor({ exporter })],
-    textMapPropagator: new MeshPropagator(),
-    instrumentations: [new HttpInstrumentation(), new UndiciInstrumentation()],
+    spanProcessors: [batchProcessor(exporter)],
+    ...(mode === 'alone' ? {} : { textMapPropagator: new MeshPropagator() }),
+    instrumentations: [
+      new HttpInstrumentation(mode === 'own' ? { disableIncomingRequestInstrumentation: true } : {}),
+      new UndiciInstrumentation(),
+    ],
   });
   sdk.start();
   const provider = api.trace.getTracerProvider() as {
@@ -160,10 +184,60 @@ function floorListener(listener: Listener): Listener {
   };
 }
 
+/**
+ * The attribute floor: the floor plus the span content meshtrace records on its SERVER span for the same request
+ * (HTTP semantic conventions and the propagation outcome at start; route, name and status code at the end), read
+ * the plainest way, with the route a constant. What meshtrace adds over it is mechanism (route lookup, emitter
+ * binding, outcome counting, hooks), not content.
+ */
+function attributeFloorListener(listener: Listener): Listener {
+  const { context, propagation, trace, ROOT_CONTEXT, SpanKind } =
+    require('@opentelemetry/api') as typeof import('@opentelemetry/api');
+  const tracer = trace.getTracer('bench-attribute-floor');
+  return function attributeFloor(req, res) {
+    const ctx = propagation.extract(ROOT_CONTEXT, req.headers);
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const host = req.headers.host ?? '';
+    const colon = host.lastIndexOf(':');
+    const peer = req.socket.remoteAddress;
+    const attributes: import('@opentelemetry/api').Attributes = {
+      'http.request.method': req.method,
+      'url.path': q < 0 ? url : url.slice(0, q),
+      'url.scheme': 'http',
+      'server.port': colon < 0 ? 80 : Number(host.slice(colon + 1)),
+      'network.protocol.version': req.httpVersion,
+      'meshtrace.propagation.outcome': 'continued',
+      'meshtrace.propagation.format': 'w3c',
+      'server.address': colon < 0 ? host : host.slice(0, colon),
+      'client.address': peer,
+      'network.peer.address': peer,
+      'user_agent.original': req.headers['user-agent'],
+    };
+    const span = tracer.startSpan(req.method ?? 'GET', { kind: SpanKind.SERVER, attributes }, ctx);
+    res.once('finish', () => {
+      span.setAttribute('http.route', ROUTE);
+      span.updateName(`${req.method} ${ROUTE}`);
+      span.setAttribute('http.response.status_code', res.statusCode);
+      span.end();
+    });
+    context.with(trace.setSpan(ctx, span), listener, undefined, req, res);
+  };
+}
+
 /** Fastify's server as Fastify makes it without a serverFactory (same timeouts), its request handler wrapped in the floor. */
 function floorFastifyServer(handler: Listener, opts: Record<string, unknown>): Server {
+  return fastifyServer(floorListener(handler), opts);
+}
+
+/** The same with the attribute floor. */
+function attributeFloorFastifyServer(handler: Listener, opts: Record<string, unknown>): Server {
+  return fastifyServer(attributeFloorListener(handler), opts);
+}
+
+function fastifyServer(listener: Listener, opts: Record<string, unknown>): Server {
   const http = require('node:http') as typeof import('node:http');
-  const server = http.createServer(floorListener(handler));
+  const server = http.createServer(listener);
   server.keepAliveTimeout = opts.keepAliveTimeout as number;
   server.requestTimeout = opts.requestTimeout as number;
   server.setTimeout(opts.connectionTimeout as number);
@@ -180,7 +254,7 @@ function httpHandler(req: IncomingMessage, res: ServerResponse): void {
 
 async function start(
   framework: Framework,
-  candidate: Candidate,
+  candidate: AnyCandidate,
 ): Promise<{ server: Server; tracing: Tracing | undefined }> {
   if (candidate === 'context') {
     // The floor under any tracer: a context manager carrying the request's context across await.
@@ -193,24 +267,34 @@ async function start(
   }
   if (candidate === 'public-api') process.env.MESHTRACE_PUBLIC_API_ONLY = '1';
   let tracing: Tracing | undefined;
-  if (candidate === 'in-nodesdk') tracing = inNodeSdk();
+  if (candidate === 'in-nodesdk') tracing = inNodeSdk('enrich');
+  else if (candidate === 'nodesdk') tracing = inNodeSdk('alone');
+  else if (candidate === 'nodesdk-own') tracing = inNodeSdk('own');
   else if (candidate === 'sdk-disabled') tracing = sdkDisabled();
   else if (candidate !== 'bare' && candidate !== 'context')
-    tracing = provider(candidate === 'otel' || candidate === 'floor' ? 'default' : 'meshtrace');
+    tracing = provider(
+      candidate === 'otel' || candidate === 'floor' || candidate === 'attr-floor' ? 'default' : 'meshtrace',
+    );
   const otel = candidate === 'otel' ? otelInstrumentations(framework) : undefined;
   // Every candidate but the yardsticks and the official route runs meshtrace's adapter.
   const mesh =
     candidate === 'meshtrace' ||
     candidate === 'public-api' ||
     candidate === 'sdk-disabled' ||
-    candidate === 'in-nodesdk';
+    candidate === 'in-nodesdk' ||
+    candidate === 'nodesdk-own';
   const floor = candidate === 'floor';
+  const attributeFloor = candidate === 'attr-floor';
   const http = require('node:http') as typeof import('node:http');
 
   if (framework === 'fastify') {
     const { fastify } = require('fastify') as typeof import('fastify');
     // Fastify makes its own server; serverFactory is where its request handler can be wrapped like the other listeners.
-    const app = floor ? fastify({ serverFactory: floorFastifyServer }) : fastify();
+    const app = floor
+      ? fastify({ serverFactory: floorFastifyServer })
+      : attributeFloor
+        ? fastify({ serverFactory: attributeFloorFastifyServer })
+        : fastify();
     if (mesh) await app.register((require('@meshtrace/fastify') as typeof import('@meshtrace/fastify')).meshTrace);
     if (otel?.fastifyPlugin !== undefined) await app.register(otel.fastifyPlugin as Parameters<typeof app.register>[0]);
     app.get<{ Params: { id: string } }>(ROUTE, (request, reply) => {
@@ -248,7 +332,9 @@ async function start(
       ? (require('@meshtrace/http') as typeof import('@meshtrace/http')).meshHttp(httpHandler)
       : httpHandler;
   }
-  const server = http.createServer(floor ? floorListener(listener) : listener);
+  const server = http.createServer(
+    floor ? floorListener(listener) : attributeFloor ? attributeFloorListener(listener) : listener,
+  );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return { server, tracing };
 }
@@ -258,9 +344,9 @@ function send(message: FromServer): void {
 }
 
 async function main(): Promise<void> {
-  const [framework, candidate] = process.argv.slice(2) as [Framework, Candidate];
-  if (!FRAMEWORKS.includes(framework) || !CANDIDATES.includes(candidate))
-    throw new Error(`usage: server.js <${FRAMEWORKS.join('|')}> <${CANDIDATES.join('|')}>`);
+  const [framework, candidate] = process.argv.slice(2) as [Framework, AnyCandidate];
+  if (!FRAMEWORKS.includes(framework) || !ALL_CANDIDATES.includes(candidate))
+    throw new Error(`usage: server.js <${FRAMEWORKS.join('|')}> <${ALL_CANDIDATES.join('|')}>`);
   const { server, tracing } = await start(framework, candidate);
   // Never outlive the runner, whatever happens to it.
   process.on('disconnect', () => process.exit(0));
@@ -268,6 +354,10 @@ async function main(): Promise<void> {
     if (message.type === 'stop') {
       server.closeAllConnections();
       server.close(() => process.exit(0));
+    } else if (message.type === 'gc') {
+      // A steady-state window starts from a collected heap (the process runs with --expose-gc).
+      (globalThis as { gc?: () => void }).gc?.();
+      send({ type: 'gc' });
     } else if (message.type === 'stats') {
       const report = () => {
         const cpu = process.cpuUsage();
