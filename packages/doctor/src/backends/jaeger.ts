@@ -1,6 +1,6 @@
 import { ATTR } from '../model';
 import type { AttributeValue, Span, SpanKindName } from '../model';
-import { tracesCarrying } from '../evidence';
+import { rootsIn, tracesCarrying } from '../evidence';
 import { badAnswer, baseUrl, getJson, otlpSpans, padId } from './source';
 import type { JsonAnswer, SpanSource, TimeWindow } from './source';
 
@@ -15,7 +15,7 @@ export interface JaegerSourceOptions {
 /**
  * Reads spans from Jaeger's query service: API v3 (`/api/v3/traces/{id}`, OTLP JSON in `result`) and
  * its search; a Jaeger without API v3 is read over v1 (`/api/traces/{id}`, Jaeger's own model, and a
- * search per service).
+ * search per service). New roots around a probe, for suspects, come from v1's search per service.
  */
 export function jaegerSource(options: JaegerSourceOptions): SpanSource {
   const base = baseUrl(options.endpoint, 'endpoint');
@@ -63,6 +63,8 @@ export function jaegerSource(options: JaegerSourceOptions): SpanSource {
       // Without API v3, v1's search, which needs a service name: each service's traces of the window.
       return tracesCarrying(found ?? (await searchV1(base, timeoutMs, window)), probeId);
     },
+    // v1's search, which every Jaeger serves: the roots of each service's traces in the window.
+    recentRoots: async (window) => rootsIn(await searchV1(base, timeoutMs, window), window),
     close: async () => undefined,
   };
 }

@@ -174,9 +174,17 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
   const passedOn = proxiesPassingOn(probed, roots);
   const probedGraph = new SpanGraph(probed, passedOn);
   const calls = probed.filter((s) => isOpenCall(probedGraph, s));
+  // One call has one callee: of several such roots at the address it went to (a retry, other traffic),
+  // the one that started nearest to the call stands for them; which one does not change the hop's names.
   const reached = new Map<string, Span>();
-  for (const r of roots)
-    if (!ties.has(r.traceId) && calls.some((c) => peerMatches(c, r))) reached.set(`${r.traceId}/${r.spanId}`, r);
+  const alike = new Map<Span, number>();
+  for (const c of calls) {
+    const at = roots.filter((r) => !ties.has(r.traceId) && peerMatches(c, r));
+    if (at.length === 0) continue;
+    const nearest = at.reduce((a, b) => (Math.abs(b.startMs - c.startMs) < Math.abs(a.startMs - c.startMs) ? b : a));
+    reached.set(`${nearest.traceId}/${nearest.spanId}`, nearest);
+    if (at.length > 1) alike.set(nearest, at.length - 1);
+  }
   for (const r of reached.values()) ties.set(r.traceId, 'peer');
   const tied = [...probed, ...reached.values()];
   const graph = new SpanGraph(tied, passedOn);
@@ -280,7 +288,7 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
       place(
         at,
         { from, to: span.service, proxies: via, evidence: 'peer', state: 'broken' },
-        calleeBreak({ from, to: span.service }, via, 'peer', span, call),
+        calleeBreak({ from, to: span.service }, via, 'peer', span, call, alike.get(span)),
       );
     } else if (!tied.some((s) => s.traceId === sent.traceId)) {
       // Nothing of the probe's own trace arrived: the entry lost it when the root is where the probe went.
@@ -448,6 +456,7 @@ function calleeBreak(
   evidence: Break['evidence'],
   callee: Span,
   call: Span | undefined,
+  others = 0,
 ): Break {
   const outcome = attr(callee, ATTR.outcome);
   const reason = attr(callee, ATTR.reason);
@@ -485,6 +494,6 @@ function calleeBreak(
     outcome,
     reason,
     lastCarrier: call === undefined ? null : ref(call),
-    detail: `${what}${lost}; ${tie}`,
+    detail: `${what}${lost}; ${tie}${others === 0 ? '' : ` (${others} more new ${others === 1 ? 'root was' : 'roots were'} called there in the window; this one stands for them)`}`,
   };
 }
