@@ -107,6 +107,10 @@ function provider(propagator: 'meshtrace' | 'default'): Tracing {
  * instrumentation-http's server side off (`disableIncomingRequestInstrumentation`), so meshtrace makes the SERVER span.
  */
 function inNodeSdk(mode: 'alone' | 'enrich' | 'own' = 'enrich'): Tracing {
+  // Tracing only, like the other candidates: NodeSDK otherwise starts an OTLP metrics reader (a collection every
+  // 60 s, whose first one loads and compiles the exporter) and an OTLP logs pipeline, work by the clock, not per request.
+  process.env.OTEL_METRICS_EXPORTER ??= 'none';
+  process.env.OTEL_LOGS_EXPORTER ??= 'none';
   const { NodeSDK } = require('@opentelemetry/sdk-node') as typeof import('@opentelemetry/sdk-node');
   const { HttpInstrumentation } =
     require('@opentelemetry/instrumentation-http') as typeof import('@opentelemetry/instrumentation-http');
@@ -348,6 +352,9 @@ async function main(): Promise<void> {
   if (!FRAMEWORKS.includes(framework) || !ALL_CANDIDATES.includes(candidate))
     throw new Error(`usage: server.js <${FRAMEWORKS.join('|')}> <${ALL_CANDIDATES.join('|')}>`);
   const { server, tracing } = await start(framework, candidate);
+  // A steady-state count keeps one connection open while valgrind is told to start counting, which can take
+  // longer than the 5 s keep-alive default on a loaded machine.
+  if (process.env.MESHTRACE_BENCH_STEADY === '1') server.keepAliveTimeout = 600_000;
   // Never outlive the runner, whatever happens to it.
   process.on('disconnect', () => process.exit(0));
   process.on('message', (message: ToServer) => {

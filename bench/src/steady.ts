@@ -94,7 +94,10 @@ class Client {
     private readonly what: string,
   ) {}
 
+  private sent = 0;
+
   private once(): Promise<void> {
+    const first = this.sent++ === 0;
     return new Promise((resolve, reject) => {
       const req = request(
         { host: '127.0.0.1', port: this.port, path: PATH, agent: this.agent, headers: { traceparent: TRACEPARENT } },
@@ -107,6 +110,9 @@ class Client {
       );
       req.setTimeout(120_000, () => req.destroy(new Error(`${this.what}: no answer within 120 s`)));
       req.on('error', reject);
+      req.on('socket', () => {
+        if (!first && !req.reusedSocket) req.destroy(new Error(`${this.what}: the keep-alive connection was replaced`));
+      });
       req.end();
     });
   }
@@ -169,6 +175,8 @@ export function countWindow(
   const run = async (): Promise<WindowCount> => {
     client = new Client(await ready, what);
     await client.send(options.base);
+    // The last response is out before its 'finish' work (span end, a batch export) is done: let it finish.
+    await sleep(500);
     const before = (await ask({ type: 'stats', flush: false }, 'stats')) as Extract<FromServer, { type: 'stats' }>;
     await callgrindControl(['-i', 'on', String(child.pid)]);
     await callgrindControl(['-z', String(child.pid)]);
@@ -178,6 +186,7 @@ export function countWindow(
     let spansPerRequest = NaN;
     for (let w = 1; w <= windows; w++) {
       await client.send(options.window);
+      await sleep(500);
       // A dump holds what ran since the last zero or dump, and zeroes the counters.
       await callgrindControl(['-d', String(child.pid)]);
       const after = (await ask({ type: 'stats', flush: false }, 'stats')) as Extract<FromServer, { type: 'stats' }>;
@@ -425,7 +434,10 @@ function present(counts: Map<string, WindowCount[]>): Pick<SteadyOptions, 'frame
   const keys = [...counts.keys()];
   return {
     frameworks: FRAMEWORKS.filter((f) => keys.some((k) => k.startsWith(`${f}/`))),
-    candidates: ALL_CANDIDATES.filter((c) => keys.some((k) => k.endsWith(`/${c}`))),
+    candidates: [
+      ...STEADY_FULL.candidates,
+      ...ALL_CANDIDATES.filter((c) => !STEADY_FULL.candidates.includes(c)),
+    ].filter((c) => keys.some((k) => k.endsWith(`/${c}`))),
     repeat: Math.max(...[...counts.values()].map((l) => l.length)),
   };
 }
