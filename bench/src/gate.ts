@@ -1,0 +1,106 @@
+// The CI gate on meshtrace's cost: a short steady-state count (steady.ts) on Node 24 of Express and node:http,
+// bare, the attribute floor and meshtrace, and the ratio of meshtrace's added instructions per request to the
+// attribute floor's. It fails when a ratio grows past the ratio measured when the gate was set plus a margin
+// the counts' spread justifies. Instruction counts, not time: a loaded machine changes how long it takes,
+// not what it measures. About 3–4 minutes on two cores.
+//   node bench/dist/gate.js
+import { execFileSync } from 'node:child_process';
+import { countAll, NAMES, STEADY_FLAGS, STEADY_FULL, summarize } from './steady';
+import type { SteadyOptions } from './steady';
+import { fmt, table } from './stats';
+
+/** The full count's window (so the full count's rows are the gate's baseline), on two frameworks. */
+export const GATE: SteadyOptions = {
+  base: STEADY_FULL.base,
+  window: STEADY_FULL.window,
+  frameworks: ['express', 'http'],
+  candidates: ['bare', 'attr-floor', 'meshtrace'],
+  repeat: 1,
+};
+
+/** The issue's target: meshtrace adds at most 1.3x what the attribute floor adds. */
+export const TARGET = 1.3;
+
+/**
+ * meshtrace's added instructions ÷ the attribute floor's, per framework, on Node 24 when the gate was set (the
+ * mean of two runs in separate processes), and the margin over it: twice the largest distance of a run from
+ * that mean (Express 1.009 and 1.105, node:http 1.027 and 1.023), since the counts of one candidate moved by up
+ * to 2.3% between processes on a loaded machine. Lower a baseline when a change makes meshtrace cheaper; raise
+ * it only with a reason in the commit.
+ */
+export const BASELINE: Record<'express' | 'http', { readonly ratio: number; readonly margin: number }> = {
+  express: { ratio: 1.057, margin: 0.1 },
+  http: { ratio: 1.025, margin: 0.05 },
+};
+
+/** True when valgrind's callgrind and callgrind_control can be run. */
+function haveValgrind(): boolean {
+  try {
+    execFileSync('valgrind', ['--version'], { stdio: 'ignore' });
+    execFileSync('which', ['callgrind_control'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function main(): Promise<void> {
+  const major = Number(process.versions.node.split('.')[0]);
+  if (major !== 24) throw new TypeError(`the gate's baseline was counted on Node 24; this is Node ${process.version}`);
+  if (!haveValgrind()) throw new Error('the gate counts instructions under valgrind: apt-get install valgrind');
+  const started = Date.now();
+  const counts = await countAll(GATE, (line) => console.log(line));
+  const rows: string[][] = [];
+  let failed = false;
+  for (const f of ['express', 'http'] as const) {
+    const of = (c: string) => summarize(counts.get(`${f}/${c}`)).mean;
+    const ratio = (of('meshtrace') - of('bare')) / (of('attr-floor') - of('bare'));
+    const { ratio: base, margin } = BASELINE[f];
+    const limit = base + margin;
+    const ok = ratio <= limit;
+    if (!ok) failed = true;
+    rows.push([
+      NAMES[f],
+      fmt(of('bare') / 1000, 1),
+      fmt(of('attr-floor') / 1000, 1),
+      fmt(of('meshtrace') / 1000, 1),
+      `${fmt(ratio, 3)}x`,
+      `${fmt(base, 3)}x + ${fmt(margin, 3)}`,
+      `${fmt(TARGET, 1)}x ${ratio <= TARGET ? '(met)' : '(not met yet: the gate holds the current ratio)'}`,
+      ok ? 'pass' : '**FAIL**',
+    ]);
+  }
+  const seconds = Math.round((Date.now() - started) / 1000);
+  console.log(
+    [
+      '',
+      ...table(
+        [
+          'framework',
+          'bare (k instr/req)',
+          'attribute floor',
+          'meshtrace',
+          "meshtrace's added ÷ floor's",
+          'gate: baseline + margin',
+          'target',
+          '',
+        ],
+        ['l', 'r', 'r', 'r', 'r', 'r', 'l', 'l'],
+        rows,
+      ),
+      '',
+      `Node ${process.versions.node}, requests ${GATE.base + 1}–${GATE.base + GATE.window} of each server process under callgrind, V8 flags ${STEADY_FLAGS.join(' ')}; ${seconds} s.`,
+    ].join('\n'),
+  );
+  if (failed) {
+    console.log(
+      "meshtrace's cost per request grew past the gate's baseline: find what it added (node bench/dist/steady.js --keep=<dir>, then callgrind_annotate on the dumps).",
+    );
+    process.exitCode = 1;
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exitCode = 1;
+});
