@@ -8,7 +8,9 @@ export interface Trace {
   readonly spans: readonly Span[];
 }
 
-/** What tied an orphaned root: a call to where it was called (`peer`), or a key it shares with the trace it broke from. */
+/**
+ * What tied an orphaned root: a call to where it was called (`peer`), or a key it shares with the trace it broke from.
+ */
 export type OrphanVia = 'peer' | 'probe-id' | 'request-id';
 
 /** A root span started by a service that was called from inside another trace: where a trace broke. */
@@ -61,7 +63,10 @@ export function groupTraces(spans: readonly Span[]): Trace[] {
   return traces.sort((a, b) => a.spans[0].startMs - b.spans[0].startMs);
 }
 
-/** `continued`, `missing`, `malformed: bad-trace-id`… from the attributes meshtrace puts on a SERVER span; '' without them. */
+/**
+ * `continued`, `missing`, `malformed: bad-trace-id`… from the attributes meshtrace puts on a SERVER span; '' without
+ * them.
+ */
 export function outcomeText(span: Span): string {
   const outcome = span.attributes[ATTR.outcome];
   const reason = span.attributes[ATTR.reason];
@@ -94,7 +99,8 @@ export function findOrphans(spans: readonly Span[], options: AnalyzeOptions = {}
   const graph = new SpanGraph(spans);
   const open = spans.filter((s) => isOpenCall(graph, s));
   const roots = spans.filter((s) => s.parentSpanId === undefined && isCallee(s) && !graph.isProxy(s));
-  // Traces that came from elsewhere: their top span has a parent that did not arrive, or it entered at an entry service.
+  // Traces that came from elsewhere: their top span has a parent that did not arrive, or it entered at an entry
+  // service.
   const heads = new Set<string>();
   for (const s of spans)
     if (

@@ -61,7 +61,10 @@ function list(value: string, previous: string[] = []): string[] {
   ];
 }
 
-/** `obj` without its undefined values: options left out must take the command's defaults, not override them with undefined. */
+/**
+ * `obj` without its undefined values: options left out must take the command's defaults, not override them with
+ * undefined.
+ */
 function defined<T extends object>(obj: T): T {
   return Object.fromEntries(Object.entries(obj).filter(([, v]) => v !== undefined)) as T;
 }
@@ -114,7 +117,8 @@ function program(): Command {
     .option('--wait <ms>', 'how long to wait for spans after a request (default: 30000)', positiveInteger)
     .option(
       '--batch-delay <ms>',
-      "the services' exporter batch delay, OTEL_BSP_SCHEDULE_DELAY: once the entry's span is in, spans are complete when none changed for longer (default: 5000)",
+      "the services' exporter batch delay, OTEL_BSP_SCHEDULE_DELAY: " +
+        "once the entry's span is in, spans are complete when none changed for longer (default: 5000)",
       positiveInteger,
     )
     .option(
@@ -126,7 +130,15 @@ function program(): Command {
     .option('--json', 'print the result as JSON')
     .addHelpText(
       'after',
-      '\nExamples:\n  meshtrace probe http://shop.example.com/orders\n  meshtrace probe --backend jaeger --endpoint http://jaeger:16686 --count 5 http://shop.example.com/orders\n\nExit codes: 0 whole, 1 broken, 2 unknown (cannot tell, or the URL cannot be reached), 3 incomplete (spans may still come), 64 bad usage.',
+      [
+        '',
+        'Examples:',
+        '  meshtrace probe http://shop.example.com/orders',
+        '  meshtrace probe --backend jaeger --endpoint http://jaeger:16686 --count 5 http://shop.example.com/orders',
+        '',
+        'Exit codes: 0 whole, 1 broken, 2 unknown (cannot tell, or the URL cannot be reached), ' +
+          '3 incomplete (spans may still come), 64 bad usage.',
+      ].join('\n'),
     )
     .action(
       (
@@ -169,7 +181,8 @@ function program(): Command {
   cli
     .command('receive')
     .description(
-      'Receive OTLP/HTTP traces and print the broken ones as waterfalls, with orphaned roots and broken hops, and a running summary, until stopped.',
+      'Receive OTLP/HTTP traces and print the broken ones as waterfalls, ' +
+        'with orphaned roots and broken hops, and a running summary, until stopped.',
     )
     .option('--host <host>', 'interface to listen on', '127.0.0.1')
     .option('--port <n>', 'port to listen on (0: any free one)', port, 4318)
@@ -197,7 +210,14 @@ function program(): Command {
     )
     .addHelpText(
       'after',
-      '\nExamples:\n  meshtrace receive --port 4318 --forward http://otel-collector:4318\n  meshtrace receive --ui --entry gateway   (then open http://127.0.0.1:4318/)\n\nStops on Ctrl-C (exit code 0); 2 when it cannot listen.',
+      [
+        '',
+        'Examples:',
+        '  meshtrace receive --port 4318 --forward http://otel-collector:4318',
+        '  meshtrace receive --ui --entry gateway   (then open http://127.0.0.1:4318/)',
+        '',
+        'Stops on Ctrl-C (exit code 0); 2 when it cannot listen.',
+      ].join('\n'),
     )
     .action(
       (opts: {
@@ -242,7 +262,11 @@ function program(): Command {
     .option('--json', 'print the result as JSON')
     .addHelpText(
       'after',
-      "\nExample:\n  meshtrace check 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 'congo=t61rcWkgMzE' 'userId=alice'",
+      [
+        '',
+        'Example:',
+        "  meshtrace check 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 'congo=t61rcWkgMzE' 'userId=alice'",
+      ].join('\n'),
     )
     .action(
       (traceparent: string, tracestate: string | undefined, baggage: string | undefined, opts: { json?: boolean }) => {
@@ -253,7 +277,8 @@ function program(): Command {
   cli
     .command('logs')
     .description(
-      'Read proxy access logs (Envoy, Istio JSON, nginx) and report, per upstream or route, requests without a traceparent, malformed ones and trace ids seen at one hop only.',
+      'Read proxy access logs (Envoy, Istio JSON, nginx) and report, per upstream or route, ' +
+        'requests without a traceparent, malformed ones and trace ids seen at one hop only.',
     )
     .argument('[files...]', 'access logs, one per proxy; - for stdin', ['-'])
     .addOption(new Option('--format <format>', 'the log format').choices([...LOG_FORMATS, 'auto']).default('auto'))
@@ -262,7 +287,12 @@ function program(): Command {
     .option('--max-groups <n>', 'upstreams or routes reported apart', positiveInteger, 1_000)
     .addHelpText(
       'after',
-      '\nExamples:\n  kubectl logs deploy/orders -c istio-proxy | meshtrace logs -\n  meshtrace logs --format nginx gateway.log orders-sidecar.log',
+      [
+        '',
+        'Examples:',
+        '  kubectl logs deploy/orders -c istio-proxy | meshtrace logs -',
+        '  meshtrace logs --format nginx gateway.log orders-sidecar.log',
+      ].join('\n'),
     )
     .action(
       async (

@@ -90,7 +90,9 @@ export function calledAt(span: Span): string | undefined {
   );
 }
 
-/** The authority a CLIENT span called: `server.address`/`server.port`, `url.full`, or the older `net.peer.*`/`http.url`. */
+/**
+ * The authority a CLIENT span called: `server.address`/`server.port`, `url.full`, or the older `net.peer.*`/`http.url`.
+ */
 export function peerOf(span: Span): string | undefined {
   const a = span.attributes;
   const full = fromUrl(a['url.full']) ?? fromUrl(a['http.url']);
@@ -166,7 +168,8 @@ export class SpanGraph {
   /**
    * A proxy's span: one that marks itself as a proxy's (Envoy's `component: proxy`, `upstream_cluster`),
    * a SERVER span with a SERVER child in another service and no CLIENT span between (Caddy, an
-   * inbound sidecar) unless meshtrace recorded an outcome on it, or a CLIENT span whose parent is a CLIENT span of another service (an egress sidecar).
+   * inbound sidecar) unless meshtrace recorded an outcome on it, or a CLIENT span whose parent is a CLIENT span of
+   * another service (an egress sidecar).
    */
   private passesOn(span: Span): boolean {
     // A span with a propagation outcome is meshtrace's, in an application.
@@ -211,18 +214,26 @@ export class SpanGraph {
   }
 }
 
-/** A span that made a call nothing recorded the other end of: a CLIENT span without a child, or a proxy's span without one. */
+/**
+ * A span that made a call nothing recorded the other end of: a CLIENT span without a child, or a proxy's span without
+ * one.
+ */
 export function isOpenCall(graph: SpanGraph, span: Span): boolean {
   if (graph.children(span).length > 0) return false;
   return isCaller(span) || (span.kind === 'server' && graph.isProxy(span));
 }
 
-/** The authority an open call went to: a CLIENT span's peer, or (a proxy's SERVER span) the authority it was called at. */
+/**
+ * The authority an open call went to: a CLIENT span's peer, or (a proxy's SERVER span) the authority it was called at.
+ */
 export function openCallTarget(span: Span): string | undefined {
   return isCaller(span) ? peerOf(span) : calledAt(span);
 }
 
-/** Whether the open call `call` went where the root `callee` says it was called: the same authority, and path when both name one. */
+/**
+ * Whether the open call `call` went where the root `callee` says it was called: the same authority, and path when both
+ * name one.
+ */
 export function peerMatches(call: Span, callee: Span): boolean {
   const target = openCallTarget(call);
   if (target === undefined || target !== calledAt(callee)) return false;
@@ -261,7 +272,10 @@ export function rootsIn(spans: readonly Span[], window: { readonly startMs: numb
   return spans.filter((s) => s.parentSpanId === undefined && s.startMs >= window.startMs && s.startMs <= window.endMs);
 }
 
-/** The spans of those traces in `spans` that hold a span carrying `probeId`: a backend may ignore a filter it does not know. */
+/**
+ * The spans of those traces in `spans` that hold a span carrying `probeId`: a backend may ignore a filter it does not
+ * know.
+ */
 export function tracesCarrying(spans: readonly Span[], probeId: string): Span[] {
   const traces = new Set(spans.filter((s) => probeTieOf(s, probeId) !== undefined).map((s) => s.traceId));
   return spans.filter((s) => traces.has(s.traceId));

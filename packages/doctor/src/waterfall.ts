@@ -127,9 +127,8 @@ export function renderTraces(spans: readonly Span[], options: WaterfallOptions):
         span.kind === 'server' ? outcomePaint(p, text, orphan)(pad(text, noteWidth)) : p.dim(pad(text, noteWidth));
       const label = pad(' '.repeat(2 * depth) + span.service, labelWidth);
       const ms = `${duration.toFixed(1)} ms`.padStart(9);
-      lines.push(
-        `  ${p.bold(label)}${pad(span.name, nameWidth)}${pad(span.kind, 8)}${painted}${p.dim('|')}${p.bar(bar)}${p.dim('|')}${ms}`,
-      );
+      const columns = `${pad(span.name, nameWidth)}${pad(span.kind, 8)}${painted}`;
+      lines.push(`  ${p.bold(label)}${columns}${p.dim('|')}${p.bar(bar)}${p.dim('|')}${ms}`);
     }
   }
   return lines;

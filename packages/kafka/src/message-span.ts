@@ -27,7 +27,9 @@ export function keyAttribute(key: unknown): string | undefined {
   return undefined;
 }
 
-/** Marks the span failed; `error.type` is the Kafka error code name when there is one (semconv `KAFKA_STORAGE_ERROR`). */
+/**
+ * Marks the span failed; `error.type` is the Kafka error code name when there is one (semconv `KAFKA_STORAGE_ERROR`).
+ */
 export function recordError(span: Span, error: unknown): void {
   const code = error instanceof Error ? (error as { type?: unknown }).type : undefined;
   recordSpanError(

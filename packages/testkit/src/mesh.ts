@@ -22,7 +22,10 @@ export interface MeshServiceSpec {
   readonly kind: MeshServiceKind;
   /** The nodes it calls (`GET <node>/work`, one after the other) on every request. */
   readonly calls?: readonly string[];
-  /** meshtrace services only: `meshtrace` calls with `meshFetch`, `plain-fetch` with `globalThis.fetch`. Default `meshtrace`. */
+  /**
+   * meshtrace services only: `meshtrace` calls with `meshFetch`, `plain-fetch` with `globalThis.fetch`. Default
+   * `meshtrace`.
+   */
   readonly client?: 'meshtrace' | 'plain-fetch';
   /** Inbound headers copied onto each call by hand: `request-id` copies `x-request-id`. Default `nothing`. */
   readonly forward?: 'nothing' | 'request-id';
@@ -138,10 +141,12 @@ let python: string | undefined;
 /** The first Python that imports aiohttp; throws, naming the package to install, when none does. */
 function pythonWithAiohttp(): string {
   python ??= PYTHONS.find((p) => spawnSync(p, ['-c', 'import aiohttp'], { stdio: 'ignore' }).status === 0);
-  if (python === undefined)
+  if (python === undefined) {
+    const tried = PYTHONS.join(', ');
     throw new Error(
-      `no Python with aiohttp (tried ${PYTHONS.join(', ')}): apt-get install -y python3-aiohttp; python-untraced services need it`,
+      `no Python with aiohttp (tried ${tried}): apt-get install -y python3-aiohttp; python-untraced services need it`,
     );
+  }
   return python;
 }
 
@@ -201,7 +206,11 @@ function serviceEnv(
  * node does not come up; `stop()` ends every process. The service programs run against the built
  * packages (`tsc -b`).
  * @example
- * const mesh = await startProcessMesh({ entry: 'a', nodes: { a: { kind: 'express', calls: ['b'] }, b: { kind: 'koa' } }, otlpEndpoint });
+ * const mesh = await startProcessMesh({
+ *   entry: 'a',
+ *   nodes: { a: { kind: 'express', calls: ['b'] }, b: { kind: 'koa' } },
+ *   otlpEndpoint,
+ * });
  */
 export async function startProcessMesh(spec: ProcessMeshSpec): Promise<ProcessMesh> {
   validate(spec);

@@ -72,7 +72,9 @@ export function jaegerSource(options: JaegerSourceOptions): SpanSource {
 /** How many traces one search returns: newest first, so the probe's own are among them. */
 const SEARCH_DEPTH = 20;
 
-/** API v3 `FindTraces` over HTTP: every span of the traces with a span having `attributes`; undefined without API v3. */
+/**
+ * API v3 `FindTraces` over HTTP: every span of the traces with a span having `attributes`; undefined without API v3.
+ */
 async function search(
   base: string,
   timeoutMs: number,
@@ -217,7 +219,10 @@ function jaegerSpan(s: JaegerSpan, processes: JaegerTrace['processes']): Span {
   };
 }
 
-/** A tag's value; OpenTelemetry's Jaeger translation writes array attributes as JSON text, which is read back as the array. */
+/**
+ * A tag's value; OpenTelemetry's Jaeger translation writes array attributes as JSON text, which is read back as the
+ * array.
+ */
 function tagValue(tag: JaegerTag): AttributeValue {
   const v = tag.value;
   if (typeof v === 'string' && v.startsWith('[')) {

@@ -36,7 +36,10 @@ export function receivedSpanSource(receiver: ReceivedSpans): SpanSource {
   };
 }
 
-/** A receiver to read from: one started here on `options.port` (closed with the source), or a running one at `options.endpoint`. */
+/**
+ * A receiver to read from: one started here on `options.port` (closed with the source), or a running one at
+ * `options.endpoint`.
+ */
 export async function receiverSource(options: ReceiverSourceOptions = {}): Promise<SpanSource> {
   const timeoutMs = options.timeoutMs ?? 5000;
   if (options.endpoint === undefined) {
@@ -47,9 +50,10 @@ export async function receiverSource(options: ReceiverSourceOptions = {}): Promi
     } catch (err) {
       if ((err as { code?: string }).code !== 'EADDRINUSE') throw err;
       const at = `${options.host ?? '127.0.0.1'}:${port}`;
+      const elsewhere = `read from a running meshtrace receiver with --endpoint http://${at}`;
       throw Object.assign(
         new Error(
-          `port ${at} is in use (a collector, or another receiver?): read from a running meshtrace receiver with --endpoint http://${at}, or start this one on another --port`,
+          `port ${at} is in use (a collector, or another receiver?): ${elsewhere}, or start this one on another --port`,
         ),
         { errno: 'EADDRINUSE' },
       );

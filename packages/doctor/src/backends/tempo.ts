@@ -21,11 +21,15 @@ const TRACE_APIS = [
   { path: 'api/traces', otlp: (body: unknown) => body },
 ] as const;
 
-/** Reads spans from Grafana Tempo: `/api/v2/traces/{id}` (else `/api/traces/{id}`) and a TraceQL search for the probe attribute. */
+/**
+ * Reads spans from Grafana Tempo: `/api/v2/traces/{id}` (else `/api/traces/{id}`) and a TraceQL search for the probe
+ * attribute.
+ */
 export function tempoSource(options: TempoSourceOptions): SpanSource {
   const base = baseUrl(options.endpoint, 'endpoint');
   const timeoutMs = options.timeoutMs ?? 5000;
-  // Tempo answers 404 both for an unknown trace and (before 2.6) for the v2 path, so v1 is asked until one of them finds a trace.
+  // Tempo answers 404 both for an unknown trace and (before 2.6) for the v2 path, so v1 is asked until one of them
+  // finds a trace.
   let found: (typeof TRACE_APIS)[number] | undefined;
 
   const trace = async (traceId: string): Promise<Span[]> => {

@@ -133,23 +133,30 @@ export function traceparentExplanation(value: string, reason: TraceparentReason,
   if (/^\s/.test(value))
     return 'it starts with white space: a proxy or client added it; the value must start with the version';
   if (/\s$/.test(value)) return 'it ends with white space after the flags: a proxy or client added it';
-  if (reason === 'multiple')
-    return 'it holds more than one traceparent (repeated header lines joined with a comma): the spec makes that invalid';
+  if (reason === 'multiple') {
+    const joined = 'it holds more than one traceparent (repeated header lines joined with a comma)';
+    return `${joined}: the spec makes that invalid`;
+  }
   if (reason === 'zero-trace-id')
     return 'the trace id is all zeros, which the spec forbids (W3C trace-context §3.2.2.3)';
   if (reason === 'zero-parent-id')
     return 'the parent id is all zeros, which the spec forbids (W3C trace-context §3.2.2.4)';
-  if (reason === 'bad-version' && value.startsWith('ff')) return 'version ff is forbidden (W3C trace-context §3.2.2.2)';
-  if (c !== undefined && /[A-F]/.test(c))
-    return `upper-case hex ${shown(c)} in the ${fieldAt(at.index)}: the spec requires lower-case hex; something on the way upper-cased the header`;
+  if (reason === 'bad-version' && value.startsWith('ff')) {
+    return 'version ff is forbidden (W3C trace-context §3.2.2.2)';
+  }
+  if (c !== undefined && /[A-F]/.test(c)) {
+    const upper = `upper-case hex ${shown(c)} in the ${fieldAt(at.index)}`;
+    return `${upper}: the spec requires lower-case hex; something on the way upper-cased the header`;
+  }
   if (reason === 'bad-format') {
+    const length = `it is ${value.length} characters long`;
     if (value.length < 55)
-      return `it is ${value.length} characters long; a version 00 value has exactly 55 (2-32-16-2 hex digits and three dashes)`;
+      return `${length}; a version 00 value has exactly 55 (2-32-16-2 hex digits and three dashes)`;
     if (value.startsWith('00') && value.length > 55 && DASHES.every((d) => value.charCodeAt(d) === 45))
-      return `it is ${value.length} characters long; a version 00 value ends after the flags, at 55`;
-    return c === undefined
-      ? 'it ends early'
-      : `${shown(c)} at index ${at.index} where the layout vv-<trace id>-<parent id>-ff puts ${DASHES.includes(at.index) ? 'a dash' : `a hex digit of the ${fieldAt(at.index)}`}`;
+      return `${length}; a version 00 value ends after the flags, at 55`;
+    if (c === undefined) return 'it ends early';
+    const expected = DASHES.includes(at.index) ? 'a dash' : `a hex digit of the ${fieldAt(at.index)}`;
+    return `${shown(c)} at index ${at.index} where the layout vv-<trace id>-<parent id>-ff puts ${expected}`;
   }
   if (reason === 'bad-version' && c === '-') return 'the version must be two hex digits';
   return c === undefined
@@ -196,9 +203,10 @@ function explainTracestate(value: string): NonNullable<CheckReport['tracestate']
   const bad =
     ts === 'bad-member' ? list.find((m) => parseTracestate(m.text) === 'bad-member') : list[MAX_TRACESTATE_MEMBERS];
   const at = bad === undefined ? { index: 0, length: value.length } : { index: bad.index, length: bad.text.length };
+  const member = JSON.stringify(bad?.text ?? value);
   const explanation =
     ts === 'bad-member'
-      ? `the member ${JSON.stringify(bad?.text ?? value)} is not key=value as the spec allows (W3C trace-context §3.3.1)`
+      ? `the member ${member} is not key=value as the spec allows (W3C trace-context §3.3.1)`
       : `more than ${MAX_TRACESTATE_MEMBERS} members: the spec allows 32 (W3C trace-context §3.3.1.1)`;
   return { valid: false, value, reason: ts, at, explanation };
 }
@@ -230,7 +238,10 @@ function explainBaggage(value: string): NonNullable<CheckReport['baggage']> {
   return { valid: false, value, reason: parsed.reason, at, explanation };
 }
 
-/** Each header judged by core's parser: valid with its fields, or core's reason and where the first offending character is. */
+/**
+ * Each header judged by core's parser: valid with its fields, or core's reason and where the first offending character
+ * is.
+ */
 export function explainHeaders(input: CheckInput): CheckReport {
   const traceparent = explainTraceparent(input.traceparent);
   const tracestate = input.tracestate === undefined ? undefined : explainTracestate(input.tracestate);
@@ -243,6 +254,12 @@ export function explainHeaders(input: CheckInput): CheckReport {
 export interface CheckOptions extends CheckInput {
   /** Print the report as JSON. */
   readonly json?: boolean;
+}
+
+/** A valid tracestate's members, and the repeated keys dropped when there were any. */
+function membersText(members: number, duplicates: number): string {
+  const dropped = duplicates > 0 ? `, ${duplicates} repeated ${duplicates === 1 ? 'key' : 'keys'} dropped` : '';
+  return `${members} ${members === 1 ? 'member' : 'members'}${dropped}`;
 }
 
 /** `meshtrace check`: prints each header's verdict. Exit code 0 when all are valid, 1 when any is not. */
@@ -283,16 +300,7 @@ export function runCheck(options: CheckOptions, out: Output): number {
       : [],
   );
   const ts = report.tracestate;
-  if (ts)
-    verdict(
-      'tracestate',
-      ts,
-      ts.valid
-        ? [
-            `${ts.members} ${ts.members === 1 ? 'member' : 'members'}${ts.duplicates > 0 ? `, ${ts.duplicates} repeated ${ts.duplicates === 1 ? 'key' : 'keys'} dropped` : ''}`,
-          ]
-        : [],
-    );
+  if (ts) verdict('tracestate', ts, ts.valid ? [membersText(ts.members, ts.duplicates)] : []);
   const bg = report.baggage;
   if (bg) verdict('baggage', bg, bg.valid ? bg.entries.map((e) => `${e.key} = ${JSON.stringify(e.value)}`) : []);
   return report.valid ? 0 : 1;

@@ -23,14 +23,17 @@ export interface LogsVerdict {
   readonly error: string | null;
 }
 
-/** The verdict on a report: an input with nothing in it makes the comparison meaningless, so it is 2 even beside findings. */
+/**
+ * The verdict on a report: an input with nothing in it makes the comparison meaningless, so it is 2 even beside
+ * findings.
+ */
 export function logsVerdict(r: LogReport, format: ScanOptions['format'] = 'auto'): LogsVerdict {
   const empty = r.files.filter((f) => f.requests + f.unparseable === 0).map((f) => (f.name === '-' ? 'stdin' : f.name));
-  if (empty.length > 0)
-    return {
-      code: 2,
-      error: `${empty.join(', ')} ${empty.length === 1 ? 'has' : 'have'} no lines, so there is nothing to judge (the wrong file, or access logging off)`,
-    };
+  if (empty.length > 0) {
+    const have = empty.length === 1 ? 'has' : 'have';
+    const why = '(the wrong file, or access logging off)';
+    return { code: 2, error: `${empty.join(', ')} ${have} no lines, so there is nothing to judge ${why}` };
+  }
   if (r.requests === 0)
     return {
       code: 2,
@@ -41,7 +44,8 @@ export function logsVerdict(r: LogReport, format: ScanOptions['format'] = 'auto'
     return {
       code: 2,
       error:
-        'no trace id is in two inputs: either every request starts a new trace between these proxies, or the inputs do not hold the same requests (other replicas, another time window)',
+        'no trace id is in two inputs: either every request starts a new trace between these proxies, ' +
+        'or the inputs do not hold the same requests (other replicas, another time window)',
     };
   return { code: 0, error: null };
 }
@@ -55,7 +59,10 @@ export function reportJson(r: LogReport, verdict: LogsVerdict): string {
   );
 }
 
-/** `meshtrace logs`: reads the logs and prints the report. Exit code 0 clean, 1 findings, 2 cannot tell (see {@link logsVerdict}). */
+/**
+ * `meshtrace logs`: reads the logs and prints the report. Exit code 0 clean, 1 findings, 2 cannot tell (see
+ * {@link logsVerdict}).
+ */
 export async function runLogs(options: LogsOptions, out: Output): Promise<number> {
   const names = options.files !== undefined && options.files.length > 0 ? options.files : ['-'];
   const handles: FileHandle[] = [];
@@ -111,18 +118,19 @@ function sampleLine(out: Output, s: LogSample): string {
 
 /** The report as text: inputs, then each upstream or route with its findings and a sample line each. */
 export function printReport(r: LogReport, out: Output): void {
-  out.line(
-    `meshtrace logs: ${count(r.files.length, 'input')}, ${count(r.lines, 'line')}, ${count(r.requests, 'request')}, ${r.unparseable.count.toLocaleString('en-US')} unparseable`,
-  );
+  const inputs = count(r.files.length, 'input');
+  const read = `${count(r.lines, 'line')}, ${count(r.requests, 'request')}`;
+  out.line(`meshtrace logs: ${inputs}, ${read}, ${r.unparseable.count.toLocaleString('en-US')} unparseable`);
   for (const f of r.files) {
-    out.line(
-      `  ${f.name}  ${f.format ?? 'format not recognised'}  ${count(f.lines, 'line')}, ${count(f.requests, 'request')}, ${f.unparseable.toLocaleString('en-US')} unparseable`,
-    );
+    const format = f.format ?? 'format not recognised';
+    const fileRead = `${count(f.lines, 'line')}, ${count(f.requests, 'request')}`;
+    out.line(`  ${f.name}  ${format}  ${fileRead}, ${f.unparseable.toLocaleString('en-US')} unparseable`);
   }
   // One proxy that received no traceparent is a finding; none in any input is more likely a log format without it.
   if (r.requests > 0 && r.files.every((f) => f.withTraceparent === 0))
     out.line(
-      'No request in any input carried a traceparent: is it in the log format? (Envoy: %REQ(TRACEPARENT)%, nginx: $http_traceparent)',
+      'No request in any input carried a traceparent: is it in the log format? ' +
+        '(Envoy: %REQ(TRACEPARENT)%, nginx: $http_traceparent)',
     );
   out.line();
   const flagged = r.groups.filter((g) => g.missing || g.malformed.length > 0 || g.oneHop);
@@ -139,20 +147,28 @@ export function printReport(r: LogReport, out: Output): void {
     show(g.oneHop, `trace ${g.oneHop?.count === 1 ? 'id' : 'ids'} seen at one hop only`);
   }
   for (const g of clean.slice(0, CLEAN_SHOWN)) out.line(`${paint(out, 32, '✓')} ${groupTitle(g)}`);
-  if (clean.length > CLEAN_SHOWN)
-    out.line(
-      `  and ${count(clean.length - CLEAN_SHOWN, 'more upstream or route', 'more upstreams or routes')} without findings`,
-    );
+  if (clean.length > CLEAN_SHOWN) {
+    const more = count(clean.length - CLEAN_SHOWN, 'more upstream or route', 'more upstreams or routes');
+    out.line(`  and ${more} without findings`);
+  }
   out.line();
   const h = r.hops;
-  out.line(
-    h.hop === 'files'
-      ? 'Hops: each input is one proxy, so a hop is an input. Once some trace id is in two inputs, a trace id found in one input only never reached (or left) the other proxies with that id: the next proxy saw another trace id or none.'
-      : 'Hops: one input, so a hop is an upstream or route in it (Istio inbound and outbound apart); a retry to the same place is the same hop. Once some trace id is seen at two of them, the log holds consecutive hops, and a trace id seen at one only is a finding. Give each proxy its own file to compare proxies.',
-  );
-  out.line(
-    `  ${h.judged ? `${count(h.linked, 'trace id')} seen at two hops or more; ` : 'not judged: no trace id was seen at two hops; '}${count(h.traceIds, 'trace id')} followed, ${h.evicted.toLocaleString('en-US')} forgotten to stay within ${h.maxTraces.toLocaleString('en-US')}`,
-  );
+  const hopsOfFiles =
+    'Hops: each input is one proxy, so a hop is an input. ' +
+    'Once some trace id is in two inputs, a trace id found in one input only never reached (or left) ' +
+    'the other proxies with that id: the next proxy saw another trace id or none.';
+  const hopsInOneFile =
+    'Hops: one input, so a hop is an upstream or route in it (Istio inbound and outbound apart); ' +
+    'a retry to the same place is the same hop. ' +
+    'Once some trace id is seen at two of them, the log holds consecutive hops, ' +
+    'and a trace id seen at one only is a finding. Give each proxy its own file to compare proxies.';
+  out.line(h.hop === 'files' ? hopsOfFiles : hopsInOneFile);
+  const linked = h.judged
+    ? `${count(h.linked, 'trace id')} seen at two hops or more; `
+    : 'not judged: no trace id was seen at two hops; ';
+  const evicted = h.evicted.toLocaleString('en-US');
+  const forgotten = `${evicted} forgotten to stay within ${h.maxTraces.toLocaleString('en-US')}`;
+  out.line(`  ${linked}${count(h.traceIds, 'trace id')} followed, ${forgotten}`);
   if (r.unparseable.sample !== undefined) {
     out.line(`Unparseable: ${count(r.unparseable.count, 'line')}, the first (${r.unparseable.reason}):`);
     out.line(sampleLine(out, r.unparseable.sample));

@@ -80,7 +80,8 @@ function isTraceparentKey(key: string): boolean {
 
 /**
  * Undefined for a value the proxy logged as absent: `-` (Envoy's and nginx's text), `""` (nginx `escape=json`, an
- * empty header), null (Envoy's JSON), blanks. An empty header carries no trace context, so it is missing, not malformed.
+ * empty header), null (Envoy's JSON), blanks. An empty header carries no trace context, so it is missing, not
+ * malformed.
  */
 function present<T>(value: T): T | undefined {
   if (value === null || value === undefined) return undefined;
@@ -104,8 +105,8 @@ function unquote(field: string): string {
 const HEX2 = /^[0-9a-fA-F]{2}$/;
 
 /**
- * nginx's default escaping undone: `"`, `\` and bytes below 0x20 or above 0x7e are logged as `\xHH` (ngx_http_log_module,
- * `escape=default`); the bytes are read back as UTF-8.
+ * nginx's default escaping undone: `"`, `\` and bytes below 0x20 or above 0x7e are logged as `\xHH`
+ * (ngx_http_log_module, `escape=default`); the bytes are read back as UTF-8.
  */
 export function unescapeNginx(s: string): string {
   if (!s.includes('\\x')) return s;

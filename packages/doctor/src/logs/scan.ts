@@ -26,7 +26,9 @@ export interface LogSample {
   readonly file: string;
   /** 1-based. */
   readonly line: number;
-  /** Empty for a one-hop trace id whose line was not kept: only a few lines per upstream waiting for a second hop are. */
+  /**
+   * Empty for a one-hop trace id whose line was not kept: only a few lines per upstream waiting for a second hop are.
+   */
   readonly text: string;
 }
 

@@ -10,7 +10,9 @@ export class OtlpDecodeError extends Error {
   override readonly name = 'OtlpDecodeError';
 }
 
-/** The OTLP encoding a `Content-Type` names (parameters such as `charset` ignored), or `undefined` for any other type. */
+/**
+ * The OTLP encoding a `Content-Type` names (parameters such as `charset` ignored), or `undefined` for any other type.
+ */
 export function otlpEncoding(contentType: string | undefined): OtlpEncoding | undefined {
   const media = contentType?.split(';')[0].trim().toLowerCase();
   if (media === 'application/x-protobuf') return 'protobuf';

@@ -39,7 +39,10 @@ export function decodeStatus(encoding: OtlpEncoding, body: Uint8Array): { code: 
   return Status.toObject(status, { defaults: true }) as { code: number; message: string };
 }
 
-/** The answer to an accepted export: an empty ExportTraceServiceResponse (the vendored OTLP definitions predate `partial_success`). */
+/**
+ * The answer to an accepted export: an empty ExportTraceServiceResponse (the vendored OTLP definitions predate
+ * `partial_success`).
+ */
 export function successBody(encoding: OtlpEncoding): OtlpBody {
   const response = ExportTraceServiceResponse.create();
   const body =

@@ -79,10 +79,12 @@ async function openSource(options: ProbeOptions, timeoutMs: number): Promise<Spa
     return receiverSource({ endpoint: options.endpoint, host: options.host, port: options.port, timeoutMs });
   if (backend !== 'jaeger' && backend !== 'tempo')
     throw new TypeError(`@meshtrace/doctor: backend must be receive, jaeger or tempo, not ${JSON.stringify(backend)}`);
-  if (options.endpoint === undefined)
+  if (options.endpoint === undefined) {
+    const example = backend === 'jaeger' ? 'http://jaeger:16686' : 'http://tempo:3200';
     throw new TypeError(
-      `@meshtrace/doctor: endpoint is required with backend ${backend} (its query URL, such as ${backend === 'jaeger' ? 'http://jaeger:16686' : 'http://tempo:3200'})`,
+      `@meshtrace/doctor: endpoint is required with backend ${backend} (its query URL, such as ${example})`,
     );
+  }
   return backend === 'jaeger'
     ? jaegerSource({ endpoint: options.endpoint, timeoutMs })
     : tempoSource({ endpoint: options.endpoint, timeoutMs });
@@ -98,7 +100,11 @@ function overall(results: readonly ProbeResult[]): VerdictKind {
 /**
  * `meshtrace probe <url>`: sends the probe requests, waits for their spans and prints whether each
  * trace came through whole. Returns the exit code: 0 whole, 1 broken, 2 unknown, 3 incomplete.
- * @example const code = await runProbe({ url: 'http://127.0.0.1:8080/orders', backend: 'jaeger', endpoint: 'http://127.0.0.1:16686' }, out);
+ * @example
+ * const code = await runProbe(
+ *   { url: 'http://127.0.0.1:8080/orders', backend: 'jaeger', endpoint: 'http://127.0.0.1:16686' },
+ *   out,
+ * );
  */
 export async function runProbe(options: ProbeOptions, out: Output): Promise<number> {
   const url = httpUrl(options.url, 'url');
@@ -200,10 +206,11 @@ function printResults(url: string, asked: string, results: readonly ProbeResult[
   out.line(`meshtrace probe ${url}: ${plural(results.length, 'request')}, spans from ${asked}`);
   for (const [i, r] of results.entries()) {
     out.line();
-    out.line(
-      `probe ${i + 1}: ${r.error === null ? `HTTP ${r.status}` : `request failed: ${r.error}`}  probe id ${r.probeId}  trace ${r.traceId}`,
-    );
-    const found = `${plural(r.spans, 'span')} from ${r.services.join(', ') || 'no service'} in ${r.traces.length === 1 ? 'one trace' : plural(r.traces.length, 'trace')}`;
+    const answer = r.error === null ? `HTTP ${r.status}` : `request failed: ${r.error}`;
+    out.line(`probe ${i + 1}: ${answer}  probe id ${r.probeId}  trace ${r.traceId}`);
+    const serviceList = r.services.join(', ') || 'no service';
+    const traceCount = r.traces.length === 1 ? 'one trace' : plural(r.traces.length, 'trace');
+    const found = `${plural(r.spans, 'span')} from ${serviceList} in ${traceCount}`;
     if (r.verdict === 'whole') {
       out.line(`  ${paint('whole')}  ${found}; every SERVER span's parent is its caller's span`);
     } else if (r.verdict === 'broken') {
@@ -225,10 +232,12 @@ function printResults(url: string, asked: string, results: readonly ProbeResult[
       out.line('  hops:');
       for (const h of r.hops) out.line(`    ${hopText(h)}`);
     }
-    for (const p of r.untracedPeers)
-      out.line(
-        `  untraced peer ${p.address}${p.path ?? ''} (called by ${p.caller})${p.declared ? ': declared in the mesh, so a break' : ': outside the mesh; --mesh or --strict to require it traced'}`,
-      );
+    for (const p of r.untracedPeers) {
+      const status = p.declared
+        ? ': declared in the mesh, so a break'
+        : ': outside the mesh; --mesh or --strict to require it traced';
+      out.line(`  untraced peer ${p.address}${p.path ?? ''} (called by ${p.caller})${status}`);
+    }
     for (const s of r.suspects) out.line(`  suspect: ${s.detail}`);
     out.line(`  ${r.waited}`);
     if (r.searchError !== null)

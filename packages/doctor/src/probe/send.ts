@@ -10,7 +10,10 @@ export interface SentProbe {
   /** Rides in `baggage` as `meshtrace.probe` and as `x-request-id`. */
   readonly probeId: string;
   readonly traceId: string;
-  /** The span id in the `traceparent` sent: the probe plays a caller that records no span, so the entry's SERVER span has it as parent. */
+  /**
+   * The span id in the `traceparent` sent: the probe plays a caller that records no span, so the entry's SERVER span
+   * has it as parent.
+   */
   readonly parentSpanId: string;
   readonly traceparent: string;
   readonly startMs: number;

@@ -17,7 +17,9 @@ import { ATTR } from '../model';
 import type { Span, SpanKindName } from '../model';
 import type { SentProbe } from './send';
 
-/** whole: one unbroken trace; broken: a hop lost it; unknown: the spans cannot tell; incomplete: spans may still come. */
+/**
+ * whole: one unbroken trace; broken: a hop lost it; unknown: the spans cannot tell; incomplete: spans may still come.
+ */
 export type VerdictKind = 'whole' | 'broken' | 'unknown' | 'incomplete';
 
 /** A span named in a verdict. */
@@ -197,6 +199,7 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
   if (tied.length === 0) {
     const request =
       sent.error === undefined ? `the request answered HTTP ${sent.status}` : `the request failed (${sent.error})`;
+    const exportTo = `the services export their spans to ${options.asked}`;
     return {
       ...base,
       // Nothing at all arrived in the whole wait: nothing says the spans are on their way.
@@ -207,7 +210,7 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
       suspects: [],
       reason: `no span of trace ${sent.traceId} or probe ${sent.probeId} arrived at ${options.asked}; ${request}`,
       check: [
-        `the services export their spans to ${options.asked} (OTEL_EXPORTER_OTLP_ENDPOINT, or the collector's pipeline)`,
+        `${exportTo} (OTEL_EXPORTER_OTLP_ENDPOINT, or the collector's pipeline)`,
         'the entry service is instrumented and keeps a sampled traceparent (a parent-based sampler does)',
         'the backend makes spans searchable within --wait (ingestion and flush delays)',
       ],
@@ -270,9 +273,8 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
     if (missingParent !== undefined) {
       // The trace went on, but the caller's span is not here: it exports elsewhere, or not at all.
       place(() => UNPLACED, { from: null, to: span.service, proxies, evidence: null, state: 'unanswered' });
-      gaps.push(
-        `${span.service}'s caller span ${missingParent} never arrived: the caller does not export its spans to ${options.asked}`,
-      );
+      const callerSpan = `${span.service}'s caller span ${missingParent}`;
+      gaps.push(`${callerSpan} never arrived: the caller does not export its spans to ${options.asked}`);
       continue;
     }
     // A root: this service started a new trace while serving the probe.
@@ -319,7 +321,9 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
     if (at !== undefined && !tracedAt.has(at)) tracedAt.set(at, s.service);
   }
   const entryService = hops.find((h) => h.from === 'probe')?.to;
-  /** New roots no key ties to the probe that started while `during` ran, outside `services`: suspects, by time alone. */
+  /**
+   * New roots no key ties to the probe that started while `during` ran, outside `services`: suspects, by time alone.
+   */
   const suspectsDuring = (during: Span, services: ReadonlyArray<string | undefined>): Span[] =>
     (options.recentRoots ?? []).filter(
       (r) =>
@@ -332,14 +336,17 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
         r.startMs <= during.endMs + SUSPECT_SLACK_MS &&
         [undefined, 'missing', 'malformed'].includes(attr(r, ATTR.outcome) ?? undefined),
     );
-  const suspect = (r: Span, when: string): Suspect => ({
-    service: r.service,
-    traceId: r.traceId,
-    spanId: r.spanId,
-    outcome: attr(r, ATTR.outcome),
-    reason: attr(r, ATTR.reason),
-    detail: `${r.service} started trace ${r.traceId} (${outcomeText(r) || 'no outcome recorded'}) ${when}; only time ties them`,
-  });
+  const suspect = (r: Span, when: string): Suspect => {
+    const outcomeNote = outcomeText(r) || 'no outcome recorded';
+    return {
+      service: r.service,
+      traceId: r.traceId,
+      spanId: r.spanId,
+      outcome: attr(r, ATTR.outcome),
+      reason: attr(r, ATTR.reason),
+      detail: `${r.service} started trace ${r.traceId} (${outcomeNote}) ${when}; only time ties them`,
+    };
+  };
   for (const call of open) {
     if (used.has(call)) continue;
     const { app, proxies } = graph.applicationAbove(call);
@@ -353,9 +360,10 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
       continue;
     }
     if (known !== undefined || isDeclared || options.strict === true) {
+      const dropped = 'sampled out, or dropped before export';
       const why =
         known !== undefined
-          ? `${known} at ${target} exports spans, but recorded none for this call: sampled out, or dropped before export`
+          ? `${known} at ${target} exports spans, but recorded none for this call: ${dropped}`
           : isDeclared
             ? `${target} is declared in the mesh (--mesh) but recorded nothing for this call`
             : `${target} recorded nothing for this call, and --strict fails on any untraced peer`;
@@ -384,9 +392,10 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
     }
     place(() => depth(call) + 1, { from, to: target, proxies, evidence: null, state: 'unanswered' });
     for (const r of around) suspects.push(suspect(r, `while ${from}'s call to ${target} went unanswered`));
-    gaps.push(
-      `${from} called ${target}, which recorded nothing, and ${around.length === 1 ? 'a new trace' : `${around.length} new traces`} started meanwhile (suspects below): if ${target} is in the mesh, the trail is lost there; declare it with --mesh to make that a break`,
-    );
+    const newTraces = around.length === 1 ? 'a new trace' : `${around.length} new traces`;
+    const started = `${newTraces} started meanwhile (suspects below)`;
+    const lost = `if ${target} is in the mesh, the trail is lost there; declare it with --mesh to make that a break`;
+    gaps.push(`${from} called ${target}, which recorded nothing, and ${started}: ${lost}`);
   }
 
   // A service that recorded no call may still have called on with a client that records nothing and
@@ -401,17 +410,13 @@ export function judge(sent: SentProbe, spans: readonly Span[], options: JudgeOpt
     const around = suspectsDuring(server, [entryService, ...probeServices]).filter(
       (r) => !suspects.some((s) => s.spanId === r.spanId),
     );
-    for (const r of around)
-      suspects.push(
-        suspect(
-          r,
-          `while ${server.service} served the probe and recorded no call of its own (a client that records nothing, such as plain fetch, forwards nothing)`,
-        ),
-      );
-    if (around.length > 0)
-      gaps.push(
-        `${server.service} recorded no outbound call, and ${around.length === 1 ? 'a new trace' : `${around.length} new traces`} started while it served the probe (suspects below): if it called on with a client that forwards nothing, the trail is lost there`,
-      );
+    const plainClient = '(a client that records nothing, such as plain fetch, forwards nothing)';
+    const when = `while ${server.service} served the probe and recorded no call of its own ${plainClient}`;
+    for (const r of around) suspects.push(suspect(r, when));
+    const newTraces = around.length === 1 ? 'a new trace' : `${around.length} new traces`;
+    const started = `${newTraces} started while it served the probe (suspects below)`;
+    const lost = 'if it called on with a client that forwards nothing, the trail is lost there';
+    if (around.length > 0) gaps.push(`${server.service} recorded no outbound call, and ${started}: ${lost}`);
   }
 
   // More than one trace tied to the probe is a break even where no root was found (one still in a batch).
@@ -465,9 +470,10 @@ function calleeBreak(
   // nothing reached): the proxy started it, and the callee continued the proxy's span.
   const starter = callee.parentSpanId === undefined ? undefined : proxies[proxies.length - 1];
   let what: string;
-  if (starter !== undefined)
-    what = `${starter}, a proxy that records spans, ${started} (no trace context reached it), and ${callee.service} continued it${outcome === null ? '' : ` (outcome ${outcome})`}`;
-  else if (outcome === null)
+  if (starter !== undefined) {
+    const continued = `${callee.service} continued it${outcome === null ? '' : ` (outcome ${outcome})`}`;
+    what = `${starter}, a proxy that records spans, ${started} (no trace context reached it), and ${continued}`;
+  } else if (outcome === null)
     what = `${callee.service} recorded no propagation outcome (meshtrace does not run there) and ${started}`;
   else if (outcome === 'missing')
     what = `${callee.service} recorded outcome missing: no traceparent reached it; it ${started}`;
@@ -486,6 +492,9 @@ function calleeBreak(
         : evidence === 'request-id'
           ? `tied to the probe by x-request-id; no recorded call names its caller`
           : 'nothing ties it to a caller';
+  const rootsWere = others === 1 ? 'root was' : 'roots were';
+  const standsFor = 'called there in the window; this one stands for them';
+  const more = others === 0 ? '' : ` (${others} more new ${rootsWere} ${standsFor})`;
   return {
     hop,
     proxies,
@@ -494,6 +503,6 @@ function calleeBreak(
     outcome,
     reason,
     lastCarrier: call === undefined ? null : ref(call),
-    detail: `${what}${lost}; ${tie}${others === 0 ? '' : ` (${others} more new ${others === 1 ? 'root was' : 'roots were'} called there in the window; this one stands for them)`}`,
+    detail: `${what}${lost}; ${tie}${more}`,
   };
 }

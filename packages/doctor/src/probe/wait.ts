@@ -37,7 +37,10 @@ const SKEW_MS = 60_000;
 // What an export takes beyond the batch delay: the request, and the backend's ingestion.
 const EXPORT_MS = 500;
 
-/** Whether the entry's span is among `spans`: the probe's trace continued there, or (nothing of that trace in) a root at the URL. */
+/**
+ * Whether the entry's span is among `spans`: the probe's trace continued there, or (nothing of that trace in) a root at
+ * the URL.
+ */
 export function hasEntry(sent: SentProbe, spans: readonly Span[]): boolean {
   if (spans.some((s) => s.traceId === sent.traceId && s.parentSpanId === sent.parentSpanId)) return true;
   if (spans.some((s) => s.traceId === sent.traceId)) return false;
@@ -104,11 +107,12 @@ export async function collectSpans(source: SpanSource, sent: SentProbe, options:
     }
   }
   const hint = `--batch-delay ${options.batchDelayMs} ms; set it to the services' OTEL_BSP_SCHEDULE_DELAY to wait less`;
+  const quiet = `then no span changed for ${seconds(settleMs)}, longer than the exporters' batch delay (${hint})`;
   const waited =
     error !== undefined
       ? `stopped after ${seconds(end - begun)}: reading spans failed`
       : settled
-        ? `waited ${seconds(end - begun)}: the entry's span arrived after ${seconds(entryAt! - begun)}, then no span changed for ${seconds(settleMs)}, longer than the exporters' batch delay (${hint})`
+        ? `waited ${seconds(end - begun)}: the entry's span arrived after ${seconds(entryAt! - begun)}, ${quiet}`
         : entryAt === undefined
           ? `waited ${seconds(end - begun)} (--wait ${options.waitMs} ms) and the entry's span never arrived`
           : `waited ${seconds(end - begun)} (--wait ${options.waitMs} ms); spans were still changing (${hint})`;

@@ -11,7 +11,10 @@ import { startReceiver } from './receiver';
 import type { Receiver, ReceiverOptions, ReceiverStats } from './receiver';
 import type { QuietTrace } from './window';
 
-/** Which quiet traces `meshtrace receive` prints a waterfall of: every one, the broken ones, or none (the summary line only). */
+/**
+ * Which quiet traces `meshtrace receive` prints a waterfall of: every one, the broken ones, or none (the summary line
+ * only).
+ */
 export type PrintChoice = 'all' | 'broken' | 'none';
 
 /** The values of {@link PrintChoice}, for a command line. */
@@ -49,17 +52,21 @@ export function summaryLine(summary: Summary, stats: ReceiverStats): string {
   if (refused.length > 0) parts.push(`refused: ${refused.map(([status, n]) => `${n}×${status}`).join(', ')}`);
   if (stats.evictedSpans > 0) parts.push(`evicted: ${plural(stats.evictedSpans, 'span')}`);
   if (stats.duplicateSpans > 0) parts.push(`duplicates: ${plural(stats.duplicateSpans, 'span')}`);
-  if (stats.forward.url !== undefined)
-    parts.push(
-      `forwarded ${stats.forward.ok}${stats.forward.failed > 0 ? `, ${stats.forward.failed} failed (${stats.forward.lastError ?? 'unknown error'})` : ''}`,
-    );
+  if (stats.forward.url !== undefined) {
+    const { ok, failed, lastError } = stats.forward;
+    const failures = failed > 0 ? `, ${failed} failed (${lastError ?? 'unknown error'})` : '';
+    parts.push(`forwarded ${ok}${failures}`);
+  }
   return `── ${parts.join('; ')}`;
 }
 
 // A SERVER span that got a trace context it could not read: the trace broke there, whatever the analysis ties.
 const BROKEN_OUTCOME = /^malformed\b/;
 
-/** The traces a summary shows broken: an orphaned root or its caller is in them, or a SERVER span that did not continue what it got. */
+/**
+ * The traces a summary shows broken: an orphaned root or its caller is in them, or a SERVER span that did not continue
+ * what it got.
+ */
 function brokenTraces(summary: Summary, traces: readonly QuietTrace[]): QuietTrace[] {
   const ids = new Set<string>();
   for (const orphan of summary.orphans) {

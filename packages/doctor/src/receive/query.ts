@@ -2,7 +2,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { rootsIn, tracesCarrying } from '../evidence';
 import type { Span } from '../model';
 
-/** Where a running receiver answers span queries (`?trace=<id>`, `?probe=<id>`, `?rootsFrom=<ms>&rootsTo=<ms>`) with `{spans: Span[]}`. */
+/**
+ * Where a running receiver answers span queries (`?trace=<id>`, `?probe=<id>`, `?rootsFrom=<ms>&rootsTo=<ms>`) with
+ * `{spans: Span[]}`.
+ */
 export const SPAN_QUERY_PATH = '/api/doctor/spans';
 
 /**

@@ -263,7 +263,8 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
   let peakHeldBytes = 0;
   /** When (monotonic ms) the senders refused so far have been told to come back, one after another. */
   let retrySlot = 0;
-  // How fast bodies have been getting through: bytes released over the time any were held (halved now and then, to follow changes).
+  // How fast bodies have been getting through: bytes released over the time any were held (halved now and then, to
+  // follow changes).
   let drainedBytes = 0;
   let busyMs = 0;
   let busySince = 0;
@@ -385,10 +386,11 @@ export async function startReceiver(options: ReceiverOptions = {}): Promise<Rece
         let added: ReturnType<typeof window.add> | undefined;
         try {
           if (otlpEncoding(req.headers['content-type']) === undefined) {
+            const contentType = JSON.stringify(req.headers['content-type'] ?? '');
             throw new Rejection(
               415,
               RPC_CODE.invalidArgument,
-              `unsupported Content-Type ${JSON.stringify(req.headers['content-type'] ?? '')}; send application/x-protobuf or application/json`,
+              `unsupported Content-Type ${contentType}; send application/x-protobuf or application/json`,
             );
           }
           // Decompressing, decoding and storing run without a pause, so one decoded body is alive at a time.

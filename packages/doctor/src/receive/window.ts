@@ -88,7 +88,10 @@ function cut(value: string, max: number): string {
   return Buffer.from(value.slice(0, end), 'utf8').toString('utf8');
 }
 
-/** `span` with its string attribute values cut to `max` characters, and how many were cut; the span itself when none was. */
+/**
+ * `span` with its string attribute values cut to `max` characters, and how many were cut; the span itself when none
+ * was.
+ */
 export function capAttributes(span: Span, max: number): { span: Span; truncated: number } {
   let truncated = 0;
   let capped: Record<string, AttributeValue> | undefined;
@@ -211,7 +214,10 @@ export class SpanWindow {
       this.timer = setTimeout(() => this.sweep(), Math.max(1, next + this.limits.quietMs - now)).unref();
   }
 
-  /** Emits the pending traces whose last span arrived at or before `until`; returns the last arrival of the first one left. */
+  /**
+   * Emits the pending traces whose last span arrived at or before `until`; returns the last arrival of the first one
+   * left.
+   */
   private emit(until: number): number | undefined {
     const out: QuietTrace[] = [];
     for (const [traceId, last] of this.pending) {

@@ -130,7 +130,9 @@ export interface MeshMap {
 
 /** Options of {@link buildMap}; all optional. */
 export interface MapOptions {
-  /** Services requests enter at: a new root there ties other roots by probe id or `x-request-id` (see `AnalyzeOptions`). */
+  /**
+   * Services requests enter at: a new root there ties other roots by probe id or `x-request-id` (see `AnalyzeOptions`).
+   */
   readonly entryServices?: readonly string[];
   /** A resource attribute that tells copies of a service apart (`service.namespace`, `deployment.environment.name`). */
   readonly by?: string;
@@ -281,7 +283,8 @@ export function buildMap(spans: readonly Span[], options: MapOptions = {}): Mesh
     }
   }
 
-  // Peer ties: a root where an unanswered call in another trace went (as `findOrphans` ties them), by an index of the calls' targets.
+  // Peer ties: a root where an unanswered call in another trace went (as `findOrphans` ties them), by an index of the
+  // calls' targets.
   const open = kept.filter((s) => isOpenCall(graph, s));
   const byTarget = new Map<string, Span[]>();
   for (const call of open) {
@@ -306,6 +309,9 @@ export function buildMap(spans: readonly Span[], options: MapOptions = {}): Mesh
     used.add(call);
     const state = callState(root, false);
     const path = pathOf(call);
+    const calledText = `${spanText(call)} called ${openCallTarget(call)}${path ?? ''}`;
+    const calleeText = `${spanText(root)} was called at ${at}${pathOf(root) ?? ''}`;
+    const outcome = outcomeText(root) || 'no outcome recorded';
     add(
       serviceNode(call),
       serviceNode(root),
@@ -316,14 +322,15 @@ export function buildMap(spans: readonly Span[], options: MapOptions = {}): Mesh
         caller: ref(call),
         callee: ref(root),
         traces: traces(call, root),
-        detail: `${spanText(call)} called ${openCallTarget(call)}${path ?? ''}, and ${spanText(root)} was called at ${at}${pathOf(root) ?? ''}; it started trace ${root.traceId} (${outcomeText(root) || 'no outcome recorded'})`,
+        detail: `${calledText}, and ${calleeText}; it started trace ${root.traceId} (${outcome})`,
         startMs: call.startMs,
       },
       root,
     );
   }
 
-  // Key ties: a root sharing the probe id or x-request-id with a trace that came from elsewhere, or entered at an entry service.
+  // Key ties: a root sharing the probe id or x-request-id with a trace that came from elsewhere, or entered at an entry
+  // service.
   const heads = new Set<string>();
   for (const s of kept)
     if (
@@ -354,6 +361,11 @@ export function buildMap(spans: readonly Span[], options: MapOptions = {}): Mesh
         const head = set === undefined ? undefined : [...set].find((t) => t !== root.traceId && heads.has(t));
         if (head === undefined) continue;
         const state = callState(root, false);
+        const keyName = via === 'probe-id' ? 'the probe id' : 'x-request-id';
+        const outcomeNote = outcomeText(root) || 'no outcome recorded';
+        const started = `${spanText(root)} started trace ${root.traceId} (${outcomeNote})`;
+        const shares = `it shares ${keyName} ${value} with trace ${head}`;
+        const origin = 'which came from elsewhere or entered at an entry service';
         add(
           node('unknown', groupOf(root, by), UNKNOWN_LABEL),
           serviceNode(root),
@@ -364,7 +376,7 @@ export function buildMap(spans: readonly Span[], options: MapOptions = {}): Mesh
             caller: null,
             callee: ref(root),
             traces: [head, root.traceId],
-            detail: `${spanText(root)} started trace ${root.traceId} (${outcomeText(root) || 'no outcome recorded'}); it shares ${via === 'probe-id' ? 'the probe id' : 'x-request-id'} ${value} with trace ${head}, which came from elsewhere or entered at an entry service; no recorded call names its caller`,
+            detail: `${started}; ${shares}, ${origin}; no recorded call names its caller`,
             startMs: root.startMs,
           },
           root,
@@ -392,6 +404,8 @@ export function buildMap(spans: readonly Span[], options: MapOptions = {}): Mesh
     const path = pathOf(call) ?? '';
     const known = target === undefined ? undefined : tracedAt.get(`${groupOf(call, by)}\u0000${target}`);
     const where = target ?? 'an unrecorded address';
+    const unanswered = 'none of its spans in the window answers this call: sampled out, dropped, or not exported yet';
+    const untraced = 'the peer exports no spans (outside the mesh, or not instrumented)';
     if (known !== undefined)
       add(
         serviceNode(call),
@@ -403,7 +417,7 @@ export function buildMap(spans: readonly Span[], options: MapOptions = {}): Mesh
           caller: ref(call),
           callee: null,
           traces: [call.traceId],
-          detail: `${spanText(call)} called ${where}${path}, where ${known.service} records spans, but none of its spans in the window answers this call: sampled out, dropped, or not exported yet`,
+          detail: `${spanText(call)} called ${where}${path}, where ${known.service} records spans, but ${unanswered}`,
           startMs: call.startMs,
         },
         undefined,
@@ -419,7 +433,7 @@ export function buildMap(spans: readonly Span[], options: MapOptions = {}): Mesh
           caller: ref(call),
           callee: null,
           traces: [call.traceId],
-          detail: `${spanText(call)} called ${where}${path}; no span in the window was called there: the peer exports no spans (outside the mesh, or not instrumented)`,
+          detail: `${spanText(call)} called ${where}${path}; no span in the window was called there: ${untraced}`,
           startMs: call.startMs,
         },
         undefined,

@@ -55,8 +55,17 @@ const ASSETS: Readonly<Record<string, { file: string; type: string }>> = {
 };
 /** Span data is shown only through textContent; the policy makes sure nothing else runs even if that slipped. */
 const SECURITY_HEADERS = {
-  'content-security-policy':
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+  'content-security-policy': [
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self'",
+    "connect-src 'self'",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+  ].join('; '),
   'x-content-type-options': 'nosniff',
   'referrer-policy': 'no-referrer',
   'x-frame-options': 'DENY',
@@ -151,7 +160,8 @@ export function meshMapUi(options: MeshMapUiOptions): MeshMapUi {
       lastSeen = v;
       lastBeat = now;
       const s = receiver.stats();
-      const data = `event: spans\ndata: ${JSON.stringify({ window: s.windowSpans, received: s.spans, evicted: s.evictedSpans })}\n\n`;
+      const counts = JSON.stringify({ window: s.windowSpans, received: s.spans, evicted: s.evictedSpans });
+      const data = `event: spans\ndata: ${counts}\n\n`;
       for (const res of streams) res.write(data);
     } else if (now - lastBeat >= HEARTBEAT_MS) {
       lastBeat = now;

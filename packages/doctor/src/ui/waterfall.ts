@@ -62,10 +62,9 @@ export function waterfall(spans: readonly Span[], orphans: ReadonlySet<string> =
       rows: rows.map(({ depth, span }) => {
         const outcome = outcomeText(span);
         const status = span.attributes['http.response.status_code'];
-        const note =
-          span.kind === 'server'
-            ? outcome
-            : `→ ${peerOf(span) ?? String(span.attributes['server.address'] ?? '?')}${status === undefined ? '' : ` ${String(status)}`}`;
+        const peer = peerOf(span) ?? String(span.attributes['server.address'] ?? '?');
+        const statusText = status === undefined ? '' : ` ${String(status)}`;
+        const note = span.kind === 'server' ? outcome : `→ ${peer}${statusText}`;
         const orphan = orphans.has(span.spanId);
         const offset = pct(span.startMs - t0);
         return {
