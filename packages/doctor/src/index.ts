@@ -2,7 +2,7 @@
 export { runProbe } from './probe/command';
 export type { ProbeBackend, ProbeOptions, ProbeResult } from './probe/command';
 export type { Output } from './output';
-export type { Break, ProbeVerdict, SpanRef, VerdictKind } from './probe/verdict';
+export type { Break, Hop, ProbeVerdict, SpanRef, Suspect, UntracedPeer, VerdictKind } from './probe/verdict';
 export { jaegerSource } from './backends/jaeger';
 export type { JaegerSourceOptions } from './backends/jaeger';
 export { tempoSource } from './backends/tempo';
