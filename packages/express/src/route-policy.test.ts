@@ -1,16 +1,17 @@
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { DiagLogLevel, diag } from '@opentelemetry/api';
+import { diag } from '@opentelemetry/api';
 import { warner } from '@meshtrace/core/adapter';
 import {
+  captureWarnings,
+  observe,
   PARENT_ID,
+  runTrustRow,
+  setupTestTracing,
   SHARED_TRUST_ROWS,
   TRACE_ID,
   TRUST_SERVICE,
-  observe,
-  runTrustRow,
-  setupTestTracing,
 } from '@meshtrace/testkit';
 import type { TrustRow } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
@@ -20,17 +21,7 @@ import type { RequestHandler } from 'express';
 type Express = typeof import('express');
 
 const tracing = setupTestTracing();
-const warnings: string[] = [];
-diag.setLogger(
-  {
-    warn: (m: string) => void warnings.push(m),
-    error: () => undefined,
-    info: () => undefined,
-    debug: () => undefined,
-    verbose: () => undefined,
-  },
-  DiagLogLevel.WARN,
-);
+const warnings = captureWarnings();
 const servers: Server[] = [];
 afterAll(async () => {
   await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));

@@ -1,33 +1,24 @@
-import { DiagLogLevel, diag } from '@opentelemetry/api';
+import { diag } from '@opentelemetry/api';
 import { fastify } from 'fastify';
 import type { FastifyInstance } from 'fastify';
 import { fastify as fastify4 } from 'fastify4';
 import { warner } from '@meshtrace/core/adapter';
 import {
+  captureWarnings,
+  observe,
   PARENT_ID,
+  runTrustRow,
+  setupTestTracing,
   SHARED_TRUST_ROWS,
   TRACE_ID,
   TRUST_SERVICE,
-  observe,
-  runTrustRow,
-  setupTestTracing,
 } from '@meshtrace/testkit';
 import type { TrustRow } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { meshTrace } from '@meshtrace/fastify';
 
 const tracing = setupTestTracing();
-const warnings: string[] = [];
-diag.setLogger(
-  {
-    warn: (m: string) => void warnings.push(m),
-    error: () => undefined,
-    info: () => undefined,
-    debug: () => undefined,
-    verbose: () => undefined,
-  },
-  DiagLogLevel.WARN,
-);
+const warnings = captureWarnings();
 afterAll(async () => {
   await tracing.shutdown();
   diag.disable();

@@ -1,18 +1,19 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { DiagLogLevel, diag } from '@opentelemetry/api';
+import { diag } from '@opentelemetry/api';
 import Router from '@koa/router';
 import Koa from 'koa';
 import type { Context } from 'koa';
 import { warner } from '@meshtrace/core/adapter';
 import {
+  captureWarnings,
+  observe,
   PARENT_ID,
+  runTrustRow,
+  setupTestTracing,
   SHARED_TRUST_ROWS,
   TRACE_ID,
   TRUST_SERVICE,
-  observe,
-  runTrustRow,
-  setupTestTracing,
 } from '@meshtrace/testkit';
 import type { TrustRow } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
@@ -26,17 +27,7 @@ const MAJORS = [
 ] as const;
 
 const tracing = setupTestTracing();
-const warnings: string[] = [];
-diag.setLogger(
-  {
-    warn: (m: string) => void warnings.push(m),
-    error: () => undefined,
-    info: () => undefined,
-    debug: () => undefined,
-    verbose: () => undefined,
-  },
-  DiagLogLevel.WARN,
-);
+const warnings = captureWarnings();
 afterAll(async () => {
   await tracing.shutdown();
   diag.disable();

@@ -1,4 +1,4 @@
-import { context, metrics, propagation, trace } from '@opentelemetry/api';
+import { DiagLogLevel, context, diag, metrics, propagation, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
@@ -82,4 +82,18 @@ export function setupTestTracing(): TestTracing {
       context.disable();
     },
   };
+}
+
+/**
+ * Registers a diag logger that keeps every warning (and drops the other levels); the returned list fills as
+ * warnings come. `diag.disable()` removes it.
+ */
+export function captureWarnings(): string[] {
+  const warnings: string[] = [];
+  const drop = (): undefined => undefined;
+  diag.setLogger(
+    { warn: (m: string) => void warnings.push(m), error: drop, info: drop, debug: drop, verbose: drop },
+    DiagLogLevel.WARN,
+  );
+  return warnings;
 }

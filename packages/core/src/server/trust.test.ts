@@ -1,11 +1,11 @@
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { DiagLogLevel, context, diag } from '@opentelemetry/api';
+import { context, diag } from '@opentelemetry/api';
 import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core/adapter';
 import type { MeshTraceOptions } from '@meshtrace/core';
 import type { RoutePolicy } from '@meshtrace/core/adapter';
-import { observe, setupTestTracing } from '@meshtrace/testkit';
+import { captureWarnings, observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { inboundPolicy, peerAddress } from './trust';
 
@@ -14,17 +14,7 @@ const P = 'b7ad6b7169203331';
 const VALID = `00-${T}-${P}-01`;
 const tracing = setupTestTracing();
 const servers: Server[] = [];
-const warnings: string[] = [];
-diag.setLogger(
-  {
-    warn: (m: string) => void warnings.push(m),
-    error: () => undefined,
-    info: () => undefined,
-    debug: () => undefined,
-    verbose: () => undefined,
-  },
-  DiagLogLevel.WARN,
-);
+const warnings = captureWarnings();
 afterAll(async () => {
   await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
   await tracing.shutdown();
