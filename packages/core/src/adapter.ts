@@ -5,10 +5,8 @@
 export { createServerTracing } from './server/server-tracing';
 /** One request's context, SERVER span and propagation outcome, as `start` returns it. */
 export { RequestTrace } from './server/request-trace';
-/** Checks a route's own options at setup and returns the policy `start` takes for its requests. */
-export { createRoutePolicy } from './server/route-policy';
-/** A route's checked options, for `start`. */
-export type { RoutePolicy } from './server/route-policy';
+/** Checks a route's own options at setup into the policy `start` takes for that route's requests. */
+export { RoutePolicy } from './server/route-policy';
 /** Route policies carried on middleware (`meshTraceRoute()`), found before routing; the warnings when one is not. */
 export { createRouteMarker } from './server/route-policy';
 /** The request method as HTTP semantic conventions name it (`_OTHER` for one they do not know). */
@@ -17,12 +15,8 @@ export { httpMethod } from './server/http-attributes';
 // Outbound: one of each trace header on the wire, the caller's own merged or replaced.
 /** Decides an outbound call's context and trace headers from the active context and the caller's headers. */
 export { outboundTrace } from './propagation/outbound';
-/** What {@link outboundTrace} decided for one call. */
+/** What {@link outboundTrace} decided for one call, and the headers that carry it (`traceHeaders`, `rewrite`). */
 export type { OutboundTrace } from './propagation/outbound';
-/** The caller's headers to drop and the ones to set, so a call carries exactly one of each. */
-export { traceHeaders } from './propagation/outbound';
-/** A copy of a caller's headers, in its own form, with trace headers dropped and set. */
-export { rewriteHeaders } from './propagation/outbound';
 /** True when `suppressTracing` marked the context: an exporter's own request, never traced. */
 export { isTracingSuppressed } from './internal/otel-internals';
 
@@ -37,8 +31,6 @@ export { extractionOf } from './propagation/extraction';
 export { RANDOM_TRACE_ID_KEY } from './propagation/extracted-context';
 /** Runs a handler in a span's context and ends the span when it settles, errors recorded by the one rule. */
 export { runInSpan } from './internal/settle';
-/** How {@link runInSpan} reads a transport's errors. */
-export type { SettleOptions } from './internal/settle';
 /** Records an error on a span by the one rule: the exception event, ERROR status unless it is a 4xx. */
 export { recordSpanError } from './internal/errors';
 
@@ -53,11 +45,5 @@ export { optionError } from './internal/options';
 export { callHook } from './internal/diagnostics';
 /** The rate-limited warner every meshtrace package reports through (`diag`, one line per reason every 10 s). */
 export { warner } from './internal/diagnostics';
-/** At most 64 characters of an untrusted value, escaped, for a warning. */
-export { preview } from './internal/diagnostics';
-/** True when a real context manager is registered. */
-export { hasContextManager } from './internal/diagnostics';
-/** A counter that follows the global MeterProvider, whenever that is registered. */
-export { LazyCounter } from './internal/diagnostics';
 /** A counter over constant attribute objects, tallied in the process and reported when metrics are collected. */
 export { TallyCounter } from './internal/diagnostics';

@@ -1,8 +1,8 @@
 import { context } from '@opentelemetry/api';
 import type { Context } from '@opentelemetry/api';
-import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core/adapter';
+import { RoutePolicy, createServerTracing, warner } from '@meshtrace/core/adapter';
 import type { MeshTraceOptions, MeshTraceRouteOptions } from '@meshtrace/core';
-import type { RequestTrace, RoutePolicy } from '@meshtrace/core/adapter';
+import type { RequestTrace } from '@meshtrace/core/adapter';
 import type {
   FastifyError,
   FastifyInstance,
@@ -41,7 +41,7 @@ type Policies = WeakMap<object, RoutePolicy<FastifyRequest> | null>;
 function addRoutePolicy(policies: Policies, config: unknown): void {
   const options = (config as { meshTrace?: unknown } | undefined)?.meshTrace;
   if (options === undefined) return;
-  const policy = createRoutePolicy<FastifyRequest>(
+  const policy = new RoutePolicy<FastifyRequest>(
     PACKAGE,
     options as MeshTraceRouteOptions<FastifyRequest>,
     'config.meshTrace',
@@ -59,7 +59,7 @@ function routePolicyOf(policies: Policies, request: FastifyRequest): RoutePolicy
   let policy = policies.get(options);
   if (policy === undefined) {
     try {
-      policy = createRoutePolicy<FastifyRequest>(
+      policy = new RoutePolicy<FastifyRequest>(
         PACKAGE,
         options as MeshTraceRouteOptions<FastifyRequest>,
         'config.meshTrace',

@@ -3,7 +3,7 @@ import type { Span, TextMapGetter, TextMapSetter } from '@opentelemetry/api';
 import { InterceptingCall, status as Status } from '@grpc/grpc-js';
 import type { Interceptor, InterceptorOptions, Metadata, NextCall, StatusObject } from '@grpc/grpc-js';
 import { headerGetter } from '@meshtrace/core';
-import { callHook, outboundTrace, preview, traceHeaders, warner } from '@meshtrace/core/adapter';
+import { callHook, outboundTrace, warner } from '@meshtrace/core/adapter';
 import { PACKAGE, resolveOptions, tracerOf } from './options';
 import type { MeshGrpcOptions } from './options';
 import { endSpan, rpcAttributes, setAddress, targetEndpoint } from './rpc-span';
@@ -17,7 +17,7 @@ const metadataSetter: TextMapSetter<Metadata> = {
       warner.warn(
         `grpc:inject:${key}`,
         () =>
-          `${PACKAGE}: could not write ${key} ${preview(value)} into gRPC metadata: ` +
+          `${PACKAGE}: could not write ${key} into gRPC metadata: ` +
           (err instanceof Error ? err.message : String(err)),
       );
     }
@@ -52,7 +52,7 @@ export function meshClientInterceptor(options?: MeshGrpcOptions): Interceptor {
           span = tracerOf(o).startSpan(name, { kind: SpanKind.CLIENT, attributes }, ot.context);
         }
         // Metadata keys are case-insensitive already: one remove takes every spelling of a name.
-        const { drop, set } = traceHeaders(ot, span === undefined ? ot.context : trace.setSpan(ot.context, span));
+        const { drop, set } = ot.traceHeaders(span === undefined ? ot.context : trace.setSpan(ot.context, span));
         for (const name of drop) outgoing.remove(name);
         for (const name of Object.keys(set)) metadataSetter.set(outgoing, name, set[name]);
         if (span !== undefined) callHook('requestHook', o.requestHook, span, info);

@@ -1,15 +1,6 @@
 import { SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Span, Tracer, TracerProvider } from '@opentelemetry/api';
-import {
-  checkOptions,
-  httpMethod,
-  isTracingSuppressed,
-  outboundTrace,
-  rewriteHeaders,
-  traceHeaders,
-  warner,
-} from '@meshtrace/core/adapter';
-import type { OutboundTrace } from '@meshtrace/core/adapter';
+import { checkOptions, httpMethod, isTracingSuppressed, outboundTrace, warner } from '@meshtrace/core/adapter';
 import { errorMonitor } from 'node:events';
 // The module objects themselves, not namespace copies: `.request` must be whatever an instrumentation put there last.
 import http from 'node:http';
@@ -48,20 +39,6 @@ const CALL = Symbol('meshtrace.http.client');
 // Captured once, so `globalThis.fetch = meshFetch` does not call itself.
 const nativeFetch = globalThis.fetch;
 
-/**
- * The caller's headers for a call an instrumentation traces: without the trace headers (any letter case)
- * it writes itself, so a stale `traceparent` never goes out as a second value.
- */
-function leftToInstrumentation(ot: OutboundTrace): unknown {
-  return rewriteHeaders(ot.headers, traceHeaders(ot).drop, {});
-}
-
-/** The caller's headers with the trace of `ctx` (the call's own span) in place of theirs, and the merged baggage. */
-function withTrace(ot: OutboundTrace, ctx: Context): unknown {
-  const { drop, set } = traceHeaders(ot, ctx);
-  return rewriteHeaders(ot.headers, drop, set);
-}
-
 const UNTRACED_HTTP = 'http:injectHeaders:http.request-uninstrumented';
 function untracedHttpWarning(): string {
   return (
@@ -92,11 +69,11 @@ export function injectHeaders(headers?: unknown): unknown {
     if (!httpInstrumented()) warner.warn(UNTRACED_HTTP, untracedHttpWarning);
     // The instrumentation writes the active context's baggage, so the caller's can stay only where that has none.
     const ot = outboundTrace(active, headers);
-    out = leftToInstrumentation({ ...ot, context: active });
+    out = ot.withoutTrace(active);
   } else {
     const ot = outboundTrace(active, headers);
     // No CLIENT span here: the next service's parent is the active span.
-    out = withTrace(ot, ot.context);
+    out = ot.rewrite(ot.traceHeaders(ot.context));
   }
   return out === headers ? copyOf(headers) : out;
 }
@@ -187,7 +164,7 @@ function fetchWith(tracer: Tracer | undefined): typeof fetch {
     const ot = outboundTrace(parent, given);
     if (fetchInstrumented()) {
       // The instrumentation starts the CLIENT span under the call's context and appends the headers.
-      const headers = leftToInstrumentation(ot);
+      const headers = ot.withoutTrace();
       return context.with(
         ot.context,
         nativeFetch,
@@ -214,7 +191,7 @@ function fetchWith(tracer: Tracer | undefined): typeof fetch {
       withoutBrackets(url.hostname),
       port,
     );
-    const headers = withTrace(ot, trace.setSpan(ot.context, span));
+    const headers = ot.rewrite(ot.traceHeaders(trace.setSpan(ot.context, span)));
     let response: Response;
     try {
       response = await nativeFetch(
@@ -309,7 +286,7 @@ function requestWith(tracer: Tracer | undefined): MeshRequest {
     const ot = outboundTrace(parent, options?.headers);
     if (isWrapped(send)) {
       // instrumentation-http (or dd-trace) starts the CLIENT span under the call's context and injects.
-      const headers = leftToInstrumentation(ot);
+      const headers = ot.withoutTrace();
       const next = headers === options?.headers ? undefined : { ...options, headers };
       const call =
         next === undefined ? () => send(...args) : () => (hasUrl ? send(first, next, callback) : send(next, callback));
@@ -339,7 +316,7 @@ function requestWith(tracer: Tracer | undefined): MeshRequest {
       port,
     );
 
-    const headers = withTrace(ot, trace.setSpan(ot.context, span));
+    const headers = ot.rewrite(ot.traceHeaders(trace.setSpan(ot.context, span)));
     const next = headers === options?.headers ? options : { ...options, headers };
     let req: Traced<ClientRequest>;
     try {

@@ -1,7 +1,6 @@
 import { trace } from '@opentelemetry/api';
 import type { Attributes, Span, Tracer } from '@opentelemetry/api';
 import { recordSpanError } from '@meshtrace/core/adapter';
-import type { SettleOptions } from '@meshtrace/core/adapter';
 
 /** The package name configuration errors start with, and the tracer's instrumentation scope. */
 export const PACKAGE = '@meshtrace/kafka';
@@ -40,7 +39,7 @@ export function recordError(span: Span, error: unknown): void {
 }
 
 /** How a consumer span records a failed handler and ends: with the Kafka error code. */
-export const KAFKA_ERRORS: SettleOptions = Object.freeze({ record: recordError });
+export const KAFKA_ERRORS = Object.freeze({ record: recordError });
 
 /** The fixed tracer, or the global provider's at call time so setup order does not matter. */
 export function tracerOf(fixed: Tracer | undefined): Tracer {

@@ -1,7 +1,7 @@
 import { SpanKind, context, propagation, trace } from '@opentelemetry/api';
 import type { Attributes, Context, Link, Span, TextMapGetter, Tracer, TracerProvider } from '@opentelemetry/api';
 import { headerGetter } from '@meshtrace/core';
-import { callHook, checkOptions, outboundTrace, rewriteHeaders, traceHeaders } from '@meshtrace/core/adapter';
+import { callHook, checkOptions, outboundTrace } from '@meshtrace/core/adapter';
 import type { OutboundTrace } from '@meshtrace/core/adapter';
 import type {
   IHeaders,
@@ -51,10 +51,10 @@ function messageAttributes(attributes: Attributes, message: Message): Attributes
  * case), and the merged baggage, as Buffers; the caller's other headers are kept as they are.
  */
 function carrying(message: Message, ot: OutboundTrace, from: Context): Message {
-  const { drop, set } = traceHeaders(ot, from);
+  const { drop, set } = ot.traceHeaders(from);
   const buffers: Record<string, Buffer> = {};
   for (const key of Object.keys(set)) buffers[key] = Buffer.from(set[key], 'utf8');
-  return { ...message, headers: rewriteHeaders(message.headers, drop, buffers) as IHeaders };
+  return { ...message, headers: ot.rewrite({ drop, set: buffers }, message.headers) as IHeaders };
 }
 
 /**

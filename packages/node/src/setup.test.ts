@@ -13,7 +13,8 @@ import {
 } from '@opentelemetry/api';
 import { InMemorySpanExporter } from '@opentelemetry/sdk-trace';
 import { checkPropagation } from '@meshtrace/core';
-import { hasContextManager, warner } from '@meshtrace/core/adapter';
+import { warner } from '@meshtrace/core/adapter';
+import { hasContextManager } from '@meshtrace/testkit';
 import { setupMeshTracing } from '@meshtrace/node';
 import { loadTraceSdk, optionalPeer } from './sdk';
 

@@ -1,11 +1,19 @@
-import { DiagConsoleLogger, DiagLogLevel, context, diag, propagation, trace } from '@opentelemetry/api';
+import {
+  DiagConsoleLogger,
+  DiagLogLevel,
+  context,
+  createContextKey,
+  diag,
+  propagation,
+  trace,
+} from '@opentelemetry/api';
 import type { Sampler } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import type { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import type { Resource, ResourceDetector } from '@opentelemetry/resources';
 import { MeshPropagator, checkPropagation } from '@meshtrace/core';
-import { hasContextManager, optionError } from '@meshtrace/core/adapter';
+import { optionError } from '@meshtrace/core/adapter';
 import type { MeshPropagatorOptions } from '@meshtrace/core';
 import { MeshBatchSpanProcessor, otlpTimeoutMillis, resolveBatchConfig } from './span-export';
 import { kubernetesDetector } from './k8s';
@@ -13,6 +21,14 @@ import { MeshSampler, samplerFromEnv } from './sampler';
 import type { SamplingOwner } from './sampler';
 import { PACKAGE, optionalPeer, traceSdk } from './sdk';
 import type { BufferConfig, SdkTracerProvider, SpanExporter, SpanProcessor } from './sdk';
+
+const CONTEXT_PROBE = createContextKey('@meshtrace/node context probe');
+
+/** True when a real context manager is registered (the no-op one never makes a context active). */
+function hasContextManager(): boolean {
+  const probe = context.active().setValue(CONTEXT_PROBE, true);
+  return context.with(probe, () => context.active().getValue(CONTEXT_PROBE) === true);
+}
 
 /** Options of {@link setupMeshTracing}; all optional. */
 export interface SetupOptions {

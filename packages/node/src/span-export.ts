@@ -1,7 +1,7 @@
 import { TraceFlags, diag } from '@opentelemetry/api';
 import type { Context } from '@opentelemetry/api';
 import type { Span } from '@opentelemetry/api';
-import { LazyCounter, optionError, warner } from '@meshtrace/core/adapter';
+import { TallyCounter, optionError, warner } from '@meshtrace/core/adapter';
 import { ExportResultCode, PACKAGE, traceSdk } from './sdk';
 import type { BufferConfig, ExportResult, ReadableSpan, SpanExporter, SpanProcessor } from './sdk';
 
@@ -66,7 +66,7 @@ export function exportStats(): ExportStats {
 }
 
 /** `meshtrace.export.spans`, by result. */
-const spansCounter = new LazyCounter(
+const spansCounter = new TallyCounter(
   'meshtrace.export.spans',
   'Spans leaving the process, by result: exported, failed (export error or timeout) or dropped (queue full)',
   '{span}',

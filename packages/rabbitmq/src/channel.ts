@@ -7,9 +7,7 @@ import {
   outboundTrace,
   outcomeAttributes,
   recordSpanError,
-  rewriteHeaders,
   runInSpan,
-  traceHeaders,
 } from '@meshtrace/core/adapter';
 import type { HeaderCarrier } from '@meshtrace/core';
 import type { ConsumeMessage, Message, Options } from 'amqplib';
@@ -279,11 +277,9 @@ export function instrumentChannel<C extends AmqpChannel>(channel: C, options?: R
 
     // A copy, so the caller's options and headers are never written to. Trace headers the caller
     // passed (in any letter case) give way to this publish's context, unless there is none to give.
-    const { drop, set } = traceHeaders(ot, trace.setSpan(ot.context, span));
-    const headers = rewriteHeaders(
+    const headers = ot.rewrite(
+      ot.traceHeaders(trace.setSpan(ot.context, span)),
       given !== null && typeof given === 'object' ? { ...given } : {},
-      drop,
-      set,
     ) as HeaderCarrier;
     const sent: Options.Publish = { ...publishOptions, headers };
     if (publishHook !== undefined)

@@ -20,7 +20,7 @@ export type {
   ProcessMesh,
   ProcessMeshSpec,
 } from './mesh';
-export { captureWarnings, setupTestTracing } from './otel';
+export { captureWarnings, hasContextManager, setupTestTracing } from './otel';
 export {
   CALLER_BAGGAGE,
   SHARED_TRUST_ROWS,

@@ -1,10 +1,17 @@
-import { DiagLogLevel, context, diag, metrics, propagation, trace } from '@opentelemetry/api';
+import { DiagLogLevel, context, createContextKey, diag, metrics, propagation, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { AggregationTemporality, MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics';
 import { InMemorySpanExporter, SimpleSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { MeshPropagator } from '@meshtrace/core';
-import { hasContextManager } from '@meshtrace/core/adapter';
+
+const CONTEXT_PROBE = createContextKey('@meshtrace/testkit context probe');
+
+/** True when a real context manager is registered (the no-op one never makes a context active). */
+export function hasContextManager(): boolean {
+  const probe = context.active().setValue(CONTEXT_PROBE, true);
+  return context.with(probe, () => context.active().getValue(CONTEXT_PROBE) === true);
+}
 
 class CollectingReader extends MetricReader {
   constructor() {

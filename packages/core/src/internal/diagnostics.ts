@@ -80,6 +80,7 @@ export class TallyCounter {
   constructor(
     private readonly name: string,
     private readonly description: string,
+    private readonly unit?: string,
   ) {}
 
   /** Adds `value` to the series of `attributes`, which must be one of the counter's constant attribute objects. */
@@ -102,7 +103,7 @@ export class TallyCounter {
     const counter = metrics
       .getMeterProvider()
       .getMeter(PACKAGE)
-      .createObservableCounter(this.name, { description: this.description });
+      .createObservableCounter(this.name, { description: this.description, unit: this.unit });
     counter.addCallback((result) => {
       for (const [attributes, value] of tallies) result.observe(value, attributes);
     });

@@ -68,19 +68,78 @@ function pairsOf(headers: readonly unknown[]): Array<readonly [unknown, unknown]
   return pairs;
 }
 
-/** What one outbound call sends, decided from the active context and the caller's own headers. */
-export interface OutboundTrace {
+/** What one outbound call sends, decided by {@link outboundTrace} from the active context and the caller's headers. */
+export class OutboundTrace {
+  /** @internal */
+  constructor(
+    /**
+     * The context to start the call's span in, or to run an instrumented call in: the active one, its
+     * baggage merged with the caller's; with {@link keepCaller}, the trace the caller's own header names.
+     */
+    readonly context: Context,
+    /** No active trace, and the caller set a trace header of its own: those go out as they are. */
+    readonly keepCaller: boolean,
+    /** The valid context the caller's own trace header names, when it is kept (a span link for a batch, say). */
+    readonly caller: SpanContext | undefined,
+    /** The caller's headers, in a form that can be read again (a one-shot iterable becomes an array of pairs). */
+    readonly headers: unknown,
+  ) {}
+
   /**
-   * The context to start the call's span in, or to run an instrumented call in: the active one, its
-   * baggage merged with the caller's; with {@link keepCaller}, the trace the caller's own header names.
+   * The caller's headers to remove (`drop`, lower case, matched in any letter case) and the ones to add (`set`) so
+   * the call carries exactly one of each: the trace of `from` (the call's own span) when the propagator writes one
+   * (and the caller's is not kept), the merged baggage when the propagator writes baggage.
    */
-  readonly context: Context;
-  /** No active trace, and the caller set a trace header of its own: those go out as they are. */
-  readonly keepCaller: boolean;
-  /** The valid context the caller's own trace header names, when it is kept (a span link for a batch, say). */
-  readonly caller: SpanContext | undefined;
-  /** The caller's headers, in a form that can be read again (a one-shot iterable becomes an array of pairs). */
-  readonly headers: unknown;
+  traceHeaders(from: Context): TraceHeaders<string> {
+    const fields = propagation.fields();
+    const names = traceNames(fields);
+    const written: Record<string, string> = {};
+    propagation.inject(from, written);
+    const set: Record<string, string> = {};
+    for (const key of Object.keys(written)) set[key.toLowerCase()] = written[key];
+    const drop: string[] = [];
+    if (
+      this.keepCaller ||
+      (set.traceparent === undefined && set.b3 === undefined && set['x-b3-traceid'] === undefined)
+    ) {
+      // The caller's trace goes out as it is (or nothing of the context's does): none of the context's trace fields.
+      for (const name of names) delete set[name];
+    } else {
+      drop.push(...names);
+    }
+    // A propagator that writes baggage owns the header: the caller's entries are in the merged value.
+    if (fields.includes('baggage')) drop.push('baggage');
+    return { drop, set };
+  }
+
+  /**
+   * The caller's headers for a call an instrumentation traces, run in `running`: without every trace header the
+   * instrumentation writes itself, and without the caller's baggage when `running` has baggage the propagator
+   * writes, so a stale `traceparent` never goes out as a second value.
+   */
+  withoutTrace(running: Context = this.context): unknown {
+    const fields = propagation.fields();
+    const names = traceNames(fields);
+    const baggage = propagation.getBaggage(running);
+    const writesBaggage = fields.includes('baggage') && baggage !== undefined && baggage.getAllEntries().length > 0;
+    return rewriteHeaders(this.headers, writesBaggage ? [...names, 'baggage'] : names, {});
+  }
+
+  /**
+   * A copy of `headers` (the caller's, by default) in its own form (plain object, `Headers`, `[name, value]` pairs
+   * or Node's flat array) without the names in `drop` in any letter case, then with `set` added: the one place a
+   * caller's trace headers are replaced. Never mutates `headers`; returns it as it is when there is nothing to
+   * change, and what no client accepts as it is, for the client to reject.
+   */
+  rewrite<V>({ drop, set }: TraceHeaders<V>, headers: unknown = this.headers): unknown {
+    return rewriteHeaders(headers, drop, set);
+  }
+}
+
+/** The header names an outbound call drops (lower case) and the values it sets, from {@link OutboundTrace}. */
+export interface TraceHeaders<V> {
+  readonly drop: readonly string[];
+  readonly set: Readonly<Record<string, V>>;
 }
 
 /**
@@ -93,8 +152,7 @@ export interface OutboundTrace {
  * @example
  * const ot = outboundTrace(context.active(), init.headers);
  * const span = tracer.startSpan('GET', { kind: SpanKind.CLIENT }, ot.context);
- * const { drop, set } = traceHeaders(ot, trace.setSpan(ot.context, span));
- * init = { ...init, headers: rewriteHeaders(ot.headers, drop, set) };
+ * init = { ...init, headers: ot.rewrite(ot.traceHeaders(trace.setSpan(ot.context, span))) };
  */
 export function outboundTrace(
   parent: Context,
@@ -113,13 +171,12 @@ export function outboundTrace(
   }
   let ctx = withCallerBaggage(parent, headers, getter);
   const active = trace.getSpanContext(parent);
-  if (active !== undefined && isSpanContextValid(active))
-    return { context: ctx, keepCaller: false, caller: undefined, headers };
+  if (active !== undefined && isSpanContextValid(active)) return new OutboundTrace(ctx, false, undefined, headers);
   const own = extractWith(CALLER, headers, getter, ctx, false);
-  if (own.outcome.outcome === 'missing') return { context: ctx, keepCaller: false, caller: undefined, headers };
+  if (own.outcome.outcome === 'missing') return new OutboundTrace(ctx, false, undefined, headers);
   const caller = trace.getSpanContext(own);
   if (caller !== undefined) ctx = own;
-  return { context: ctx, keepCaller: true, caller, headers };
+  return new OutboundTrace(ctx, true, caller, headers);
 }
 
 /** `parent` with the caller's baggage entries merged into its own; `parent` itself when the caller sent none. */
@@ -149,41 +206,6 @@ function traceNames(fields: readonly string[]): string[] {
   return [...names];
 }
 
-/**
- * The caller's headers to remove (`drop`, lower case, matched in any letter case) and the ones to add
- * (`set`) so the call carries exactly one of each: the context's trace when it writes one (and the
- * caller's is not kept), the merged baggage when the propagator writes baggage. Without `from`,
- * an instrumentation writes them from `ot.context`: every trace header of the caller's is dropped,
- * and its baggage when that context has any, so the instrumentation's are the only ones.
- */
-export function traceHeaders(
-  ot: OutboundTrace,
-  from?: Context,
-): { drop: readonly string[]; set: Record<string, string> } {
-  const fields = propagation.fields();
-  const names = traceNames(fields);
-  // A propagator that writes baggage owns the header: the caller's entries are in the merged value.
-  const ownsBaggage = fields.includes('baggage');
-  if (from === undefined) {
-    const baggage = propagation.getBaggage(ot.context);
-    const writesBaggage = ownsBaggage && baggage !== undefined && baggage.getAllEntries().length > 0;
-    return { drop: writesBaggage ? [...names, 'baggage'] : names, set: {} };
-  }
-  const written: Record<string, string> = {};
-  propagation.inject(from, written);
-  const set: Record<string, string> = {};
-  for (const key of Object.keys(written)) set[key.toLowerCase()] = written[key];
-  const drop: string[] = [];
-  if (ot.keepCaller || (set.traceparent === undefined && set.b3 === undefined && set['x-b3-traceid'] === undefined)) {
-    // The caller's trace goes out as it is (or nothing of the context's does): none of the context's trace fields.
-    for (const name of names) delete set[name];
-  } else {
-    drop.push(...names);
-  }
-  if (ownsBaggage) drop.push('baggage');
-  return { drop, set };
-}
-
 /** Whether `headers` holds one of `names` (lower case) in any letter case; a form it cannot read counts as yes. */
 function carriesAny(headers: object, names: readonly string[]): boolean {
   if (headers instanceof Headers) return names.some((name) => headers.has(name));
@@ -193,17 +215,8 @@ function carriesAny(headers: object, names: readonly string[]): boolean {
   return false;
 }
 
-/**
- * A copy of `headers` in the caller's own form (plain object, `Headers`, `[name, value]` pairs or
- * Node's flat array) without the names in `drop` in any letter case, then with `set` added: the one
- * place a caller's trace headers are replaced. Never mutates `headers`; returns it as it is when there
- * is nothing to change, and what no client accepts as it is, for the client to reject.
- */
-export function rewriteHeaders(
-  headers: unknown,
-  drop: readonly string[],
-  set: Readonly<Record<string, unknown>>,
-): unknown {
+/** See {@link OutboundTrace.rewrite}. */
+function rewriteHeaders(headers: unknown, drop: readonly string[], set: Readonly<Record<string, unknown>>): unknown {
   const added = Object.keys(set);
   if (headers === undefined || headers === null) return { ...set };
   if (typeof headers !== 'object') return headers;

@@ -4,13 +4,16 @@ import type { MeshTraceRouteOptions } from './options';
 import { inboundPolicy } from './trust';
 import type { TrustDecider } from './trust';
 
-/** A route's options, checked at setup, for the adapter to hand to `ServerTracing.start` with that route's requests. */
+/**
+ * A route's options, checked at setup (a `TypeError` naming `pkg` and `option` when they are wrong), for the adapter
+ * to hand to `ServerTracing.start` with that route's requests.
+ * @example const policy = new RoutePolicy('@my/adapter', { inbound: 'restart' }, 'meshTraceRoute');
+ */
 export class RoutePolicy<Req> {
   /** @internal */
   readonly decide: TrustDecider<Req>;
 
-  /** @internal */
-  constructor(pkg: string, options: MeshTraceRouteOptions<Req>, option: string) {
+  constructor(pkg: string, options: MeshTraceRouteOptions<Req>, option = 'options') {
     if (options === null || typeof options !== 'object' || Array.isArray(options))
       throw optionError(pkg, option, 'an object with inbound', options);
     for (const key of Object.keys(options))
@@ -25,19 +28,6 @@ export class RoutePolicy<Req> {
       throw optionError(pkg, `${option}.inbound`, "'continue', 'restart', 'ignore', a function or a policy", undefined);
     this.decide = inboundPolicy(pkg, `${option}.inbound`, options.inbound, true);
   }
-}
-
-/**
- * Checks a route's options at setup (a `TypeError` naming `pkg` and `option` when they are wrong) and
- * returns what `ServerTracing.start` takes for that route's requests.
- * @example const policy = createRoutePolicy('@my/adapter', { inbound: 'restart' }, 'meshTraceRoute');
- */
-export function createRoutePolicy<Req>(
-  pkg: string,
-  options: MeshTraceRouteOptions<Req>,
-  option = 'options',
-): RoutePolicy<Req> {
-  return new RoutePolicy(pkg, options, option);
 }
 
 /**
@@ -63,7 +53,7 @@ export class RouteMarker<Req> {
    * their policy.
    */
   mark<F extends object>(middleware: F, options: MeshTraceRouteOptions<Req>): F {
-    const policy = createRoutePolicy<Req>(this.pkg, options, 'meshTraceRoute');
+    const policy = new RoutePolicy<Req>(this.pkg, options, 'meshTraceRoute');
     this.count++;
     (middleware as Record<symbol, unknown>)[this.key] = policy;
     return middleware;

@@ -2,9 +2,8 @@ import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { context, diag } from '@opentelemetry/api';
-import { createRoutePolicy, createServerTracing, warner } from '@meshtrace/core/adapter';
+import { RoutePolicy, createServerTracing, warner } from '@meshtrace/core/adapter';
 import type { MeshTraceOptions } from '@meshtrace/core';
-import type { RoutePolicy } from '@meshtrace/core/adapter';
 import { captureWarnings, observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
 import { inboundPolicy, peerAddress } from './trust';
@@ -166,7 +165,7 @@ describe('bad policies fail at setup with a TypeError naming the option', () => 
     ['an unknown action', { inbound: 'trust' }, 'meshTraceRoute.inbound'],
     ['an unparsable CIDR', { inbound: { trustedPeers: ['10.0.0.0/40'] } }, 'meshTraceRoute.inbound.trustedPeers'],
   ])('route options, %s', (_name, options, option) => {
-    const make = () => createRoutePolicy('@meshtrace/x', options as never, 'meshTraceRoute');
+    const make = () => new RoutePolicy('@meshtrace/x', options as never, 'meshTraceRoute');
     expect(make).toThrow(TypeError);
     expect(make).toThrow(new RegExp(`^@meshtrace/x: option "${option.replace(/\./g, '\\.')}"`));
   });
@@ -322,8 +321,8 @@ describe('on a real socket', () => {
   );
 
   test("a route's policy replaces the service's: fixed actions are recorded with the reason route-policy", async () => {
-    const restart = createRoutePolicy<IncomingMessage>('@meshtrace/x', { inbound: 'restart' });
-    const trustAll = createRoutePolicy<IncomingMessage>('@meshtrace/x', { inbound: 'continue' });
+    const restart = new RoutePolicy<IncomingMessage>('@meshtrace/x', { inbound: 'restart' });
+    const trustAll = new RoutePolicy<IncomingMessage>('@meshtrace/x', { inbound: 'continue' });
     const port = await serve({ inbound: { trustedPeers: ['127.0.0.1'] } }, '127.0.0.1', (req) =>
       req.url === '/public' ? restart : req.url === '/open' ? trustAll : undefined,
     );
