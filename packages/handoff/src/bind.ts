@@ -1,7 +1,7 @@
 import { context } from '@opentelemetry/api';
 import { EventEmitter } from 'node:events';
 
-const PKG = '@meshtrace/carriers';
+const PKG = '@meshtrace/handoff';
 
 /**
  * Binds `fn` to the context active now, so it runs there whoever calls it later. Use it for a

@@ -4,7 +4,7 @@ import { EventEmitter, once } from 'node:events';
 import { connect, createServer } from 'node:net';
 import type { AddressInfo, Server, Socket } from 'node:net';
 import { setupTestTracing } from '@meshtrace/testkit';
-import { bindEmitterToActive, bindToActive } from '@meshtrace/carriers';
+import { bindEmitterToActive, bindToActive } from '@meshtrace/handoff';
 
 const tracing = setupTestTracing();
 
@@ -98,7 +98,7 @@ describe('bindToActive', () => {
 
   test('refuses what is not a function', () => {
     expect(() => bindToActive('x' as unknown as () => void)).toThrow(
-      new TypeError('@meshtrace/carriers: bindToActive expects a function, got string'),
+      new TypeError('@meshtrace/handoff: bindToActive expects a function, got string'),
     );
   });
 });
@@ -142,7 +142,7 @@ describe('bindEmitterToActive', () => {
 
   test('refuses what is not an EventEmitter', () => {
     expect(() => bindEmitterToActive({ on() {} } as unknown as EventEmitter)).toThrow(
-      new TypeError('@meshtrace/carriers: bindEmitterToActive expects an EventEmitter, got object'),
+      new TypeError('@meshtrace/handoff: bindEmitterToActive expects an EventEmitter, got object'),
     );
   });
 });

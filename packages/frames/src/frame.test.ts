@@ -1,7 +1,7 @@
 import { ROOT_CONTEXT, context, trace } from '@opentelemetry/api';
 import { setupTestTracing } from '@meshtrace/testkit';
-import { MAX_FRAME_HEADER_BYTES, decodeFrame, encodeFrame } from '@meshtrace/carriers';
-import type { Frame, FrameData, FrameError, FrameHeaderInput } from '@meshtrace/carriers';
+import { MAX_FRAME_HEADER_BYTES, decodeFrame, encodeFrame } from '@meshtrace/frames';
+import type { Frame, FrameData, FrameError, FrameHeaderInput } from '@meshtrace/frames';
 
 const tracing = setupTestTracing();
 afterAll(() => tracing.shutdown());
@@ -216,42 +216,42 @@ describe('encodeFrame refuses what the format cannot carry', () => {
     [
       'empty key',
       () => encodeFrame('x', { '': 'v' }, ROOT_CONTEXT),
-      /^TypeError: @meshtrace\/carriers: frame header key must be 1 to 255/,
+      /^TypeError: @meshtrace\/frames: frame header key must be 1 to 255/,
     ],
     [
       'key of 256 characters',
       () => encodeFrame('x', { ['k'.repeat(256)]: 'v' }, ROOT_CONTEXT),
-      /^TypeError: @meshtrace\/carriers: frame header key must be 1 to 255/,
+      /^TypeError: @meshtrace\/frames: frame header key must be 1 to 255/,
     ],
     [
       'key with a space',
       () => encodeFrame('x', { 'a b': 'v' }, ROOT_CONTEXT),
-      /^TypeError: @meshtrace\/carriers: frame header key must be visible ASCII/,
+      /^TypeError: @meshtrace\/frames: frame header key must be visible ASCII/,
     ],
     [
       'non-ASCII key',
       () => encodeFrame('x', { clé: 'v' }, ROOT_CONTEXT),
-      /^TypeError: @meshtrace\/carriers: frame header key must be visible ASCII/,
+      /^TypeError: @meshtrace\/frames: frame header key must be visible ASCII/,
     ],
     [
       'number value',
       () => encodeFrame('x', { n: 1 } as unknown as FrameHeaderInput, ROOT_CONTEXT),
-      /^TypeError: @meshtrace\/carriers: frame header "n" must be a string/,
+      /^TypeError: @meshtrace\/frames: frame header "n" must be a string/,
     ],
     [
       'value over 65535 bytes',
       () => encodeFrame('x', { v: 'x'.repeat(65536) }, ROOT_CONTEXT),
-      /^RangeError: @meshtrace\/carriers: frame header "v" is 65536 bytes/,
+      /^RangeError: @meshtrace\/frames: frame header "v" is 65536 bytes/,
     ],
     [
       'header block over the limit',
       () => encodeFrame('x', { a: 'x'.repeat(9000), b: 'y'.repeat(9000) }, ROOT_CONTEXT),
-      /^RangeError: @meshtrace\/carriers: frame header block is 18008 bytes, more than 16384/,
+      /^RangeError: @meshtrace\/frames: frame header block is 18008 bytes, more than 16384/,
     ],
     [
       'object payload',
       () => encodeFrame({} as unknown as string),
-      /^TypeError: @meshtrace\/carriers: frame payload must be a string or a Uint8Array/,
+      /^TypeError: @meshtrace\/frames: frame payload must be a string or a Uint8Array/,
     ],
   ];
   test.each(cases)('%s', (name, encode, message) => {

@@ -1,6 +1,6 @@
 'use strict';
 // The worker side of thread.test.ts. It loads the TypeScript sources the way the jest config maps
-// them, so the test needs no build; a real worker would simply require('@meshtrace/carriers').
+// them, so the test needs no build; a real worker would simply require('@meshtrace/handoff').
 const Module = require('node:module');
 const path = require('node:path');
 const { parentPort } = require('node:worker_threads');
@@ -24,7 +24,7 @@ Module._resolveFilename = function (request, ...rest) {
 const { trace } = require('@opentelemetry/api');
 const { setupMeshTracing } = require('@meshtrace/node');
 const { observe } = require('@meshtrace/testkit');
-const { runWithCarrier } = require('@meshtrace/carriers');
+const { runWithCarrier } = require('@meshtrace/handoff');
 
 // A worker has its own OpenTelemetry globals: it sets up tracing like any service, and this
 // processor reports each finished span to the parent.

@@ -12,7 +12,7 @@ import {
 import { decodeFrame } from './frame';
 import type { Frame, FrameData, FrameError } from './frame';
 
-const PKG = '@meshtrace/carriers';
+const PKG = '@meshtrace/frames';
 
 /** Options of {@link meshFrameHandler}; all optional. */
 export interface FrameHandlerOptions {

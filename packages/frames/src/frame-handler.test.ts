@@ -5,8 +5,8 @@ import { WebSocket, WebSocketServer } from 'ws';
 import { warner } from '@meshtrace/core/adapter';
 import { HEADER_CASES, PARENT_ID, TRACE_ID, checkCase, delta, observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
-import { MAX_FRAME_HEADER_BYTES, encodeFrame, meshFrameHandler } from '@meshtrace/carriers';
-import type { FrameHandlerOptions } from '@meshtrace/carriers';
+import { MAX_FRAME_HEADER_BYTES, encodeFrame, meshFrameHandler } from '@meshtrace/frames';
+import type { FrameHandlerOptions } from '@meshtrace/frames';
 
 const tracing = setupTestTracing();
 const VALID = `00-${TRACE_ID}-${PARENT_ID}-01`;
@@ -278,7 +278,7 @@ describe('the handler and its hooks', () => {
     const listener = meshFrameHandler(() => undefined, { tracerProvider: provider, spanName: 'process chat' });
     listener(frame);
     listener(frame);
-    expect(names).toEqual(['@meshtrace/carriers']);
+    expect(names).toEqual(['@meshtrace/frames']);
     expect(consumerSpans().map((s) => s.name)).toEqual(['process chat', 'process chat']);
   });
 
@@ -310,7 +310,7 @@ describe('the handler and its hooks', () => {
     }
     expect({ name, error: String(error), type: error instanceof TypeError }).toEqual({
       name,
-      error: `TypeError: @meshtrace/carriers: ${message}`,
+      error: `TypeError: @meshtrace/frames: ${message}`,
       type: true,
     });
   });

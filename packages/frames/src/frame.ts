@@ -28,7 +28,7 @@ export const FRAME_VERSION = 1;
  */
 export const MAX_FRAME_HEADER_BYTES = 16384;
 
-const PKG = '@meshtrace/carriers';
+const PKG = '@meshtrace/frames';
 const MAGIC_0 = 0x4d;
 const MAGIC_1 = 0x54;
 const PREFIX = 9;

@@ -7,7 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { createServerTracing } from '@meshtrace/core/adapter';
 import { HEADER_CASES, PARENT_ID, TRACE_ID, checkCase, delta, observe, setupTestTracing } from '@meshtrace/testkit';
 import type { Observed } from '@meshtrace/testkit';
-import { contextCarrier, runWithCarrier } from '@meshtrace/carriers';
+import { contextCarrier, runWithCarrier } from '@meshtrace/handoff';
 
 const tracing = setupTestTracing();
 const VALID = `00-${TRACE_ID}-${PARENT_ID}-01`;
@@ -36,7 +36,7 @@ function dispatch(task: 'observe' | 'span', withCarrier: boolean): Promise<unkno
 }
 
 beforeAll(async () => {
-  worker = new Worker(join(__dirname, 'thread.worker.js'));
+  worker = new Worker(join(__dirname, '..', 'test', 'thread.worker.js'));
   // A worker that fails to start would otherwise leave every dispatch waiting until the test times out.
   worker.on('error', (err) => {
     for (const settle of waiting.values()) settle({ workerError: String(err) });

@@ -1,0 +1,3 @@
+export { bindEmitterToActive, bindToActive } from './bind';
+export { contextCarrier, runWithCarrier } from './thread';
+export type { ContextCarrier } from './thread';
