@@ -149,6 +149,40 @@ describe('findOrphans', () => {
   });
 });
 
+test("behind a tracing sidecar that nothing reached, the service that continued the sidecar's new trace is the orphan", () => {
+  const spans = mesh((start) => {
+    // An egress sidecar that strips traceparent: its span continues gateway's trace, the call goes on without it.
+    const g = start('gateway', 'GET /checkout/:id', SpanKind.SERVER, [0, 50], server('/checkout/1', 8000));
+    const c = start('gateway', 'GET', SpanKind.CLIENT, [5, 45], client('/orders/1', 9001), g);
+    start(
+      'gateway-sidecar',
+      'handler',
+      SpanKind.SERVER,
+      [6, 44],
+      { ...server('/orders/1', 9001), component: 'proxy' },
+      c,
+    );
+    // orders' inbound sidecar received no trace context: it started a trace, and orders continued its span.
+    const sidecar = start('orders-sidecar', 'handler', SpanKind.SERVER, [7, 43], {
+      ...server('/orders/1', 9001),
+      component: 'proxy',
+    });
+    start(
+      'orders',
+      'GET /orders/:id',
+      SpanKind.SERVER,
+      [8, 42],
+      server('/orders/1', 9001, { 'meshtrace.propagation.outcome': 'continued' }),
+      sidecar,
+    );
+  });
+  const orphans = findOrphans(spans);
+  expect(orphans.map((o) => [o.span.service, o.via, o.caller?.service, o.hop])).toEqual([
+    ['orders', 'peer', 'gateway-sidecar', { from: 'gateway', to: 'orders' }],
+  ]);
+  expect(summarize(spans).orphansByService).toEqual({ orders: 1 });
+});
+
 test('summarize: traces, roots, orphans per service and hop, outcomes per service', () => {
   const spans = mesh((start) => {
     for (let i = 0; i < 2; i++) {

@@ -13,8 +13,12 @@ export interface Trace {
  */
 export type OrphanVia = 'peer' | 'probe-id' | 'request-id';
 
-/** A root span started by a service that was called from inside another trace: where a trace broke. */
+/** A new trace started by a service that was called from inside another trace: where a trace broke. */
 export interface Orphan {
+  /**
+   * The service's span that began the new trace: a root, or the first span under the proxy spans (a tracing sidecar
+   * nothing reached) that started it.
+   */
   readonly span: Span;
   /** The call that reached it (a CLIENT span, or a proxy's span): set only when its peer address ties them. */
   readonly caller: Span | undefined;
@@ -26,9 +30,9 @@ export interface Orphan {
 /** Options of {@link findOrphans} and {@link summarize}. */
 export interface AnalyzeOptions {
   /**
-   * Services requests enter the mesh at: a root there is a new trace, not an orphan, unless it is
-   * tied to a caller. A root anywhere else is an orphan even when no caller is found. Default: none,
-   * so only roots tied to a caller count.
+   * Services requests enter the mesh at: a root there is a new trace, not an orphan, unless a call ties it
+   * to a caller, and a trace that entered there ties the roots sharing its probe id or `x-request-id`.
+   * Default: none, so only roots tied to a caller, or to a trace continued from outside, count.
    */
   readonly entryServices?: readonly string[];
 }
@@ -88,18 +92,25 @@ export function outcomesByService(spans: readonly Span[]): Record<string, Record
 }
 
 /**
- * Roots that are orphans, each tied by evidence (see the evidence model in `evidence.ts`): a root at the
- * address an unanswered call in another trace went to (`peer`, which also names the caller), or a root
- * in a trace that shares the probe id or `x-request-id` with a trace that came from elsewhere (its top
- * span's parent is not a root of ours) or entered at one of `entryServices`. Start times are never
- * compared: a group of traces with a shared key and no such evidence is left out.
+ * New traces that are orphans, each tied by evidence (see the evidence model in `evidence.ts`): a service's
+ * span that began a trace (a root, or under the proxy spans that started it) at the address an unanswered
+ * call in another trace went to (`peer`, which also names the caller), or one in a trace that shares the
+ * probe id or `x-request-id` with a trace that came from elsewhere (its top span's parent is not among the
+ * spans) or entered at one of `entryServices`. Start times are never compared: a group of traces with a
+ * shared key and no such evidence is left out.
  */
 export function findOrphans(spans: readonly Span[], options: AnalyzeOptions = {}): Orphan[] {
   const entry = new Set(options.entryServices ?? []);
   const graph = new SpanGraph(spans);
   const open = spans.filter((s) => isOpenCall(graph, s));
-  const roots = spans.filter((s) => s.parentSpanId === undefined && isCallee(s) && !graph.isProxy(s));
-  // Traces that came from elsewhere: their top span has a parent that did not arrive, or it entered at an entry
+  // A service's span that began its trace: nothing above it but proxy spans, the top one a root. Behind a tracing
+  // sidecar that nothing reached, the sidecar's span is the root and the service continued it.
+  const roots = spans.filter((s) => {
+    if (!isCallee(s) || graph.isProxy(s)) return false;
+    const above = graph.callerOf(s);
+    return above.caller === undefined && above.missingParent === undefined;
+  });
+  // Traces that came from elsewhere: their top span has a parent that did not arrive, or they entered at an entry
   // service.
   const heads = new Set<string>();
   for (const s of spans)
@@ -108,6 +119,7 @@ export function findOrphans(spans: readonly Span[], options: AnalyzeOptions = {}
       (s.parentSpanId === undefined && entry.has(s.service))
     )
       heads.add(s.traceId);
+  for (const root of roots) if (entry.has(root.service)) heads.add(root.traceId);
   const byKey = new Map<string, Set<string>>();
   for (const s of spans)
     for (const [via, name] of [

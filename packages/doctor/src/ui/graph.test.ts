@@ -165,6 +165,24 @@ describe('buildMap', () => {
     expect(map.edges).toHaveLength(2);
   });
 
+  test('a tracing sidecar that nothing reached starts a new trace: the call that went to it is the loss', () => {
+    const entry = span('gateway', 'server', '1', { attrs: outcome('continued'), parentId: 'f'.repeat(16) });
+    const client = span('gateway', 'client', '1', { parent: entry, attrs: at('orders', 80, '/o') });
+    const sidecar = span('sidecar', 'server', '2', { attrs: { ...at('orders', 80, '/o'), component: 'proxy' } });
+    const orders = span('orders', 'server', '2', {
+      parent: sidecar,
+      attrs: { ...at('orders', 80, '/o'), ...outcome('continued') },
+    });
+    const map = buildMap([entry, client, sidecar, orders]);
+    const lost = edge(map, 'gateway', 'sidecar');
+    expect({ states: shares(lost), evidence: lost.evidence }).toEqual({
+      states: { 'new-trace': 1 },
+      evidence: { peer: 1 },
+    });
+    expect(shares(edge(map, 'sidecar', 'orders'))).toEqual({ continued: 1 });
+    expect(map.nodes.find((n) => n.label === 'sidecar')?.entries).toEqual({});
+  });
+
   test('health checks are left out', () => {
     const probes = Array.from({ length: 5 }, (_, i) =>
       span('orders', 'server', `9${i}`, {

@@ -276,8 +276,10 @@ export function buildMap(spans: readonly Span[], options: MapOptions = {}): Mesh
       // Its caller's span is not here: a caller outside the mesh, or one that exports elsewhere.
       const state = callState(span, true);
       to.entries[state] = (to.entries[state] ?? 0) + 1;
-    } else if (isCallee(span) && !graph.isProxy(span)) roots.push(span);
-    else {
+    } else if (isCallee(span)) {
+      // A root, a proxy's among them: a tracing sidecar nothing reached starts the trace its service continues.
+      roots.push(span);
+    } else {
       const state = callState(span, false);
       to.entries[state] = (to.entries[state] ?? 0) + 1;
     }
