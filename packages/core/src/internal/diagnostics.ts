@@ -1,6 +1,6 @@
 import { context, diag, metrics, propagation } from '@opentelemetry/api';
 import type { Attributes, Context, Counter } from '@opentelemetry/api';
-import { registeredGlobal } from './otel-internals';
+import { registeredMeterProvider } from './otel-internals';
 
 /** The package name every diagnostic and configuration error starts with. */
 export const PACKAGE = '@meshtrace/core';
@@ -35,11 +35,6 @@ export class RateLimitedWarner {
 
 /** The warner shared by meshtrace packages; one line per reason every 10 s. */
 export const warner = new RateLimitedWarner();
-
-/** The MeterProvider registered with the API, as stored: noticed without asking the API on every add. */
-function registeredMeterProvider(): unknown {
-  return registeredGlobal('metrics');
-}
 
 /** Not resolved yet: differs from anything registered, `undefined` included. */
 const UNRESOLVED = Symbol('unresolved');

@@ -1,6 +1,7 @@
-import { DiagLogLevel, ROOT_CONTEXT, diag, trace } from '@opentelemetry/api';
+import { ROOT_CONTEXT, metrics, trace } from '@opentelemetry/api';
 import { RPCType, setRPCMetadata, suppressTracing } from '@opentelemetry/core';
-import { httpRpcMetadata, isTracingSuppressed, registeredGlobal, withoutRpcMetadata } from './otel-internals';
+import { MeterProvider } from '@opentelemetry/sdk-metrics';
+import { httpRpcMetadata, isTracingSuppressed, registeredMeterProvider, withoutRpcMetadata } from './otel-internals';
 
 // meshtrace reads these context entries without depending on an SDK line: checked here against the
 // real @opentelemetry/core, so a change of its keys fails this test instead of breaking in production.
@@ -29,16 +30,14 @@ test('RPC metadata of another kind, or not an object, is not taken for a server 
   expect(httpRpcMetadata(setRPCMetadata(ROOT_CONTEXT, null as never))).toBeUndefined();
 });
 
-test('what is registered with the API is read from its global registry: a diag logger once set, gone once disabled', () => {
-  expect(registeredGlobal('diag')).toBeUndefined();
-  diag.setLogger(
-    { warn: () => {}, error: () => {}, info: () => {}, debug: () => {}, verbose: () => {} },
-    DiagLogLevel.WARN,
-  );
+test("the registered MeterProvider is read from the API's global registry: the one set, gone once disabled", () => {
+  const provider = new MeterProvider();
+  expect(registeredMeterProvider()).not.toBe(provider);
+  metrics.setGlobalMeterProvider(provider);
   try {
-    expect(registeredGlobal('diag')).toBeDefined();
+    expect(registeredMeterProvider()).toBe(provider);
   } finally {
-    diag.disable();
+    metrics.disable();
   }
-  expect(registeredGlobal('diag')).toBeUndefined();
+  expect(registeredMeterProvider()).not.toBe(provider);
 });

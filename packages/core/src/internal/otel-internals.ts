@@ -31,14 +31,14 @@ const RPC_METADATA_KEY = createContextKey('OpenTelemetry SDK Context Key RPC_MET
 const API_GLOBALS = Symbol.for('opentelemetry.js.api.1');
 
 /**
- * What is registered with the API under `name`, as stored, or undefined: one load, without the API's
- * version checks, to notice a registration (a new MeterProvider, a diag logger set) cheaply.
+ * The MeterProvider registered with the API, as stored, or undefined: one load, without the API's version checks,
+ * to notice a new registration cheaply.
  */
-export function registeredGlobal(name: 'metrics' | 'diag'): unknown {
+export function registeredMeterProvider(): unknown {
   const registry = publicApiOnly ? undefined : (globalThis as { [API_GLOBALS]?: Record<string, unknown> })[API_GLOBALS];
-  if (registry !== undefined && registry !== null && typeof registry === 'object') return registry[name];
-  // Public route: the provider itself (a no-op one until something registers); a diag logger cannot be asked for.
-  return name === 'metrics' ? metrics.getMeterProvider() : undefined;
+  if (registry !== undefined && registry !== null && typeof registry === 'object') return registry.metrics;
+  // Public route: the provider itself (a no-op one until something registers).
+  return metrics.getMeterProvider();
 }
 
 /**
