@@ -4,10 +4,11 @@ import { MeshSampler } from '@meshtrace/node';
 import type { SamplingOwner } from '@meshtrace/node';
 import { jaegerTrace, setupTestTracing, startJaeger } from '@meshtrace/testkit';
 import type { JaegerServer, JaegerSpan, TestTracing } from '@meshtrace/testkit';
-import { Stopper } from './lifecycle';
-import { SERVICES, createTelemetry } from './telemetry';
+import { caddyMeshInto } from './jaeger';
+import type { RunningMesh } from './jaeger';
+import { SERVICES } from './telemetry';
 import type { ServiceName } from './telemetry';
-import { sidecarName, startMesh } from './topology';
+import { sidecarName } from './topology';
 import type { Mesh, MeshOptions } from './topology';
 
 // Real Caddy sidecars with their tracing on, exporting beside the services to one real Jaeger; every
@@ -28,43 +29,15 @@ afterAll(async () => {
 const hex = (bytes: number): string => randomBytes(bytes).toString('hex');
 const SIDECARS = SERVICES.map(sidecarName);
 
-interface Running {
-  readonly mesh: Mesh;
-  stop(): Promise<void>;
-}
-
-/** The three services behind Caddy sidecars; services and sidecars export straight to Jaeger. */
-async function caddyMesh(
+/** The Caddy mesh into this file's Jaeger, its services sampling as `sampling` says when given. */
+function caddyMesh(
   options: Partial<Pick<MeshOptions, 'stripAt' | 'sidecarTracing'>> & { sampling?: SamplingOwner } = {},
-): Promise<Running> {
-  const stopper = new Stopper();
-  const telemetry = await createTelemetry({
-    otlpUrl: `${jaeger.otlpHttpUrl}/v1/traces`,
-    exportTo: 'otlp',
-    sampler: options.sampling === undefined ? undefined : new MeshSampler(new AlwaysOnSampler(), options.sampling),
+): Promise<RunningMesh> {
+  const { sampling, ...mesh } = options;
+  return caddyMeshInto(jaeger, {
+    ...mesh,
+    sampler: sampling === undefined ? undefined : new MeshSampler(new AlwaysOnSampler(), sampling),
   });
-  try {
-    const mesh = await startMesh({
-      sidecars: 'caddy',
-      propagate: true,
-      providers: telemetry.providers,
-      stopper,
-      sidecarOtlp: jaeger.otlpHttpUrl,
-      stripAt: options.stripAt,
-      sidecarTracing: options.sidecarTracing,
-    });
-    return {
-      mesh,
-      stop: async () => {
-        await stopper.stop();
-        await telemetry.shutdown();
-      },
-    };
-  } catch (err) {
-    await stopper.stop();
-    await telemetry.shutdown();
-    throw err;
-  }
 }
 
 /** Sends one request into the mesh; the time it took, to search Jaeger by. */

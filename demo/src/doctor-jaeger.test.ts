@@ -6,10 +6,8 @@ import { BatchSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
 import { runProbe, startReceiver } from '@meshtrace/doctor';
 import { hasNginx, jaegerTrace, setupTestTracing, startJaeger, startNginx } from '@meshtrace/testkit';
 import type { JaegerServer, NginxSidecar, TestTracing } from '@meshtrace/testkit';
-import { Stopper } from './lifecycle';
-import { createTelemetry } from './telemetry';
-import { startMesh } from './topology';
-import type { Mesh, MeshOptions } from './topology';
+import { caddyMeshInto } from './jaeger';
+import type { Mesh } from './topology';
 
 // `meshtrace probe --backend jaeger` against a real Jaeger, over API v3 and over v1: for the v1 case a
 // real nginx in front of Jaeger's query port answers 404 for /api/v3/, as a Jaeger without API v3 does.
@@ -32,32 +30,6 @@ afterAll(async () => {
   await jaeger?.stop();
   await tracing?.shutdown();
 }, 30_000);
-
-interface Running {
-  readonly mesh: Mesh;
-  stop(): Promise<void>;
-}
-
-/** The three services behind Caddy sidecars, all exporting straight to Jaeger. */
-async function caddyMesh(options: Partial<Pick<MeshOptions, 'stripAt' | 'sidecarTracing'>> = {}): Promise<Running> {
-  const stopper = new Stopper();
-  const telemetry = await createTelemetry({ otlpUrl: `${jaeger.otlpHttpUrl}/v1/traces`, exportTo: 'otlp' });
-  try {
-    const mesh = await startMesh({
-      sidecars: 'caddy',
-      propagate: true,
-      providers: telemetry.providers,
-      stopper,
-      sidecarOtlp: jaeger.otlpHttpUrl,
-      ...options,
-    });
-    return { mesh, stop: () => stopper.stop().then(() => telemetry.shutdown()) };
-  } catch (err) {
-    await stopper.stop();
-    await telemetry.shutdown();
-    throw err;
-  }
-}
 
 interface Report {
   verdict: string;
@@ -108,7 +80,7 @@ describe.each(APIS)(
   'meshtrace probe --backend jaeger through %s, on the mesh behind Caddy sidecars',
   (_name, endpoint, v1) => {
     test('WHOLE: hops named by the application services, each sidecar shown between them', async () => {
-      const { mesh, stop } = await caddyMesh();
+      const { mesh, stop } = await caddyMeshInto(jaeger);
       try {
         const [code, report] = await probe(mesh, endpoint());
         expect(code).toBe(0);
@@ -140,7 +112,7 @@ describe.each(APIS)(
     }, 60_000);
 
     test('BROKEN at the sidecar that strips traceparent, and Jaeger holds the new trace the doctor names', async () => {
-      const { mesh, stop } = await caddyMesh({ stripAt: 'orders' });
+      const { mesh, stop } = await caddyMeshInto(jaeger, { stripAt: 'orders' });
       try {
         const [code, report] = await probe(mesh, endpoint());
         expect(code).toBe(1);
@@ -183,7 +155,7 @@ describe.each(APIS)(
 );
 
 test('a sidecar that samples out: an untraced peer to the probe, and a break once the mesh is declared', async () => {
-  const { mesh, stop } = await caddyMesh({ sidecarTracing: { orders: { sampler: 'always_off' } } });
+  const { mesh, stop } = await caddyMeshInto(jaeger, { sidecarTracing: { orders: { sampler: 'always_off' } } });
   try {
     const sidecar = `127.0.0.1:${mesh.sidecars.orders.port}`;
     const [code, report] = await probe(mesh, jaeger.queryUrl);

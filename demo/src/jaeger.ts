@@ -2,7 +2,11 @@ import { jaegerSource } from '@meshtrace/doctor';
 import type { Span } from '@meshtrace/doctor';
 import { peerDir, startJaeger } from '@meshtrace/testkit';
 import type { JaegerServer } from '@meshtrace/testkit';
-import type { Stopper } from './lifecycle';
+import type { Sampler } from '@opentelemetry/sdk-trace';
+import { Stopper } from './lifecycle';
+import { createTelemetry } from './telemetry';
+import { startMesh } from './topology';
+import type { Mesh, MeshOptions } from './topology';
 
 /** Why `--sidecar caddy` or `--jaeger` cannot run: the peer is not built (with the command that builds it), else undefined. */
 export function missingPeers(args: { sidecars: string; jaeger?: boolean }): string | undefined {
@@ -53,4 +57,40 @@ export async function readBack(
   }
   await source.close();
   return traces;
+}
+
+/** A mesh running until `stop()`. */
+export interface RunningMesh {
+  readonly mesh: Mesh;
+  stop(): Promise<void>;
+}
+
+/** The three services behind Caddy sidecars, services and sidecars exporting straight to `jaeger`. */
+export async function caddyMeshInto(
+  jaeger: JaegerServer,
+  options: Partial<Pick<MeshOptions, 'stripAt' | 'sidecarTracing'>> & { sampler?: Sampler } = {},
+): Promise<RunningMesh> {
+  const { sampler, ...mesh } = options;
+  const stopper = new Stopper();
+  const telemetry = await createTelemetry({ otlpUrl: `${jaeger.otlpHttpUrl}/v1/traces`, exportTo: 'otlp', sampler });
+  const stop = async (): Promise<void> => {
+    await stopper.stop();
+    await telemetry.shutdown();
+  };
+  try {
+    return {
+      mesh: await startMesh({
+        sidecars: 'caddy',
+        propagate: true,
+        providers: telemetry.providers,
+        stopper,
+        sidecarOtlp: jaeger.otlpHttpUrl,
+        ...mesh,
+      }),
+      stop,
+    };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
 }
