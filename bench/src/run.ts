@@ -1,8 +1,7 @@
 // The whole benchmark: steady-state instruction counts per request (the targets), propagators, per-request
 // CPU time against the bare frameworks and the official OpenTelemetry instrumentation (information), memory
 // while the collector refuses, parse linearity. Writes bench/RESULTS.md.
-//   node bench/dist/run.js [--quick] [--only steady,micro,requests,memory,linear,doctor,instructions] [--outage] [--frameworks express,fastify,koa,http] [--write]
-// `instructions` (the older count over requests 1,001–4,000 of fresh processes, warm-up included) runs only when named.
+//   node bench/dist/run.js [--quick] [--only steady,micro,requests,memory,linear,doctor] [--outage] [--frameworks express,fastify,koa,http] [--write]
 // --quick gives rough numbers in about two minutes; --only runs the parts named. Either prints only and
 // leaves RESULTS.md to full runs, unless --write is given. --outage adds the collector outage table
 // (every collector failure mode under load, about a minute more).
@@ -12,7 +11,6 @@ import { FINDINGS } from './findings';
 import { runLinear } from './linear';
 import { MICRO_FULL, MICRO_QUICK, runMicro } from './micro';
 import { memorySection, outageSection, runOutage, runOutageMemory } from './outage';
-import { INSTRUCTIONS_FULL, runInstructions } from './instructions';
 import { microCounts } from './micro-count';
 import { STEADY_FULL, countAll, steadySection } from './steady';
 import { LOGS_FULL, LOGS_QUICK, benchLogs } from './logs';
@@ -23,7 +21,7 @@ import type { Framework } from './server';
 import { machine, table } from './stats';
 import type { Section } from './stats';
 
-const PARTS = ['steady', 'micro', 'requests', 'memory', 'linear', 'doctor', 'instructions'] as const;
+const PARTS = ['steady', 'micro', 'requests', 'memory', 'linear', 'doctor'] as const;
 type Part = (typeof PARTS)[number];
 /** What a run without --only runs. */
 const DEFAULT_PARTS: readonly Part[] = ['steady', 'micro', 'requests', 'memory', 'linear', 'doctor'];
@@ -112,13 +110,6 @@ async function main(): Promise<void> {
     sections.push(await benchLogs(quick ? LOGS_QUICK : LOGS_FULL, log));
   }
 
-  if (parts.includes('instructions')) {
-    log(`instructions per request under valgrind: ${frameworks.join(', ')}, two servers at a time`);
-    sections.push(
-      await runInstructions({ ...INSTRUCTIONS_FULL, frameworks, ...(quick ? { requests: 1000 } : {}) }, log),
-    );
-  }
-
   const seconds = Math.round((Date.now() - started) / 1000);
   const m = machine();
   const checks = sections.flatMap((s) => s.checks);
@@ -137,7 +128,7 @@ async function main(): Promise<void> {
       targets.map((c) => [c.target, c.measured, c.met ? 'met' : '**missed**']),
     ),
     '',
-    '## Information (CPU time, memory, older counts)',
+    '## Information (CPU time, memory)',
     '',
     'CPU time on this shared two-core machine moves by tens of percent from round to round: these rows say what the counts mean in time, the counts decide.',
     '',
