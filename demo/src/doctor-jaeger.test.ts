@@ -3,7 +3,8 @@ import { SpanKind, context, trace } from '@opentelemetry/api';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
-import { runProbe, startReceiver } from '@meshtrace/doctor';
+import { jaegerSource, runProbe, startReceiver } from '@meshtrace/doctor';
+import type { SpanSource } from '@meshtrace/doctor';
 import { hasNginx, jaegerTrace, setupTestTracing, startJaeger, startNginx } from '@meshtrace/testkit';
 import type { JaegerServer, NginxSidecar, TestTracing } from '@meshtrace/testkit';
 import { caddyMeshInto } from './jaeger';
@@ -50,11 +51,17 @@ interface Report {
     }>;
     untracedPeers: Array<{ address: string; caller: string; declared: boolean }>;
     searchError: string | null;
+    reason: string | null;
+    waited: string;
   }>;
 }
 
 /** `meshtrace probe --backend jaeger --json` against the mesh's entry; Caddy exports every 200 ms, the services at once. */
-async function probe(mesh: Mesh, endpoint: string, more: { mesh?: string[] } = {}): Promise<[number, Report]> {
+async function probe(
+  mesh: Mesh,
+  endpoint: string,
+  more: { mesh?: string[]; source?: SpanSource } = {},
+): Promise<[number, Report]> {
   const lines: string[] = [];
   const code = await runProbe(
     {
@@ -167,6 +174,58 @@ test('a sidecar that samples out: an untraced peer to the probe, and a break onc
       declared: 1,
       probe: { breaks: [expect.objectContaining({ hop: { from: 'gateway', to: sidecar }, evidence: 'peer' })] },
     });
+  } finally {
+    await stop();
+  }
+}, 60_000);
+
+/** This file's Jaeger as the probe reads it, with reads `from` to `to` of a trace failing as an overloaded one's do. */
+function failingReads(from: number, to: number): SpanSource & { readonly reads: number } {
+  const real = jaegerSource({ endpoint: jaeger.queryUrl });
+  let reads = 0;
+  return {
+    description: real.description,
+    get reads() {
+      return reads;
+    },
+    trace: (traceId, window) => {
+      reads++;
+      if (reads < from || reads > to) return real.trace(traceId, window);
+      return Promise.reject(new Error(`GET ${jaeger.queryUrl}/api/v3/traces/${traceId} answered 503`));
+    },
+    probeTraces: (probeId, window) => real.probeTraces(probeId, window),
+    recentRoots: (window) => real.recentRoots?.(window) ?? Promise.resolve([]),
+    close: () => real.close(),
+  };
+}
+
+test("reads that fail once the backend has answered are tried again: the verdict is still the spans' own", async () => {
+  const { mesh, stop } = await caddyMeshInto(jaeger);
+  try {
+    // Five reads in a row fail after the first: more than a backend that never answered is given.
+    const source = failingReads(2, 6);
+    const [code, report] = await probe(mesh, jaeger.queryUrl, { source });
+    expect({ code, probe: report.probes[0], readAgain: source.reads > 6 }).toMatchObject({
+      code: 0,
+      probe: { verdict: 'whole', spans: 8 },
+      readAgain: true,
+    });
+  } finally {
+    await stop();
+  }
+}, 60_000);
+
+test('a backend that never answers ends the probe after three reads, saying what failed', async () => {
+  const { mesh, stop } = await caddyMeshInto(jaeger);
+  try {
+    const source = failingReads(1, Number.POSITIVE_INFINITY);
+    const [code, report] = await probe(mesh, jaeger.queryUrl, { source });
+    expect({ code, reads: source.reads, waited: report.probes[0].waited }).toEqual({
+      code: 2,
+      reads: 3,
+      waited: expect.stringMatching(/reading spans failed 3 times in a row$/),
+    });
+    expect(report.probes[0]).toMatchObject({ verdict: 'unknown', reason: expect.stringContaining('answered 503') });
   } finally {
     await stop();
   }

@@ -36,6 +36,12 @@ export interface Collected {
 const SKEW_MS = 60_000;
 // What an export takes beyond the batch delay: the request, and the backend's ingestion.
 const EXPORT_MS = 500;
+/**
+ * Reads in a row that may fail before the probe gives up on a backend that never answered. Once one read has
+ * answered, a failed read (a query timed out under load, the backend restarting) is tried again until the wait
+ * ends: a moment's failure does not decide the verdict.
+ */
+const FIRST_READS = 3;
 
 /**
  * Whether the entry's span is among `spans`: the probe's trace continued there, or (nothing of that trace in) a root at
@@ -69,18 +75,37 @@ export async function collectSpans(source: SpanSource, sent: SentProbe, options:
   let entryAt: number | undefined;
   let searchError: string | undefined;
   let error: string | undefined;
+  let answered = false;
+  let failedInRow = 0;
+  // A search that keeps failing (a backend that cannot search) is left alone after a few tries.
+  let searchFailedInRow = 0;
   let settled = false;
+  const pause = (now: number): Promise<void> =>
+    new Promise((resolve) => setTimeout(resolve, Math.min(options.pollMs, Math.max(0, deadline - now))));
   for (;;) {
     const window = { startMs: sent.startMs - SKEW_MS, endMs: Date.now() + SKEW_MS };
     const [trace, tied] = await Promise.allSettled([
       source.trace(sent.traceId, window),
-      searchError === undefined ? source.probeTraces(sent.probeId, window) : Promise.resolve([]),
+      searchFailedInRow < FIRST_READS ? source.probeTraces(sent.probeId, window) : Promise.resolve([]),
     ]);
-    if (tied.status === 'rejected') searchError = message(tied.reason);
+    if (tied.status === 'rejected') {
+      searchError = message(tied.reason);
+      searchFailedInRow++;
+    } else if (searchFailedInRow < FIRST_READS) {
+      searchError = undefined;
+      searchFailedInRow = 0;
+    }
     if (trace.status === 'rejected') {
       error = message(trace.reason);
-      break;
+      failedInRow++;
+      const now = Date.now();
+      if ((!answered && failedInRow >= FIRST_READS) || now >= deadline) break;
+      await pause(now);
+      continue;
     }
+    answered = true;
+    failedInRow = 0;
+    error = undefined;
     for (const s of [...trace.value, ...(tied.status === 'fulfilled' ? tied.value : [])]) {
       const key = `${s.traceId}-${s.spanId}`;
       if (!spans.has(key)) {
@@ -95,22 +120,30 @@ export async function collectSpans(source: SpanSource, sent: SentProbe, options:
       break;
     }
     if (now >= deadline) break;
-    await new Promise((resolve) => setTimeout(resolve, Math.min(options.pollMs, Math.max(0, deadline - now))));
+    await pause(now);
   }
   const end = Date.now();
   let recentRoots: Span[] = [];
   if (error === undefined && source.recentRoots !== undefined) {
-    try {
-      recentRoots = await source.recentRoots({ startMs: sent.startMs - SKEW_MS, endMs: end + SKEW_MS });
-    } catch (err) {
-      searchError ??= message(err);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        recentRoots = await source.recentRoots({ startMs: sent.startMs - SKEW_MS, endMs: end + SKEW_MS });
+        break;
+      } catch (err) {
+        if (attempt < FIRST_READS) {
+          await new Promise((resolve) => setTimeout(resolve, options.pollMs));
+          continue;
+        }
+        searchError ??= message(err);
+        break;
+      }
     }
   }
   const hint = `--batch-delay ${options.batchDelayMs} ms; set it to the services' OTEL_BSP_SCHEDULE_DELAY to wait less`;
   const quiet = `then no span changed for ${seconds(settleMs)}, longer than the exporters' batch delay (${hint})`;
   const waited =
     error !== undefined
-      ? `stopped after ${seconds(end - begun)}: reading spans failed`
+      ? `stopped after ${seconds(end - begun)}: reading spans failed ${failedInRow} time${failedInRow === 1 ? '' : 's'} in a row`
       : settled
         ? `waited ${seconds(end - begun)}: the entry's span arrived after ${seconds(entryAt! - begun)}, ${quiet}`
         : entryAt === undefined
