@@ -31,7 +31,8 @@ export function startDemoJaeger(stopper: Stopper): Promise<JaegerServer> {
 
 /**
  * The spans of `traceIds` as Jaeger's query API answers them, read with the doctor's own Jaeger client,
- * once no trace has changed for `quietMs` (the sidecars export in batches) or `timeoutMs` passed.
+ * once no trace has changed for `quietMs` (the sidecars export in batches) or `timeoutMs` passed. A read
+ * that fails (Jaeger answers 500 for a moment under load) is tried again; one still failing at the end throws.
  */
 export async function readBack(
   queryUrl: string,
@@ -45,17 +46,32 @@ export async function readBack(
   const traces = new Map<string, Span[]>();
   let count = -1;
   let since = Date.now();
-  for (;;) {
-    for (const id of traceIds) traces.set(id, await source.trace(id, window));
-    const now = [...traces.values()].reduce((n, spans) => n + spans.length, 0);
-    if (now !== count) {
-      count = now;
-      since = Date.now();
-    } else if (Date.now() - since >= quietMs) break;
-    if (Date.now() > deadline) break;
-    await new Promise((resolve) => setTimeout(resolve, 200));
+  try {
+    for (;;) {
+      let failed: unknown;
+      for (const id of traceIds) {
+        try {
+          traces.set(id, await source.trace(id, window));
+        } catch (err) {
+          failed = err;
+        }
+      }
+      if (failed === undefined) {
+        const now = [...traces.values()].reduce((n, spans) => n + spans.length, 0);
+        if (now !== count) {
+          count = now;
+          since = Date.now();
+        } else if (Date.now() - since >= quietMs) break;
+      }
+      if (Date.now() > deadline) {
+        if (failed !== undefined) throw failed;
+        break;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  } finally {
+    await source.close();
   }
-  await source.close();
   return traces;
 }
 
