@@ -5,7 +5,7 @@ import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, TracerProvider } from '@opentelemetry/sdk-trace';
 import { jaegerSource, runProbe, startReceiver } from '@meshtrace/doctor';
 import type { SpanSource } from '@meshtrace/doctor';
-import { hasNginx, jaegerTrace, setupTestTracing, startJaeger, startNginx } from '@meshtrace/testkit';
+import { hasNginx, jaegerTrace, setupTestTracing, startFaultProxy, startJaeger, startNginx } from '@meshtrace/testkit';
 import type { JaegerServer, NginxSidecar, TestTracing } from '@meshtrace/testkit';
 import { caddyMeshInto } from './jaeger';
 import type { Mesh } from './topology';
@@ -60,7 +60,7 @@ interface Report {
 async function probe(
   mesh: Mesh,
   endpoint: string,
-  more: { mesh?: string[]; source?: SpanSource } = {},
+  more: { mesh?: string[]; source?: SpanSource; count?: number } = {},
 ): Promise<[number, Report]> {
   const lines: string[] = [];
   const code = await runProbe(
@@ -227,6 +227,33 @@ test('a backend that never answers ends the probe after three reads, saying what
     });
     expect(report.probes[0]).toMatchObject({ verdict: 'unknown', reason: expect.stringContaining('answered 503') });
   } finally {
+    await stop();
+  }
+}, 60_000);
+
+test('the probe asks Jaeger one thing at a time: two reads of one trace at once can corrupt its memory storage', async () => {
+  const { mesh, stop } = await caddyMeshInto(jaeger);
+  // Every answer held 50 ms on its way back, so requests made together would overlap.
+  const proxy = await startFaultProxy({
+    targetPort: Number(new URL(jaeger.queryUrl).port),
+    mode: 'delay',
+    delayMs: 50,
+  });
+  let most = 0;
+  const sample = setInterval(() => {
+    most = Math.max(most, proxy.open);
+  }, 5);
+  try {
+    // Two probes at once, each reading its trace and searching for its probe id on every look.
+    const [code, report] = await probe(mesh, `http://127.0.0.1:${proxy.port}`, { count: 2 });
+    expect({ code, verdicts: report.probes.map((p) => p.verdict), most }).toEqual({
+      code: 0,
+      verdicts: ['whole', 'whole'],
+      most: 1,
+    });
+  } finally {
+    clearInterval(sample);
+    await proxy.close();
     await stop();
   }
 }, 60_000);

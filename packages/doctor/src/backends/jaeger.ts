@@ -4,6 +4,29 @@ import { rootsIn, tracesCarrying } from '../evidence';
 import { badAnswer, baseUrl, getJson, otlpSpans, padId } from './source';
 import type { JsonAnswer, SpanSource, TimeWindow } from './source';
 
+/**
+ * The requests waiting for each Jaeger, so that only one is in flight at a time. Jaeger 1.75's memory storage
+ * hands each reader the stored trace itself, and the query service adjusts it in place: two reads of one trace at
+ * once can corrupt it (a loaded test run read spans whose service name had become another resource attribute's
+ * value). One request at a time keeps the probe from doing that to the Jaeger it reads.
+ */
+const lanes = new Map<string, Promise<void>>();
+
+/** Runs `work` once every request to `base` made before it has settled. */
+function inTurn<T>(base: string, work: () => Promise<T>): Promise<T> {
+  const before = lanes.get(base) ?? Promise.resolve();
+  const run = before.then(work);
+  const done = run.then(
+    () => undefined,
+    () => undefined,
+  );
+  lanes.set(base, done);
+  void done.then(() => {
+    if (lanes.get(base) === done) lanes.delete(base);
+  });
+  return run;
+}
+
 /** Options of {@link jaegerSource}. */
 export interface JaegerSourceOptions {
   /** Jaeger's query service, such as `http://jaeger:16686`. Required. */
@@ -25,14 +48,14 @@ export function jaegerSource(options: JaegerSourceOptions): SpanSource {
 
   const v3 = async (traceId: string): Promise<Span[] | undefined> => {
     const url = `${base}/api/v3/traces/${traceId}`;
-    const answer = await getJson(url, timeoutMs);
+    const answer = await inTurn(base, () => getJson(url, timeoutMs));
     if (answer.status === 404) return isGatewayError(answer) ? [] : undefined;
     if (answer.status !== 200) throw badAnswer(url, answer);
     return otlpSpans(url, resultOf(url, answer));
   };
   const v1 = async (traceId: string): Promise<Span[] | undefined> => {
     const url = `${base}/api/traces/${traceId}`;
-    const answer = await getJson(url, timeoutMs);
+    const answer = await inTurn(base, () => getJson(url, timeoutMs));
     if (answer.status === 404) return undefined;
     if (answer.status !== 200) throw badAnswer(url, answer);
     try {
@@ -96,7 +119,7 @@ async function search(
     'query.num_traces': String(SEARCH_DEPTH),
   });
   const url = `${base}/api/v3/traces?${query}`;
-  const answer = await getJson(url, timeoutMs);
+  const answer = await inTurn(base, () => getJson(url, timeoutMs));
   if (answer.status === 404) return isGatewayError(answer) ? [] : undefined;
   if (answer.status !== 200) throw badAnswer(url, answer);
   return otlpSpans(url, resultOf(url, answer));
@@ -108,7 +131,7 @@ async function search(
  */
 async function searchV1(base: string, timeoutMs: number, window: TimeWindow): Promise<Span[]> {
   const listUrl = `${base}/api/services`;
-  const list = await getJson(listUrl, timeoutMs);
+  const list = await inTurn(base, () => getJson(listUrl, timeoutMs));
   const services = (list.body as { data?: unknown } | undefined)?.data;
   if (list.status !== 200 || !(services === null || Array.isArray(services))) throw badAnswer(listUrl, list);
   const spans = new Map<string, Span>();
@@ -120,7 +143,7 @@ async function searchV1(base: string, timeoutMs: number, window: TimeWindow): Pr
       limit: String(SEARCH_DEPTH),
     });
     const url = `${base}/api/traces?${query}`;
-    const answer = await getJson(url, timeoutMs);
+    const answer = await inTurn(base, () => getJson(url, timeoutMs));
     if (answer.status !== 200) throw badAnswer(url, answer);
     try {
       for (const span of spansFromJaegerModel(answer.body)) spans.set(`${span.traceId}/${span.spanId}`, span);
