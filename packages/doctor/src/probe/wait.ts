@@ -61,6 +61,7 @@ export function hasEntry(sent: SentProbe, spans: readonly Span[]): boolean {
 }
 
 const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
+const times = (n: number): string => `${n} time${n === 1 ? '' : 's'}`;
 
 /**
  * Polls `source` for the spans of `sent` until the entry's span has arrived and no span changed for
@@ -143,7 +144,7 @@ export async function collectSpans(source: SpanSource, sent: SentProbe, options:
   const quiet = `then no span changed for ${seconds(settleMs)}, longer than the exporters' batch delay (${hint})`;
   const waited =
     error !== undefined
-      ? `stopped after ${seconds(end - begun)}: reading spans failed ${failedInRow} time${failedInRow === 1 ? '' : 's'} in a row`
+      ? `stopped after ${seconds(end - begun)}: reading spans failed ${times(failedInRow)} in a row`
       : settled
         ? `waited ${seconds(end - begun)}: the entry's span arrived after ${seconds(entryAt! - begun)}, ${quiet}`
         : entryAt === undefined
