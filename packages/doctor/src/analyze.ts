@@ -1,4 +1,13 @@
-import { SpanGraph, isCallee, isOpenCall, peerMatches, stringAttribute } from './evidence';
+import {
+  SpanGraph,
+  TRACE_KEYS,
+  beganTrace,
+  isOpenCall,
+  peerMatches,
+  stringAttribute,
+  tracesByKey,
+  tracesFromElsewhere,
+} from './evidence';
 import { ATTR } from './model';
 import type { Span } from './model';
 
@@ -103,36 +112,9 @@ export function findOrphans(spans: readonly Span[], options: AnalyzeOptions = {}
   const entry = new Set(options.entryServices ?? []);
   const graph = new SpanGraph(spans);
   const open = spans.filter((s) => isOpenCall(graph, s));
-  // A service's span that began its trace: nothing above it but proxy spans, the top one a root. Behind a tracing
-  // sidecar that nothing reached, the sidecar's span is the root and the service continued it.
-  const roots = spans.filter((s) => {
-    if (!isCallee(s) || graph.isProxy(s)) return false;
-    const above = graph.callerOf(s);
-    return above.caller === undefined && above.missingParent === undefined;
-  });
-  // Traces that came from elsewhere: their top span has a parent that did not arrive, or they entered at an entry
-  // service.
-  const heads = new Set<string>();
-  for (const s of spans)
-    if (
-      (s.parentSpanId !== undefined && graph.parent(s) === undefined) ||
-      (s.parentSpanId === undefined && entry.has(s.service))
-    )
-      heads.add(s.traceId);
-  for (const root of roots) if (entry.has(root.service)) heads.add(root.traceId);
-  const byKey = new Map<string, Set<string>>();
-  for (const s of spans)
-    for (const [via, name] of [
-      ['probe-id', ATTR.probe],
-      ['request-id', ATTR.requestId],
-    ] as const) {
-      const value = stringAttribute(s, name);
-      if (value === undefined) continue;
-      const id = `${via}\u0000${value}`;
-      const traces = byKey.get(id) ?? new Set<string>();
-      traces.add(s.traceId);
-      byKey.set(id, traces);
-    }
+  const roots = spans.filter((s) => beganTrace(graph, s));
+  const heads = tracesFromElsewhere(graph, entry);
+  const byKey = tracesByKey(spans);
   const used = new Set<Span>();
   const orphans: Orphan[] = [];
   for (const root of roots) {
@@ -145,10 +127,7 @@ export function findOrphans(spans: readonly Span[], options: AnalyzeOptions = {}
       continue;
     }
     if (entry.has(root.service)) continue;
-    for (const [via, name] of [
-      ['probe-id', ATTR.probe],
-      ['request-id', ATTR.requestId],
-    ] as const) {
+    for (const [via, name] of TRACE_KEYS) {
       const value = stringAttribute(root, name);
       const traces = value === undefined ? undefined : byKey.get(`${via}\u0000${value}`);
       if (traces === undefined || ![...traces].some((t) => t !== root.traceId && heads.has(t))) continue;

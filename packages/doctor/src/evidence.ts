@@ -267,6 +267,49 @@ export function proxiesPassingOn(spans: readonly Span[], roots: readonly Span[])
   return out;
 }
 
+/** What ties a trace to others besides parent links: the probe id, and the captured `x-request-id`. */
+export const TRACE_KEYS = [
+  ['probe-id', ATTR.probe],
+  ['request-id', ATTR.requestId],
+] as const;
+
+/** The traces among `spans` carrying each key value, by `via` and the value joined with a NUL. */
+export function tracesByKey(spans: readonly Span[]): Map<string, Set<string>> {
+  const byKey = new Map<string, Set<string>>();
+  for (const s of spans)
+    for (const [via, name] of TRACE_KEYS) {
+      const value = stringAttribute(s, name);
+      if (value === undefined) continue;
+      const key = `${via}\u0000${value}`;
+      const traces = byKey.get(key) ?? new Set<string>();
+      traces.add(s.traceId);
+      byKey.set(key, traces);
+    }
+  return byKey;
+}
+
+/**
+ * Whether a service's callee span began its trace: nothing above it but proxy spans, the top one a root. Behind a
+ * tracing sidecar that nothing reached, the sidecar's span is the root and the service continued it.
+ */
+export function beganTrace(graph: SpanGraph, span: Span): boolean {
+  if (!isCallee(span) || graph.isProxy(span)) return false;
+  const above = graph.callerOf(span);
+  return above.caller === undefined && above.missingParent === undefined;
+}
+
+/** Traces that came from elsewhere: a span's parent never arrived, or the trace began at one of `entry`. */
+export function tracesFromElsewhere(graph: SpanGraph, entry: ReadonlySet<string>): Set<string> {
+  const heads = new Set<string>();
+  for (const s of graph.spans)
+    if (
+      (s.parentSpanId !== undefined && graph.parent(s) === undefined) ||
+      (entry.has(s.service) && (s.parentSpanId === undefined || beganTrace(graph, s)))
+    )
+      heads.add(s.traceId);
+  return heads;
+}
+
 /** The root spans among `spans` that started in `window`. */
 export function rootsIn(spans: readonly Span[], window: { readonly startMs: number; readonly endMs: number }): Span[] {
   return spans.filter((s) => s.parentSpanId === undefined && s.startMs >= window.startMs && s.startMs <= window.endMs);

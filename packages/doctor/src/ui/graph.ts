@@ -2,6 +2,7 @@ import { checkOptions } from '@meshtrace/core/adapter';
 import { outcomeText } from '../analyze';
 import {
   SpanGraph,
+  TRACE_KEYS,
   calledAt,
   isCallee,
   isHealthCheck,
@@ -10,6 +11,8 @@ import {
   pathOf,
   peerMatches,
   stringAttribute,
+  tracesByKey,
+  tracesFromElsewhere,
 } from '../evidence';
 import { ATTR } from '../model';
 import { PACKAGE } from '../options';
@@ -333,31 +336,12 @@ export function buildMap(spans: readonly Span[], options: MapOptions = {}): Mesh
 
   // Key ties: a root sharing the probe id or x-request-id with a trace that came from elsewhere, or entered at an entry
   // service.
-  const heads = new Set<string>();
-  for (const s of kept)
-    if (
-      (s.parentSpanId !== undefined && graph.parent(s) === undefined) ||
-      (s.parentSpanId === undefined && entry.has(s.service))
-    )
-      heads.add(s.traceId);
-  const keyed = new Map<string, Set<string>>();
-  const KEYS = [
-    ['probe-id', ATTR.probe],
-    ['request-id', ATTR.requestId],
-  ] as const;
-  for (const s of kept)
-    for (const [via, name] of KEYS) {
-      const value = stringAttribute(s, name);
-      if (value === undefined) continue;
-      const key = `${via}\u0000${value}`;
-      const set = keyed.get(key) ?? new Set<string>();
-      set.add(s.traceId);
-      keyed.set(key, set);
-    }
+  const heads = tracesFromElsewhere(graph, entry);
+  const keyed = tracesByKey(kept);
   for (const root of untied) {
     let tied = false;
     if (!entry.has(root.service))
-      for (const [via, name] of KEYS) {
+      for (const [via, name] of TRACE_KEYS) {
         const value = stringAttribute(root, name);
         const set = value === undefined ? undefined : keyed.get(`${via}\u0000${value}`);
         const head = set === undefined ? undefined : [...set].find((t) => t !== root.traceId && heads.has(t));
